@@ -1,0 +1,3 @@
+from engramsim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""`engramsim trace build|stats`: filled in by the traces module."""

@@ -1,0 +1,3 @@
+"""Built-in strategy plugins; importing this package registers them."""
+
+from engramsim.plugins import hashing  # noqa: F401

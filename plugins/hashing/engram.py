@@ -1,0 +1,229 @@
+"""Engram's n-gram hashing, bit-for-bit as ENGRAM.md steps 2-6.
+
+For order n, mix_n = XOR_k (x_{t-k} * m[k]) over k < n on compressed ids (int64, wrapping);
+head j of order n reads row mix_n % p_j, with p_j a prime distinct across the whole model.
+
+The numpy path is the fast one: int64 `%` costs ~20-30 ns an element, so each remainder is
+computed exactly in float64 instead (see `_float_remainder`), in cache-sized chunks on a small
+thread pool. The torch path uses integer `torch.remainder` and runs on CPU and CUDA tensors;
+tests pin the two to identical output.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from engramsim.plugins.hashing.primes import next_prime
+from engramsim.registry import register
+
+_LAYER_SEED_PRIME = 10007
+_CHUNK = 32768
+_FLOAT_EXACT_LIMIT = 1 << 26  # float path is exact for primes below this (see _float_remainder)
+
+
+@dataclass(frozen=True)
+class EngramHashSpec:
+    """What determines the row ids: Engram layers, n-gram orders, heads, per-head sizes, seed."""
+
+    layer_ids: tuple[int, ...]
+    rows_per_head: tuple[int, ...]  # one per order 2..max_ngram
+    max_ngram: int = 3
+    heads: int = 8
+    seed: int = 0
+    pad_id: int = 2  # raw id, mapped through the compressed vocabulary
+
+    def __post_init__(self) -> None:
+        if self.max_ngram < 2:
+            raise ValueError(f"max_ngram must be >= 2, got {self.max_ngram}")
+        if self.heads < 1:
+            raise ValueError(f"heads must be >= 1, got {self.heads}")
+        if not self.layer_ids or any(layer < 0 for layer in self.layer_ids):
+            raise ValueError(f"layer ids must be non-negative, got {list(self.layer_ids)}")
+        if len(set(self.layer_ids)) != len(self.layer_ids):
+            raise ValueError(f"layer ids must be distinct, got {list(self.layer_ids)}")
+        if len(self.rows_per_head) != self.max_ngram - 1:
+            raise ValueError(
+                f"rows_per_head needs one size per order 2..{self.max_ngram} "
+                f"({self.max_ngram - 1} values), got {len(self.rows_per_head)}"
+            )
+        if any(r < 1 for r in self.rows_per_head):
+            raise ValueError(f"rows_per_head must be positive, got {list(self.rows_per_head)}")
+
+    @property
+    def heads_per_layer(self) -> int:
+        return (self.max_ngram - 1) * self.heads
+
+
+def layer_primes(spec: EngramHashSpec) -> dict[int, np.ndarray]:
+    """Per layer, the prime table size of every head, order-major (ENGRAM.md step 5)."""
+    taken: set[int] = set()
+    primes: dict[int, np.ndarray] = {}
+    for layer in spec.layer_ids:
+        sizes: list[int] = []
+        for order_rows in spec.rows_per_head:
+            start = order_rows - 1
+            for _ in range(spec.heads):
+                start = next_prime(start, taken)
+                taken.add(start)
+                sizes.append(start)
+        primes[layer] = np.array(sizes, dtype=np.int64)
+    return primes
+
+
+def layer_multipliers(spec: EngramHashSpec, compressed_vocab_size: int) -> dict[int, np.ndarray]:
+    """Per layer, max_ngram odd int64 multipliers (ENGRAM.md step 3)."""
+    half = max(1, (np.iinfo(np.int64).max // compressed_vocab_size) // 2)
+    out = {}
+    for layer in spec.layer_ids:
+        rng = np.random.default_rng(spec.seed + _LAYER_SEED_PRIME * layer)
+        r = rng.integers(0, half, size=spec.max_ngram, dtype=np.int64)
+        out[layer] = r * 2 + 1
+    return out
+
+
+class _Remainder:
+    """Exact floor-remainder of int64 values by one prime p, computed in float64.
+
+    mix = hi * 2^32 + lo - 2^63 with hi = (mix >> 32) + 2^31 in [0, 2^32) and lo in [0, 2^32),
+    so mix mod p = (h * c + lo + k) mod p with c = 2^32 mod p, k = -2^63 mod p and h = hi
+    (or hi mod p, when p >= 2^21). Every term is an integer below 2^53, so float64 holds it
+    exactly; q = floor(t / p) may be off by one, and the two corrections put r in [0, p).
+    """
+
+    def __init__(self, p: int) -> None:
+        self.p = float(p)
+        self.inv = 1.0 / p
+        self.c = float((1 << 32) % p)
+        self.k = float((-(1 << 63)) % p)
+        self.reduce_hi = p >= (1 << 21)
+
+    def _mod(self, t: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+        np.multiply(t, self.inv, out=scratch)
+        np.floor(scratch, out=scratch)
+        scratch *= self.p
+        t -= scratch
+        np.less(t, 0.0, out=scratch)
+        scratch *= self.p
+        t += scratch
+        np.greater_equal(t, self.p, out=scratch)
+        scratch *= self.p
+        t -= scratch
+        return t
+
+    def __call__(self, hi: np.ndarray, lo: np.ndarray, t: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+        if self.reduce_hi:
+            t[:] = hi
+            h = self._mod(t, scratch)
+            np.multiply(h, self.c, out=t)
+        else:
+            np.multiply(hi, self.c, out=t)
+        t += lo
+        t += self.k
+        return self._mod(t, scratch)
+
+
+@register("hashing", "engram")
+class EngramHashing:
+    """DeepSeek Engram multi-head n-gram hashing (XOR of odd multipliers, distinct prime heads)."""
+
+    def __init__(self, spec: EngramHashSpec, compressed_vocab_size: int, pad_id: int) -> None:
+        """`pad_id` is the already-compressed pad id."""
+        self.spec = spec
+        self.pad_id = int(pad_id)
+        self.multipliers = layer_multipliers(spec, compressed_vocab_size)
+        self.primes = layer_primes(spec)
+
+    @cached_property
+    def offsets(self) -> dict[int, np.ndarray]:
+        """Per layer, each head's first row in the layer's single table."""
+        return {layer: np.concatenate([[0], np.cumsum(p)[:-1]]).astype(np.int64) for layer, p in self.primes.items()}
+
+    @cached_property
+    def rows_per_layer(self) -> dict[int, int]:
+        return {layer: int(p.sum()) for layer, p in self.primes.items()}
+
+    @cached_property
+    def _remainders(self) -> dict[int, list[_Remainder | None]]:
+        return {
+            layer: [_Remainder(int(p)) if p < _FLOAT_EXACT_LIMIT else None for p in primes]
+            for layer, primes in self.primes.items()
+        }
+
+    # ---- numpy ---------------------------------------------------------------------------
+    def _shifted(self, ids: np.ndarray) -> list[np.ndarray]:
+        """x_{t-k} for k < max_ngram, flattened; positions before a row's start hold the pad."""
+        rows, length = ids.shape
+        padded = np.full((rows, length + self.spec.max_ngram - 1), self.pad_id, dtype=np.int64)
+        padded[:, self.spec.max_ngram - 1 :] = ids
+        first = self.spec.max_ngram - 1
+        return [np.ascontiguousarray(padded[:, first - k : first - k + length]).reshape(-1) for k in range(self.spec.max_ngram)]
+
+    def _hash_chunk(self, shifted: list[np.ndarray], start: int, stop: int, out: dict[int, np.ndarray]) -> None:
+        n = stop - start
+        t, scratch = np.empty(n), np.empty(n)
+        block = np.empty((self.spec.heads_per_layer, n), dtype=np.int64)
+        xs = [s[start:stop] for s in shifted]
+        for layer, mult in self.multipliers.items():
+            mix = xs[0] * mult[0]
+            head = 0
+            for order in range(2, self.spec.max_ngram + 1):
+                mix ^= xs[order - 1] * mult[order - 1]
+                hi = ((mix >> 32) + (1 << 31)).astype(np.float64)
+                lo = (mix & 0xFFFFFFFF).astype(np.float64)
+                for _ in range(self.spec.heads):
+                    rem = self._remainders[layer][head]
+                    if rem is None:
+                        np.remainder(mix, self.primes[layer][head], out=block[head])
+                    else:
+                        block[head] = rem(hi, lo, t, scratch)
+                    head += 1
+            out[layer][start:stop] = block.T
+
+    def hash(self, compressed_ids: np.ndarray, threads: int = 2) -> dict[int, np.ndarray]:
+        """Row index per head (before table offsets) for every layer: [..., T, heads_per_layer].
+
+        `compressed_ids` is [T] (one sequence) or [B, T] (each row its own sequence).
+        """
+        ids = np.asarray(compressed_ids, dtype=np.int64)
+        if ids.ndim not in (1, 2):
+            raise ValueError(f"expected ids of shape [T] or [B, T], got {ids.shape}")
+        batch = ids if ids.ndim == 2 else ids[None, :]
+        shifted = self._shifted(batch)
+        total = batch.size
+        out = {layer: np.empty((total, self.spec.heads_per_layer), dtype=np.int64) for layer in self.spec.layer_ids}
+        bounds = [(s, min(total, s + _CHUNK)) for s in range(0, total, _CHUNK)]
+        if threads > 1 and len(bounds) > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda b: self._hash_chunk(shifted, b[0], b[1], out), bounds))
+        else:
+            for b in bounds:
+                self._hash_chunk(shifted, b[0], b[1], out)
+        return {layer: a.reshape(*ids.shape, self.spec.heads_per_layer) for layer, a in out.items()}
+
+    # ---- torch ---------------------------------------------------------------------------
+    def hash_torch(self, compressed_ids):
+        """Same ids as `hash`, for a torch int64 tensor [T] or [B, T] on any device."""
+        import torch
+
+        ids = compressed_ids.to(torch.int64)
+        batch = ids if ids.dim() == 2 else ids.unsqueeze(0)
+        pad = self.spec.max_ngram - 1
+        padded = torch.nn.functional.pad(batch, (pad, 0), value=self.pad_id)
+        length = batch.shape[1]
+        xs = [padded[:, pad - k : pad - k + length] for k in range(self.spec.max_ngram)]
+        out = {}
+        for layer, mult in self.multipliers.items():
+            m = torch.from_numpy(mult).to(ids.device)
+            primes = torch.from_numpy(self.primes[layer]).to(ids.device).view(self.spec.max_ngram - 1, self.spec.heads)
+            mix = xs[0] * m[0]
+            per_order = []
+            for order in range(2, self.spec.max_ngram + 1):
+                mix = mix ^ (xs[order - 1] * m[order - 1])
+                per_order.append(torch.remainder(mix.unsqueeze(-1), primes[order - 2]))
+            ids_layer = torch.cat(per_order, dim=-1)
+            out[layer] = ids_layer if ids.dim() == 2 else ids_layer.squeeze(0)
+        return out
