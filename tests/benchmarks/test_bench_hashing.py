@@ -1,0 +1,66 @@
+"""Hashing speed, demo config (2 layers, 2/3-grams, 8 heads), 1M tokens: ours vs the reference loop."""
+
+import time
+
+import numpy as np
+import pytest
+
+from engramsim.plugins.hashing.engram import EngramHashing, EngramHashSpec
+from engramsim.tokenizer import compressed_vocab
+from tests.reference_engram import reference_hash
+
+TOKENS = 1_000_000
+SPEC = EngramHashSpec(layer_ids=(1, 15), rows_per_head=(646400, 646400), max_ngram=3, heads=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def setup(vocab):
+    hashing = EngramHashing(SPEC, vocab.size, int(vocab.table[2]))
+    ids = np.random.default_rng(0).integers(0, vocab.size, size=TOKENS)
+    return hashing, ids
+
+
+def _baseline(hashing, ids):
+    return {
+        layer: reference_hash(ids, hashing.multipliers[layer], hashing.primes[layer], SPEC.max_ngram, SPEC.heads, hashing.pad_id)
+        for layer in SPEC.layer_ids
+    }
+
+
+def _best_of(fn, rounds=3):
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.benchmark(group="hashing-1M-tokens")
+def test_hashing_vs_reference_loop(benchmark, setup):
+    hashing, ids = setup
+    head_ids = TOKENS * SPEC.heads_per_layer * len(SPEC.layer_ids)
+    result = benchmark.pedantic(hashing.hash, args=(ids,), rounds=5, warmup_rounds=1)
+    ours = benchmark.stats.stats.min
+    baseline = _best_of(lambda: _baseline(hashing, ids))
+    speedup = baseline / ours
+    benchmark.extra_info.update(ours_M_ids_s=head_ids / ours / 1e6, baseline_M_ids_s=head_ids / baseline / 1e6, speedup=speedup)
+    print(
+        f"\nhashing 1M tokens x 2 layers x 16 heads: ours {ours * 1e3:.0f} ms ({head_ids / ours / 1e6:.0f} M ids/s), "
+        f"reference loop {baseline * 1e3:.0f} ms ({head_ids / baseline / 1e6:.0f} M ids/s): {speedup:.1f}x"
+    )
+    assert np.array_equal(result[15][:1000], _baseline(hashing, ids[:1000])[15][0])
+    assert speedup >= 2.0
+
+
+@pytest.mark.benchmark(group="vocab-cache")
+def test_compressed_vocab_from_cache(benchmark):
+    compressed_vocab()  # make sure the cache entry exists
+
+    def load():
+        compressed_vocab.cache_clear()
+        return compressed_vocab()
+
+    vocab = benchmark.pedantic(load, rounds=5)
+    print(f"\ncompressed vocabulary from disk cache: {benchmark.stats.stats.mean * 1e3:.1f} ms (target < 1000 ms)")
+    assert vocab.from_cache and benchmark.stats.stats.max < 1.0
