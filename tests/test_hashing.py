@@ -127,3 +127,14 @@ def test_next_prime_skips_taken():
     assert next_prime(10, {11}) == 13
     assert [p for p in range(2, 40) if is_prime(p)] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37]
     assert is_prime(2_147_483_647) and not is_prime(2_147_483_647 * 3)
+
+
+def test_ragged_sequences_match_one_by_one(demo, text_ids):
+    lengths = [1, 2, 700, 3, 1500, 40]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    flat = text_ids[: sum(lengths)]
+    out = demo.hash_sequences(flat, starts)
+    for start, n in zip(starts, lengths):
+        one = demo.hash(flat[start : start + n])
+        for layer in DEMO.layer_ids:
+            np.testing.assert_array_equal(out[layer][start : start + n], one[layer])

@@ -154,13 +154,17 @@ class EngramHashing:
         }
 
     # ---- numpy ---------------------------------------------------------------------------
-    def _shifted(self, ids: np.ndarray) -> list[np.ndarray]:
-        """x_{t-k} for k < max_ngram, flattened; positions before a row's start hold the pad."""
-        rows, length = ids.shape
-        padded = np.full((rows, length + self.spec.max_ngram - 1), self.pad_id, dtype=np.int64)
-        padded[:, self.spec.max_ngram - 1 :] = ids
-        first = self.spec.max_ngram - 1
-        return [np.ascontiguousarray(padded[:, first - k : first - k + length]).reshape(-1) for k in range(self.spec.max_ngram)]
+    def _shifted(self, ids: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
+        """x_{t-k} for k < max_ngram over flat `ids`; positions before a sequence's start hold the pad."""
+        index = np.arange(ids.size)
+        position = index - np.repeat(starts, np.diff(np.append(starts, ids.size)))
+        out = [ids]
+        for k in range(1, self.spec.max_ngram):
+            shifted = np.empty_like(ids)
+            shifted[k:] = ids[:-k] if k < ids.size else ids[:0]
+            shifted[position < k] = self.pad_id
+            out.append(shifted)
+        return out
 
     def _hash_chunk(self, shifted: list[np.ndarray], start: int, stop: int, out: dict[int, np.ndarray]) -> None:
         n = stop - start
@@ -191,9 +195,19 @@ class EngramHashing:
         ids = np.asarray(compressed_ids, dtype=np.int64)
         if ids.ndim not in (1, 2):
             raise ValueError(f"expected ids of shape [T] or [B, T], got {ids.shape}")
-        batch = ids if ids.ndim == 2 else ids[None, :]
-        shifted = self._shifted(batch)
-        total = batch.size
+        rows, length = (1, ids.size) if ids.ndim == 1 else ids.shape
+        flat = self.hash_sequences(ids.reshape(-1), np.arange(rows, dtype=np.int64) * length, threads)
+        return {layer: a.reshape(*ids.shape, self.spec.heads_per_layer) for layer, a in flat.items()}
+
+    def hash_sequences(self, compressed_ids: np.ndarray, starts: np.ndarray, threads: int = 2) -> dict[int, np.ndarray]:
+        """Like `hash` for many sequences of different lengths laid end to end in one flat array;
+        `starts` holds each sequence's first index (sorted, the first 0). Returns [N, heads]."""
+        ids = np.ascontiguousarray(compressed_ids, dtype=np.int64)
+        starts = np.asarray(starts, dtype=np.int64)
+        if ids.size and (starts.size == 0 or starts[0] != 0):
+            raise ValueError("sequence starts must begin with 0")
+        shifted = self._shifted(ids, starts)
+        total = ids.size
         out = {layer: np.empty((total, self.spec.heads_per_layer), dtype=np.int64) for layer in self.spec.layer_ids}
         bounds = [(s, min(total, s + _CHUNK)) for s in range(0, total, _CHUNK)]
         if threads > 1 and len(bounds) > 1:
@@ -202,7 +216,7 @@ class EngramHashing:
         else:
             for b in bounds:
                 self._hash_chunk(shifted, b[0], b[1], out)
-        return {layer: a.reshape(*ids.shape, self.spec.heads_per_layer) for layer, a in out.items()}
+        return out
 
     # ---- torch ---------------------------------------------------------------------------
     def hash_torch(self, compressed_ids):

@@ -1,0 +1,217 @@
+"""The scenario: one YAML file says what model, hardware, workload and strategies to run.
+
+Pydantic models with unknown keys forbidden; `load_scenario` turns every validation problem
+into an InputError naming the file, the field path, the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
+
+DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Attention(Strict):
+    heads: PositiveInt = 32
+    kv_heads: PositiveInt = 8
+    head_dim: PositiveInt = 128
+
+
+class MoE(Strict):
+    experts: PositiveInt
+    top_k: PositiveInt
+    shared_experts: NonNegativeInt = 0
+    expert_intermediate: PositiveInt
+    dense_layers: NonNegativeInt = Field(1, description="the first N blocks use the dense MLP")
+
+    @model_validator(mode="after")
+    def _top_k_fits(self) -> MoE:
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k ({self.top_k}) must be <= experts ({self.experts})")
+        return self
+
+
+class Backbone(Strict):
+    layers: PositiveInt = 30
+    hidden: PositiveInt = 2560
+    intermediate: PositiveInt = Field(6912, description="dense (SwiGLU) MLP width")
+    attention: Attention = Attention()
+    moe: MoE | None = None
+    vocab: PositiveInt = 129280
+    dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+
+
+class Engram(Strict):
+    layers: list[NonNegativeInt] = Field(default_factory=lambda: [1], min_length=1, description="0-based block ids")
+    max_ngram: int = Field(3, ge=2)
+    heads: PositiveInt = Field(8, description="heads per n-gram order")
+    head_dim: PositiveInt = 80
+    rows_per_head: list[PositiveInt] = Field(default_factory=lambda: [2_262_400], description="one value, or one per order 2..max_ngram")
+    dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    hc_mult: PositiveInt = Field(4, description="mHC branches")
+    kernel_size: PositiveInt = 4
+    seed: int = 0
+    tokenizer: str | None = Field(None, description="tokenizer.json path; default: the DeepSeek V4 tokenizer")
+
+    @field_validator("rows_per_head", mode="before")
+    @classmethod
+    def _scalar_rows(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"Engram layers must be distinct, got {value}")
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _rows_per_order(self) -> Engram:
+        if len(self.rows_per_head) not in (1, self.max_ngram - 1):
+            raise ValueError(f"rows_per_head needs 1 or {self.max_ngram - 1} values, got {len(self.rows_per_head)}")
+        return self
+
+    @property
+    def rows_per_order(self) -> tuple[int, ...]:
+        rows = self.rows_per_head
+        return tuple(rows * (self.max_ngram - 1) if len(rows) == 1 else rows)
+
+    @property
+    def heads_per_layer(self) -> int:
+        return (self.max_ngram - 1) * self.heads
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one head's row; fp8 rows carry one e8m0 scale byte per 32 values."""
+        scale = -(-self.head_dim // 32) if self.dtype == "fp8" else 0
+        return int(self.head_dim * DTYPE_BYTES[self.dtype]) + scale
+
+    @property
+    def d_mem(self) -> int:
+        return self.heads_per_layer * self.head_dim
+
+
+class Model(Strict):
+    backbone: Backbone = Backbone()
+    engram: Engram = Engram()
+
+    @model_validator(mode="after")
+    def _engram_inside_backbone(self) -> Model:
+        deepest = max(self.engram.layers)
+        if deepest >= self.backbone.layers:
+            raise ValueError(f"Engram layer {deepest} is beyond the backbone's {self.backbone.layers} blocks (ids 0..{self.backbone.layers - 1})")
+        return self
+
+
+class Hardware(Strict):
+    profile: str = Field("h800", description="preset name or profile YAML path")
+    link: str | None = Field(None, description="link preset or file replacing the profile's link")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"profile": value} if isinstance(value, str) else value
+
+
+class Distribution(Strict):
+    dist: Literal["uniform", "fixed"] = "uniform"
+    low: PositiveInt | None = None
+    high: PositiveInt | None = None
+    value: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Distribution:
+        if self.dist == "fixed" and self.value is None:
+            raise ValueError("a fixed distribution needs 'value'")
+        if self.dist == "uniform":
+            if self.low is None or self.high is None:
+                raise ValueError("a uniform distribution needs 'low' and 'high'")
+            if self.low > self.high:
+                raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        return self
+
+    @property
+    def max(self) -> int:
+        return int(self.value if self.dist == "fixed" else self.high)  # type: ignore[arg-type]
+
+
+class Arrival(Strict):
+    kind: Literal["offline", "poisson"] = Field("offline", description="offline: every request waits at t=0")
+    rate_per_s: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _rate(self) -> Arrival:
+        if self.kind == "poisson" and self.rate_per_s is None:
+            raise ValueError("poisson arrival needs 'rate_per_s'")
+        return self
+
+
+class Batching(Strict):
+    max_num_seqs: PositiveInt = 512
+    max_num_batched_tokens: PositiveInt = 16384
+
+
+class Workload(Strict):
+    trace: str = Field("cpython-docs", description="shipped trace name or .npz path")
+    requests: PositiveInt = 64
+    prompt_len: Distribution = Distribution(dist="uniform", low=100, high=1024)
+    output_len: Distribution = Distribution(dist="uniform", low=100, high=1024)
+    arrival: Arrival = Arrival()
+    batching: Batching = Batching()
+
+    @model_validator(mode="after")
+    def _prompt_fits_a_batch(self) -> Workload:
+        if self.prompt_len.max > self.batching.max_num_batched_tokens:
+            raise ValueError(
+                f"prompts up to {self.prompt_len.max} tokens cannot fit max_num_batched_tokens "
+                f"{self.batching.max_num_batched_tokens}"
+            )
+        return self
+
+
+class StrategyChoice(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class Strategies(Strict):
+    hashing: StrategyChoice = StrategyChoice(name="engram")
+    placement: StrategyChoice = StrategyChoice(name="all-host")
+    cache: StrategyChoice = StrategyChoice(name="none")
+    prefetch: StrategyChoice = StrategyChoice(name="layer-ahead")
+    transport: StrategyChoice = StrategyChoice(name="staged")
+
+
+class Outputs(Strict):
+    steps_csv: bool = True
+    timeline: bool = True
+    plot: bool = True
+
+
+class Run(Strict):
+    backend: Literal["sim", "cpu", "cuda"] = "sim"
+    seed: int = 0
+    max_steps: PositiveInt | None = Field(None, description="stop after this many steps")
+    baseline: bool = Field(True, description="also simulate all tables in HBM, for the overhead")
+    outputs: Outputs = Outputs()
+
+
+class Scenario(Strict):
+    name: str
+    description: str = ""
+    model: Model = Model()
+    hardware: Hardware = Hardware()
+    workload: Workload = Workload()
+    strategies: Strategies = Strategies()
+    run: Run = Run()

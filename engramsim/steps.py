@@ -1,0 +1,57 @@
+"""What the workload hands every executor (simulator or real backend): requests, steps, lookups.
+
+The simulator and the real backends consume exactly these objects, so "sim vs real" differs
+only in how a step is priced or executed, never in what it contains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Request:
+    """One sequence: its prompt and output token windows are cut from the trace."""
+
+    id: int
+    arrival_s: float
+    prompt_len: int
+    output_len: int
+    trace_start: int  # index of the first prompt token in the trace
+
+
+@dataclass(frozen=True)
+class LayerLookup:
+    """The rows one step needs from one Engram layer's table (global row ids, offsets applied)."""
+
+    layer: int
+    rows: np.ndarray  # unique row ids, sorted, int64
+    references: int  # row references before deduplication (tokens x heads)
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.references / max(1, self.rows.size)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One forward pass of the batch: prefill of whole prompts, or one decode token per sequence."""
+
+    index: int
+    kind: Literal["prefill", "decode"]
+    seq_ids: np.ndarray  # request ids in the batch, int64
+    new_tokens: np.ndarray  # tokens each sequence feeds this step, int64
+    context_lens: np.ndarray  # KV length of each sequence after this step, int64
+    positions: np.ndarray = field(repr=False)  # flat trace index of every token fed this step, int64
+    lookups: dict[int, LayerLookup] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.new_tokens.sum())
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.seq_ids.size)

@@ -1,0 +1,71 @@
+"""Hardware profiles: every number the cost model uses, with units and provenance.
+
+A preset carries datasheet/public figures; a calibrated profile (written by `engramsim
+calibrate`) has the same fields plus the residuals of its fit, so predictions carry an error band.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Provenance(_Strict):
+    kind: str = Field(description="'preset' (public figures) or 'calibrated' (fitted on a machine)")
+    source: str = Field(description="where the numbers come from")
+    date: str | None = None
+    host: str | None = Field(None, description="CPU model / hostname it was calibrated on")
+    gpu: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict, description="driver, torch, CUDA versions")
+
+
+class GPU(_Strict):
+    name: str
+    bf16_tflops: PositiveFloat = Field(description="dense bf16 peak, TFLOP/s")
+    hbm_gbps: PositiveFloat = Field(description="HBM bandwidth peak, GB/s")
+    hbm_gib: PositiveFloat = Field(description="HBM capacity, GiB")
+    compute_efficiency: float = Field(gt=0, le=1, description="achieved fraction of bf16 peak on large GEMMs")
+    memory_efficiency: float = Field(gt=0, le=1, description="achieved fraction of HBM peak on streaming reads")
+    layer_overhead_us: NonNegativeFloat = Field(description="fixed cost of one block per step (launches, norms, small kernels), us")
+    copy_engines: PositiveInt = 2
+
+
+class Link(_Strict):
+    name: str
+    h2d_gbps: PositiveFloat = Field(description="achieved host-to-device DMA bandwidth, GB/s")
+    d2h_gbps: PositiveFloat = Field(description="achieved device-to-host DMA bandwidth, GB/s")
+    dma_latency_us: NonNegativeFloat = Field(description="fixed cost of one async copy, us")
+    zero_copy_gbps: PositiveFloat = Field(description="bandwidth a GPU gather kernel reaches reading pinned host memory, GB/s")
+    zero_copy_latency_us: NonNegativeFloat = Field(description="launch + first round trip of a zero-copy gather, us")
+    transaction_bytes: PositiveInt = Field(128, description="zero-copy reads are rounded up to this many bytes")
+
+
+class Host(_Strict):
+    name: str
+    dram_gbps: PositiveFloat = Field(description="achievable DRAM bandwidth, GB/s")
+    dram_gib: PositiveFloat = Field(description="host memory that may hold tables, GiB")
+    gather_rows_per_s: PositiveFloat = Field(description="random-row gather rate of one CPU thread, rows/s")
+    gather_threads: PositiveInt = Field(description="CPU threads the staged transport gathers with")
+    gather_overhead_us: NonNegativeFloat = Field(description="fixed cost of one gather call, us")
+
+
+class Residual(_Strict):
+    """How well a calibrated parameter fits its micro-benchmarks (relative errors)."""
+
+    samples: PositiveInt
+    rel_error_mean: float
+    rel_error_p95: NonNegativeFloat
+
+
+class HardwareProfile(_Strict):
+    name: str
+    description: str = ""
+    gpu: GPU
+    link: Link
+    host: Host
+    step_overhead_us: NonNegativeFloat = Field(description="per-step scheduler, sampling and launch cost outside the blocks, us")
+    provenance: Provenance
+    residuals: dict[str, Residual] = Field(default_factory=dict)
