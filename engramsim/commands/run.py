@@ -1,0 +1,97 @@
+"""`engramsim run`: execute a scenario and write results.json, steps.csv, timeline.json, plot.png."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from engramsim.errors import InputError
+from engramsim.runner import RunReport, fresh_run_dir, prepare, run_sim
+from engramsim.scenario_io import load_scenario
+
+
+def default_scenario() -> Path:
+    """The quickstart scenario shipped inside the package (the embedded default)."""
+    return Path(str(resources.files("engramsim.scenarios").joinpath("quickstart.yaml")))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a scenario (default: the shipped quickstart)")
+    p.add_argument("scenario", nargs="?", type=Path, default=None, help="scenario YAML (default: quickstart)")
+    p.add_argument("--backend", choices=("sim", "cpu", "cuda"), default=None, help="overrides run.backend")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: a fresh folder under runs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a scenario field, validated like the file (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or tables, just the output folder")
+    p.set_defaults(handler=run)
+
+
+@contextlib.contextmanager
+def _progress(console: Console, label: str, total: int) -> Iterator[Callable]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda step: bar.advance(task, step.num_seqs)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def print_report(console: Console, report: RunReport, wall_s: float) -> None:
+    s = report.document["summary"]
+    sim = report.document["simulation"]
+    table = Table(title=f"{report.document['scenario']['name']} (backend {report.document['backend']})", show_header=False)
+    rows = [
+        ("output throughput", f"{_fmt(s['throughput_tok_s'])} tok/s"),
+        ("all tables in HBM", f"{_fmt(s['baseline_throughput_tok_s'])} tok/s"),
+        ("overhead vs all-HBM", f"{_fmt(s['overhead_pct'], 3)} %"),
+        ("without Engram", f"{_fmt(s.get('no_engram_throughput_tok_s'))} tok/s"),
+        ("overhead vs no Engram", f"{_fmt(s.get('overhead_vs_no_engram_pct'), 3)} %"),
+        ("step latency p50 / p99", f"{_fmt(s['step_latency_ms_p50'], 3)} / {_fmt(s['step_latency_ms_p99'], 3)} ms"),
+        ("TTFT p50 / p99", f"{_fmt(s['ttft_ms_p50'], 1)} / {_fmt(s['ttft_ms_p99'], 1)} ms"),
+        ("TPOT p50 / p99", f"{_fmt(s['tpot_ms_p50'], 3)} / {_fmt(s['tpot_ms_p99'], 3)} ms"),
+        ("Engram stall total", f"{_fmt(s['engram_stall_ms_total'], 3)} ms"),
+        ("PCIe bytes", f"{s['pcie_bytes']:,} ({_fmt(s['pcie_avg_gbps'], 4)} GB/s avg, {_fmt(s['pcie_utilisation'] * 100, 3)} % busy)"),
+        ("rows fetched", f"{s['rows_fetched']:,} ({_fmt(s['rows_fetched_per_step_mean'], 0)} per step)"),
+        ("dedup ratio", f"{_fmt(s['dedup_ratio'], 3)} references per unique row"),
+        ("steps / simulated time", f"{s['steps']:,} / {_fmt(s['makespan_s'], 3)} s"),
+        ("simulator speed", f"{sim['events']:,} events, {wall_s:.2f} s wall for all passes"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    layers = Table(title="per Engram layer")
+    for col in ("layer", "stall ms", "steps stalled", "rows fetched", "bytes", "dedup"):
+        layers.add_column(col, justify="right")
+    for layer in report.document["per_layer"]:
+        layers.add_row(str(layer["layer"]), _fmt(layer["stall_ms_total"], 3), str(layer["steps_stalled"]),
+                       f"{layer['rows_fetched']:,}", f"{layer['bytes_fetched']:,}", _fmt(layer["dedup_ratio"], 3))
+    console.print(layers)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.scenario or default_scenario()
+    overrides = list(args.overrides) + ([f"run.backend={args.backend}"] if args.backend else [])
+    scenario = load_scenario(path, overrides)
+    if scenario.run.backend != "sim":
+        raise InputError(path, f"expected 'sim', got {scenario.run.backend!r}: this version has only the simulator backend",
+                         field="run.backend")
+    console = Console(quiet=args.quiet)
+    start = time.perf_counter()
+    prepared = prepare(scenario, str(path))
+    out_dir = args.out or fresh_run_dir(Path("runs"), scenario.name, scenario.run.seed)
+    report = run_sim(prepared, out_dir, None if args.quiet else lambda label, total: _progress(console, label, total))
+    print_report(console, report, time.perf_counter() - start)
+    console.print(f"wrote {', '.join(str(f) for f in report.files)}")
+    if args.quiet:
+        print(out_dir)
+    return 0
