@@ -13,6 +13,7 @@ from pathlib import Path
 
 
 from engramsim.errors import InputError
+from engramsim.plan import Planner
 from engramsim.plugins.hashing.engram import EngramHashing, EngramHashSpec
 from engramsim.registry import build
 from engramsim.results import RunOutcome, results_document, summarize, write_results
@@ -80,6 +81,16 @@ def prepare(scenario: Scenario, source: str) -> Prepared:
     return prepared
 
 
+def planner(prepared: Prepared, placement: StrategyChoice | None = None) -> Planner:
+    """Fresh placement, cache and prefetch strategies for one pass (caches start empty)."""
+    setup, strategies = prepared.setup(), prepared.scenario.strategies
+    return Planner(
+        build("placement", placement or strategies.placement, setup),
+        build("cache", strategies.cache, setup),
+        build("prefetch", strategies.prefetch, setup),
+    )
+
+
 def simulate_run(prepared: Prepared, placement: StrategyChoice | None = None, engram: bool = True,
                  progress: Callable | None = None) -> RunOutcome:
     """One simulated pass over the workload; `placement` overrides the scenario's."""
@@ -89,9 +100,7 @@ def simulate_run(prepared: Prepared, placement: StrategyChoice | None = None, en
         CostModel(scenario.model, prepared.profile),
         prepared.tables,
         scenario.model.backbone.layers,
-        build("placement", placement or strategies.placement, setup),
-        build("cache", strategies.cache, setup),
-        build("prefetch", strategies.prefetch, setup),
+        planner(prepared, placement),
         build("transport", strategies.transport, setup),
         prepared.profile.gpu.copy_engines,
         engram=engram,

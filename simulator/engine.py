@@ -12,11 +12,11 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
 import simpy
 
+from engramsim.plan import FetchPlan, Planner
 from engramsim.steps import Step
-from engramsim.strategies import Cache, Placement, Prefetch, Stage, StepView, TableInfo, Tier, Transport
+from engramsim.strategies import Stage, StepView, TableInfo, Transport
 
 if TYPE_CHECKING:
     from engramsim.simulator.cost import CostModel
@@ -88,6 +88,12 @@ class SimOutcome:
     makespan_s: float
 
 
+def _record(plan: FetchPlan, row_bytes: int) -> tuple[LayerRecord, int]:
+    fetched = int(plan.fetch.size)
+    record = LayerRecord(plan.layer, int(plan.rows.size), plan.references, plan.rows_hbm, fetched, fetched * row_bytes, 0.0, 0.0, 0.0)
+    return record, plan.issue_block
+
+
 class Link:
     """The host-to-device direction of the link: one transfer at a time at full bandwidth.
 
@@ -119,9 +125,7 @@ class Engine:
         cost: CostModel,
         tables: dict[int, TableInfo],
         blocks: int,
-        placement: Placement,
-        cache: Cache,
-        prefetch: Prefetch,
+        planner: Planner,
         transport: Transport,
         copy_engines: int,
         engram: bool = True,
@@ -130,7 +134,7 @@ class Engine:
         self.cost = cost
         self.tables = tables
         self.blocks = blocks
-        self.placement, self.cache, self.prefetch, self.transport = placement, cache, prefetch, transport
+        self.planner, self.transport = planner, transport
         self.engram = engram
         self.env = CountingEnvironment()
         self.link = Link(self.env)
@@ -160,38 +164,14 @@ class Engine:
         else:
             raise ValueError(f"transport stage names unknown resource {stage.resource!r}")
 
-    def _fetch(self, rows: int, layer: int, step: int) -> Generator[simpy.Event, None, None]:
+    def _fetch(self, rows: int, layer: int, step: int) -> Generator[simpy.Event, None, float]:
+        """Move `rows` through the transport's stages in order; return when the last byte landed."""
         row_bytes = self.tables[layer].row_bytes
         for stage in self.transport.stages(rows, row_bytes):
             yield from self._stage(stage, row_bytes, step, layer)
+        return self.env.now
 
     # ---- steps ---------------------------------------------------------------------------
-    def _plan(self, step: Step, view: StepView) -> dict[int, tuple[LayerRecord, int]]:
-        """Per Engram layer: its record (rows by where they are served from) and issue block."""
-        plans: dict[int, tuple[LayerRecord, int]] = {}
-        if not self.engram:
-            return plans
-        for layer, lookup in step.lookups.items():
-            rows = lookup.rows
-            outside = rows[self.placement.tier_of(layer, rows) != Tier.HBM]
-            misses = outside[~self.cache.lookup(layer, outside, view)]
-            extra = np.setdiff1d(self.prefetch.speculative_rows(layer, view), rows, assume_unique=False)
-            fetched = int(misses.size + extra.size)
-            record = LayerRecord(
-                layer=layer,
-                rows_unique=int(rows.size),
-                references=lookup.references,
-                rows_hbm=int(rows.size - misses.size),
-                rows_fetched=fetched,
-                bytes_fetched=fetched * self.tables[layer].row_bytes,
-                issue_s=0.0,
-                ready_s=0.0,
-                stall_s=0.0,
-            )
-            issue = min(max(0, int(self.prefetch.issue_layer(layer, view))), layer)
-            plans[layer] = (record, issue)
-        return plans
-
     def _compute(self, name: str, seconds: float, step: int, layer: int | None = None) -> Iterator[simpy.Event]:
         if seconds > 0:
             start = self.env.now
@@ -201,7 +181,7 @@ class Engine:
     def run_step(self, step: Step, view: StepView) -> Generator[simpy.Event, None, StepRecord]:
         env, cost = self.env, self.cost
         record = StepRecord(step.index, step.kind, env.now, env.now, step.num_tokens, step.num_seqs)
-        plans = self._plan(step, view)
+        plans = {layer: _record(p, self.tables[layer].row_bytes) for layer, p in self.planner.plan(step, view).items()} if self.engram else {}
         issues: dict[int, list[int]] = {}
         for layer, (_, issue) in plans.items():
             issues.setdefault(issue, []).append(layer)
@@ -216,9 +196,7 @@ class Engine:
             if start in plans:
                 lrec = plans[start][0]
                 waited_from = env.now
-                if start in fetches:
-                    yield fetches[start]
-                lrec.ready_s = env.now if start in fetches else lrec.issue_s
+                lrec.ready_s = (yield fetches[start]) if start in fetches else lrec.issue_s
                 lrec.stall_s = env.now - waited_from
                 if lrec.stall_s > 0:
                     self.spans.append(Span("compute", f"stall L{start}", waited_from, env.now, step.index, start))

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from engramsim.plan import Planner
 from engramsim.simulator.engine import Engine, simulate
 from engramsim.steps import LayerLookup, Step
 from engramsim.strategies import Cache, Placement, Prefetch, Stage, Tier, Transport
@@ -101,7 +102,7 @@ def make_step(index, rows_per_layer):
 
 def run(cost, steps, layers=(1,), blocks=3, tier=Tier.HOST, issue=None, transport=("zero_copy",), row_bytes=100):
     tables = {layer: SimpleNamespace(row_bytes=row_bytes) for layer in layers}
-    engine = Engine(cost, tables, blocks, Everywhere(tier), NoCache(), IssueAt(issue), Pipe(*transport), copy_engines=2)
+    engine = Engine(cost, tables, blocks, Planner(Everywhere(tier), NoCache(), IssueAt(issue)), Pipe(*transport), copy_engines=2)
     return simulate(engine, ListScheduler(steps))
 
 
