@@ -8,7 +8,7 @@ import sys
 
 from engramsim.errors import InputError
 
-COMMANDS = ("hash", "trace")
+COMMANDS = ("hash", "trace", "check", "schema", "plugins")
 
 
 class _Parser(argparse.ArgumentParser):

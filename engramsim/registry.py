@@ -1,17 +1,26 @@
 """One registry of strategy plugins, keyed by (kind, name).
 
-A plugin is one class with a `Params` pydantic model; built-ins register themselves when
-`engramsim.plugins` is imported.
+A plugin is one class with a `Params` pydantic model and a one-line docstring. Built-ins
+register themselves when `engramsim.plugins` is imported; third-party packages add plugins
+through the `engramsim.plugins` entry-point group (each entry point names a module or a class
+whose import runs `@register`), so a user adds a policy without touching this package.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Callable
 from typing import TypeVar
 
+from engramsim.errors import InputError
+from engramsim.scenario import StrategyChoice
+from engramsim.strategies import Params, SetupContext, Strategy
+
 KINDS = ("hashing", "placement", "cache", "prefetch", "transport")
+ENTRY_POINT_GROUP = "engramsim.plugins"
 
 _PLUGINS: dict[tuple[str, str], type] = {}
+_loaded = False
 T = TypeVar("T", bound=type)
 
 
@@ -31,18 +40,73 @@ def register(kind: str, name: str) -> Callable[[T], T]:
     return decorate
 
 
-def _load_builtins() -> None:
-    import engramsim.plugins  # noqa: F401  (registers the built-ins)
+def _load_entry_point(ep: importlib.metadata.EntryPoint) -> None:
+    """Import one third-party entry point; any failure becomes a one-line error naming it."""
+    dist = getattr(ep, "dist", None)
+    where = f"entry point {ep.name!r} = {ep.value!r}" + (f" of package {dist.name!r}" if dist else "")
+    try:
+        loaded = ep.load()
+    except Exception as exc:  # a plugin's import can fail in any way; report it, don't crash
+        detail = " ".join(str(exc).split())
+        raise InputError(where, f"cannot load plugin: {type(exc).__name__}: {detail}") from None
+    if isinstance(loaded, type) and loaded not in _PLUGINS.values():
+        raise InputError(where, f"class {loaded.__name__} is not registered; decorate it with @register(kind, name)")
+
+
+def _load() -> None:
+    """Register the built-ins, then every installed entry point (once per process)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # set first: a plugin module may itself call get() while importing
+    try:
+        import engramsim.plugins  # noqa: F401  (registers the built-ins)
+
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            _load_entry_point(ep)
+    except BaseException:
+        _loaded = False  # a broken plugin fails every lookup, not only the first
+        raise
 
 
 def get(kind: str, name: str) -> type:
-    _load_builtins()
+    """The class registered as (kind, name); KeyError lists the known names of that kind."""
+    _load()
     try:
         return _PLUGINS[(kind, name)]
     except KeyError:
-        raise KeyError(f"unknown {kind} plugin {name!r}; known: {', '.join(names(kind))}") from None
+        raise KeyError(f"unknown {kind} plugin {name!r}; known: {', '.join(names(kind)) or 'none'}") from None
 
 
 def names(kind: str) -> list[str]:
-    _load_builtins()
+    _load()
     return sorted(n for k, n in _PLUGINS if k == kind)
+
+
+def plugins() -> list[tuple[str, str, type]]:
+    """Every registered plugin as (kind, name, class), in KINDS order then by name."""
+    _load()
+    return sorted(((k, n, cls) for (k, n), cls in _PLUGINS.items()), key=lambda p: (KINDS.index(p[0]), p[1]))
+
+
+def params_model(cls: type) -> type[Params]:
+    """A plugin's params model; a plugin without one takes no params."""
+    return getattr(cls, "Params", Params)
+
+
+def summary(cls: type) -> str:
+    """The first line of a plugin's docstring, shown by `engramsim plugins`."""
+    return (cls.__doc__ or "").strip().split("\n", 1)[0]
+
+
+def build(kind: str, choice: StrategyChoice, setup: SetupContext) -> Strategy:
+    """Validate `choice.params` with the plugin's `Params` model and instantiate the plugin.
+
+    Raises KeyError for an unknown name and pydantic's ValidationError for bad params;
+    `scenario_io.load_scenario` has already turned both into located errors for a loaded file.
+    Hashing is not built here: the workload builds it from `model.engram`.
+    """
+    if kind == "hashing":
+        raise ValueError("hashing plugins are built by the workload, not by registry.build")
+    cls = get(kind, choice.name)
+    return cls(params_model(cls).model_validate(choice.params), setup)

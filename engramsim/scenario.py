@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
+
+
+def field_error(loc: str | tuple[str, ...], value: Any, message: str) -> ValidationError:
+    """A cross-field check's error located at the field to fix, not at the whole section.
+
+    Raised inside a model validator, pydantic prefixes `loc` with the section's own path.
+    """
+    loc = (loc,) if isinstance(loc, str) else loc
+    error = PydanticCustomError("value_error", "{message}", {"message": message})
+    return ValidationError.from_exception_data("Scenario", [InitErrorDetails(type=error, loc=loc, input=value)])
 
 
 class Strict(BaseModel):
@@ -33,7 +44,7 @@ class MoE(Strict):
     @model_validator(mode="after")
     def _top_k_fits(self) -> MoE:
         if self.top_k > self.experts:
-            raise ValueError(f"top_k ({self.top_k}) must be <= experts ({self.experts})")
+            raise field_error("top_k", self.top_k, f"top_k ({self.top_k}) must be <= experts ({self.experts})")
         return self
 
 
@@ -74,7 +85,10 @@ class Engram(Strict):
     @model_validator(mode="after")
     def _rows_per_order(self) -> Engram:
         if len(self.rows_per_head) not in (1, self.max_ngram - 1):
-            raise ValueError(f"rows_per_head needs 1 or {self.max_ngram - 1} values, got {len(self.rows_per_head)}")
+            raise field_error(
+                "rows_per_head", self.rows_per_head,
+                f"rows_per_head needs 1 or {self.max_ngram - 1} values (max_ngram {self.max_ngram}), got {len(self.rows_per_head)}",
+            )
         return self
 
     @property
@@ -105,7 +119,10 @@ class Model(Strict):
     def _engram_inside_backbone(self) -> Model:
         deepest = max(self.engram.layers)
         if deepest >= self.backbone.layers:
-            raise ValueError(f"Engram layer {deepest} is beyond the backbone's {self.backbone.layers} blocks (ids 0..{self.backbone.layers - 1})")
+            raise field_error(
+                ("engram", "layers"), self.engram.layers,
+                f"Engram layer {deepest} is beyond the backbone's {self.backbone.layers} blocks (ids 0..{self.backbone.layers - 1})",
+            )
         return self
 
 
@@ -128,12 +145,12 @@ class Distribution(Strict):
     @model_validator(mode="after")
     def _complete(self) -> Distribution:
         if self.dist == "fixed" and self.value is None:
-            raise ValueError("a fixed distribution needs 'value'")
+            raise field_error("value", None, "a fixed distribution needs 'value'")
         if self.dist == "uniform":
             if self.low is None or self.high is None:
-                raise ValueError("a uniform distribution needs 'low' and 'high'")
+                raise field_error("low" if self.low is None else "high", None, "a uniform distribution needs 'low' and 'high'")
             if self.low > self.high:
-                raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+                raise field_error("low", self.low, f"low ({self.low}) must be <= high ({self.high})")
         return self
 
     @property
@@ -148,7 +165,7 @@ class Arrival(Strict):
     @model_validator(mode="after")
     def _rate(self) -> Arrival:
         if self.kind == "poisson" and self.rate_per_s is None:
-            raise ValueError("poisson arrival needs 'rate_per_s'")
+            raise field_error("rate_per_s", None, "poisson arrival needs 'rate_per_s'")
         return self
 
 
@@ -168,9 +185,10 @@ class Workload(Strict):
     @model_validator(mode="after")
     def _prompt_fits_a_batch(self) -> Workload:
         if self.prompt_len.max > self.batching.max_num_batched_tokens:
-            raise ValueError(
+            raise field_error(
+                ("prompt_len", "value" if self.prompt_len.dist == "fixed" else "high"), self.prompt_len.max,
                 f"prompts up to {self.prompt_len.max} tokens cannot fit max_num_batched_tokens "
-                f"{self.batching.max_num_batched_tokens}"
+                f"{self.batching.max_num_batched_tokens}",
             )
         return self
 

@@ -45,7 +45,7 @@ class Step:
     seq_ids: np.ndarray  # request ids in the batch, int64
     new_tokens: np.ndarray  # tokens each sequence feeds this step, int64
     context_lens: np.ndarray  # KV length of each sequence after this step, int64
-    positions: np.ndarray = field(repr=False)  # flat trace index of every token fed this step, int64
+    positions: np.ndarray = field(repr=False)  # flat index (into Workload.tokens, the windows end to end) of every token fed, int64
     lookups: dict[int, LayerLookup] = field(default_factory=dict, repr=False)
 
     @property

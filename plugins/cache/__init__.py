@@ -1,1 +1,3 @@
-"""Cache plugins."""
+"""Cache plugins: an HBM cache in front of the rows placed outside HBM."""
+
+from engramsim.plugins.cache import none  # noqa: F401

@@ -1,1 +1,3 @@
-"""Placement plugins."""
+"""Placement plugins: which tier holds each row of each Engram table."""
+
+from engramsim.plugins.placement import all_hbm, all_host  # noqa: F401

@@ -1,0 +1,179 @@
+"""The plugin registry: built-ins, `build` with params, and third-party plugins via entry points."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from engramsim import registry
+from engramsim.cli import main
+from engramsim.errors import InputError
+from engramsim.scenario import Scenario, StrategyChoice
+from engramsim.strategies import Cache, Params, SetupContext, Stage, StepView, TableInfo, Tier
+
+PLUGIN_PKG = Path(__file__).parent / "plugin_pkg"
+BUILTINS = {
+    "hashing": ["engram"],
+    "placement": ["all-hbm", "all-host"],
+    "cache": ["none"],
+    "prefetch": ["layer-ahead", "on-demand"],
+    "transport": ["staged", "zero-copy"],
+}
+
+
+@pytest.fixture
+def setup() -> SetupContext:
+    """Two small tables; the baselines never read the hardware profile, so none is built."""
+    tables = {
+        layer: TableInfo(layer, rows, 160, np.array([rows // 2, rows - rows // 2]), np.array([0, rows // 2]))
+        for layer, rows in ((1, 1000), (15, 3000))
+    }
+    return SetupContext(Scenario(name="t"), tables, hardware=None, seed=0)  # type: ignore[arg-type]
+
+
+def view() -> StepView:
+    return StepView(step=None)  # type: ignore[arg-type]  (the baselines ignore the step)
+
+
+def test_builtins_are_registered():
+    for kind, expected in BUILTINS.items():
+        assert set(expected) <= set(registry.names(kind))
+    listed = {(kind, name) for kind, name, _ in registry.plugins()}
+    assert {(k, n) for k, names in BUILTINS.items() for n in names} <= listed
+    kinds = [kind for kind, _, _ in registry.plugins()]
+    assert kinds == sorted(kinds, key=registry.KINDS.index)
+
+
+def test_every_builtin_has_params_and_a_one_line_doc():
+    for kind, name, cls in registry.plugins():
+        assert issubclass(registry.params_model(cls), Params)
+        assert registry.summary(cls) and "\n" not in registry.summary(cls), (kind, name)
+        assert (cls.kind, cls.name) == (kind, name)
+
+
+def test_get_unknown_lists_known_names():
+    with pytest.raises(KeyError, match="known: all-hbm, all-host"):
+        registry.get("placement", "nvme-only")
+
+
+def test_register_rejects_unknown_kind_and_duplicates():
+    with pytest.raises(ValueError, match="unknown plugin kind"):
+        registry.register("scheduler", "x")
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("cache", "none")(type("Other", (Cache,), {}))
+
+
+def test_build_validates_params(setup):
+    early = registry.build("prefetch", StrategyChoice(name="layer-ahead", params={"lead_blocks": 2}), setup)
+    assert early.issue_layer(15, view()) == 13
+    assert early.issue_layer(1, view()) == 0
+    with pytest.raises(ValidationError):
+        registry.build("prefetch", StrategyChoice(name="layer-ahead", params={"lead_blocks": 0}), setup)
+    with pytest.raises(ValidationError):
+        registry.build("transport", StrategyChoice(name="staged", params={"threads": 4}), setup)
+    with pytest.raises(KeyError):
+        registry.build("cache", StrategyChoice(name="lru"), setup)
+    with pytest.raises(ValueError, match="built by the workload"):
+        registry.build("hashing", StrategyChoice(name="engram"), setup)
+
+
+def test_hashing_plugin_takes_no_params():
+    assert registry.params_model(registry.get("hashing", "engram")).model_fields == {}
+
+
+def test_baselines_behave(setup):
+    build = lambda kind, name: registry.build(kind, StrategyChoice(name=name), setup)  # noqa: E731
+    rows = np.array([3, 7, 999])
+    total = 4000 * 160
+    assert build("placement", "all-hbm").bytes_per_tier() == {Tier.HBM: total}
+    assert build("placement", "all-host").bytes_per_tier() == {Tier.HOST: total}
+    assert build("placement", "all-host").tier_of(1, rows).tolist() == [Tier.HOST] * 3
+    assert build("placement", "all-hbm").tier_of(1, rows).dtype == np.uint8
+    cache = build("cache", "none")
+    assert cache.capacity_rows(1) == 0 and not cache.lookup(1, rows, view()).any()
+    assert build("prefetch", "on-demand").issue_layer(15, view()) == 15
+    assert build("prefetch", "layer-ahead").issue_layer(15, view()) == 0
+    assert build("transport", "staged").stages(10, 160) == [Stage("gather", 10, 1600), Stage("h2d", 10, 1600)]
+    assert build("transport", "zero-copy").stages(10, 160) == [Stage("zero_copy", 10, 1600)]
+
+
+def test_plugins_command_lists_builtins(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for names in BUILTINS.values():
+        for name in names:
+            assert name in out
+    assert "lead_blocks: int > 0 | None = None" in out
+
+
+def test_entry_point_naming_an_unregistered_class_is_one_clear_error():
+    ep = importlib.metadata.EntryPoint(name="odd", value="collections:OrderedDict", group=registry.ENTRY_POINT_GROUP)
+    with pytest.raises(InputError, match="entry point 'odd'.*OrderedDict is not registered"):
+        registry._load_entry_point(ep)
+
+
+# ---- third-party plugins, in a fresh interpreter ------------------------------------------------
+def engramsim(args: list[str], site: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `python -m engramsim` with `site` on the import path, as if the package were installed."""
+    env = dict(os.environ, COLUMNS="200")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "engramsim", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def demo_site(tmp_path_factory) -> Path:
+    """tests/plugin_pkg installed with pip into a folder (copied first: building writes beside the source)."""
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("pip is not available to install the demo plugin package")
+    root = tmp_path_factory.mktemp("demo")
+    source = shutil.copytree(PLUGIN_PKG, root / "src")
+    site = root / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-build-isolation", "--no-deps",
+         "--disable-pip-version-check", "--target", str(site), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert install.returncode == 0, install.stderr
+    return site
+
+
+def test_third_party_plugin_is_discovered(demo_site, tmp_path):
+    listing = engramsim(["plugins"], demo_site, tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    line = next(line for line in listing.stdout.splitlines() if "demo-ahead" in line)
+    assert "prefetch" in line and "blocks: int > 0 = 1" in line and "fixed number of blocks" in line
+
+    scenario = tmp_path / "demo.yaml"
+    scenario.write_text("name: demo\nstrategies:\n  prefetch: {name: demo-ahead, params: {blocks: 2}}\n")
+    ok = engramsim(["check", str(scenario)], demo_site, tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "prefetch=demo-ahead" in ok.stdout
+
+    bad = engramsim(["check", str(scenario), "--set", "strategies.prefetch.params.blocks=0"], demo_site, tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "strategies.prefetch.params.blocks: " in bad.stderr
+
+
+def test_broken_entry_point_is_one_line_naming_it(tmp_path):
+    """A hand-written dist-info is enough for importlib.metadata to report an entry point."""
+    site = tmp_path / "site"
+    info = site / "broken_demo-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-demo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[engramsim.plugins]\nbroken = engramsim_no_such_module\n")
+    result = engramsim(["plugins"], site, tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert "entry point 'broken' = 'engramsim_no_such_module'" in lines[0]
+    assert "broken-demo" in lines[0] and "ModuleNotFoundError" in lines[0]
