@@ -1,0 +1,132 @@
+"""Loading hardware profiles: shipped presets by name, or a user's YAML file.
+
+A profile file holds the `HardwareProfile` fields. Its `link` is either an inline mapping of the
+`Link` fields or the name of a link preset (so the PCIe numbers live in one file, not seven).
+A link file holds `link:` (the `Link` fields) and `provenance:`. Every problem — unknown name,
+unreadable file, broken YAML, a bad or missing field — is one InputError line naming the file
+and the field, so the CLI can print it and exit 2.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from engramsim.errors import InputError
+from engramsim.scenario_io import describe_error
+from engramsim.simulator.profile import HardwareProfile, Link, Provenance
+
+if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11+; only annotations need it
+    from importlib.resources.abc import Traversable
+
+_SUFFIXES = (".yaml", ".yml")
+
+
+def _profiles_dir() -> Traversable:
+    return resources.files("engramsim.simulator").joinpath("profiles")
+
+
+def _names(folder: Traversable) -> list[str]:
+    return sorted(f.name.rsplit(".", 1)[0] for f in folder.iterdir() if f.is_file() and f.name.endswith(_SUFFIXES))
+
+
+def profile_names() -> list[str]:
+    """Names of the shipped full-profile presets (GPU + link + host)."""
+    return _names(_profiles_dir())
+
+
+def link_names() -> list[str]:
+    """Names of the shipped link presets (usable as `link=` or as a profile's `link:`)."""
+    return _names(_profiles_dir().joinpath("links"))
+
+
+def _is_path(name_or_path: str | Path) -> bool:
+    """A Path, a name with a YAML suffix, or one with a directory part is a file; else a preset name."""
+    text = str(name_or_path)
+    return isinstance(name_or_path, Path) or text.endswith(_SUFFIXES) or "/" in text or "\\" in text
+
+
+def _resolve(name_or_path: str | Path, folder: Traversable, known: list[str], what: str, field: str) -> tuple[str, str]:
+    """(display name of the source, its text) for a preset name or a file path."""
+    if _is_path(name_or_path):
+        path = Path(name_or_path)
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(path, f"no such {what} file", field) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(path, f"cannot read the {what} file: {' '.join(str(exc).split())}", field) from None
+    name = str(name_or_path)
+    if name not in known:
+        raise InputError(name, f"unknown {what} preset {name!r}; known presets: {', '.join(known)} (or give a .yaml path)", field)
+    return f"{what} preset {name}", folder.joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def _parse(source: str, text: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise InputError(source, f"invalid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise InputError(source, f"expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _validate(model: type[BaseModel], data: Any, source: str, prefix: str = "") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        field, problem = describe_error(exc, model)
+        raise InputError(source, problem, f"{prefix}{field}" if prefix else field) from None
+
+
+def load_link(name_or_path: str | Path) -> tuple[Link, Provenance]:
+    """A link preset (by name) or link file: its `Link` section and where its numbers come from."""
+    source, text = _resolve(name_or_path, _profiles_dir().joinpath("links"), link_names(), "link", "hardware.link")
+    data = _parse(source, text)
+    unknown = sorted(set(data) - {"link", "provenance"})
+    if unknown:
+        raise InputError(source, f"unknown key {unknown[0]!r}; a link file holds 'link' and 'provenance'", unknown[0])
+    for key in ("link", "provenance"):
+        if key not in data:
+            raise InputError(source, f"missing required key {key!r}", key)
+    return _validate(Link, data["link"], source, "link."), _validate(Provenance, data["provenance"], source, "provenance.")
+
+
+def _linked(name: str, source: str, profile: str | Path) -> dict[str, Any]:
+    """A profile's `link: NAME` resolved (a path relative to the profile's folder); errors name the profile."""
+    target: str | Path = name
+    if _is_path(name) and _is_path(profile) and not Path(name).is_absolute():
+        target = Path(profile).parent / name
+    try:
+        return load_link(target)[0].model_dump()
+    except InputError as exc:
+        unknown_name = exc.source == str(target) and exc.field == "hardware.link"
+        raise InputError(source, exc.problem if unknown_name else str(exc), "link") from None
+
+
+def load_profile(name_or_path: str | Path, link: str | Path | None = None) -> HardwareProfile:
+    """The profile named (a shipped preset) or at a path, optionally with its link replaced.
+
+    `link` is a link preset name or a link file; the result's name gets `+<link name>` and its
+    provenance source records the replacement, so results say which link was priced.
+    """
+    source, text = _resolve(name_or_path, _profiles_dir(), profile_names(), "hardware profile", "hardware.profile")
+    data = _parse(source, text)
+    if isinstance(data.get("link"), str):
+        data["link"] = _linked(data["link"], source, name_or_path)
+    profile: HardwareProfile = _validate(HardwareProfile, data, source)
+    if link is None:
+        return profile
+    new_link, link_provenance = load_link(link)
+    provenance = profile.provenance.model_copy(
+        update={"source": f"{profile.provenance.source}; link replaced by {link} ({link_provenance.source})"}
+    )
+    return profile.model_copy(update={"name": f"{profile.name}+{link}", "link": new_link, "provenance": provenance})

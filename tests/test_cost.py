@@ -1,0 +1,240 @@
+"""The cost model: hand-computed FLOPs/bytes on a tiny model, exact fetch formulas, sanity ranges."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engramsim.scenario import MoE, Model
+from engramsim.simulator.cost import CostModel, Work
+from engramsim.simulator.presets import load_profile
+from engramsim.simulator.profile import HardwareProfile
+from engramsim.steps import Step
+from engramsim.strategies import Stage
+
+# A profile with round numbers: 1e12 FLOP/s * 0.5 and 1 GB/s * 0.5 achieved.
+ROUND = {
+    "name": "round",
+    "gpu": {"name": "g", "bf16_tflops": 1.0, "hbm_gbps": 1.0, "hbm_gib": 1.0, "compute_efficiency": 0.5,
+            "memory_efficiency": 0.5, "layer_overhead_us": 2.0},
+    "link": {"name": "l", "h2d_gbps": 10.0, "d2h_gbps": 10.0, "dma_latency_us": 5.0, "zero_copy_gbps": 4.0,
+             "zero_copy_latency_us": 3.0, "transaction_bytes": 64},
+    "host": {"name": "h", "dram_gbps": 100.0, "dram_gib": 8.0, "gather_rows_per_s": 1e6, "gather_threads": 4,
+             "gather_overhead_us": 7.0},
+    "step_overhead_us": 100.0,
+    "provenance": {"kind": "preset", "source": "test"},
+}
+
+# One block: hidden 8, intermediate 16, 2 query heads, 1 KV head, head dim 4, vocab 32, bf16.
+# Engram at block 0: 2-/3-grams x 2 heads (4 heads/layer), head dim 4 bf16 (8 B rows), d_mem 16, hc_mult 2.
+TINY = {
+    "backbone": {"layers": 1, "hidden": 8, "intermediate": 16, "vocab": 32, "dtype": "bf16",
+                 "attention": {"heads": 2, "kv_heads": 1, "head_dim": 4}},
+    "engram": {"layers": [0], "max_ngram": 3, "heads": 2, "head_dim": 4, "rows_per_head": 101, "dtype": "bf16",
+               "hc_mult": 2, "kernel_size": 4},
+}
+
+DENSE_4B = {
+    "backbone": {"layers": 36, "hidden": 2560, "intermediate": 9728, "vocab": 151936, "dtype": "bf16",
+                 "attention": {"heads": 32, "kv_heads": 8, "head_dim": 128}},
+    "engram": {"layers": [1], "heads": 8, "head_dim": 80, "rows_per_head": 78_125_000, "hc_mult": 1},
+}
+
+
+def make_step(new: list[int], ctx: list[int], kind: str = "prefill", index: int = 0) -> Step:
+    new_a, ctx_a = np.asarray(new, dtype=np.int64), np.asarray(ctx, dtype=np.int64)
+    return Step(index, kind, np.arange(new_a.size, dtype=np.int64), new_a, ctx_a,
+                np.zeros(int(new_a.sum()), dtype=np.int64))
+
+
+@pytest.fixture
+def tiny() -> CostModel:
+    return CostModel(Model.model_validate(TINY), HardwareProfile.model_validate(ROUND))
+
+
+@pytest.fixture(scope="module")
+def dense4b_h800() -> CostModel:
+    return CostModel(Model.model_validate(DENSE_4B), load_profile("h800"))
+
+
+# ---- hand-computed work on the tiny model -----------------------------------------------------
+def test_attention_work_by_hand_prefill(tiny):
+    # qkv_out = (2 + 2*1)*4 = 16, o_in = 8, params = 8*16 + 8*8 = 192
+    # 3 new tokens, context 3: causal pairs = 3*4/2 = 6
+    # flops = 2*3*192 + 4*heads 2*head_dim 4*6 = 1152 + 192 = 1344
+    # KV: (context 3 read + 3 written) * (2*1*4*2 B) = 96 B
+    # activations per token: norm 16 + qkv (8+16) + attn 16 + o (8+8) + residual 24 = 96 elems
+    # bytes = 192*2 + 96 + 3*96*2 = 1056
+    assert tiny.attention_work(make_step([3], [3])) == Work(1344.0, 1056.0)
+
+
+def test_attention_work_by_hand_decode(tiny):
+    # two sequences, one new token each, contexts 5 and 9: pairs = 5 + 9 = 14
+    # flops = 2*2*192 + 32*14 = 768 + 448 = 1216; bytes = 384 + (14 + 2)*16 + 2*96*2 = 1024
+    assert tiny.attention_work(make_step([1, 1], [5, 9], "decode")) == Work(1216.0, 1024.0)
+
+
+def test_chunked_prefill_pairs(tiny):
+    # 2 new tokens after 4 cached: pairs = 2*4 + 2*3/2 = 11
+    work = tiny.attention_work(make_step([2], [6]))
+    assert work.flops == 2 * 2 * 192 + 32 * 11
+
+
+def test_mlp_work_by_hand(tiny):
+    # params = 3*8*16 = 384; flops = 2*3*384 = 2304
+    # per token: norm 16 + gate_up (8+32) + swiglu 48 + down (16+8) + residual 24 = 152 elems
+    # bytes = 384*2 + 3*152*2 = 1680
+    assert tiny.mlp_work(make_step([3], [3])) == Work(2304.0, 1680.0)
+
+
+def test_block_time_is_roofline_plus_overhead(tiny):
+    step = make_step([3], [3])
+    # work = (1344 + 2304, 1056 + 1680) = (3648 FLOP, 2736 B); 5e11 FLOP/s, 5e8 B/s: memory-bound
+    assert tiny.block_work(step, 0) == Work(3648.0, 2736.0)
+    assert tiny.block_time(step, 0) == pytest.approx(2736 / 5e8 + 2e-6, rel=1e-12)
+    assert tiny.blocks_time(step, 0, 1) == tiny.block_time(step, 0)
+    assert tiny.blocks_time(step, 0, 0) == 0.0
+    with pytest.raises(ValueError):
+        tiny.blocks_time(step, 0, 2)
+
+
+def test_engram_work_by_hand(tiny):
+    # rows of 8 B; e_t = 4 heads * 8 B = 32 B/token; 3 tokens, 5 rows from HBM
+    # gather: 5*8 + 3*32 = 136 B
+    # projection 16 -> (2+1)*8 = 24: params 384, flops 2*3*384 = 2304, bytes 768 + 3*(32 + 48) = 1008
+    # elementwise over 3*2*8 = 48 elems: flops 2*4*48 = 384, bytes 15*48*2 = 1440
+    step = make_step([3], [3])
+    assert tiny.engram_work(step, 5) == Work(2688.0, 2584.0)
+    assert tiny.engram_time(step, 5) == pytest.approx(2584 / 5e8 + 2e-6, rel=1e-12)
+    assert tiny.engram_time(step, 50) > tiny.engram_time(step, 5)
+
+
+def test_head_work_by_hand(tiny):
+    # embedding 2*3*8*2 = 96 B, norm 96 B; LM head 8x32: flops 2*1*256 = 512,
+    # bytes 256*2 + 8*2 + 2*32*4 = 784 -> 976 B; plus the 100 us step overhead
+    step = make_step([3], [3])
+    assert tiny.head_work(step) == Work(512.0, 976.0)
+    assert tiny.head_time(step) == pytest.approx(976 / 5e8 + 100e-6, rel=1e-12)
+
+
+# ---- MoE -------------------------------------------------------------------------------------
+def moe_model(layers: int = 3) -> Model:
+    data = {**TINY, "backbone": {**TINY["backbone"], "layers": layers,
+                                 "moe": {"experts": 8, "top_k": 2, "shared_experts": 1, "expert_intermediate": 4,
+                                         "dense_layers": 1}}}
+    return Model.model_validate(data)
+
+
+def test_experts_touched():
+    cost = CostModel(moe_model(), HardwareProfile.model_validate(ROUND))
+    assert cost.experts_touched(1) == pytest.approx(1 + 2)  # one token: shared + top_k
+    assert cost.experts_touched(2) == pytest.approx(1 + 8 * (1 - 0.75**2))
+    assert cost.experts_touched(10_000) == pytest.approx(1 + 8)  # every expert
+    counts = [cost.experts_touched(n) for n in range(1, 50)]
+    assert all(a < b for a, b in zip(counts, counts[1:]))
+
+
+def test_moe_work_by_hand():
+    cost = CostModel(moe_model(), HardwareProfile.model_validate(ROUND))
+    step = make_step([1], [1], "decode")
+    # expert = 3*8*4 = 96 params, router 8*8 = 64; one token runs 3 experts
+    # flops = 2*1*(3*96 + 64) = 704; weights = (3*96 + 64)*2 = 704 B
+    # per token: norm 16 + router (8+8) + 3*(8+8+12+4+8) + combine (3*8 + 8) + residual 24 = 208 elems
+    assert cost.moe_work(step) == Work(704.0, 704.0 + 208 * 2)
+    assert cost.block_kind(0) == "dense" and cost.block_kind(1) == "moe"
+    assert cost.block_work(step, 1) == cost.attention_work(step) + cost.moe_work(step)
+
+
+def test_blocks_time_mixes_dense_and_moe():
+    cost = CostModel(moe_model(layers=4), HardwareProfile.model_validate(ROUND))
+    step = make_step([5, 7], [5, 7])
+    dense, moe = cost.block_time(step, 0), cost.block_time(step, 1)
+    assert dense != moe
+    assert cost.blocks_time(step, 0, 4) == pytest.approx(dense + 3 * moe)
+    assert cost.blocks_time(step, 2, 4) == pytest.approx(2 * moe)
+    assert cost.blocks_time(step, 0, 1) == pytest.approx(dense)
+
+
+def test_block_cache_follows_the_step(tiny):
+    a, b = make_step([3], [3], index=7), make_step([9], [9], index=7)  # same index, different step
+    assert tiny.block_time(a, 0) < tiny.block_time(b, 0)
+    assert tiny.block_time(a, 0) == tiny.roofline(tiny.block_work(a, 0)) + tiny.layer_overhead_s
+
+
+# ---- monotonicity and regimes on a real-sized model -------------------------------------------
+def test_monotone_in_tokens_context_and_seqs(dense4b_h800):
+    cost = dense4b_h800
+    prefill = [cost.blocks_time(make_step([n], [n]), 0, 36) for n in (16, 256, 1024, 4096)]
+    assert all(a < b for a, b in zip(prefill, prefill[1:]))
+    decode = [cost.blocks_time(make_step([1] * 64, [c] * 64, "decode"), 0, 36) for c in (100, 600, 2000, 8000)]
+    assert all(a < b for a, b in zip(decode, decode[1:]))
+    seqs = [cost.blocks_time(make_step([1] * s, [600] * s, "decode"), 0, 36) for s in (1, 32, 256, 512)]
+    assert all(a < b for a, b in zip(seqs, seqs[1:]))
+    heads = [cost.head_time(make_step([1] * s, [600] * s, "decode")) for s in (1, 256, 4096)]
+    assert all(a < b for a, b in zip(heads, heads[1:]))
+
+
+def test_decode_is_memory_bound_and_prefill_compute_bound(dense4b_h800):
+    cost = dense4b_h800
+    decode = cost.block_work(make_step([1] * 256, [600] * 256, "decode"), 0)
+    assert decode.bytes / cost.hbm_bytes_per_s > 2 * decode.flops / cost.flops_per_s
+    # decode bytes are dominated by weights (~202 MB) + KV cache (256*600*4 KiB ~ 629 MB);
+    # activations of 256 tokens add ~58 MB (~7%)
+    weights = (2560 * (32 + 16) * 128 + 32 * 128 * 2560 + 3 * 2560 * 9728) * 2
+    kv = 256 * 600 * 2 * 8 * 128 * 2
+    assert weights + kv < decode.bytes < 1.10 * (weights + kv)
+    prefill = cost.block_work(make_step([1024] * 8, [1024] * 8), 0)
+    assert prefill.flops / cost.flops_per_s > 2 * prefill.bytes / cost.hbm_bytes_per_s
+
+
+def test_dense_4b_decode_step_on_h800(dense4b_h800, capsys):
+    """Dense 4B-like model (36 blocks, hidden 2560, intermediate 9728, 32 heads, 8 KV heads,
+    head dim 128) on h800: one decode step of 256 sequences at context 600 takes ~13.0 ms when
+    this was written (about 0.33 ms of memory traffic per block: 202 MB weights + 629 MB KV)."""
+    cost = dense4b_h800
+    step = make_step([1] * 256, [600] * 256, "decode")
+    seconds = cost.blocks_time(step, 0, 36) + cost.head_time(step)
+    with capsys.disabled():
+        print(f"\n[dense 4B, h800] decode step, 256 seqs at context 600: {seconds * 1e3:.2f} ms")
+    assert 3e-3 < seconds < 20e-3
+
+
+# ---- fetch formulas ----------------------------------------------------------------------------
+def test_h2d_time_exact(tiny):
+    assert tiny.h2d_time(1_000_000) == pytest.approx(5e-6 + 1e6 / 10e9, rel=1e-12)
+    assert tiny.h2d_latency() + tiny.h2d_wire_time(1_000_000) == pytest.approx(tiny.h2d_time(1_000_000))
+    assert tiny.h2d_time(0) == 0.0
+
+
+def test_zero_copy_time_exact(tiny):
+    # 64 B transactions: a 100 B row costs 128 B on the wire, a 64 B row 64 B
+    assert tiny.zero_copy_time(10, 100) == pytest.approx(3e-6 + 10 * 128 / 4e9, rel=1e-12)
+    assert tiny.zero_copy_time(10, 64) == pytest.approx(3e-6 + 10 * 64 / 4e9, rel=1e-12)
+    assert tiny.zero_copy_time(0, 100) == 0.0
+
+
+def test_gather_time_exact(tiny):
+    # row-rate bound: 4 threads x 1e6 rows/s
+    assert tiny.gather_time(1000, 128) == pytest.approx(7e-6 + 1000 / 4e6, rel=1e-12)
+    # DRAM bound: 1 MB rows, read + written at 100 GB/s
+    assert tiny.gather_time(10, 1_000_000) == pytest.approx(7e-6 + 2 * 10 * 1e6 / 100e9, rel=1e-12)
+    assert tiny.gather_time(0, 128) == 0.0
+
+
+def test_stage_time_dispatches(tiny):
+    assert tiny.stage_time(Stage("gather", 1000, 128_000), 128) == tiny.gather_time(1000, 128)
+    assert tiny.stage_time(Stage("h2d", 1000, 128_000), 128) == tiny.h2d_time(128_000)
+    assert tiny.stage_time(Stage("zero_copy", 1000, 128_000), 128) == tiny.zero_copy_time(1000, 128)
+    for resource in ("gather", "h2d", "zero_copy"):
+        assert tiny.stage_time(Stage(resource, 0, 0), 128) == 0.0
+
+
+def test_preset_fetch_numbers(dense4b_h800):
+    """h800 (PCIe Gen5): 16 rows x 160 B per token for 256 decode tokens."""
+    cost, rows, row_bytes = dense4b_h800, 256 * 16, 160
+    assert cost.h2d_time(rows * row_bytes) == pytest.approx(6.5e-6 + rows * row_bytes / 53e9)
+    assert cost.zero_copy_time(rows, row_bytes) == pytest.approx(4e-6 + rows * 256 / 35e9)
+    assert cost.gather_time(rows, row_bytes) == pytest.approx(10e-6 + rows / (8 * 23e6))
+    assert math.isclose(cost.zero_copy_wire_time(rows, 128), rows * 128 / 35e9)
