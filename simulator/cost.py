@@ -190,11 +190,12 @@ class CostModel:
         return total
 
     # ---- GPU: Engram layer and head ----------------------------------------------------------
-    def engram_work(self, step: Step, hbm_rows: int) -> Work:
+    def engram_work(self, step: Step, rows: int) -> Work:
         """The Engram layer's GPU work after its rows are on the device.
 
-        Gather: `hbm_rows` random rows read from HBM (rows that came over the link are placed by
-        the transport, whose cost it is), and the memory vector e_t written for every token.
+        Gather: the step's `rows` unique rows read from device memory (from the table in HBM, or
+        from the buffer the link filled: the same traffic either way, so offloading never makes
+        this cheaper), and the memory vector e_t written for every token.
         Fused projection d_mem -> (hc_mult+1)·hidden (the W_k per branch and the shared W_v).
         Gating, short conv and residual: `ENGRAM_ELEMENTWISE_PASSES` passes over
         [tokens, hc_mult, hidden] plus the depthwise conv's FLOPs.
@@ -203,7 +204,7 @@ class CostModel:
         hidden, hc = self.model.backbone.hidden, engram.hc_mult
         tokens = step.num_tokens
         e_t = engram.heads_per_layer * engram.row_bytes  # one token's memory vector, bytes
-        gather = Work(0.0, hbm_rows * engram.row_bytes + tokens * e_t)
+        gather = Work(0.0, rows * engram.row_bytes + tokens * e_t)
         out = (hc + 1) * hidden
         params = engram.d_mem * out
         projection = Work(2.0 * tokens * params, params * b + tokens * (e_t + out * b))
@@ -211,9 +212,9 @@ class CostModel:
         elementwise = Work(2.0 * engram.kernel_size * branch_elems, ENGRAM_ELEMENTWISE_PASSES * branch_elems * b)
         return gather + projection + elementwise
 
-    def engram_time(self, step: Step, hbm_rows: int) -> float:
+    def engram_time(self, step: Step, rows: int) -> float:
         """Seconds of the Engram layer's own GPU work (roofline + one layer overhead)."""
-        return self.roofline(self.engram_work(step, hbm_rows)) + self.layer_overhead_s
+        return self.roofline(self.engram_work(step, rows)) + self.layer_overhead_s
 
     def head_work(self, step: Step) -> Work:
         """Embedding lookup, final RMSNorm and the LM head for one sampled token per sequence."""

@@ -200,7 +200,7 @@ class Engine:
                 lrec.stall_s = env.now - waited_from
                 if lrec.stall_s > 0:
                     self.spans.append(Span("compute", f"stall L{start}", waited_from, env.now, step.index, start))
-                yield from self._compute(f"engram L{start}", cost.engram_time(step, lrec.rows_hbm), step.index, start)
+                yield from self._compute(f"engram L{start}", cost.engram_time(step, lrec.rows_unique), step.index, start)
                 record.layers.append(lrec)
             yield from self._compute(f"blocks {start}-{stop - 1}", cost.blocks_time(step, start, stop), step.index)
         yield from self._compute("head", cost.head_time(step), step.index)

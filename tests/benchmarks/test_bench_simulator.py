@@ -1,0 +1,36 @@
+"""Simulator speed and memory on the paper-4B scenario: simulated seconds per wall second."""
+
+import resource
+import time
+
+import pytest
+
+from engramsim.runner import prepare, simulate_run
+from engramsim.scenario_io import load_scenario
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return prepare(load_scenario("scenarios/paper-table4-4b.yaml"), "scenarios/paper-table4-4b.yaml")
+
+
+@pytest.mark.benchmark(group="simulator-paper-4b")
+def test_simulation_speed_paper_4b(benchmark, prepared):
+    start = time.perf_counter()
+    cold = simulate_run(prepared)  # first pass also computes and memoizes every step's lookups
+    cold_s = time.perf_counter() - start
+    outcome = benchmark.pedantic(simulate_run, args=(prepared,), rounds=3)
+    warm_s = benchmark.stats.stats.min
+    simulated = outcome.sim.makespan_s
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    benchmark.extra_info.update(simulated_s=simulated, events=outcome.sim.events, cold_speedup=simulated / cold_s,
+                                warm_speedup=simulated / warm_s, peak_rss_mb=peak_rss_mb)
+    print(
+        f"\npaper-4B: {len(outcome.sim.steps)} steps, {simulated:.2f} simulated s, {outcome.sim.events:,} events; "
+        f"cold pass {cold_s:.3f} s wall = {simulated / cold_s:.0f}x real time ({outcome.sim.events / cold_s:,.0f} events/s), "
+        f"warm pass {warm_s:.3f} s = {simulated / warm_s:.0f}x ({outcome.sim.events / warm_s:,.0f} events/s); "
+        f"peak RSS {peak_rss_mb:.0f} MB (target >= 100x, <= 1024 MB)"
+    )
+    assert cold.sim.makespan_s == pytest.approx(simulated)
+    assert simulated / warm_s >= 100
+    assert peak_rss_mb <= 1024
