@@ -51,9 +51,13 @@ def per_layer(outcome: RunOutcome) -> list[dict[str, Any]]:
     layers: dict[int, dict[str, Any]] = {}
     for step in outcome.sim.steps:
         for rec in step.layers:
-            acc = layers.setdefault(rec.layer, dict(layer=rec.layer, stall_ms_total=0.0, steps_stalled=0, rows_unique=0,
-                                                    references=0, rows_hbm=0, rows_fetched=0, bytes_fetched=0))
+            acc = layers.setdefault(rec.layer, dict(layer=rec.layer, stall_ms_total=0.0, steps_stalled=0, fetch_ms_total=0.0,
+                                                    fetch_ms_max=0.0, rows_unique=0, references=0, rows_hbm=0, rows_fetched=0,
+                                                    bytes_fetched=0))
             acc["stall_ms_total"] += rec.stall_s * 1e3
+            fetch_ms = (rec.ready_s - rec.issue_s) * 1e3
+            acc["fetch_ms_total"] += fetch_ms
+            acc["fetch_ms_max"] = max(acc["fetch_ms_max"], fetch_ms)
             acc["steps_stalled"] += int(rec.stall_s > 0)
             for key in ("rows_unique", "references", "rows_hbm", "rows_fetched", "bytes_fetched"):
                 acc[key] += getattr(rec, key)
