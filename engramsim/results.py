@@ -177,6 +177,7 @@ def write_plot(path: Path, outcome: RunOutcome, baseline: RunOutcome | None, tit
     top.set_title(title)
     bottom.plot(t, [sum(r.stall_s for r in s.layers) * 1e3 for s in steps], lw=0.8, color="tab:red")
     bottom.set_ylabel("Engram stall per step (ms)")
+    bottom.set_ylim(bottom=0)
     bottom.set_xlabel("simulated time (s)")
     fig.tight_layout()
     with atomic_path(path) as tmp:

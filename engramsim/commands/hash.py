@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engramsim.commands.args import int_list
+from engramsim.commands.args import add_hash_spec_args
 from engramsim.errors import InputError
 from engramsim.files import atomic_path
 from engramsim.plugins.hashing.engram import EngramHashing, EngramHashSpec
@@ -19,11 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("hash", help="hash a text file into Engram row ids (NPZ)")
     p.add_argument("--text", required=True, type=Path, help="UTF-8 text, tokenized as one sequence")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: DeepSeek V4)")
-    p.add_argument("--layers", type=int_list, default=[1, 15], help="Engram layer ids, e.g. 1,15")
-    p.add_argument("--rows-per-head", type=int_list, default=[646400], help="per-head rows, one value or one per order")
-    p.add_argument("--max-ngram", type=int, default=3)
-    p.add_argument("--heads", type=int, default=8, help="heads per n-gram order")
-    p.add_argument("--seed", type=int, default=0)
+    add_hash_spec_args(p)
     p.add_argument("--out", required=True, type=Path, help="output .npz")
     p.set_defaults(handler=run)
 

@@ -8,7 +8,7 @@ import shlex
 import time
 from pathlib import Path
 
-from engramsim.commands.args import int_list
+from engramsim.commands.args import add_hash_spec_args
 from engramsim.commands.hash import spec_from_args
 from engramsim.errors import InputError
 
@@ -30,11 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = tsub.add_parser("stats", help="n-gram skew, Zipf fit and Engram row reuse of a trace")
     s.add_argument("trace", help="a shipped trace name (see `engramsim trace list`) or a .npz path")
     s.add_argument("--layer", type=int, default=None, help="layer whose row reuse is measured (default: first of --layers)")
-    s.add_argument("--layers", type=int_list, default=[1, 15], help="all Engram layer ids (primes depend on them), e.g. 1,15")
-    s.add_argument("--rows-per-head", type=int_list, default=[646400], help="per-head rows, one value or one per order")
-    s.add_argument("--max-ngram", type=int, default=3)
-    s.add_argument("--heads", type=int, default=8, help="heads per n-gram order")
-    s.add_argument("--seed", type=int, default=0)
+    add_hash_spec_args(s)
     s.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json the trace was built with (default: DeepSeek V4)")
     s.add_argument("--json", action="store_true", help="print the statistics as JSON")
     s.set_defaults(handler=run_stats)

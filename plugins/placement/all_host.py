@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
-
+from engramsim.plugins.placement.single_tier import SingleTier
 from engramsim.registry import register
-from engramsim.strategies import Placement, Tier
+from engramsim.strategies import Tier
 
 
 @register("placement", "all-host")
-class AllHost(Placement):
+class AllHost(SingleTier):
     """Every row in host DRAM: each lookup not cached crosses the link."""
 
-    def tier_of(self, layer: int, rows: np.ndarray) -> np.ndarray:
-        return np.full(rows.shape, Tier.HOST, dtype=np.uint8)
-
-    def bytes_per_tier(self) -> dict[Tier, int]:
-        return {Tier.HOST: sum(t.bytes for t in self.setup.tables.values())}
+    tier = Tier.HOST

@@ -1,0 +1,21 @@
+"""Placements that put every row of every table in one tier."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from engramsim.strategies import Placement, Tier
+
+
+class SingleTier(Placement):
+    """Base for whole-table placements: subclasses name the tier."""
+
+    tier: ClassVar[Tier]
+
+    def tier_of(self, layer: int, rows: np.ndarray) -> np.ndarray:
+        return np.full(rows.shape, self.tier, dtype=np.uint8)
+
+    def bytes_per_tier(self) -> dict[Tier, int]:
+        return {self.tier: sum(t.bytes for t in self.setup.tables.values())}
