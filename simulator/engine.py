@@ -172,13 +172,9 @@ class Engine:
         return self.env.now
 
     # ---- steps ---------------------------------------------------------------------------
-    def _compute(self, name: str, seconds: float, step: int, layer: int | None = None) -> Iterator[simpy.Event]:
-        if seconds > 0:
-            start = self.env.now
-            yield self.env.timeout(seconds)
-            self.spans.append(Span("compute", name, start, self.env.now, step, layer))
-
     def run_step(self, step: Step, view: StepView) -> Generator[simpy.Event, None, StepRecord]:
+        """Blocks run back to back on the compute stream; consecutive compute is one timeout,
+        cut only where a fetch must start or an Engram layer must wait for its rows."""
         env, cost = self.env, self.cost
         record = StepRecord(step.index, step.kind, env.now, env.now, step.num_tokens, step.num_seqs)
         plans = {layer: _record(p, self.tables[layer].row_bytes) for layer, p in self.planner.plan(step, view).items()} if self.engram else {}
@@ -186,24 +182,42 @@ class Engine:
         for layer, (_, issue) in plans.items():
             issues.setdefault(issue, []).append(layer)
         fetches: dict[int, simpy.Process] = {}
+        queued: list[tuple[str, float, int | None]] = []  # compute enqueued but not yet simulated
+
+        def run_queued() -> Iterator[simpy.Event]:
+            start = env.now
+            total = sum(seconds for _, seconds, _ in queued)
+            if total > 0:
+                yield env.timeout(total)
+            for name, seconds, layer in queued:
+                if seconds > 0:
+                    self.spans.append(Span("compute", name, start, start + seconds, step.index, layer))
+                    start += seconds
+            queued.clear()
+
         cuts = sorted({0, self.blocks, *issues, *plans})
         for start, stop in zip(cuts, cuts[1:]):
             for layer in issues.get(start, []):
                 lrec = plans[layer][0]
-                lrec.issue_s = env.now
                 if lrec.rows_fetched:
+                    yield from run_queued()
                     fetches[layer] = env.process(self._fetch(lrec.rows_fetched, layer, step.index))
+                lrec.issue_s = env.now + sum(seconds for _, seconds, _ in queued)
             if start in plans:
                 lrec = plans[start][0]
-                waited_from = env.now
-                lrec.ready_s = (yield fetches[start]) if start in fetches else lrec.issue_s
-                lrec.stall_s = env.now - waited_from
-                if lrec.stall_s > 0:
-                    self.spans.append(Span("compute", f"stall L{start}", waited_from, env.now, step.index, start))
-                yield from self._compute(f"engram L{start}", cost.engram_time(step, lrec.rows_unique), step.index, start)
+                lrec.ready_s = lrec.issue_s
+                if start in fetches:
+                    yield from run_queued()
+                    waited_from = env.now
+                    lrec.ready_s = yield fetches[start]
+                    lrec.stall_s = env.now - waited_from
+                    if lrec.stall_s > 0:
+                        self.spans.append(Span("compute", f"stall L{start}", waited_from, env.now, step.index, start))
+                queued.append((f"engram L{start}", cost.engram_time(step, lrec.rows_unique), start))
                 record.layers.append(lrec)
-            yield from self._compute(f"blocks {start}-{stop - 1}", cost.blocks_time(step, start, stop), step.index)
-        yield from self._compute("head", cost.head_time(step), step.index)
+            queued.append((f"blocks {start}-{stop - 1}", cost.blocks_time(step, start, stop), None))
+        queued.append(("head", cost.head_time(step), None))
+        yield from run_queued()
         record.end_s = env.now
         return record
 
