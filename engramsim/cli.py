@@ -8,7 +8,7 @@ import sys
 
 from engramsim.errors import InputError
 
-COMMANDS = ("hash", "trace", "check", "schema", "plugins", "run", "diff")
+COMMANDS = ("hash", "trace", "check", "schema", "plugins", "run", "diff", "hw", "calibrate", "validate")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -144,8 +144,9 @@ def _lane(span: Span) -> str:
     return "stall" if span.name.startswith("stall") else span.lane
 
 
-def timeline_json(spans: list[Span], title: str) -> str:
-    """Chrome/Perfetto trace-event JSON: one thread per lane, times in microseconds."""
+def timeline_json(spans: list[Span], title: str, counters: list[dict[str, Any]] | None = None) -> str:
+    """Chrome/Perfetto trace-event JSON: one thread per lane, times in microseconds; `counters`
+    are extra trace events appended as given (a CUDA run's NVML samples, "ph": "C")."""
     tids = {lane: i + 1 for i, lane in enumerate(LANES)}
     events: list[dict[str, Any]] = [{"name": "process_name", "ph": "M", "pid": 1, "args": {"name": title}}]
     events += [{"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": lane}} for lane, tid in tids.items()]
@@ -157,6 +158,7 @@ def timeline_json(spans: list[Span], title: str) -> str:
             args["bytes"] = span.bytes
         events.append({"name": span.name, "ph": "X", "pid": 1, "tid": tids[_lane(span)], "ts": round(span.start_s * 1e6, 3),
                        "dur": round((span.end_s - span.start_s) * 1e6, 3), "args": args})
+    events += counters or []
     return json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}, separators=(",", ":"))
 
 
@@ -185,8 +187,9 @@ def write_plot(path: Path, outcome: RunOutcome, baseline: RunOutcome | None, tit
     plt.close(fig)
 
 
-def write_results(out_dir: Path, document: dict, outcome: RunOutcome, baseline: RunOutcome | None, outputs) -> list[Path]:
-    """Write every requested file atomically; return their paths."""
+def write_results(out_dir: Path, document: dict, outcome: RunOutcome, baseline: RunOutcome | None, outputs,
+                  counters: list[dict[str, Any]] | None = None) -> list[Path]:
+    """Write every requested file atomically; return their paths. `counters`: see `timeline_json`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "results.json"]
     write_text_atomic(written[0], json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -195,7 +198,7 @@ def write_results(out_dir: Path, document: dict, outcome: RunOutcome, baseline: 
         write_text_atomic(written[-1], steps_csv(outcome, baseline))
     if outputs.timeline:
         written.append(out_dir / "timeline.json")
-        write_text_atomic(written[-1], timeline_json(outcome.sim.spans, document["scenario"]["name"]))
+        write_text_atomic(written[-1], timeline_json(outcome.sim.spans, document["scenario"]["name"], counters))
     if outputs.plot:
         written.append(out_dir / "plot.png")
         write_plot(written[-1], outcome, baseline, document["scenario"]["name"])

@@ -1,16 +1,18 @@
 """Run a scenario: resolve its names, build the workload once, execute, write the results.
 
-The simulator runs the scenario three times on the same steps: as configured, with every table
+Every executor runs the scenario three times on the same steps: as configured, with every table
 in HBM (the baseline the overhead is measured against) and without Engram at all (the reference
-the paper's Table 4 uses).
+the paper's Table 4 uses). The simulator prices the passes (`run_sim`); the real backends execute
+them with torch on the CPU or a CUDA GPU and time them (`run_real_report`, imported lazily so a
+simulated run never loads torch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-
 
 from engramsim.errors import InputError
 from engramsim.plan import Planner
@@ -120,18 +122,29 @@ class RunReport:
     no_engram: RunOutcome | None
 
 
-def run_sim(prepared: Prepared, out_dir: Path, progress_factory: Callable | None = None) -> RunReport:
-    scenario = prepared.scenario
-    passes = [("offloaded", {}), ]
+def passes(scenario: Scenario) -> list[tuple[str, dict]]:
+    """(progress label, executor kwargs) of every pass: as configured, then the references."""
+    out: list[tuple[str, dict]] = [("offloaded", {})]
     if scenario.run.baseline:
-        passes += [("all-HBM baseline", {"placement": StrategyChoice(name="all-hbm")}), ("no-Engram reference", {"engram": False})]
+        out += [("all-HBM baseline", {"placement": StrategyChoice(name="all-hbm")}), ("no-Engram reference", {"engram": False})]
+    return out
+
+
+def _run_passes(prepared: Prepared, execute: Callable[..., RunOutcome], progress_factory: Callable | None) -> list[RunOutcome]:
     outcomes = []
-    for label, kwargs in passes:
+    for label, kwargs in passes(prepared.scenario):
         if progress_factory is None:
-            outcomes.append(simulate_run(prepared, **kwargs))
+            outcomes.append(execute(**kwargs))
         else:
             with progress_factory(label, prepared.workload.total_output_tokens) as advance:
-                outcomes.append(simulate_run(prepared, progress=advance, **kwargs))
+                outcomes.append(execute(progress=advance, **kwargs))
+    return outcomes
+
+
+def _report(prepared: Prepared, out_dir: Path, outcomes: list[RunOutcome], backend: str,
+            extra: dict | None = None, counters: list[dict] | None = None) -> RunReport:
+    """Summary, results document and files of the passes; `extra` adds top-level keys (CUDA: nvml)."""
+    scenario = prepared.scenario
     outcome = outcomes[0]
     baseline, no_engram = (outcomes[1], outcomes[2]) if scenario.run.baseline else (None, None)
     summary = summarize(outcome, baseline, scenario.run.seed, prepared.profile.link.h2d_gbps)
@@ -139,9 +152,38 @@ def run_sim(prepared: Prepared, out_dir: Path, progress_factory: Callable | None
         ref = no_engram.throughput_tok_s
         summary["no_engram_throughput_tok_s"] = ref
         summary["overhead_vs_no_engram_pct"] = (ref - outcome.throughput_tok_s) / ref * 100 if ref else None
-    document = results_document(summary, outcome, dump_scenario(scenario), prepared.profile.model_dump(mode="json"), "sim")
-    files = write_results(out_dir, document, outcome, baseline, scenario.run.outputs)
+    document = results_document(summary, outcome, dump_scenario(scenario), prepared.profile.model_dump(mode="json"), backend)
+    document |= extra or {}
+    files = write_results(out_dir, document, outcome, baseline, scenario.run.outputs, counters=counters)
     return RunReport(document, files, outcome, baseline, no_engram)
+
+
+def run_sim(prepared: Prepared, out_dir: Path, progress_factory: Callable | None = None) -> RunReport:
+    return _report(prepared, out_dir, _run_passes(prepared, partial(simulate_run, prepared), progress_factory), "sim")
+
+
+def run_real(prepared: Prepared, backend: str, placement: StrategyChoice | None = None, engram: bool = True,
+             progress: Callable | None = None) -> RunOutcome:
+    """One measured pass on the "cpu" or "cuda" backend, mirroring `simulate_run`: the same steps
+    and Planner decisions, executed with torch (engramsim/backends/executor.py)."""
+    from engramsim.backends.executor import RealSession
+
+    with RealSession(prepared, backend, [placement]) as session:
+        return session.run(placement, engram, progress)
+
+
+def run_real_report(prepared: Prepared, backend: str, out_dir: Path, progress_factory: Callable | None = None) -> RunReport:
+    """`run_sim` on real hardware: the same passes on one session (tables allocated once); the
+    offloaded pass also samples hardware counters where the device has them (CUDA: NVML)."""
+    from engramsim.backends.executor import RealSession
+
+    placements = [kwargs.get("placement") for _, kwargs in passes(prepared.scenario) if kwargs.get("engram", True)]
+    with RealSession(prepared, backend, placements) as session:
+        outcomes = _run_passes(prepared, lambda **kwargs: session.run(sample=session.sampler is None, **kwargs), progress_factory)
+    sampler = session.sampler
+    if sampler is None:
+        return _report(prepared, out_dir, outcomes, backend)
+    return _report(prepared, out_dir, outcomes, backend, {"nvml": sampler.summary()}, sampler.counters())
 
 
 def fresh_run_dir(root: Path, name: str, seed: int) -> Path:

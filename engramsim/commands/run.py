@@ -1,4 +1,7 @@
-"""`engramsim run`: execute a scenario and write results.json, steps.csv, timeline.json, plot.png."""
+"""`engramsim run`: execute a scenario and write results.json, steps.csv, timeline.json, plot.png.
+
+`--backend sim` (the default) simulates it; `cpu` and `cuda` execute it for real and time it.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from engramsim.errors import InputError
-from engramsim.runner import RunReport, fresh_run_dir, prepare, run_sim
+from engramsim.runner import RunReport, fresh_run_dir, prepare, run_real_report, run_sim
 from engramsim.scenario_io import load_scenario
 
 
@@ -49,7 +51,9 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 def print_report(console: Console, report: RunReport, wall_s: float) -> None:
     s = report.document["summary"]
     sim = report.document["simulation"]
-    table = Table(title=f"{report.document['scenario']['name']} (backend {report.document['backend']})", show_header=False)
+    backend = report.document["backend"]
+    measured = backend != "sim"
+    table = Table(title=f"{report.document['scenario']['name']} (backend {backend})", show_header=False)
     rows = [
         ("output throughput", f"{_fmt(s['throughput_tok_s'])} tok/s"),
         ("all tables in HBM", f"{_fmt(s['baseline_throughput_tok_s'])} tok/s"),
@@ -63,9 +67,14 @@ def print_report(console: Console, report: RunReport, wall_s: float) -> None:
         ("PCIe bytes", f"{s['pcie_bytes']:,} ({_fmt(s['pcie_avg_gbps'], 4)} GB/s avg, {_fmt(s['pcie_utilisation'] * 100, 3)} % busy)"),
         ("rows fetched", f"{s['rows_fetched']:,} ({_fmt(s['rows_fetched_per_step_mean'], 0)} per step)"),
         ("dedup ratio", f"{_fmt(s['dedup_ratio'], 3)} references per unique row"),
-        ("steps / simulated time", f"{s['steps']:,} / {_fmt(s['makespan_s'], 3)} s"),
+        (f"steps / {'measured' if measured else 'simulated'} time", f"{s['steps']:,} / {_fmt(s['makespan_s'], 3)} s"),
+        ("run time", f"{wall_s:.2f} s wall for all passes, setup included") if measured else
         ("simulator speed", f"{sim['events']:,} events, {wall_s:.2f} s wall for all passes"),
     ]
+    nvml = report.document.get("nvml")
+    if nvml is not None:
+        rows.append(("NVML", f"{nvml['samples']} samples, PCIe host->GPU {_fmt(nvml.get('pcie_rx_gbps_mean'), 3)} GB/s mean, "
+                             f"SM {_fmt(nvml.get('sm_util_pct_mean'), 0)} %" + (f" ({nvml['error']})" if nvml["error"] else "")))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
@@ -82,14 +91,20 @@ def run(args: argparse.Namespace) -> int:
     path = args.scenario or default_scenario()
     overrides = list(args.overrides) + ([f"run.backend={args.backend}"] if args.backend else [])
     scenario = load_scenario(path, overrides)
-    if scenario.run.backend != "sim":
-        raise InputError(path, f"expected 'sim', got {scenario.run.backend!r}: this version has only the simulator backend",
-                         field="run.backend")
+    backend = scenario.run.backend
+    if backend == "cuda":  # before the workload is built: no GPU, no work
+        from engramsim.backends.cuda import require_gpu
+
+        require_gpu(str(path))
     console = Console(quiet=args.quiet)
     start = time.perf_counter()
     prepared = prepare(scenario, str(path))
     out_dir = args.out or fresh_run_dir(Path("runs"), scenario.name, scenario.run.seed)
-    report = run_sim(prepared, out_dir, None if args.quiet else lambda label, total: _progress(console, label, total))
+    progress = None if args.quiet else lambda label, total: _progress(console, label, total)
+    if backend == "sim":
+        report = run_sim(prepared, out_dir, progress)
+    else:
+        report = run_real_report(prepared, backend, out_dir, progress)
     print_report(console, report, time.perf_counter() - start)
     console.print(f"wrote {', '.join(str(f) for f in report.files)}")
     if args.quiet:

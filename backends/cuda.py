@@ -1,0 +1,196 @@
+"""The CUDA backend: tables in page-locked host memory, fetches on a copy stream, the stand-in
+blocks on a compute stream, every GPU-side interval timed with CUDA events.
+
+Importing this module touches no CUDA API; a CudaDevice is built only for `--backend cuda`, and
+refuses with one line when torch sees no GPU.
+
+Memory. A table is ordinary host memory page-locked with cudaHostRegister (torch.cuda.cudart()),
+not torch.empty(pin_memory=True): torch's pinned allocator rounds every allocation up to a power
+of two and would pin up to twice a 100 GB table. Staging buffers are small: pin_memory=True.
+Rows placed in HBM are read from a full copy of the table in GPU memory (the all-HBM baseline).
+
+Staged transport. The worker thread waits until the compute stream reaches the issuing block
+(`wait_reached`: the block's start event), gathers the rows on the CPU into pinned staging
+(index_select with `gather_threads` torch threads, timed with perf_counter) and enqueues one
+async copy staging -> landing buffer on the copy stream, between two events.
+
+Zero-copy. With unified virtual addressing a page-locked host address is valid on the GPU, so a
+CUDA tensor over the table's host pointer (made through __cuda_array_interface__) lets torch's
+CUDA index_select kernel read the rows over PCIe straight into the landing buffer, on the copy
+stream. This assumes the device can use the host pointer of registered memory (true on x86-64
+Linux with current drivers); setup reads rows back once and refuses zero-copy if they differ.
+
+Overlap and stalls. Before an Engram layer the compute stream waits on the fetch's last event;
+the stall is the time between two compute-stream events around that wait, counted only when the
+rows landed after the compute stream got there, so it is time the GPU really sat idle. Each step ends with a synchronize (a real server syncs to sample),
+after which every event is resolved against the pass's reference event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from engramsim.backends.device import TORCH_DTYPES, Device, Mark
+from engramsim.backends.memory import Footprint, check_fits, host_memory
+from engramsim.backends.nvml import Sampler
+from engramsim.errors import InputError
+
+HOST_REGISTER_PORTABLE_MAPPED = 0x01 | 0x02  # cudaHostRegisterPortable | cudaHostRegisterMapped
+
+
+class _HostPages:
+    """A page-locked host [rows, width] tensor exposed to torch as CUDA bytes (__cuda_array_interface__;
+    bytes because the interface's numpy type strings have no bfloat16)."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        if table.dim() != 2 or table.stride(1) != 1:
+            raise ValueError(f"expected a [rows, width] tensor with contiguous rows, got strides {table.stride()}")
+        self.table = table  # kept alive as long as the device view is
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        t, size = self.table, self.table.element_size()
+        return {"shape": (t.shape[0], t.shape[1] * size), "typestr": "|u1", "data": (t.data_ptr(), False),
+                "strides": (t.stride(0) * size, 1), "version": 3}
+
+
+def require_gpu(source: str) -> None:
+    """One-line refusal of --backend cuda where torch sees no GPU (checked before any work)."""
+    if not torch.cuda.is_available():
+        raise InputError(source, "no CUDA GPU available (torch.cuda.is_available() is False)", field="run.backend")
+
+
+class CudaDevice(Device):
+    kind = "cuda"
+    resident_copies = True
+
+    def __init__(self, source: str) -> None:
+        super().__init__(source)
+        require_gpu(source)
+        self.torch_device = torch.device("cuda", torch.cuda.current_device())
+        self.compute_stream = torch.cuda.Stream(self.torch_device)
+        self.copy_stream = torch.cuda.Stream(self.torch_device)
+        self.gather_threads = max(1, (os.cpu_count() or 2) - 1)  # one core left for the launching thread
+        self._registered: list[torch.Tensor] = []
+        self._ref: torch.cuda.Event | None = None
+
+    # ---- clock -------------------------------------------------------------------------------
+    def start_clock(self) -> None:
+        torch.cuda.synchronize(self.torch_device)
+        self._ref = self._event(self.compute_stream)
+        self._ref.synchronize()
+        self._t0 = time.perf_counter()
+
+    def _event(self, stream: torch.cuda.Stream) -> torch.cuda.Event:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(stream)
+        return event
+
+    def mark(self) -> Mark:
+        return self._event(self.compute_stream)
+
+    def seconds(self, mark: Mark) -> float:
+        if isinstance(mark, float):
+            return mark
+        assert self._ref is not None
+        return self._ref.elapsed_time(mark) / 1e3
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.torch_device)
+
+    # ---- memory ------------------------------------------------------------------------------
+    def check_memory(self, source: str, footprint: Footprint) -> None:
+        _, available = host_memory()
+        check_fits(source, "host memory", footprint.host, available)
+        free, _ = torch.cuda.mem_get_info(self.torch_device)
+        biggest = max(footprint.device, key=footprint.device.__getitem__, default="")
+        field = "model.engram.rows_per_head" if "HBM" in biggest else "model.backbone"
+        check_fits(source, f"GPU memory on {torch.cuda.get_device_name(self.torch_device)}", footprint.device, free, field)
+
+    def compute_dtype(self, name: str) -> torch.dtype:
+        """The scenario's dtype; fp8 runs in bf16 (cost.py also prices fp8 GEMMs at the bf16 peak)."""
+        return TORCH_DTYPES.get(name, torch.bfloat16)
+
+    def host_table(self, rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        table = torch.empty(rows, width, dtype=dtype)
+        cudart = torch.cuda.cudart()
+        err = cudart.cudaHostRegister(table.data_ptr(), table.numel() * table.element_size(), HOST_REGISTER_PORTABLE_MAPPED)
+        if err != cudart.cudaError.success:
+            raise RuntimeError(f"cudaHostRegister of a {table.numel() * table.element_size() / 2**30:.1f} GiB table failed: "
+                               f"{cudart.cudaGetErrorString(err)}")
+        self._registered.append(table)
+        return table
+
+    def staging(self, rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(rows, width, dtype=dtype, pin_memory=True)
+
+    def resident(self, table: torch.Tensor) -> torch.Tensor:
+        return table.to(self.torch_device)
+
+    def zero_copy_source(self, table: torch.Tensor) -> torch.Tensor:
+        view = torch.as_tensor(_HostPages(table), device=self.torch_device).view(table.dtype)
+        probe = torch.tensor([0, table.shape[0] - 1])
+        if not torch.equal(view.index_select(0, probe.to(self.torch_device)).cpu(), table.index_select(0, probe)):
+            raise InputError(self.source, "this GPU cannot read page-locked host memory through its host address; "
+                             "use the staged transport", field="strategies.transport")
+        return view
+
+    # ---- fetch stages (worker thread) ----------------------------------------------------------
+    def wait_reached(self, mark: Mark) -> None:
+        mark.synchronize()
+
+    def h2d(self, dst: torch.Tensor, src: torch.Tensor) -> tuple[Mark, Mark]:
+        start = self._event(self.copy_stream)
+        with torch.cuda.stream(self.copy_stream):
+            dst.copy_(src, non_blocking=True)
+        return start, self._event(self.copy_stream)
+
+    def zero_copy(self, src: torch.Tensor, index: torch.Tensor, dst: torch.Tensor) -> tuple[Mark, Mark]:
+        """The row ids cross the link too (the hashing runs on the host), inside the timed interval."""
+        start = self._event(self.copy_stream)
+        with torch.cuda.stream(self.copy_stream):
+            torch.index_select(src, 0, index.to(self.torch_device, non_blocking=True), out=dst)
+        return start, self._event(self.copy_stream)
+
+    # ---- compute thread ------------------------------------------------------------------------
+    def landed(self, ready: Mark) -> bool:
+        return bool(ready.query())
+
+    def wait_landed(self, ready: Mark) -> None:
+        self.compute_stream.wait_event(ready)
+
+    @contextlib.contextmanager
+    def compute(self) -> Iterator[None]:
+        previous = torch.get_num_threads()
+        try:
+            with torch.cuda.device(self.torch_device), torch.cuda.stream(self.compute_stream):
+                yield
+        finally:
+            torch.set_num_threads(previous)
+
+    @contextlib.contextmanager
+    def worker(self) -> Iterator[None]:
+        torch.set_num_threads(self.gather_threads)
+        with torch.cuda.device(self.torch_device), torch.cuda.stream(self.copy_stream):
+            yield
+
+    def monitor(self) -> Sampler:
+        """NVML on this GPU, found by PCI address (NVML numbers GPUs ignoring CUDA_VISIBLE_DEVICES)."""
+        props = torch.cuda.get_device_properties(self.torch_device)
+        pci = [getattr(props, f"pci_{part}_id", None) for part in ("domain", "bus", "device")]
+        bus_id = None if None in pci else f"{pci[0]:08X}:{pci[1]:02X}:{pci[2]:02X}.0"
+        return Sampler(self.now, bus_id)
+
+    def close(self) -> None:
+        """Unpin the tables before torch frees them."""
+        torch.cuda.synchronize(self.torch_device)
+        cudart = torch.cuda.cudart()
+        for table in self._registered:
+            cudart.cudaHostUnregister(table.data_ptr())
+        self._registered.clear()

@@ -1,0 +1,154 @@
+"""The small device abstraction: the few operations where a CPU run and a CUDA run differ.
+
+The shared executor (executor.py) runs every step in terms of these operations, so the CPU
+tests exercise all of its logic and the CUDA backend adds only stream, event and memory calls.
+
+Marks are points on the compute timeline. On the CPU a mark is a float: seconds since the pass
+started, from time.perf_counter. On CUDA it is a torch.cuda.Event recorded on the compute stream
+and turned into seconds after the step's synchronize (`seconds`). Host-side work (the CPU gather
+of the staged transport) is always timed with perf_counter, so its marks are floats too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar, Union
+
+import numpy as np
+import torch
+
+from engramsim.backends.memory import Footprint
+
+Mark = Union[float, Any]  # float seconds, or a torch.cuda.Event on CUDA
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def to_index(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An int64 index tensor on `device` from host row ids or positions."""
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
+
+
+class Device:
+    """What the executor asks of a device; cpu.py and cuda.py implement it."""
+
+    kind: ClassVar[str]
+    resident_copies: ClassVar[bool]  # does `resident` copy a table (into GPU memory)?
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.torch_device = torch.device("cpu")
+        self._t0 = time.perf_counter()
+
+    # ---- clock -------------------------------------------------------------------------------
+    def start_clock(self) -> None:
+        """Time zero of a pass: every mark of the pass is measured from here."""
+        self._t0 = time.perf_counter()
+
+    def now(self) -> float:
+        """Host seconds since the pass started."""
+        return time.perf_counter() - self._t0
+
+    def mark(self) -> Mark:
+        """The compute timeline's current point (CPU: now; CUDA: an event on the compute stream)."""
+        return self.now()
+
+    def seconds(self, mark: Mark) -> float:
+        """Seconds since the pass started; call after `synchronize` for device marks."""
+        return float(mark)
+
+    def synchronize(self) -> None:
+        """Wait until everything enqueued on the device has run (CPU work is already done)."""
+
+    # ---- memory ------------------------------------------------------------------------------
+    def check_memory(self, source: str, footprint: Footprint) -> None:
+        """Raise InputError, before anything is allocated, when `footprint` does not fit."""
+        raise NotImplementedError
+
+    def compute_dtype(self, name: str) -> torch.dtype:
+        """The stand-in blocks' dtype for the scenario's backbone dtype."""
+        raise NotImplementedError
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A seeded generator on the device, so weights are drawn where they live."""
+        return torch.Generator(device=self.torch_device).manual_seed(seed)
+
+    def host_table(self, rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """Uninitialised host memory for a table."""
+        raise NotImplementedError
+
+    def staging(self, rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """The gather's destination in host memory."""
+        raise NotImplementedError
+
+    def landing(self, rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """Where fetched rows land on the device."""
+        return torch.empty(rows, width, dtype=dtype, device=self.torch_device)
+
+    def resident(self, table: torch.Tensor) -> torch.Tensor:
+        """The table as the Engram layer reads rows placed in HBM."""
+        raise NotImplementedError
+
+    def zero_copy_source(self, table: torch.Tensor) -> torch.Tensor:
+        """What a zero-copy gather reads rows from."""
+        raise NotImplementedError
+
+    # ---- fetch stages: called on the worker thread ----------------------------------------------
+    def wait_reached(self, mark: Mark) -> None:
+        """Block until the compute timeline has reached `mark` (the issuing block started)."""
+        raise NotImplementedError
+
+    def gather(self, table: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> tuple[Mark, Mark]:
+        """CPU gather of table rows into `out`: both backends gather on the host, timed there."""
+        start = self.now()
+        torch.index_select(table, 0, index, out=out)
+        return start, self.now()
+
+    def h2d(self, dst: torch.Tensor, src: torch.Tensor) -> tuple[Mark, Mark]:
+        """Staging → landing buffer over the link; (start, end) marks."""
+        raise NotImplementedError
+
+    def zero_copy(self, src: torch.Tensor, index: torch.Tensor, dst: torch.Tensor) -> tuple[Mark, Mark]:
+        """Rows gathered from `src` straight into the landing buffer `dst`; (start, end) marks."""
+        raise NotImplementedError
+
+    # ---- compute thread ------------------------------------------------------------------------
+    def landed(self, ready: Mark) -> bool:
+        """Has the fetch whose last stage ended at `ready` arrived on the device?"""
+        raise NotImplementedError
+
+    def wait_landed(self, ready: Mark) -> None:
+        """Make the compute timeline wait until `ready`."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def compute(self) -> Iterator[None]:
+        """Context of the compute thread for a whole pass."""
+        yield
+
+    @contextlib.contextmanager
+    def worker(self) -> Iterator[None]:
+        """Context of the fetch worker thread for a whole pass."""
+        yield
+
+    def monitor(self) -> Any:
+        """A context manager sampling hardware counters during a pass (CUDA: NVML), or None."""
+        return None
+
+    def close(self) -> None:
+        """Release what the device holds outside torch's allocators."""
+
+
+def make_device(backend: str, source: str) -> Device:
+    """The device for `backend` ("cpu" or "cuda"); CUDA is imported only when asked for."""
+    if backend == "cpu":
+        from engramsim.backends.cpu import CpuDevice
+
+        return CpuDevice(source)
+    if backend == "cuda":
+        from engramsim.backends.cuda import CudaDevice
+
+        return CudaDevice(source)
+    raise ValueError(f"no real backend {backend!r} (expected 'cpu' or 'cuda')")

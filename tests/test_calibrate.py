@@ -1,0 +1,260 @@
+"""Calibration: the fits recover known parameters from synthetic timings (the tests that can fail),
+the whole fit path agrees with the simulator's CostModel, and `engramsim calibrate` writes a
+profile that loads, with residuals and provenance, or refuses in one line."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engramsim.backends.calibrate import (
+    BUDGETS,
+    UNIT_PROFILE,
+    Measurements,
+    backbone_cases,
+    check_profile_host,
+    fit_gather,
+    fit_latency_bandwidth,
+    fit_profile,
+    fit_roofline,
+    fit_zero_copy,
+    machine_host,
+    make_step,
+    residual,
+    shape_model,
+)
+from engramsim.cli import main
+from engramsim.simulator.cost import CostModel
+from engramsim.simulator.presets import load_profile
+from engramsim.simulator.profile import HardwareProfile
+
+NOISE = 0.03  # 3 % multiplicative noise on every synthetic timing
+
+
+def noisy(seconds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return seconds * (1.0 + rng.normal(0.0, NOISE, size=seconds.shape))
+
+
+# ---- the fits recover known parameters ------------------------------------------------------------
+def test_latency_bandwidth_fit_recovers_known_parameters():
+    rng = np.random.default_rng(1)
+    latency, bandwidth = 7e-6, 12e9
+    sizes = np.array([4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20], dtype=float)
+    fit_lat, fit_bw = fit_latency_bandwidth(sizes, noisy(latency + sizes / bandwidth, rng))
+    assert fit_bw == pytest.approx(bandwidth, rel=0.05)
+    assert fit_lat == pytest.approx(latency, rel=0.10)
+
+
+def test_latency_bandwidth_fit_is_not_fooled_by_a_wrong_model():
+    """The check can fail: a different true latency gives a visibly different answer."""
+    sizes = np.geomspace(4 << 10, 64 << 20, 8)
+    a = fit_latency_bandwidth(sizes, 5e-6 + sizes / 10e9)
+    b = fit_latency_bandwidth(sizes, 50e-6 + sizes / 10e9)
+    assert b[0] > 5 * a[0]
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_gather_fit_recovers_rate_overhead_and_dram_bound(threads):
+    rng = np.random.default_rng(2)
+    rate, overhead, dram = 20e6, 12e-6, 40e9  # per-thread rows/s; at 4 threads 256 and 512 B rows are DRAM-bound
+    rows = np.tile(np.geomspace(64, 262144, 10).round(), 4)
+    row_bytes = np.repeat([128.0, 160.0, 256.0, 512.0], 10)
+    true = overhead + np.maximum(rows / (threads * rate), 2 * rows * row_bytes / dram)
+    fit_rate, fit_overhead, fit_dram = fit_gather(rows, row_bytes, noisy(true, rng), threads, dram_max=60e9)
+    assert fit_rate == pytest.approx(rate, rel=0.05)
+    assert fit_overhead == pytest.approx(overhead, rel=0.15)
+    if threads == 4:  # only then does any sample bind on DRAM
+        assert fit_dram == pytest.approx(dram, rel=0.05)
+
+
+def test_zero_copy_fit_recovers_transaction_size():
+    rng = np.random.default_rng(3)
+    rows = np.tile(np.geomspace(64, 65536, 8).round(), 4)
+    row_bytes = np.repeat([96.0, 160.0, 256.0, 320.0], 8)
+    for tx in (64, 128):
+        wire = rows * np.ceil(row_bytes / tx) * tx
+        latency, gbps, fit_tx = fit_zero_copy(rows, row_bytes, noisy(4e-6 + wire / 30e9, rng))
+        assert fit_tx == tx
+        assert gbps == pytest.approx(30e9, rel=0.05) and latency == pytest.approx(4e-6, rel=0.25)
+
+
+def test_roofline_fit_recovers_peaks_and_overheads_on_cost_model_work():
+    """Work (FLOPs, bytes) of real calibration cases from the CostModel; times from a known roofline."""
+    rng = np.random.default_rng(4)
+    unit = HardwareProfile.model_validate(UNIT_PROFILE)
+    flops, nbytes, k = [], [], []
+    for shape, steps in backbone_cases("cpu", BUDGETS["quick"]):
+        cost = CostModel(shape_model(shape, "fp32", 64, "fp32"), unit)
+        for kind, new, ctx in steps:
+            step = make_step(kind, new, ctx)
+            for work, overhead in ((cost.block_work(step, 0), [1.0, 0.0]), (cost.head_work(step), [0.0, 1.0])):
+                flops.append(work.flops)
+                nbytes.append(work.bytes)
+                k.append(overhead)
+    f, b, k = np.array(flops), np.array(nbytes), np.array(k)
+    peak, bandwidth, layer_o, step_o = 120e9, 9e9, 150e-6, 400e-6
+    true = np.maximum(f / peak, b / bandwidth) + k @ np.array([layer_o, step_o])
+    fit_f, fit_b, (fit_layer, fit_step) = fit_roofline(f, b, noisy(true, rng), k)
+    assert fit_f == pytest.approx(peak, rel=0.05)
+    assert fit_b == pytest.approx(bandwidth, rel=0.05)
+    assert fit_layer == pytest.approx(layer_o, rel=0.25)
+    assert fit_step == pytest.approx(step_o, rel=0.25)
+
+
+def test_residual_is_signed_mean_and_absolute_p95():
+    r = residual([1.1, 0.9, 1.0, 1.2], [1.0, 1.0, 1.0, 1.0])
+    assert r.samples == 4
+    assert r.rel_error_mean == pytest.approx(0.05)
+    assert r.rel_error_p95 == pytest.approx(np.percentile([0.1, 0.1, 0.0, 0.2], 95))
+
+
+# ---- the whole fit path: measurements priced by the CostModel of a known profile come back --------
+def synthetic_measurements(truth: HardwareProfile) -> Measurements:
+    """Every group `fit_profile` reads, timed by the simulator's own CostModel on `truth`."""
+    m = Measurements("cpu", "synthetic", threads=truth.host.gather_threads, stream_gbps=truth.host.dram_gbps * 1.5)
+    cost = CostModel(shape_model(backbone_cases("cpu", BUDGETS["quick"])[0][0], "fp32", 64, "fp32"), truth)
+    for rb in (128, 160, 256, 512):
+        for n in (64, 256, 1024, 4096, 16384, 65536):
+            m.gather.append({"rows": n, "row_bytes": rb, "seconds": cost.gather_time(n, rb)})
+            m.zero_copy.append({"rows": n, "row_bytes": rb, "seconds": cost.zero_copy_time(n, rb)})
+    for size in (4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20):
+        m.copy.append({"bytes": size, "seconds": cost.h2d_time(size)})
+    for shape, steps in backbone_cases("cpu", BUDGETS["quick"]):
+        shaped = CostModel(shape_model(shape, "fp32", 64, "fp32"), truth)
+        for kind, new, ctx in steps:
+            step = make_step(kind, new, ctx)
+            base = {"shape": shape.name, "kind": kind, "seqs": int(new.size), "tokens": int(new.sum()), "context": int(ctx.max())}
+            rows = int(new.sum()) * 10
+            for group, work, seconds in (
+                ("block", shaped.block_work(step, 0), shaped.block_time(step, 0)),
+                ("engram", shaped.engram_work(step, rows), shaped.engram_time(step, rows)),
+                ("head", shaped.head_work(step), shaped.head_time(step)),
+            ):
+                getattr(m, group).append({**base, "rows": rows, "flops": work.flops, "bytes": work.bytes, "seconds": seconds})
+    return m
+
+
+def test_fit_profile_recovers_a_known_profile_exactly_as_the_simulator_prices_it():
+    truth = HardwareProfile.model_validate({
+        **UNIT_PROFILE, "name": "truth", "step_overhead_us": 250.0,
+        "gpu": {**UNIT_PROFILE["gpu"], "bf16_tflops": 0.11, "hbm_gbps": 7.5, "layer_overhead_us": 90.0},
+        "link": {**UNIT_PROFILE["link"], "h2d_gbps": 14.0, "d2h_gbps": 14.0, "dma_latency_us": 3.0, "zero_copy_gbps": 5.0,
+                 "zero_copy_latency_us": 9.0, "transaction_bytes": 64},
+        "host": {**UNIT_PROFILE["host"], "dram_gbps": 9.0, "gather_rows_per_s": 18e6, "gather_threads": 1, "gather_overhead_us": 11.0},
+    })
+    fitted = fit_profile(synthetic_measurements(truth), "fitted")
+    close = {
+        "gpu.bf16_tflops": (fitted.gpu.bf16_tflops, 0.11), "gpu.hbm_gbps": (fitted.gpu.hbm_gbps, 7.5),
+        "gpu.layer_overhead_us": (fitted.gpu.layer_overhead_us, 90.0), "step_overhead_us": (fitted.step_overhead_us, 250.0),
+        "link.h2d_gbps": (fitted.link.h2d_gbps, 14.0), "link.dma_latency_us": (fitted.link.dma_latency_us, 3.0),
+        "link.zero_copy_gbps": (fitted.link.zero_copy_gbps, 5.0), "link.zero_copy_latency_us": (fitted.link.zero_copy_latency_us, 9.0),
+        "host.gather_rows_per_s": (fitted.host.gather_rows_per_s, 18e6), "host.gather_overhead_us": (fitted.host.gather_overhead_us, 11.0),
+        "host.dram_gbps": (fitted.host.dram_gbps, 9.0),
+    }
+    for key, (got, want) in close.items():
+        assert got == pytest.approx(want, rel=0.02), key
+    assert fitted.link.transaction_bytes == 64
+    assert fitted.gpu.compute_efficiency == fitted.gpu.memory_efficiency == 1.0
+    for key in ("gather", "h2d", "zero_copy", "block", "engram", "head"):
+        assert fitted.residuals[key].rel_error_p95 < 0.01, key  # noiseless: the model fits itself
+
+
+# ---- provenance and the host check --------------------------------------------------------------------
+def _calibrated(host: str | None, gpu: str | None = None, kind: str = "calibrated") -> HardwareProfile:
+    return HardwareProfile.model_validate({**UNIT_PROFILE, "provenance": {"kind": kind, "source": "test", "host": host, "gpu": gpu}})
+
+
+def test_check_profile_host():
+    here = machine_host()
+    assert check_profile_host(_calibrated(here)) is None
+    assert check_profile_host(_calibrated(here.rsplit(" @ ", 1)[0] + " @ another-hostname")) is None, "hostname alone may differ"
+    message = check_profile_host(_calibrated("AMD EPYC 9654 96-Core Processor x192 @ big"))
+    assert message and "AMD EPYC 9654" in message and "calibrate" in message
+    assert check_profile_host(_calibrated("AMD EPYC x2 @ h", kind="preset")) is None, "presets describe other hardware on purpose"
+    assert check_profile_host(load_profile("h200")) is None
+    if not torch.cuda.is_available():
+        assert "GPU 'NVIDIA H200'" in (check_profile_host(_calibrated(here, gpu="NVIDIA H200")) or "")
+
+
+# ---- the command ---------------------------------------------------------------------------------------
+def test_tiny_calibration_writes_a_profile_that_loads(tmp_path, capsys):
+    out = tmp_path / "profiles" / "tiny.yaml"
+    samples = tmp_path / "samples.json"
+    start = time.perf_counter()
+    assert main(["calibrate", "--backend", "cpu", "--budget", "tiny", "--out", str(out), "--samples", str(samples), "--quiet"]) == 0
+    assert time.perf_counter() - start < 20
+    assert capsys.readouterr().out.strip() == str(out)
+    profile = load_profile(out)
+    assert profile.name == "tiny" and samples.stat().st_size > 0
+    prov = profile.provenance
+    assert prov.kind == "calibrated" and prov.host == machine_host() and prov.gpu is None
+    assert prov.source == "engramsim calibrate --backend cpu --budget tiny"
+    assert {"torch", "python", "engramsim"} <= set(prov.versions) and prov.date and prov.date.endswith("+00:00")
+    assert {"gather", "h2d", "zero_copy", "block", "engram", "head"} <= set(profile.residuals)
+    assert all(r.samples > 0 and math.isfinite(r.rel_error_mean) for r in profile.residuals.values())
+    host, link, gpu = profile.host, profile.link, profile.gpu
+    assert host.gather_threads == 1, "the CPU backend gathers on one worker thread"
+    assert 1e5 < host.gather_rows_per_s < 1e10 and 0 <= host.gather_overhead_us < 10_000 and 0.1 < host.dram_gbps < 10_000
+    assert 0.05 < link.h2d_gbps < 10_000 and 0 <= link.dma_latency_us < 10_000
+    assert 0.01 < link.zero_copy_gbps < 10_000 and link.transaction_bytes in (32, 64, 128)
+    assert 1e-4 < gpu.bf16_tflops < 100 and 0.05 < gpu.hbm_gbps < 10_000 and gpu.compute_efficiency == 1.0
+    assert profile.description and "Calibrated" in profile.description
+    assert check_profile_host(profile) is None
+
+
+def _fails(capsys, args: list[str], expect: str) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and expect in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_calibration_without_a_gpu_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "cuda.yaml"
+    _fails(capsys, ["calibrate", "--backend", "cuda", "--quick", "--out", str(out)], "cuda")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_calibrate_out_must_be_a_yaml_file(tmp_path, capsys):
+    _fails(capsys, ["calibrate", "--backend", "cpu", "--budget", "tiny", "--out", str(tmp_path / "p.txt")], ".yaml")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calibrated_profile_prices_a_scenario(tmp_path):
+    """A calibrated profile is an ordinary hardware profile: `run` simulates a scenario on it."""
+    out = tmp_path / "p.yaml"
+    m = synthetic_measurements(HardwareProfile.model_validate({**UNIT_PROFILE, "host": {**UNIT_PROFILE["host"], "gather_rows_per_s": 1e7}}))
+    from engramsim.backends.calibrate import profile_yaml
+
+    out.write_text(profile_yaml(fit_profile(m, "p")))
+    scenario = Path(__file__).parent.parent / "scenarios" / "validation" / "v01-base.yaml"
+    assert main(["run", str(scenario), "--out", str(tmp_path / "run"), "--quiet", "--set", f"hardware.profile={out}",
+                 "--set", "workload.requests=4"]) == 0
+
+
+# ---- on a GPU (the device check runs these with `pytest -m cuda`) -----------------------------------------
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tiny_cuda_calibration_writes_a_profile_that_loads(tmp_path):
+    out = tmp_path / "gpu.yaml"
+    assert main(["calibrate", "--backend", "cuda", "--budget", "tiny", "--out", str(out), "--quiet"]) == 0
+    profile = load_profile(out)
+    assert profile.provenance.gpu == torch.cuda.get_device_name(0) == profile.gpu.name
+    assert "cuda" in profile.provenance.versions and check_profile_host(profile) is None
+    assert profile.host.gather_threads >= 1 and profile.link.h2d_gbps > 1 and profile.gpu.bf16_tflops > 1
+    assert {"gather", "h2d", "zero_copy", "block", "engram", "head"} <= set(profile.residuals)
+
+
+def test_budget_flags():
+    from engramsim.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["calibrate", "--backend", "cpu"]).budget == "full"
+    assert parse(["calibrate", "--backend", "cpu", "--quick"]).budget == "quick"
+    assert parse(["calibrate", "--backend", "cpu", "--budget", "tiny"]).budget == "tiny"
+    assert main(["calibrate", "--backend", "cpu", "--quick", "--budget", "tiny"]) == 2, "one or the other"

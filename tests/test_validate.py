@@ -1,0 +1,171 @@
+"""Validation: the shipped validation scenarios are valid and vary what they claim to; `engramsim
+validate` runs a scenario real and simulated and writes the documented JSON; bad profiles and a
+missing GPU are one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from engramsim.backends.calibrate import machine_host
+from engramsim.backends.validate import METRICS, default_scenarios, error_pct, overrides, stage_of
+from engramsim.cli import main
+from engramsim.scenario_io import load_scenario
+
+VALIDATION = Path(__file__).parent.parent / "scenarios" / "validation"
+
+TINY = """
+name: tiny-validation
+model:
+  backbone: {layers: 3, hidden: 256, intermediate: 688, attention: {heads: 4, kv_heads: 2, head_dim: 64}, vocab: 4096, dtype: fp32}
+  engram: {layers: [1], rows_per_head: 20000, head_dim: 32, dtype: fp32, hc_mult: 1}
+hardware: h100-pcie
+workload:
+  trace: english-prose
+  requests: 4
+  prompt_len: {dist: uniform, low: 16, high: 48}
+  output_len: {dist: uniform, low: 4, high: 8}
+  batching: {max_num_seqs: 4, max_num_batched_tokens: 256}
+strategies: {prefetch: layer-ahead, transport: staged}
+run: {seed: 2}
+"""
+
+# Round numbers of the size a CPU calibration gives; calibrated here, so no host warning.
+PROFILE = {
+    "name": "tiny-cpu",
+    "gpu": {"name": "cpu", "bf16_tflops": 0.1, "hbm_gbps": 10.0, "hbm_gib": 8.0, "compute_efficiency": 1.0,
+            "memory_efficiency": 1.0, "layer_overhead_us": 100.0, "copy_engines": 1},
+    "link": {"name": "memcpy", "h2d_gbps": 10.0, "d2h_gbps": 10.0, "dma_latency_us": 1.0, "zero_copy_gbps": 4.0,
+             "zero_copy_latency_us": 5.0, "transaction_bytes": 64},
+    "host": {"name": "cpu", "dram_gbps": 10.0, "dram_gib": 8.0, "gather_rows_per_s": 1.5e7, "gather_threads": 1,
+             "gather_overhead_us": 10.0},
+    "step_overhead_us": 200.0,
+    "provenance": {"kind": "calibrated", "source": "test", "host": None},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("scenario") / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("profile") / "tiny-cpu.yaml"
+    data = {**PROFILE, "provenance": {**PROFILE["provenance"], "host": machine_host()}}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ---- the shipped validation set ------------------------------------------------------------------
+def test_at_least_eight_validation_scenarios_and_all_pass_check(capsys):
+    paths = default_scenarios()
+    assert len(paths) >= 8
+    assert [p.name for p in paths] == sorted(p.name for p in VALIDATION.glob("*.yaml"))
+    for path in paths:
+        assert main(["check", str(path)]) == 0, path
+        assert "OK" in capsys.readouterr().out
+
+
+def test_validation_scenarios_vary_what_they_should():
+    scenarios = [load_scenario(p) for p in default_scenarios()]
+    seen = lambda f: {f(s) for s in scenarios}  # noqa: E731
+    assert len(seen(lambda s: s.workload.batching.max_num_seqs)) >= 3
+    assert len(seen(lambda s: s.model.engram.rows_per_head[0])) >= 3
+    assert len(seen(lambda s: tuple(s.model.engram.layers))) >= 3
+    assert seen(lambda s: s.strategies.prefetch.name) >= {"on-demand", "layer-ahead"}
+    assert seen(lambda s: s.strategies.transport.name) >= {"staged", "zero-copy"}
+    for s in scenarios:  # CPU-sized, offline (the same steps real and simulated), no baseline passes
+        assert s.model.backbone.layers <= 8 and s.model.backbone.hidden <= 1024 and s.model.backbone.dtype == "fp32"
+        assert s.workload.arrival.kind == "offline" and s.run.max_steps is None
+
+
+def test_overrides_put_the_scenario_on_the_profile(tmp_path):
+    odd = tmp_path / "a profile: v1.yaml"
+    scenario = load_scenario(VALIDATION / "v01-base.yaml", overrides(str(odd), "cpu"))
+    assert scenario.hardware.profile == str(odd) and scenario.hardware.link is None
+    assert scenario.run.backend == "cpu" and scenario.run.baseline is False
+
+
+def test_stage_names_and_errors():
+    assert [stage_of(n) for n in ("blocks 0-3", "engram L1", "head", "stall L4", "gather L1", "h2d L1", "zero-copy L1")] == \
+        ["blocks", "engram", "head", "stall", "gather", "h2d", "zero-copy"]
+    assert stage_of("something else") is None
+    assert error_pct(110.0, 100.0) == pytest.approx(10.0)
+    assert error_pct(1.0, 0.0) is None and error_pct(None, 1.0) is None
+
+
+# ---- the command ----------------------------------------------------------------------------------
+def test_validate_writes_the_documented_json(tiny, profile, tmp_path, capsys):
+    out = tmp_path / "validate.json"
+    assert main(["validate", "--backend", "cpu", "--profile", str(profile), str(tiny), str(tiny), "--json", str(out), "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err, "calibrated on this host: no warning"
+    doc = json.loads(out.read_text())
+    assert {"scenarios", "median_abs_error_pct", "max_abs_error_pct"} <= set(doc)
+    assert len(doc["scenarios"]) == 2
+    for entry in doc["scenarios"]:
+        assert entry["name"] == "tiny-validation"
+        for side in ("real", "sim"):
+            assert set(entry[side]) == set(METRICS)
+            assert entry[side]["step_latency_ms_mean"] > 0 and entry[side]["throughput_tok_s"] > 0
+        assert set(entry["error_pct"]) == set(METRICS)
+        err = entry["error_pct"]["step_latency_ms_mean"]
+        assert err == pytest.approx((entry["sim"]["step_latency_ms_mean"] / entry["real"]["step_latency_ms_mean"] - 1) * 100)
+        assert entry["stages_ms"]["real"]["blocks"] > 0 and entry["stages_ms"]["sim"]["blocks"] > 0
+    errors = sorted(abs(e["error_pct"]["step_latency_ms_mean"]) for e in doc["scenarios"])
+    assert doc["max_abs_error_pct"] == pytest.approx(errors[-1])
+    assert doc["median_abs_error_pct"] == pytest.approx(sum(errors) / 2)
+
+
+def test_validate_warns_for_a_profile_calibrated_elsewhere(tiny, tmp_path, capsys):
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text(yaml.safe_dump({**PROFILE, "provenance": {**PROFILE["provenance"], "host": "Some Other CPU x64 @ far"}}))
+    assert main(["validate", "--backend", "cpu", "--profile", str(path), str(tiny), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "Some Other CPU" in err
+
+
+def _fails(capsys, args: list[str], expect: str) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and expect in err, err
+
+
+@pytest.mark.parametrize("content, expect", [
+    ("gpu: [1, 2\n", "invalid YAML"),
+    ("name: x\n", "missing required key"),
+    (yaml.safe_dump({**PROFILE, "gpu": {**PROFILE["gpu"], "hbm_gbps": -1}}), "gpu.hbm_gbps"),
+])
+def test_corrupt_profile_is_one_line(tiny, tmp_path, capsys, content, expect):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    out = tmp_path / "v.json"
+    _fails(capsys, ["validate", "--backend", "cpu", "--profile", str(path), str(tiny), "--json", str(out)], expect)
+    assert not out.exists()
+
+
+def test_missing_profile_is_one_line(tiny, tmp_path, capsys):
+    _fails(capsys, ["validate", "--backend", "cpu", "--profile", str(tmp_path / "nope.yaml"), str(tiny)], "no such hardware profile file")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_validate_on_cuda_without_a_gpu_is_one_line(tiny, profile, tmp_path, capsys):
+    out = tmp_path / "v.json"
+    _fails(capsys, ["validate", "--backend", "cuda", "--profile", str(profile), str(tiny), "--json", str(out)], "cuda")
+    assert not out.exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_validate_on_cuda_writes_the_documented_json(tiny, profile, tmp_path):
+    out = tmp_path / "validate.json"
+    assert main(["validate", "--backend", "cuda", "--profile", str(profile), str(tiny), "--set", "model.backbone.dtype=bf16",
+                 "--json", str(out), "--quiet"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["backend"] == "cuda" and len(doc["scenarios"]) == 1 and doc["max_abs_error_pct"] is not None
