@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 @contextlib.contextmanager
-def _progress(console: Console, label: str, total: int) -> Iterator[Callable]:
+def progress_bar(console: Console, label: str, total: int) -> Iterator[Callable]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(label, total=total)
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     prepared = prepare(scenario, str(path))
     out_dir = args.out or fresh_run_dir(Path("runs"), scenario.name, scenario.run.seed)
-    progress = None if args.quiet else lambda label, total: _progress(console, label, total)
+    progress = None if args.quiet else lambda label, total: progress_bar(console, label, total)
     if backend == "sim":
         report = run_sim(prepared, out_dir, progress)
     else:

@@ -8,16 +8,14 @@ totals, and the median / max |error| of the mean step latency over all scenarios
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from engramsim.commands.run import progress_bar
 from engramsim.files import write_text_atomic
 
 LABELS = {
@@ -38,14 +36,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_out", type=Path, default=None, help="write the comparison as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     p.set_defaults(handler=run)
-
-
-@contextlib.contextmanager
-def _progress(console: Console, label: str, total: int) -> Iterator[Callable]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda step: bar.advance(task, step.num_seqs)
 
 
 def _num(value: float | None, digits: int) -> str:
@@ -93,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(f"engramsim: warning: {warning}", file=sys.stderr)
     results = []
-    factory = None if args.quiet else lambda label, total: _progress(console, label, total)
+    factory = None if args.quiet else lambda label, total: progress_bar(console, label, total)
     for path in scenarios:
         result = validate_scenario(path, args.backend, args.profile, factory, args.overrides)
         results.append(result)
