@@ -11,12 +11,12 @@ from engramsim.scenario_io import load_scenario
 
 
 def _peak_rss_of_one_simulation_mb() -> float:
-    """Peak RSS of a fresh process that prepares and simulates paper-4B (this process's own peak
-    includes whatever earlier tests allocated)."""
+    """Peak RSS (VmHWM) of a fresh process that prepares and simulates paper-4B. Not ru_maxrss:
+    that survives fork+exec, so it would report the test run's own peak."""
     code = (
-        "import resource; from engramsim.runner import prepare, simulate_run; from engramsim.scenario_io import load_scenario; "
+        "from engramsim.runner import prepare, simulate_run; from engramsim.scenario_io import load_scenario; "
         "p = 'scenarios/paper-table4-4b.yaml'; simulate_run(prepare(load_scenario(p), p)); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; print(int(hwm.split()[1]) / 1024)"
     )
     return float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()[-1])
 
