@@ -9,16 +9,21 @@ executor runs), then fits the cost model's formulas to the timings:
 | gather | `Device.gather` of sorted unique random rows vs rows and row bytes, under service load | host.gather_rows_per_s, gather_overhead_us, dram_gbps | overhead + max(rows / (threads * rate), 2 * rows * row_bytes / dram) |
 | h2d | `Device.h2d` of 4 KiB .. 64 MiB, under service load | link.dma_latency_us, h2d_gbps (d2h_gbps = h2d) | latency + bytes / bandwidth |
 | zero_copy | `Device.zero_copy` vs rows and row bytes, under service load | link.zero_copy_latency_us, zero_copy_gbps, transaction_bytes | latency + rows * ceil(row_bytes / tx) * tx / bandwidth |
-| block | one stand-in block (attention + SwiGLU MLP) vs prefill tokens and decode batch x context | gpu.bf16_tflops, hbm_gbps, layer_overhead_us | max(flops / peak, bytes / hbm) + layer overhead |
-| engram | the Engram layer as the executor runs it (rows from the landing buffer, EngramModule) | (joint fit with block) | roofline(engram_work) + layer overhead |
-| head | step layout + final norm + LM head + sampling | step_overhead_us (joint fit with block) | roofline(head_work) + step overhead |
+| block | the stand-in blocks of a step (attention + SwiGLU MLP) vs prefill tokens and decode batch x context, per block | gpu.bf16_tflops, hbm_gbps, roofline_exponent, layer_overhead_us | sum over its kernels of roofline(flops, bytes) + layer overhead |
+| engram | the Engram layer as the executor runs it (rows from the landing buffer, EngramModule) | engram_overhead_us (joint fit with block) | sum over its kernels of roofline + Engram layer overhead |
+| head | step layout + final norm + LM head + sampling | step_overhead_us (joint fit with block) | sum over its kernels of roofline + step overhead |
+
+roofline(flops, bytes) = (tc^n + tm^n)^(1/n) with tc = (flops + 2 * half_rows * weights) / peak,
+tm = bytes / hbm, the fitted exponent n in [1, 32] (1: the two add up, as on one CPU core at
+small batch; 32: their max) and the fitted GEMM half-performance length `gpu.gemm_half_rows`.
 
 "Service load" (`Calibrator.service_load`): a compute thread keeps running stand-in blocks and
 each timed fetch follows an idle wait, as the executor's fetch worker sees fetches; `gather_alone`
 repeats the gathers back to back on a quiet machine, for comparison only.
 
-The FLOPs and bytes of every measured block, Engram layer and head are the cost model's own
-`Work` for that case, so the fit is exactly the model the simulator evaluates. The achieved
+The FLOPs and bytes of every kernel of a measured block, Engram layer and head are the cost
+model's own (`CostModel.block_kernels` ...), so the fit is exactly the model the simulator
+evaluates. The three parts are timed in place inside steps run as the executor runs them. The achieved
 rates are stored as the peaks with `compute_efficiency = memory_efficiency = 1.0` (no datasheet
 enters a calibrated profile). The non-linear fits (gather, roofline) minimise the squared log of
 model / measured (scipy.optimize.least_squares), the linear ones (h2d, zero-copy) the squared
@@ -69,6 +74,8 @@ TFLOP = 1e12
 Progress = Callable[[str, int, int], None]  # (stage label, done, total)
 FETCH_GAP_S = 0.003  # the fetch worker's idle wait before each timed fetch under service load
 RATE_CEILING = 3.0  # a fitted peak is at most this many times the highest rate any sample reached
+EXPONENT_MAX = 32.0  # the roofline exponent's upper bound: (a^32 + b^32)^(1/32) is within 2.2% of max(a, b)
+HALF_ROWS_MAX = 256.0  # a GEMM's half-performance length is at most this many rows
 FILL_BLOCK_WORDS = 1 << 22  # 16 MiB of float32: the random block repeated down the calibration table
 
 
@@ -289,39 +296,76 @@ def fit_zero_copy(rows: Sequence[float], row_bytes: Sequence[float], seconds: Se
     return best[1], best[2], best[3]
 
 
-def fit_roofline(flops: Sequence[float], nbytes: Sequence[float], seconds: Sequence[float],
-                 overheads: np.ndarray | Sequence[Sequence[float]] | None = None) -> tuple[float, float, np.ndarray]:
-    """(FLOP/s, bytes/s, overheads s) of t = max(flops / F, bytes / B) + K . overheads, least squared log error.
+def kernel_times(kernels: Sequence[np.ndarray], flops_s: float, bytes_s: float, exponent: float | None,
+                 half_rows: float = 0.0) -> np.ndarray:
+    """Seconds of each sample's kernels (an array [kernels, (flops, bytes, weights)] per sample),
+    summed per sample, each kernel priced as simulator/cost.py `CostModel.roofline` prices it."""
+    arrays = [np.asarray(k, dtype=float).reshape(-1, 3) for k in kernels]
+    stacked = np.concatenate(arrays)
+    owner = np.repeat(np.arange(len(arrays)), [a.shape[0] for a in arrays])
+    tc = (stacked[:, 0] + 2.0 * half_rows * stacked[:, 2]) / flops_s
+    tm = stacked[:, 1] / bytes_s
+    hi = np.maximum(tc, tm)
+    if exponent is None:
+        per_kernel = hi
+    else:
+        safe = np.where(hi > 0, hi, 1.0)
+        per_kernel = np.where(hi > 0, safe * ((tc / safe) ** exponent + (tm / safe) ** exponent) ** (1.0 / exponent), 0.0)
+    return np.bincount(owner, weights=per_kernel, minlength=len(arrays))
 
-    `overheads` is K, one row per sample and one column per fixed cost (e.g. [1, 0] for a block,
-    which pays one layer overhead, [0, 1] for the head, which pays the step overhead); default one
-    column of ones. The max() makes the problem non-smooth, so the fit starts from several corners
-    and keeps the best. Each peak is bounded by `RATE_CEILING` x the highest rate a sample reached.
+
+@dataclass(frozen=True)
+class RooflineFit:
+    flops_s: float
+    bytes_s: float
+    exponent: float
+    half_rows: float
+    overheads_s: np.ndarray
+
+
+def fit_roofline(kernels: Sequence[np.ndarray], seconds: Sequence[float],
+                 overheads: np.ndarray | Sequence[Sequence[float]] | None = None) -> RooflineFit:
+    """The rates, exponent n, GEMM half-rows and fixed costs of t = sum over the sample's kernels
+    of (tc^n + tm^n)^(1/n) + K . overheads, least squared log error.
+
+    `kernels` holds one array [kernels, (flops, bytes, weights)] per sample. `overheads` is K, one
+    row per sample and one column per fixed cost (e.g. [1, 0] for a block, which pays one layer
+    overhead, [0, 1] for the head, which pays the step overhead); default one column of ones. The
+    exponent runs from 1 (compute and memory time add up) to EXPONENT_MAX (practically their max),
+    the half-rows from 0 to HALF_ROWS_MAX. Each peak is bounded by `RATE_CEILING` x the highest
+    rate a sample reached. The problem is not convex: several starts, the best kept.
     """
-    f, by, t = (np.asarray(v, dtype=float) for v in (flops, nbytes, seconds))
+    t = np.asarray(seconds, dtype=float)
+    arrays = [np.asarray(k, dtype=float).reshape(-1, 3) for k in kernels]
+    f = np.array([a[:, 0].sum() for a in arrays])
+    by = np.array([a[:, 1].sum() for a in arrays])
     k = np.ones((t.size, 1)) if overheads is None else np.asarray(overheads, dtype=float).reshape(t.size, -1)
     m = k.shape[1]
 
     def res(p: np.ndarray) -> np.ndarray:
-        pred = np.maximum(f / math.exp(p[0]), by / math.exp(p[1])) + k @ p[2:] * 1e-6
+        pred = kernel_times(arrays, math.exp(p[0]), math.exp(p[1]), 1.0 + math.exp(p[2]), p[3]) + k @ p[4:] * 1e-6
         return np.log(pred / t)
 
     # No extrapolation: a rate may not exceed RATE_CEILING x the highest one any sample reached
     # (where no sample is bound by it, e.g. none is memory-bound, the fit would run it to infinity).
     f_hi, b_hi = float(np.max(f / t)), float(np.max(by / t))
-    lower = np.r_[math.log(f_hi / 100), math.log(b_hi / 100), np.zeros(m)]
-    upper = np.r_[math.log(f_hi * RATE_CEILING), math.log(b_hi * RATE_CEILING), np.full(m, np.inf)]
+    n_lo, n_hi = math.log(1e-3), math.log(EXPONENT_MAX - 1.0)
+    lower = np.r_[math.log(f_hi / 100), math.log(b_hi / 100), n_lo, 0.0, np.zeros(m)]
+    upper = np.r_[math.log(f_hi * RATE_CEILING), math.log(b_hi * RATE_CEILING), n_hi, HALF_ROWS_MAX, np.full(m, np.inf)]
     o0 = float(np.min(t)) * 1e6
     best = None
-    for fs in (1.0, 1.5, RATE_CEILING * 0.99):
-        for bs in (0.3, 1.0, 1.5, RATE_CEILING * 0.99):
-            for os_ in (0.02, 0.3):
-                p0 = np.concatenate([[math.log(f_hi * fs), math.log(b_hi * bs)], np.full(m, o0 * os_)])
-                sol = least_squares(res, p0, bounds=(lower, upper), x_scale=np.r_[1.0, 1.0, np.full(m, max(1.0, o0))])
-                if best is None or sol.cost < best.cost:
-                    best = sol
+    for fs in (1.0, RATE_CEILING * 0.99):
+        for bs in (0.3, 1.0, RATE_CEILING * 0.99):
+            for n0 in (n_lo + 0.1, n_hi - 0.1):
+                for h0 in (0.0, 16.0):
+                    p0 = np.concatenate([[math.log(f_hi * fs), math.log(b_hi * bs), n0, h0], np.full(m, o0 * 0.1)])
+                    sol = least_squares(res, p0, bounds=(lower, upper),
+                                        x_scale=np.r_[1.0, 1.0, 1.0, 8.0, np.full(m, max(1.0, o0))])
+                    if best is None or sol.cost < best.cost:
+                        best = sol
     assert best is not None
-    return math.exp(best.x[0]), math.exp(best.x[1]), best.x[2:] * 1e-6
+    x = best.x
+    return RooflineFit(math.exp(x[0]), math.exp(x[1]), 1.0 + math.exp(x[2]), float(x[3]), x[4:] * 1e-6)
 
 
 # ---- timing helpers ------------------------------------------------------------------------------
@@ -564,7 +608,7 @@ class Calibrator:
         limits = Limits(tokens=max(int(n.sum()) for _, n, _ in picked), seqs=max(n.size for _, n, _ in picked),
                         context=max(int(c.max()) for _, _, c in picked))
         standin = StandIn(model.backbone, limits, dev.torch_device, dev.compute_dtype(self.dtype_name), dev.generator(1))
-        layouts = [step_layout(make_step(kind, new, ctx), dev.torch_device) for kind, new, ctx in picked]
+        layouts = [step_layout(make_step(kind, new, ctx), dev.torch_device, dev.attention_groups) for kind, new, ctx in picked]
         stop, failure = threading.Event(), []
 
         def loop() -> None:
@@ -574,10 +618,7 @@ class Calibrator:
                     while not stop.is_set():
                         layout = layouts[i % len(layouts)]
                         i += 1
-                        h = standin.input(layout)
-                        for block in range(shape.layers):
-                            h = standin.block(block, h, layout)
-                        standin.head(h, layout)
+                        standin.head(run_blocks(standin, shape.layers, layout), layout)
                         dev.synchronize()
             except BaseException as exc:  # surfaced in the calibrating thread
                 failure.append(exc)
@@ -716,6 +757,9 @@ class Calibrator:
         return self._timed((start, end))
 
     def bench_backbone(self) -> None:
+        """Per case, steps run the way the executor runs them: every block in turn with the hidden
+        states chained through, the Engram layer, then step layout + LM head; each part timed in
+        place (so weights are as cold or warm as in a real step), medians over the repeats."""
         import torch
 
         from engramsim.backends.device import to_index
@@ -748,19 +792,8 @@ class Calibrator:
                 landing.normal_()
                 for kind, new, ctx in steps:
                     step = make_step(kind, new, ctx)
-                    layout = step_layout(step, dev.torch_device)
+                    layout = step_layout(step, dev.torch_device, dev.attention_groups)
                     h = standin.input(layout)
-
-                    def blocks() -> None:
-                        for b in range(shape.layers):
-                            standin.block(b, h, layout)
-
-                    blocks()  # warm-up
-                    per_block = _median([self._device_time(blocks) / shape.layers for _ in range(self.budget.repeats)])
-                    work = cost.block_work(step, 0)
-                    base = {"shape": shape.name, "kind": kind, "seqs": int(new.size), "tokens": int(new.sum()),
-                            "context": int(ctx.max())}
-                    self.m.block.append({**base, "flops": work.flops, "bytes": work.bytes, "seconds": per_block})
 
                     # Engram layer, as the executor runs it: map every token's rows onto the step's unique
                     # rows, assemble them from the landing buffer, e_t per token, the EngramModule, residual add.
@@ -778,21 +811,22 @@ class Calibrator:
                         branches = h.view(1, tokens, 1, -1).expand(1, tokens, engram_cfg.hc_mult, shape.hidden)
                         _ = h + module(branches, e.view(1, tokens, engram_cfg.d_mem))[0].mean(dim=1)
 
-                    with torch.no_grad():
-                        engram()
-                        t_engram = _median([self._device_time(engram) for _ in range(self.budget.repeats)])
-                    ework = cost.engram_work(step, rows)
-                    self.m.engram.append({**base, "rows": rows, "flops": ework.flops, "bytes": ework.bytes, "seconds": t_engram})
-
-                    # Head: what a step costs outside its blocks: layout, final norm, LM head, sampling.
-                    def head() -> None:
-                        lay = step_layout(step, dev.torch_device)
+                    def head() -> None:  # what a step costs outside its blocks: layout, final norm, LM head, sampling
+                        lay = step_layout(step, dev.torch_device, dev.attention_groups)
                         standin.head(standin.input(lay), lay)
 
-                    head()
-                    t_head = _median([self._wall(head) for _ in range(self.budget.repeats)])
-                    hwork = cost.head_work(step)
-                    self.m.head.append({**base, "flops": hwork.flops, "bytes": hwork.bytes, "seconds": t_head})
+                    parts = {"block": lambda: run_blocks(standin, shape.layers, layout), "engram": engram, "head": head}
+                    times: dict[str, list[float]] = {part: [] for part in parts}
+                    for _ in range(self.budget.repeats + 1):  # the first round warms up
+                        for part, fn in parts.items():
+                            times[part].append(self._wall(fn) if part == "head" else self._device_time(fn))
+                    base = {"shape": shape.name, "kind": kind, "seqs": int(new.size), "tokens": tokens, "context": int(ctx.max())}
+                    kernels = {"block": cost.block_kernels(step, 0), "engram": cost.engram_kernels(step, rows),
+                               "head": cost.head_kernels(step)}
+                    for part in parts:
+                        per = shape.layers if part == "block" else 1
+                        getattr(self.m, part).append({**base, "rows": rows, **kernel_fields(kernels[part]),
+                                                      "seconds": _median(times[part][1:]) / per})
                     done += 1
                     self.progress("backbone", done, total)
                 if shape is cases[0][0]:
@@ -817,13 +851,7 @@ class Calibrator:
         picked = [steps[0], steps[-1], steps[len(steps) // 2]][: b.interference_cases]
         for kind, new, ctx in picked:
             step = make_step(kind, new, ctx)
-            layout = step_layout(step, dev.torch_device)
-            h = standin.input(layout)
-
-            def blocks() -> None:
-                for i in range(shape.layers):
-                    standin.block(i, h, layout)
-
+            layout = step_layout(step, dev.torch_device, dev.attention_groups)
             stop = threading.Event()
 
             def gather_loop() -> None:
@@ -835,14 +863,28 @@ class Calibrator:
             worker = threading.Thread(target=gather_loop, daemon=True)
             worker.start()
             try:
-                under = _median([self._device_time(blocks) / shape.layers for _ in range(b.repeats)])
+                under = _median([self._device_time(lambda: run_blocks(standin, shape.layers, layout)) / shape.layers
+                                 for _ in range(b.repeats)])
             finally:
                 stop.set()
                 worker.join()
-            work = cost.block_work(step, 0)
             self.m.block_under_gather.append({"shape": shape.name, "kind": kind, "seqs": int(new.size), "tokens": int(new.sum()),
-                                              "context": int(ctx.max()), "flops": work.flops, "bytes": work.bytes, "seconds": under})
+                                              "context": int(ctx.max()), **kernel_fields(cost.block_kernels(step, 0)),
+                                              "seconds": under})
 
+
+def run_blocks(standin: Any, layers: int, layout: Any) -> Any:
+    """Every stand-in block in turn, the hidden states chained through, as a step runs them."""
+    h = standin.input(layout)
+    for block in range(layers):
+        h = standin.block(block, h, layout)
+    return h
+
+
+def kernel_fields(kernels: list[Any]) -> dict[str, Any]:
+    """A sample's cost-model work: the totals (for reading) and the kernels (what the fit prices)."""
+    return {"flops": sum(k.flops for k in kernels), "bytes": sum(k.bytes for k in kernels),
+            "kernels": [[k.flops, k.bytes, k.weights] for k in kernels]}
 
 
 # ---- fit + profile -----------------------------------------------------------------------------------
@@ -878,10 +920,10 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
     latency, h2d = fit_latency_bandwidth(_col(m.copy, "bytes"), _col(m.copy, "seconds"))
     zc_rows, zc_rb, zc_t = _col(m.zero_copy, "rows"), _col(m.zero_copy, "row_bytes"), _col(m.zero_copy, "seconds")
     zc_latency, zc_bw, tx = fit_zero_copy(zc_rows, zc_rb, zc_t)
-    gpu_rows = m.block + m.engram + m.head  # blocks and Engram layers pay a layer overhead, the head the step overhead
-    k = np.array([[1.0, 0.0]] * (len(m.block) + len(m.engram)) + [[0.0, 1.0]] * len(m.head))
-    flops_s, bytes_s, (layer_overhead, step_overhead) = fit_roofline(_col(gpu_rows, "flops"), _col(gpu_rows, "bytes"),
-                                                                     _col(gpu_rows, "seconds"), k)
+    gpu_rows = m.block + m.engram + m.head  # each group pays its own fixed cost: layer, Engram layer, step
+    k = np.repeat(np.eye(3), [len(m.block), len(m.engram), len(m.head)], axis=0)
+    roof_fit = fit_roofline([np.asarray(r["kernels"], dtype=float) for r in gpu_rows], _col(gpu_rows, "seconds"), k)
+    flops_s, bytes_s, (layer_overhead, engram_overhead, step_overhead) = roof_fit.flops_s, roof_fit.bytes_s, roof_fit.overheads_s
 
     import torch
 
@@ -891,7 +933,8 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
     else:
         gpu_label, hbm_gib = cpu_model(), _memory_gib()
     gpu = GPU(name=gpu_label, bf16_tflops=flops_s / TFLOP, hbm_gbps=bytes_s / GB, hbm_gib=hbm_gib, compute_efficiency=1.0,
-              memory_efficiency=1.0, layer_overhead_us=layer_overhead / US, copy_engines=1)
+              memory_efficiency=1.0, layer_overhead_us=layer_overhead / US, engram_overhead_us=engram_overhead / US, roofline_exponent=roof_fit.exponent,
+              gemm_half_rows=roof_fit.half_rows, copy_engines=1)
     link = Link(name=_link_name(backend), h2d_gbps=h2d / GB, d2h_gbps=h2d / GB, dma_latency_us=latency / US,
                 zero_copy_gbps=zc_bw / GB, zero_copy_latency_us=zc_latency / US, transaction_bytes=tx)
     host = Host(name=cpu_model(), dram_gbps=dram / GB, dram_gib=_memory_gib(), gather_rows_per_s=rate,
@@ -911,10 +954,10 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
     res["zero_copy"] = residual([cost.zero_copy_time(int(n), int(b)) for n, b in zip(zc_rows, zc_rb)], zc_t)
 
     def roof(rows: list[dict[str, Any]], extra: float) -> list[float]:
-        return [cost.roofline(Work(r["flops"], r["bytes"])) + extra for r in rows]
+        return [cost.kernels_time([Work(*kernel) for kernel in r["kernels"]]) + extra for r in rows]
 
     res["block"] = residual(roof(m.block, cost.layer_overhead_s), _col(m.block, "seconds"))
-    res["engram"] = residual(roof(m.engram, cost.layer_overhead_s), _col(m.engram, "seconds"))
+    res["engram"] = residual(roof(m.engram, cost.engram_overhead_s), _col(m.engram, "seconds"))
     res["head"] = residual(roof(m.head, draft.step_overhead_us * US), _col(m.head, "seconds"))
     if m.block_under_gather:
         res["block_under_gather"] = residual(roof(m.block_under_gather, cost.layer_overhead_s), _col(m.block_under_gather, "seconds"))

@@ -28,6 +28,7 @@ THREADS = 1  # torch intra-op threads of the compute thread and of the fetch wor
 class CpuDevice(Device):
     kind = "cpu"
     resident_copies = False
+    attention_groups = 1
 
     def check_memory(self, source: str, footprint: Footprint) -> None:
         """Everything lives in host memory here, the "device" side included."""

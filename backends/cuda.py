@@ -69,6 +69,7 @@ def require_gpu(source: str) -> None:
 class CudaDevice(Device):
     kind = "cuda"
     resident_copies = True
+    attention_groups = 8
 
     def __init__(self, source: str) -> None:
         super().__init__(source)

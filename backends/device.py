@@ -36,6 +36,7 @@ class Device:
 
     kind: ClassVar[str]
     resident_copies: ClassVar[bool]  # does `resident` copy a table (into GPU memory)?
+    attention_groups: ClassVar[int]  # most padded SDPA calls per attention (backends/standin.py)
 
     def __init__(self, source: str) -> None:
         self.source = source

@@ -354,7 +354,7 @@ class RealSession:
         device, index = self.device, step.index
         start = device.mark()
         layer_plans = plans.plan(step, StepView(step)) if plans is not None else {}
-        layout = step_layout(step, device.torch_device)
+        layout = step_layout(step, device.torch_device, device.attention_groups)
         issues: dict[int, list[int]] = {}
         for layer, plan in layer_plans.items():
             issues.setdefault(plan.issue_block, []).append(layer)

@@ -12,9 +12,12 @@ Simplifications, each small next to the work kept:
   shared by all blocks: in a decode step the i-th sequence (by context length) reads slot i's
   first context_len positions, so every sequence reads its own memory, as with a real KV cache.
   Prefill attends causally over the prompt's fresh K/V. New K/V are not written back.
-- Sequences are sorted by length and cut into at most ATTENTION_GROUPS groups, each padded to
-  its longest member (right padding: causal masking already hides it in prefill, a key mask
-  hides it in decode), so attention is a few batched SDPA calls rather than one per sequence.
+- Sequences are sorted by length and cut into at most `Device.attention_groups` groups, each
+  padded to its longest member (right padding: causal masking already hides it in prefill, a key
+  mask hides it in decode), so attention is a few batched SDPA calls rather than one per
+  sequence. On a GPU several groups keep the padded KV reads close to the real ones; on the CPU,
+  where each call costs tens of microseconds of dispatch and the KV reads are small next to the
+  weights, one group is closer to the single varlen attention kernel a serving engine runs.
 - MoE routing is top_k of the softmax of random router weights, close to uniform; the experts run
   one after another on the tokens routed to them, which costs one host sync per MoE block.
 - No RMSNorm weights (they are ones) and no mHC branches in the backbone (cost.py ignores both).
@@ -33,8 +36,6 @@ from engramsim.backends.device import to_index
 from engramsim.scenario import Backbone
 from engramsim.steps import Step
 from engramsim.workload import Workload
-
-ATTENTION_GROUPS = 8
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class StepLayout:
     last: torch.Tensor  # each sequence's last token row (the LM head's input)
 
 
-def step_layout(step: Step, device: torch.device, max_groups: int = ATTENTION_GROUPS) -> StepLayout:
+def step_layout(step: Step, device: torch.device, max_groups: int) -> StepLayout:
     new, lengths = step.new_tokens, step.context_lens  # a prefill's context is its whole prompt
     first = np.cumsum(new) - new  # each sequence's first row in the flat batch
     order = np.argsort(lengths, kind="stable")

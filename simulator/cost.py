@@ -1,9 +1,13 @@
 """The cost model: seconds for each piece of a step, from the model's shapes and a hardware profile.
 
-GPU work is priced by a roofline: `max(flops / (peak * compute_efficiency), bytes / (hbm *
-memory_efficiency))` plus a fixed per-kernel-group overhead. FLOPs and bytes are counted
-explicitly (see `Work`) so tests can check them by hand and a calibration can fit the
-efficiencies. Fetches are priced by small latency + bandwidth formulas for the host's gather
+GPU work is priced kernel by kernel with a roofline: each kernel (a GEMM with the small ops fused
+around it, the attention core, ...) takes `max(flops / (peak * compute_efficiency), bytes / (hbm *
+memory_efficiency))`, a block is the sum of its kernels plus a fixed per-block overhead. A
+profile may soften the max into `(tc^n + tm^n)^(1/n)` (`gpu.roofline_exponent`): a GPU overlaps
+memory traffic with math (the max, n = infinity), one CPU core running a small-batch GEMM hardly
+does (n near 1, the sum). GEMMs over few rows fall short of the compute peak by the profile's
+half-performance length (`gpu.gemm_half_rows`, 0 for the presets). FLOPs and bytes are counted explicitly (see `Work`) so tests can check
+them by hand and a calibration can fit the rates. Fetches are priced by small latency + bandwidth formulas for the host's gather
 threads, the DMA copy engines and GPU zero-copy reads.
 
 Units: GB/s = 1e9 B/s, TFLOP/s = 1e12 FLOP/s, `*_us` fields are microseconds; every method
@@ -49,13 +53,25 @@ BlockKind = Literal["dense", "moe"]
 
 @dataclass(frozen=True)
 class Work:
-    """What a kernel group costs before the hardware is known: FLOPs and HBM bytes moved."""
+    """What a kernel group costs before the hardware is known: FLOPs, HBM bytes moved, and the
+    weight elements its GEMMs multiply by (what a GEMM's small-batch inefficiency scales with)."""
 
     flops: float = 0.0
     bytes: float = 0.0
+    weights: float = 0.0
 
     def __add__(self, other: Work) -> Work:
-        return Work(self.flops + other.flops, self.bytes + other.bytes)
+        return Work(self.flops + other.flops, self.bytes + other.bytes, self.weights + other.weights)
+
+
+def total(kernels: list[Work]) -> Work:
+    return sum(kernels, Work())
+
+
+def gemm(tokens: int, k: int, n: int, dtype_bytes: int, extra_elems: int = 0) -> Work:
+    """[tokens, k] @ [k, n]: weights read once, input read, output written, plus `extra_elems`
+    per token of small ops fused around it (norms, residual adds)."""
+    return Work(2.0 * tokens * k * n, (k * n + tokens * (k + n + extra_elems)) * dtype_bytes, k * n)
 
 
 class CostModel:
@@ -70,14 +86,29 @@ class CostModel:
         self.flops_per_s = gpu.bf16_tflops * TFLOP * gpu.compute_efficiency
         self.hbm_bytes_per_s = gpu.hbm_gbps * GB * gpu.memory_efficiency
         self.layer_overhead_s = gpu.layer_overhead_us * US
+        self.engram_overhead_s = self.layer_overhead_s if gpu.engram_overhead_us is None else gpu.engram_overhead_us * US
+        self.exponent = gpu.roofline_exponent
+        self.half_rows = gpu.gemm_half_rows
         self._cached_step: Step | None = None
         self._cache: dict[BlockKind, float] = {}
 
     # ---- GPU: roofline ---------------------------------------------------------------------
     def roofline(self, work: Work) -> float:
-        """Seconds for `work` if it runs at the profile's achieved compute or memory rate,
-        whichever binds (no overlap loss, no fixed cost)."""
-        return max(work.flops / self.flops_per_s, work.bytes / self.hbm_bytes_per_s)
+        """Seconds of one kernel at the profile's achieved compute and memory rates: the slower of
+        the two, or their `roofline_exponent`-norm (no fixed cost). A GEMM of M rows computes at
+        M / (M + gemm_half_rows) of the peak (Hockney's half-performance length): as if it ran
+        `gemm_half_rows` more rows, 2 FLOPs per weight each."""
+        tc = (work.flops + 2.0 * self.half_rows * work.weights) / self.flops_per_s
+        tm = work.bytes / self.hbm_bytes_per_s
+        n = self.exponent
+        if n is None or tc == 0.0 or tm == 0.0:
+            return max(tc, tm)
+        hi = max(tc, tm)  # scaled so large exponents cannot overflow
+        return hi * ((tc / hi) ** n + (tm / hi) ** n) ** (1.0 / n)
+
+    def kernels_time(self, kernels: list[Work]) -> float:
+        """Seconds of kernels run one after another."""
+        return sum(self.roofline(k) for k in kernels)
 
     def block_kind(self, block: int) -> BlockKind:
         moe = self.model.backbone.moe
@@ -93,7 +124,11 @@ class CostModel:
         return moe.shared_experts + e * (1.0 - (1.0 - k / e) ** tokens)
 
     def attention_work(self, step: Step) -> Work:
-        """Norm, q/k/v/o projections (GQA), causal attention over the KV cache, residual add.
+        """Norm, q/k/v/o projections (GQA), causal attention over the KV cache, residual add."""
+        return total(self.attention_kernels(step))
+
+    def attention_kernels(self, step: Step) -> list[Work]:
+        """[input RMSNorm + qkv GEMM, attention core, o GEMM + residual add].
 
         Query-key pairs per sequence with n new tokens and context c after the step:
         n·(c-n) + n(n+1)/2 (prefill of a whole prompt: n(n+1)/2; decode: c). Each pair costs
@@ -107,37 +142,29 @@ class CostModel:
         ctx = step.context_lens.astype(np.float64)
         qkv_out = (att.heads + 2 * att.kv_heads) * att.head_dim
         o_in = att.heads * att.head_dim
-        params = hidden * qkv_out + o_in * hidden
         pairs = float(np.sum(new * (ctx - new) + new * (new + 1.0) / 2.0))
-        flops = 2.0 * tokens * params + 4.0 * att.heads * att.head_dim * pairs
         kv_token_bytes = 2 * att.kv_heads * att.head_dim * b
-        kv_bytes = (float(ctx.sum()) + tokens) * kv_token_bytes
-        per_token = (
-            2 * hidden  # input RMSNorm: read + write
-            + hidden + qkv_out  # qkv GEMM: read input, write q, k, v
-            + 2 * o_in  # attention: read q, write output
-            + o_in + hidden  # o GEMM
-            + 3 * hidden  # residual add: read 2, write 1
-        )
-        return Work(flops, params * b + kv_bytes + tokens * per_token * b)
+        qkv = gemm(tokens, hidden, qkv_out, b, extra_elems=2 * hidden)  # + RMSNorm read/write
+        core = Work(4.0 * att.heads * att.head_dim * pairs,
+                    (float(ctx.sum()) + tokens) * kv_token_bytes + tokens * 2 * o_in * b)  # read q, write output
+        o = gemm(tokens, o_in, hidden, b, extra_elems=3 * hidden)  # + residual add: read 2, write 1
+        return [qkv, core, o]
 
-    def mlp_work(self, step: Step) -> Work:
-        """Norm, dense SwiGLU MLP (gate+up and down: 3·hidden·intermediate weights), residual add."""
+    def mlp_kernels(self, step: Step) -> list[Work]:
+        """Dense SwiGLU MLP (3·hidden·intermediate weights): [norm + gate/up GEMM, SiLU(gate)·up,
+        down GEMM + residual add]."""
         bb, b = self.model.backbone, self.dtype_bytes
         hidden, inter = bb.hidden, bb.intermediate
         tokens = step.num_tokens
-        params = 3 * hidden * inter
-        per_token = (
-            2 * hidden  # post-attention RMSNorm
-            + hidden + 2 * inter  # gate+up GEMM
-            + 3 * inter  # SiLU(gate) * up: read 2, write 1
-            + inter + hidden  # down GEMM
-            + 3 * hidden  # residual add
-        )
-        return Work(2.0 * tokens * params, params * b + tokens * per_token * b)
+        return [
+            gemm(tokens, hidden, 2 * inter, b, extra_elems=2 * hidden),  # + post-attention RMSNorm
+            Work(0.0, tokens * 3 * inter * b),  # SiLU(gate) * up: read 2, write 1
+            gemm(tokens, inter, hidden, b, extra_elems=3 * hidden),  # + residual add
+        ]
 
-    def moe_work(self, step: Step) -> Work:
-        """Norm, router, shared + top-k routed SwiGLU experts, weighted combine, residual add.
+    def moe_kernels(self, step: Step) -> list[Work]:
+        """Norm + router, the experts' gate/up GEMMs + SwiGLU, their down GEMMs + weighted
+        combine + residual add (shared + top-k routed experts).
 
         FLOPs follow the tokens (each token runs shared + top_k experts); weight bytes follow
         the distinct experts the step touches (`experts_touched`), each read once.
@@ -147,32 +174,38 @@ class CostModel:
         assert moe is not None
         hidden, inter = bb.hidden, moe.expert_intermediate
         tokens = step.num_tokens
-        expert = 3 * hidden * inter
-        router = hidden * moe.experts
         paths = moe.shared_experts + moe.top_k  # experts each token runs through
-        flops = 2.0 * tokens * (paths * expert + router)
-        weight_bytes = (self.experts_touched(tokens) * expert + router) * b
-        per_token = (
-            2 * hidden  # post-attention RMSNorm
-            + hidden + moe.experts  # router GEMM
-            + paths * (hidden + 2 * inter + 3 * inter + inter + hidden)  # per expert: gate+up, SwiGLU, down
-            + paths * hidden + hidden  # weighted combine: read each expert's output, write one
-            + 3 * hidden  # residual add
-        )
-        return Work(flops, weight_bytes + tokens * per_token * b)
+        touched = self.experts_touched(tokens)
+        router = gemm(tokens, hidden, moe.experts, b, extra_elems=2 * hidden)  # + post-attention RMSNorm
+        up = Work(2.0 * tokens * paths * hidden * 2 * inter,
+                  (touched * hidden * 2 * inter + tokens * paths * (hidden + 2 * inter + 3 * inter)) * b, touched * hidden * 2 * inter)
+        down = Work(2.0 * tokens * paths * inter * hidden,
+                    (touched * inter * hidden + tokens * (paths * (inter + hidden) + paths * hidden + hidden + 3 * hidden)) * b,
+                    touched * inter * hidden)
+        return [router, up, down]
+
+    def mlp_work(self, step: Step) -> Work:
+        return total(self.mlp_kernels(step))
+
+    def moe_work(self, step: Step) -> Work:
+        return total(self.moe_kernels(step))
+
+    def block_kernels(self, step: Step, block: int) -> list[Work]:
+        """The kernels of one transformer block (attention + MLP or MoE) for the step."""
+        mlp = self.moe_kernels(step) if self.block_kind(block) == "moe" else self.mlp_kernels(step)
+        return self.attention_kernels(step) + mlp
 
     def block_work(self, step: Step, block: int) -> Work:
-        """FLOPs and bytes of one transformer block (attention + MLP or MoE) for the step."""
-        mlp = self.moe_work(step) if self.block_kind(block) == "moe" else self.mlp_work(step)
-        return self.attention_work(step) + mlp
+        """FLOPs and bytes of one transformer block for the step."""
+        return total(self.block_kernels(step, block))
 
     def block_time(self, step: Step, block: int) -> float:
-        """Seconds of one block: roofline of `block_work` + the profile's layer overhead."""
+        """Seconds of one block: its kernels' rooflines + the profile's layer overhead."""
         if self._cached_step is not step:
             self._cached_step, self._cache = step, {}
         kind = self.block_kind(block)
         if kind not in self._cache:
-            self._cache[kind] = self.roofline(self.block_work(step, block)) + self.layer_overhead_s
+            self._cache[kind] = self.kernels_time(self.block_kernels(step, block)) + self.layer_overhead_s
         return self._cache[kind]
 
     def blocks_time(self, step: Step, start: int, stop: int) -> float:
@@ -190,8 +223,9 @@ class CostModel:
         return total
 
     # ---- GPU: Engram layer and head ----------------------------------------------------------
-    def engram_work(self, step: Step, rows: int) -> Work:
-        """The Engram layer's GPU work after its rows are on the device.
+    def engram_kernels(self, step: Step, rows: int) -> list[Work]:
+        """The Engram layer's GPU work after its rows are on the device: [gather, fused
+        projection, gating + short conv + residual].
 
         Gather: the step's `rows` unique rows read from device memory (from the table in HBM, or
         from the buffer the link filled: the same traffic either way, so offloading never makes
@@ -207,28 +241,33 @@ class CostModel:
         gather = Work(0.0, rows * engram.row_bytes + tokens * e_t)
         out = (hc + 1) * hidden
         params = engram.d_mem * out
-        projection = Work(2.0 * tokens * params, params * b + tokens * (e_t + out * b))
+        projection = Work(2.0 * tokens * params, params * b + tokens * (e_t + out * b), params)
         branch_elems = tokens * hc * hidden
         elementwise = Work(2.0 * engram.kernel_size * branch_elems, ENGRAM_ELEMENTWISE_PASSES * branch_elems * b)
-        return gather + projection + elementwise
+        return [gather, projection, elementwise]
+
+    def engram_work(self, step: Step, rows: int) -> Work:
+        return total(self.engram_kernels(step, rows))
 
     def engram_time(self, step: Step, rows: int) -> float:
-        """Seconds of the Engram layer's own GPU work (roofline + one layer overhead)."""
-        return self.roofline(self.engram_work(step, rows)) + self.layer_overhead_s
+        """Seconds of the Engram layer's own GPU work (its kernels + the Engram layer overhead)."""
+        return self.kernels_time(self.engram_kernels(step, rows)) + self.engram_overhead_s
 
-    def head_work(self, step: Step) -> Work:
-        """Embedding lookup, final RMSNorm and the LM head for one sampled token per sequence."""
+    def head_kernels(self, step: Step) -> list[Work]:
+        """[embedding lookup + final RMSNorm, LM head GEMM for one sampled token per sequence]."""
         bb, b = self.model.backbone, self.dtype_bytes
         tokens, seqs = step.num_tokens, step.num_seqs
-        embedding = Work(0.0, 2.0 * tokens * bb.hidden * b)
-        norm = Work(0.0, 2.0 * tokens * bb.hidden * b)
+        lookup_norm = Work(0.0, 4.0 * tokens * bb.hidden * b)  # embedding read + write, norm read + write
         params = bb.hidden * bb.vocab
-        head = Work(2.0 * seqs * params, params * b + seqs * bb.hidden * b + 2.0 * seqs * bb.vocab * LOGIT_BYTES)
-        return embedding + norm + head
+        head = Work(2.0 * seqs * params, params * b + seqs * bb.hidden * b + 2.0 * seqs * bb.vocab * LOGIT_BYTES, params)
+        return [lookup_norm, head]
+
+    def head_work(self, step: Step) -> Work:
+        return total(self.head_kernels(step))
 
     def head_time(self, step: Step) -> float:
         """Seconds of embedding + final norm + LM head, plus the profile's per-step overhead."""
-        return self.roofline(self.head_work(step)) + self.profile.step_overhead_us * US
+        return self.kernels_time(self.head_kernels(step)) + self.profile.step_overhead_us * US
 
     # ---- fetches -------------------------------------------------------------------------------
     def gather_time(self, rows: int, row_bytes: int) -> float:

@@ -30,6 +30,13 @@ class GPU(_Strict):
     compute_efficiency: float = Field(gt=0, le=1, description="achieved fraction of bf16 peak on large GEMMs")
     memory_efficiency: float = Field(gt=0, le=1, description="achieved fraction of HBM peak on streaming reads")
     layer_overhead_us: NonNegativeFloat = Field(description="fixed cost of one block per step (launches, norms, small kernels), us")
+    engram_overhead_us: NonNegativeFloat | None = Field(
+        None, description="fixed cost of one Engram layer per step (its many small kernels), us; null: layer_overhead_us")
+    gemm_half_rows: NonNegativeFloat = Field(
+        0.0, description="half-performance length of a GEMM: over M rows it reaches M / (M + this) of the compute peak")
+    roofline_exponent: float | None = Field(
+        None, ge=1, description="how a kernel's compute and memory times combine: (tc^n + tm^n)^(1/n); "
+        "null is max(tc, tm) (full overlap, GPUs), 1 their sum (no overlap)")
     copy_engines: PositiveInt = 2
 
 

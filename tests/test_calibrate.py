@@ -23,6 +23,8 @@ from engramsim.backends.calibrate import (
     fit_profile,
     fit_roofline,
     fit_zero_copy,
+    kernel_fields,
+    kernel_times,
     machine_host,
     make_step,
     residual,
@@ -83,27 +85,45 @@ def test_zero_copy_fit_recovers_transaction_size():
         assert gbps == pytest.approx(30e9, rel=0.05) and latency == pytest.approx(4e-6, rel=0.25)
 
 
-def test_roofline_fit_recovers_peaks_and_overheads_on_cost_model_work():
-    """Work (FLOPs, bytes) of real calibration cases from the CostModel; times from a known roofline."""
+@pytest.mark.parametrize(("exponent", "half_rows"), [(1.0, 0.0), (2.5, 16.0), (32.0, 4.0)])
+def test_roofline_fit_recovers_peaks_exponent_and_overheads_on_cost_model_kernels(exponent, half_rows):
+    """Kernels (FLOPs, bytes, weights) of real calibration cases from the CostModel; times from a known profile."""
     rng = np.random.default_rng(4)
     unit = HardwareProfile.model_validate(UNIT_PROFILE)
-    flops, nbytes, k = [], [], []
+    kernels, k = [], []
     for shape, steps in backbone_cases("cpu", BUDGETS["quick"]):
         cost = CostModel(shape_model(shape, "fp32", 64, "fp32"), unit)
         for kind, new, ctx in steps:
             step = make_step(kind, new, ctx)
-            for work, overhead in ((cost.block_work(step, 0), [1.0, 0.0]), (cost.head_work(step), [0.0, 1.0])):
-                flops.append(work.flops)
-                nbytes.append(work.bytes)
+            for works, overhead in ((cost.block_kernels(step, 0), [1.0, 0.0]), (cost.head_kernels(step), [0.0, 1.0])):
+                kernels.append(np.array([[w.flops, w.bytes, w.weights] for w in works]))
                 k.append(overhead)
-    f, b, k = np.array(flops), np.array(nbytes), np.array(k)
+    k = np.array(k)
     peak, bandwidth, layer_o, step_o = 120e9, 9e9, 150e-6, 400e-6
-    true = np.maximum(f / peak, b / bandwidth) + k @ np.array([layer_o, step_o])
-    fit_f, fit_b, (fit_layer, fit_step) = fit_roofline(f, b, noisy(true, rng), k)
-    assert fit_f == pytest.approx(peak, rel=0.05)
-    assert fit_b == pytest.approx(bandwidth, rel=0.05)
-    assert fit_layer == pytest.approx(layer_o, rel=0.25)
-    assert fit_step == pytest.approx(step_o, rel=0.25)
+    true = kernel_times(kernels, peak, bandwidth, exponent, half_rows) + k @ np.array([layer_o, step_o])
+    fit = fit_roofline(kernels, noisy(true, rng), k)
+    predicted = kernel_times(kernels, fit.flops_s, fit.bytes_s, fit.exponent, fit.half_rows) + k @ fit.overheads_s
+    assert np.max(np.abs(predicted / true - 1)) < 0.05
+    if exponent > 1.0:  # at exponent 1 the half-rows term adds time in proportion to the weight bytes: bandwidth and
+        # half-rows trade off exactly, only their combination (checked through `predicted`) is determined
+        assert fit.flops_s == pytest.approx(peak, rel=0.05)
+        assert fit.overheads_s[0] == pytest.approx(layer_o, rel=0.25)
+        assert fit.overheads_s[1] == pytest.approx(step_o, rel=0.35)  # 20 head samples, a few ms each
+        assert fit.bytes_s == pytest.approx(bandwidth, rel=0.05)
+        assert fit.exponent == pytest.approx(exponent, rel=0.2)
+        assert fit.half_rows == pytest.approx(half_rows, abs=2.0)
+
+
+def test_kernel_times_match_the_cost_model():
+    profile = HardwareProfile.model_validate({**UNIT_PROFILE, "gpu": {**UNIT_PROFILE["gpu"], "roofline_exponent": 1.7,
+                                                                      "gemm_half_rows": 8.0}})
+    shape, steps = backbone_cases("cpu", BUDGETS["quick"])[0]
+    cost = CostModel(shape_model(shape, "fp32", 64, "fp32"), profile)
+    for kind, new, ctx in steps:
+        step = make_step(kind, new, ctx)
+        works = cost.block_kernels(step, 0)
+        got = kernel_times([np.array([[w.flops, w.bytes, w.weights] for w in works])], 1e12, 1e9, 1.7, 8.0)[0]
+        assert got == pytest.approx(cost.kernels_time(works), rel=1e-12)
 
 
 def test_residual_is_signed_mean_and_absolute_p95():
@@ -130,19 +150,20 @@ def synthetic_measurements(truth: HardwareProfile) -> Measurements:
             step = make_step(kind, new, ctx)
             base = {"shape": shape.name, "kind": kind, "seqs": int(new.size), "tokens": int(new.sum()), "context": int(ctx.max())}
             rows = int(new.sum()) * 10
-            for group, work, seconds in (
-                ("block", shaped.block_work(step, 0), shaped.block_time(step, 0)),
-                ("engram", shaped.engram_work(step, rows), shaped.engram_time(step, rows)),
-                ("head", shaped.head_work(step), shaped.head_time(step)),
+            for group, works, seconds in (
+                ("block", shaped.block_kernels(step, 0), shaped.block_time(step, 0)),
+                ("engram", shaped.engram_kernels(step, rows), shaped.engram_time(step, rows)),
+                ("head", shaped.head_kernels(step), shaped.head_time(step)),
             ):
-                getattr(m, group).append({**base, "rows": rows, "flops": work.flops, "bytes": work.bytes, "seconds": seconds})
+                getattr(m, group).append({**base, "rows": rows, **kernel_fields(works), "seconds": seconds})
     return m
 
 
 def test_fit_profile_recovers_a_known_profile_exactly_as_the_simulator_prices_it():
     truth = HardwareProfile.model_validate({
         **UNIT_PROFILE, "name": "truth", "step_overhead_us": 250.0,
-        "gpu": {**UNIT_PROFILE["gpu"], "bf16_tflops": 0.11, "hbm_gbps": 7.5, "layer_overhead_us": 90.0},
+        "gpu": {**UNIT_PROFILE["gpu"], "bf16_tflops": 0.11, "hbm_gbps": 7.5, "layer_overhead_us": 90.0, "roofline_exponent": 1.6,
+                "engram_overhead_us": 300.0, "gemm_half_rows": 12.0},
         "link": {**UNIT_PROFILE["link"], "h2d_gbps": 14.0, "d2h_gbps": 14.0, "dma_latency_us": 3.0, "zero_copy_gbps": 5.0,
                  "zero_copy_latency_us": 9.0, "transaction_bytes": 64},
         "host": {**UNIT_PROFILE["host"], "dram_gbps": 9.0, "gather_rows_per_s": 18e6, "gather_threads": 1, "gather_overhead_us": 11.0},
@@ -151,6 +172,8 @@ def test_fit_profile_recovers_a_known_profile_exactly_as_the_simulator_prices_it
     close = {
         "gpu.bf16_tflops": (fitted.gpu.bf16_tflops, 0.11), "gpu.hbm_gbps": (fitted.gpu.hbm_gbps, 7.5),
         "gpu.layer_overhead_us": (fitted.gpu.layer_overhead_us, 90.0), "step_overhead_us": (fitted.step_overhead_us, 250.0),
+        "gpu.roofline_exponent": (fitted.gpu.roofline_exponent, 1.6), "gpu.engram_overhead_us": (fitted.gpu.engram_overhead_us, 300.0),
+        "gpu.gemm_half_rows": (fitted.gpu.gemm_half_rows, 12.0),
         "link.h2d_gbps": (fitted.link.h2d_gbps, 14.0), "link.dma_latency_us": (fitted.link.dma_latency_us, 3.0),
         "link.zero_copy_gbps": (fitted.link.zero_copy_gbps, 5.0), "link.zero_copy_latency_us": (fitted.link.zero_copy_latency_us, 9.0),
         "host.gather_rows_per_s": (fitted.host.gather_rows_per_s, 18e6), "host.gather_overhead_us": (fitted.host.gather_overhead_us, 11.0),

@@ -67,13 +67,13 @@ def test_attention_work_by_hand_prefill(tiny):
     # KV: (context 3 read + 3 written) * (2*1*4*2 B) = 96 B
     # activations per token: norm 16 + qkv (8+16) + attn 16 + o (8+8) + residual 24 = 96 elems
     # bytes = 192*2 + 96 + 3*96*2 = 1056
-    assert tiny.attention_work(make_step([3], [3])) == Work(1344.0, 1056.0)
+    assert tiny.attention_work(make_step([3], [3])) == Work(1344.0, 1056.0, 192.0)
 
 
 def test_attention_work_by_hand_decode(tiny):
     # two sequences, one new token each, contexts 5 and 9: pairs = 5 + 9 = 14
     # flops = 2*2*192 + 32*14 = 768 + 448 = 1216; bytes = 384 + (14 + 2)*16 + 2*96*2 = 1024
-    assert tiny.attention_work(make_step([1, 1], [5, 9], "decode")) == Work(1216.0, 1024.0)
+    assert tiny.attention_work(make_step([1, 1], [5, 9], "decode")) == Work(1216.0, 1024.0, 192.0)
 
 
 def test_chunked_prefill_pairs(tiny):
@@ -86,13 +86,13 @@ def test_mlp_work_by_hand(tiny):
     # params = 3*8*16 = 384; flops = 2*3*384 = 2304
     # per token: norm 16 + gate_up (8+32) + swiglu 48 + down (16+8) + residual 24 = 152 elems
     # bytes = 384*2 + 3*152*2 = 1680
-    assert tiny.mlp_work(make_step([3], [3])) == Work(2304.0, 1680.0)
+    assert tiny.mlp_work(make_step([3], [3])) == Work(2304.0, 1680.0, 384.0)
 
 
 def test_block_time_is_roofline_plus_overhead(tiny):
     step = make_step([3], [3])
     # work = (1344 + 2304, 1056 + 1680) = (3648 FLOP, 2736 B); 5e11 FLOP/s, 5e8 B/s: memory-bound
-    assert tiny.block_work(step, 0) == Work(3648.0, 2736.0)
+    assert tiny.block_work(step, 0) == Work(3648.0, 2736.0, 576.0)
     assert tiny.block_time(step, 0) == pytest.approx(2736 / 5e8 + 2e-6, rel=1e-12)
     assert tiny.blocks_time(step, 0, 1) == tiny.block_time(step, 0)
     assert tiny.blocks_time(step, 0, 0) == 0.0
@@ -106,7 +106,7 @@ def test_engram_work_by_hand(tiny):
     # projection 16 -> (2+1)*8 = 24: params 384, flops 2*3*384 = 2304, bytes 768 + 3*(32 + 48) = 1008
     # elementwise over 3*2*8 = 48 elems: flops 2*4*48 = 384, bytes 15*48*2 = 1440
     step = make_step([3], [3])
-    assert tiny.engram_work(step, 5) == Work(2688.0, 2584.0)
+    assert tiny.engram_work(step, 5) == Work(2688.0, 2584.0, 384.0)
     assert tiny.engram_time(step, 5) == pytest.approx(2584 / 5e8 + 2e-6, rel=1e-12)
     assert tiny.engram_time(step, 50) > tiny.engram_time(step, 5)
 
@@ -115,7 +115,7 @@ def test_head_work_by_hand(tiny):
     # embedding 2*3*8*2 = 96 B, norm 96 B; LM head 8x32: flops 2*1*256 = 512,
     # bytes 256*2 + 8*2 + 2*32*4 = 784 -> 976 B; plus the 100 us step overhead
     step = make_step([3], [3])
-    assert tiny.head_work(step) == Work(512.0, 976.0)
+    assert tiny.head_work(step) == Work(512.0, 976.0, 256.0)
     assert tiny.head_time(step) == pytest.approx(976 / 5e8 + 100e-6, rel=1e-12)
 
 
@@ -142,7 +142,7 @@ def test_moe_work_by_hand():
     # expert = 3*8*4 = 96 params, router 8*8 = 64; one token runs 3 experts
     # flops = 2*1*(3*96 + 64) = 704; weights = (3*96 + 64)*2 = 704 B
     # per token: norm 16 + router (8+8) + 3*(8+8+12+4+8) + combine (3*8 + 8) + residual 24 = 208 elems
-    assert cost.moe_work(step) == Work(704.0, 704.0 + 208 * 2)
+    assert cost.moe_work(step) == Work(704.0, 704.0 + 208 * 2, 3 * 96 + 64)  # weights multiplied: the touched experts + router
     assert cost.block_kind(0) == "dense" and cost.block_kind(1) == "moe"
     assert cost.block_work(step, 1) == cost.attention_work(step) + cost.moe_work(step)
 
@@ -160,7 +160,29 @@ def test_blocks_time_mixes_dense_and_moe():
 def test_block_cache_follows_the_step(tiny):
     a, b = make_step([3], [3], index=7), make_step([9], [9], index=7)  # same index, different step
     assert tiny.block_time(a, 0) < tiny.block_time(b, 0)
-    assert tiny.block_time(a, 0) == tiny.roofline(tiny.block_work(a, 0)) + tiny.layer_overhead_s
+    assert tiny.block_time(a, 0) == tiny.kernels_time(tiny.block_kernels(a, 0)) + tiny.layer_overhead_s
+
+
+def test_kernels_sum_to_the_work_and_each_pays_its_own_roofline(tiny):
+    step = make_step([3], [3])
+    kernels = tiny.block_kernels(step, 0)
+    assert len(kernels) == 6  # qkv, attention core, o, gate/up, SwiGLU, down
+    assert sum(kernels, Work()) == tiny.block_work(step, 0)
+    # per kernel max(compute, memory) is never below the roofline of the sum
+    assert tiny.kernels_time(kernels) >= tiny.roofline(tiny.block_work(step, 0)) * (1 - 1e-12)
+    by_hand = sum(max(k.flops / 0.5e12, k.bytes / 0.5e9) for k in kernels)
+    assert tiny.kernels_time(kernels) == pytest.approx(by_hand)
+
+
+@pytest.mark.parametrize("n", [1.0, 2.0, 64.0])
+def test_roofline_exponent_combines_compute_and_memory(n):
+    profile = HardwareProfile.model_validate({**ROUND, "gpu": {**ROUND["gpu"], "roofline_exponent": n}})
+    cost = CostModel(Model.model_validate(TINY), profile)
+    tc, tm = 3e-6, 4e-6  # 1.5e6 FLOP at 0.5e12 FLOP/s, 2000 B at 0.5e9 B/s
+    work = Work(1.5e6, 2000.0)
+    assert cost.roofline(work) == pytest.approx(1e-6 * (3 ** n + 4 ** n) ** (1 / n))
+    assert max(tc, tm) <= cost.roofline(work) <= tc + tm + 1e-18
+    assert cost.roofline(Work(0.0, 2000.0)) == pytest.approx(tm)  # pure traffic: no compute term
 
 
 # ---- monotonicity and regimes on a real-sized model -------------------------------------------

@@ -72,7 +72,12 @@ def print_profile(console: Console, profile, wall_s: float) -> None:
     rows = [
         ("compute (achieved)", f"{gpu.bf16_tflops * 1e3:,.1f} GFLOP/s ({gpu.name})"),
         ("memory (achieved)", f"{gpu.hbm_gbps:,.2f} GB/s"),
-        ("layer / step overhead", f"{gpu.layer_overhead_us:,.1f} us / {profile.step_overhead_us:,.1f} us"),
+        ("compute + memory", "max" if gpu.roofline_exponent is None else f"roofline exponent {gpu.roofline_exponent:.2f} "
+                             f"(1: they add up, 32: their max)"),
+        ("layer / Engram layer / step overhead", f"{gpu.layer_overhead_us:,.1f} us / "
+         f"{gpu.layer_overhead_us if gpu.engram_overhead_us is None else gpu.engram_overhead_us:,.1f} us / "
+         f"{profile.step_overhead_us:,.1f} us"),
+        ("GEMM half-performance rows", f"{gpu.gemm_half_rows:,.1f}"),
         ("gather", f"{host.gather_rows_per_s / 1e6:,.2f} M rows/s per thread x {host.gather_threads}, "
                    f"overhead {host.gather_overhead_us:,.1f} us, DRAM bound {host.dram_gbps:,.1f} GB/s"),
         ("h2d", f"{link.h2d_gbps:,.2f} GB/s, latency {link.dma_latency_us:,.2f} us"),
