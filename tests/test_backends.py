@@ -189,6 +189,24 @@ def test_cuda_without_a_gpu_is_one_line(tiny, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_real_run_on_a_profile_calibrated_elsewhere_warns_in_one_line(tiny, tmp_path, capsys):
+    from engramsim.backends.calibrate import profile_yaml
+    from engramsim.simulator.presets import load_profile
+
+    preset = load_profile("h100-pcie")
+    provenance = preset.provenance.model_copy(update={"kind": "calibrated", "source": "test",
+                                                      "host": "AMD EPYC 9654 96-Core Processor x192 @ elsewhere"})
+    profile = tmp_path / "elsewhere.yaml"
+    profile.write_text(profile_yaml(preset.model_copy(update={"name": "elsewhere", "provenance": provenance})))
+    sets = ["--set", f"hardware.profile={profile}", "--set", "run.max_steps=3", "--set", "run.baseline=false", "--quiet"]
+    assert main(["run", str(tiny), "--backend", "cpu", "--out", str(tmp_path / "cpu"), *sets]) == 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("engramsim: warning: profile 'elsewhere'"), err
+    assert "AMD EPYC 9654" in err and "engramsim calibrate" in err
+    assert main(["run", str(tiny), "--backend", "sim", "--out", str(tmp_path / "sim"), *sets]) == 0
+    assert capsys.readouterr().err == "", "the simulator prices with the profile on purpose: no warning"
+
+
 def test_hw_reports_this_machine(capsys):
     assert main(["hw"]) == 0
     out = capsys.readouterr().out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from engramsim.runner import RunReport, fresh_run_dir, prepare, run_real_report, run_sim
 from engramsim.scenario_io import load_scenario
+from engramsim.simulator.profile import HardwareProfile
 
 
 def default_scenario() -> Path:
@@ -42,6 +44,17 @@ def progress_bar(console: Console, label: str, total: int) -> Iterator[Callable]
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda step: bar.advance(task, step.num_seqs)
+
+
+def warn_profile_host(profile: HardwareProfile) -> str | None:
+    """One stderr line when `profile` was calibrated on other hardware than this machine (real
+    backends: the run is measured here, compared against numbers from elsewhere); the warning, or None."""
+    from engramsim.backends.calibrate import check_profile_host
+
+    warning = check_profile_host(profile)
+    if warning:
+        print(f"engramsim: warning: {warning}", file=sys.stderr)
+    return warning
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -104,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if backend == "sim":
         report = run_sim(prepared, out_dir, progress)
     else:
+        warn_profile_host(prepared.profile)
         report = run_real_report(prepared, backend, out_dir, progress)
     print_report(console, report, time.perf_counter() - start)
     console.print(f"wrote {', '.join(str(f) for f in report.files)}")

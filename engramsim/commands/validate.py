@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from engramsim.commands.run import progress_bar
+from engramsim.commands.run import progress_bar, warn_profile_host
 from engramsim.files import write_text_atomic
 
 LABELS = {
@@ -72,16 +71,14 @@ def print_summary(console: Console, results, median: float | None, worst: float 
 
 
 def run(args: argparse.Namespace) -> int:
-    from engramsim.backends.calibrate import check_profile_host, require_backend
+    from engramsim.backends.calibrate import require_backend
     from engramsim.backends.validate import aggregate, default_scenarios, document, load_checked_profile, validate_scenario
 
     profile = load_checked_profile(args.profile)  # a missing or corrupt profile: one line, exit 2, before any run
     require_backend(args.backend)
     scenarios = list(args.scenarios) or default_scenarios()
     console = Console(quiet=args.quiet)
-    warning = check_profile_host(profile)
-    if warning:
-        print(f"engramsim: warning: {warning}", file=sys.stderr)
+    warning = warn_profile_host(profile)
     results = []
     factory = None if args.quiet else lambda label, total: progress_bar(console, label, total)
     for path in scenarios:
