@@ -11,7 +11,8 @@ executor runs), then fits the cost model's formulas to the timings:
 | zero_copy | `Device.zero_copy` vs rows and row bytes, under service load | link.zero_copy_latency_us, zero_copy_gbps, transaction_bytes | latency + rows * ceil(row_bytes / tx) * tx / bandwidth |
 | block | the stand-in blocks of a step (attention + SwiGLU MLP) vs prefill tokens and decode batch x context, per block | gpu.bf16_tflops, hbm_gbps, roofline_exponent, layer_overhead_us | sum over its kernels of roofline(flops, bytes) + layer overhead |
 | engram | the Engram layer as the executor runs it (rows from the landing buffer, EngramModule) | engram_overhead_us (joint fit with block) | sum over its kernels of roofline + Engram layer overhead |
-| head | step layout + final norm + LM head + sampling | step_overhead_us (joint fit with block) | sum over its kernels of roofline + step overhead |
+| head | final norm + LM head + sampling | its fixed cost (joint fit with block) | sum over its kernels of roofline + that fixed cost |
+| host | the executor's per-step host work (plan, step layout, fetch hand-off): "host" spans of short real passes on a small built-in scenario | step_overhead_us = median host time + the head's fixed cost | step overhead, paid at the start of every step |
 
 roofline(flops, bytes) = (tc^n + tm^n)^(1/n) with tc = (flops + 2 * half_rows * weights) / peak,
 tm = bytes / hbm, the fitted exponent n in [1, 32] (1: the two add up, as on one CPU core at
@@ -94,6 +95,8 @@ class Budget:
     decode_cases: tuple[tuple[int, int], ...]  # (batch, context)
     shapes: int  # how many backbone shapes of the backend's list
     interference_cases: int
+    host_batches: tuple[int, ...]  # max_num_seqs of the short real passes that time the per-step host work
+    host_steps: int  # steps of each of those passes
 
 
 def _geometric(lo: int, hi: int, factor: int) -> tuple[int, ...]:
@@ -106,13 +109,14 @@ def _geometric(lo: int, hi: int, factor: int) -> tuple[int, ...]:
 
 BUDGETS: dict[str, Budget] = {
     "tiny": Budget("tiny", 64 * MIB, (64, 512, 4096, 16384), (128, 256), _geometric(4 * KIB, 4 * MIB, 8), 3,
-                   ((1, 16), (2, 64)), ((1, 64), (4, 128)), 1, 1),
+                   ((1, 16), (2, 64)), ((1, 64), (4, 128)), 1, 1, (2,), 6),
     "quick": Budget("quick", 1 * GIB, _geometric(64, 65536, 4), (128, 160, 256, 512), _geometric(4 * KIB, 64 * MIB, 4), 7,
-                    ((1, 32), (1, 128), (2, 256), (4, 256), (8, 256)), ((1, 128), (4, 256), (8, 512), (16, 256), (32, 512)),
-                    2, 3),
+                    ((1, 32), (1, 128), (2, 256), (4, 256), (8, 256)), ((1, 128), (2, 128), (4, 256), (8, 512), (16, 256), (32, 512)),
+                    2, 3, (4, 16), 40),
     "full": Budget("full", 2 * GIB, _geometric(16, 262144, 2), (128, 160, 256, 512), _geometric(4 * KIB, 64 * MIB, 2), 9,
                    ((1, 16), (1, 64), (1, 256), (2, 256), (4, 256), (8, 256), (4, 512), (16, 128)),
-                   ((1, 64), (1, 1024), (4, 256), (8, 512), (16, 128), (16, 1024), (32, 256), (64, 512)), 3, 6),
+                   ((1, 64), (1, 1024), (2, 128), (4, 256), (8, 512), (16, 128), (16, 1024), (32, 256), (64, 512)), 3, 6,
+                   (2, 8, 32), 60),
 }
 
 
@@ -484,6 +488,7 @@ class Measurements:
     block: list[dict[str, Any]] = field(default_factory=list)  # shape, kind, seqs, tokens, context, flops, bytes, seconds
     engram: list[dict[str, Any]] = field(default_factory=list)  # as block, plus rows
     head: list[dict[str, Any]] = field(default_factory=list)
+    host: list[dict[str, Any]] = field(default_factory=list)  # kind, seqs, tokens, seconds: per step of a real pass
     block_under_gather: list[dict[str, Any]] = field(default_factory=list)
     gather_alone: list[dict[str, float]] = field(default_factory=list)  # rows, row_bytes, seconds: back to back, quiet
     wall_s: float = 0.0
@@ -811,15 +816,12 @@ class Calibrator:
                         branches = h.view(1, tokens, 1, -1).expand(1, tokens, engram_cfg.hc_mult, shape.hidden)
                         _ = h + module(branches, e.view(1, tokens, engram_cfg.d_mem))[0].mean(dim=1)
 
-                    def head() -> None:  # what a step costs outside its blocks: layout, final norm, LM head, sampling
-                        lay = step_layout(step, dev.torch_device, dev.attention_groups)
-                        standin.head(standin.input(lay), lay)
-
-                    parts = {"block": lambda: run_blocks(standin, shape.layers, layout), "engram": engram, "head": head}
+                    parts = {"block": lambda: run_blocks(standin, shape.layers, layout), "engram": engram,
+                             "head": lambda: standin.head(h, layout)}  # final norm, LM head, sampling
                     times: dict[str, list[float]] = {part: [] for part in parts}
                     for _ in range(self.budget.repeats + 1):  # the first round warms up
                         for part, fn in parts.items():
-                            times[part].append(self._wall(fn) if part == "head" else self._device_time(fn))
+                            times[part].append(self._device_time(fn))
                     base = {"shape": shape.name, "kind": kind, "seqs": int(new.size), "tokens": tokens, "context": int(ctx.max())}
                     kernels = {"block": cost.block_kernels(step, 0), "engram": cost.engram_kernels(step, rows),
                                "head": cost.head_kernels(step)}
@@ -873,6 +875,46 @@ class Calibrator:
                                               "seconds": under})
 
 
+    def bench_host(self) -> None:
+        """The executor's per-step host work (plan, step layout, the first fetch handed to the
+        worker): the "host" spans of short real passes over a small built-in scenario, one per
+        batch size of the budget. Not a validation scenario: its own trace, shape and table."""
+        from engramsim.runner import prepare, run_real
+        from engramsim.scenario import Scenario
+
+        shape = backbone_cases(self.backend, self.budget)[0][0]
+        batches = self.budget.host_batches
+        for i, seqs in enumerate(batches):
+            scenario = Scenario.model_validate(host_scenario(shape, seqs, self.dtype_name, 256 // self.esize, self.budget.host_steps))
+            outcome = run_real(prepare(scenario, "calibration"), self.backend)
+            steps = {r.index: r for r in outcome.sim.steps}
+            for span in outcome.sim.spans:
+                if span.name == "host":
+                    step = steps[span.step]
+                    self.m.host.append({"kind": step.kind, "seqs": step.seqs, "tokens": step.tokens,
+                                        "seconds": span.end_s - span.start_s})
+            self.progress("host work", i + 1, len(batches))
+
+
+def host_scenario(shape: Shape, seqs: int, dtype: str, head_dim: int, steps: int) -> dict[str, Any]:
+    """The small scenario whose real passes time the per-step host work: two blocks of `shape`,
+    one Engram layer (16 heads x 20,000 rows of 256 B), the cpython-stdlib trace, batches of `seqs`."""
+    return {
+        "name": f"calibration-host-{seqs}",
+        "model": {
+            "backbone": {"layers": 2, "hidden": shape.hidden, "intermediate": shape.intermediate, "vocab": shape.vocab,
+                         "dtype": dtype, "attention": {"heads": shape.heads, "kv_heads": shape.kv_heads, "head_dim": shape.head_dim}},
+            "engram": {"layers": [1], "max_ngram": 3, "heads": 8, "head_dim": head_dim, "rows_per_head": 20_000,
+                       "dtype": dtype, "hc_mult": 1},
+        },
+        "hardware": "h100-pcie",
+        "workload": {"trace": "cpython-stdlib", "requests": 2 * seqs, "prompt_len": {"dist": "uniform", "low": 32, "high": 128},
+                     "output_len": {"dist": "uniform", "low": 8, "high": 32},
+                     "batching": {"max_num_seqs": seqs, "max_num_batched_tokens": 1024}},
+        "run": {"seed": 0, "baseline": False, "max_steps": steps},
+    }
+
+
 def run_blocks(standin: Any, layers: int, layout: Any) -> Any:
     """Every stand-in block in turn, the hidden states chained through, as a step runs them."""
     h = standin.input(layout)
@@ -923,7 +965,7 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
     gpu_rows = m.block + m.engram + m.head  # each group pays its own fixed cost: layer, Engram layer, step
     k = np.repeat(np.eye(3), [len(m.block), len(m.engram), len(m.head)], axis=0)
     roof_fit = fit_roofline([np.asarray(r["kernels"], dtype=float) for r in gpu_rows], _col(gpu_rows, "seconds"), k)
-    flops_s, bytes_s, (layer_overhead, engram_overhead, step_overhead) = roof_fit.flops_s, roof_fit.bytes_s, roof_fit.overheads_s
+    flops_s, bytes_s, (layer_overhead, engram_overhead, head_overhead) = roof_fit.flops_s, roof_fit.bytes_s, roof_fit.overheads_s
 
     import torch
 
@@ -943,7 +985,8 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
     provenance = Provenance(kind="calibrated", source=f"engramsim calibrate --backend {backend}{flag}",
                             date=date or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
                             host=machine_host(), gpu=gpu_label if backend == "cuda" else None, versions=versions(backend))
-    draft = HardwareProfile(name=name, gpu=gpu, link=link, host=host, step_overhead_us=step_overhead / US,
+    host_s = _median([r["seconds"] for r in m.host]) if m.host else 0.0
+    draft = HardwareProfile(name=name, gpu=gpu, link=link, host=host, step_overhead_us=(host_s + head_overhead) / US,
                             provenance=provenance)
 
     # Residuals, priced by the simulator's own CostModel on the fitted profile.
@@ -958,7 +1001,9 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
 
     res["block"] = residual(roof(m.block, cost.layer_overhead_s), _col(m.block, "seconds"))
     res["engram"] = residual(roof(m.engram, cost.engram_overhead_s), _col(m.engram, "seconds"))
-    res["head"] = residual(roof(m.head, draft.step_overhead_us * US), _col(m.head, "seconds"))
+    res["head"] = residual(roof(m.head, head_overhead), _col(m.head, "seconds"))
+    if m.host:
+        res["host"] = residual([host_s] * len(m.host), _col(m.host, "seconds"))
     if m.block_under_gather:
         res["block_under_gather"] = residual(roof(m.block_under_gather, cost.layer_overhead_s), _col(m.block_under_gather, "seconds"))
     if m.gather_alone:
@@ -1028,6 +1073,7 @@ def calibrate(backend: str, budget: str | Budget, name: str, progress: Progress 
         cal.bench_h2d()
         cal.bench_zero_copy()
         cal.bench_backbone()
+        cal.bench_host()
     finally:
         cal._table = None
         cal.device.close()

@@ -7,7 +7,8 @@ and at which block each fetch is issued, and the transport plugin's stages say h
 Only device.py's few operations differ between CPU and CUDA.
 
 A step on the compute thread, cut where simulator/engine.py cuts it (where a fetch is issued or
-an Engram layer starts): plan; for each cut hand the fetches issued at this block to the worker,
+an Engram layer starts): plan and layout, timed with the hand-off of block 0's fetches as the
+step's "host" span (the simulator's step overhead); for each cut hand the fetches issued at this block to the worker,
 wait for the Engram layer's fetch (the wait is the stall), run the Engram layer, run the blocks
 up to the next cut; the LM head; synchronize and resolve every mark into seconds.
 The fetch worker thread runs each fetch's stages in issue order: gather (index_select of the
@@ -368,6 +369,8 @@ class RealSession:
                 fetch = fetches[layer] = Fetch(layer_plans[layer], index, device.mark())
                 if fetch.plan.fetch.size:
                     worker.submit(fetch)
+            if begin == 0:  # the step's host work: plan, layout, the first fetches handed to the worker
+                pending.append(Pending("compute", "host", start, device.mark(), index))
             if begin in layer_plans:
                 waits.append((fetches[begin], self._wait(fetches[begin])))
                 mark = device.mark()

@@ -5,7 +5,7 @@ baseline passes) and the simulator runs the same steps with the scenario's hardw
 the profile under test. Both outcomes go through `results.summarize`, so the metrics are the
 ones `engramsim run` reports; the error of each is (sim - real) / real in percent.
 
-Per-stage totals (blocks, Engram layers, head, stalls, gather, h2d, zero-copy) come from the two
+Per-stage totals (host, blocks, Engram layers, head, stalls, gather, h2d, zero-copy) come from the two
 timelines, which name their spans alike, so a miss can be traced to the stage the model gets
 wrong. The profile is calibrated on micro-benchmarks only (`engramsim calibrate`), never on
 these scenarios.
@@ -27,7 +27,7 @@ from engramsim.errors import InputError
 
 METRICS = ("step_latency_ms_mean", "step_latency_ms_p99", "throughput_tok_s", "engram_stall_ms_total")
 HEADLINE = "step_latency_ms_mean"  # the aggregate errors are over this metric
-STAGES = ("blocks", "engram", "head", "stall", "gather", "h2d", "zero-copy")
+STAGES = ("host", "blocks", "engram", "head", "stall", "gather", "h2d", "zero-copy")
 
 
 def default_scenarios() -> list[Path]:

@@ -71,7 +71,13 @@ def total(kernels: list[Work]) -> Work:
 def gemm(tokens: int, k: int, n: int, dtype_bytes: int, extra_elems: int = 0) -> Work:
     """[tokens, k] @ [k, n]: weights read once, input read, output written, plus `extra_elems`
     per token of small ops fused around it (norms, residual adds)."""
-    return Work(2.0 * tokens * k * n, (k * n + tokens * (k + n + extra_elems)) * dtype_bytes, k * n)
+    return Work(2.0 * tokens * k * n, (k * n + tokens * (k + n + extra_elems)) * dtype_bytes, gemm_weights(tokens, k * n))
+
+
+def gemm_weights(rows: int, weights: float) -> float:
+    """The weights a GEMM over `rows` rows pays the small-batch penalty on: none for one row,
+    which libraries run as a matrix-vector product streaming the weights (no tiling to waste)."""
+    return weights if rows > 1 else 0.0
 
 
 class CostModel:
@@ -178,10 +184,11 @@ class CostModel:
         touched = self.experts_touched(tokens)
         router = gemm(tokens, hidden, moe.experts, b, extra_elems=2 * hidden)  # + post-attention RMSNorm
         up = Work(2.0 * tokens * paths * hidden * 2 * inter,
-                  (touched * hidden * 2 * inter + tokens * paths * (hidden + 2 * inter + 3 * inter)) * b, touched * hidden * 2 * inter)
+                  (touched * hidden * 2 * inter + tokens * paths * (hidden + 2 * inter + 3 * inter)) * b,
+                  gemm_weights(tokens, touched * hidden * 2 * inter))
         down = Work(2.0 * tokens * paths * inter * hidden,
                     (touched * inter * hidden + tokens * (paths * (inter + hidden) + paths * hidden + hidden + 3 * hidden)) * b,
-                    touched * inter * hidden)
+                    gemm_weights(tokens, touched * inter * hidden))
         return [router, up, down]
 
     def mlp_work(self, step: Step) -> Work:
@@ -241,7 +248,7 @@ class CostModel:
         gather = Work(0.0, rows * engram.row_bytes + tokens * e_t)
         out = (hc + 1) * hidden
         params = engram.d_mem * out
-        projection = Work(2.0 * tokens * params, params * b + tokens * (e_t + out * b), params)
+        projection = Work(2.0 * tokens * params, params * b + tokens * (e_t + out * b), gemm_weights(tokens, params))
         branch_elems = tokens * hc * hidden
         elementwise = Work(2.0 * engram.kernel_size * branch_elems, ENGRAM_ELEMENTWISE_PASSES * branch_elems * b)
         return [gather, projection, elementwise]
@@ -259,15 +266,21 @@ class CostModel:
         tokens, seqs = step.num_tokens, step.num_seqs
         lookup_norm = Work(0.0, 4.0 * tokens * bb.hidden * b)  # embedding read + write, norm read + write
         params = bb.hidden * bb.vocab
-        head = Work(2.0 * seqs * params, params * b + seqs * bb.hidden * b + 2.0 * seqs * bb.vocab * LOGIT_BYTES, params)
+        head = Work(2.0 * seqs * params, params * b + seqs * bb.hidden * b + 2.0 * seqs * bb.vocab * LOGIT_BYTES,
+                    gemm_weights(seqs, params))
         return [lookup_norm, head]
 
     def head_work(self, step: Step) -> Work:
         return total(self.head_kernels(step))
 
     def head_time(self, step: Step) -> float:
-        """Seconds of embedding + final norm + LM head, plus the profile's per-step overhead."""
-        return self.kernels_time(self.head_kernels(step)) + self.profile.step_overhead_us * US
+        """Seconds of embedding + final norm + LM head."""
+        return self.kernels_time(self.head_kernels(step))
+
+    def host_time(self, step: Step) -> float:
+        """The profile's per-step host cost (scheduling, planning, input layout, launches), paid
+        before block 0 and before the step's first fetch is issued."""
+        return self.profile.step_overhead_us * US
 
     # ---- fetches -------------------------------------------------------------------------------
     def gather_time(self, rows: int, row_bytes: int) -> float:

@@ -1,6 +1,7 @@
 """The SimPy event model: GPU compute stream, copy engines, the link, host gather threads.
 
-One process walks the steps. Inside a step the blocks run in segments: a segment ends where a
+One process walks the steps. A step starts with its host work (the profile's step overhead:
+scheduling, planning, input layout), then the blocks run in segments: a segment ends where a
 prefetch is issued or an Engram layer starts, so there are a few events per (step, layer,
 transfer) and never one per row. Each fetch is its own process through the transport's stages;
 an Engram layer waits for its fetch, and that wait is the layer's stall.
@@ -195,6 +196,7 @@ class Engine:
                     start += seconds
             queued.clear()
 
+        queued.append(("host", cost.host_time(step), None))
         cuts = sorted({0, self.blocks, *issues, *plans})
         for start, stop in zip(cuts, cuts[1:]):
             for layer in issues.get(start, []):

@@ -103,15 +103,15 @@ def test_roofline_fit_recovers_peaks_exponent_and_overheads_on_cost_model_kernel
     true = kernel_times(kernels, peak, bandwidth, exponent, half_rows) + k @ np.array([layer_o, step_o])
     fit = fit_roofline(kernels, noisy(true, rng), k)
     predicted = kernel_times(kernels, fit.flops_s, fit.bytes_s, fit.exponent, fit.half_rows) + k @ fit.overheads_s
-    assert np.max(np.abs(predicted / true - 1)) < 0.05
+    assert np.max(np.abs(predicted / true - 1)) < 4 * NOISE
     if exponent > 1.0:  # at exponent 1 the half-rows term adds time in proportion to the weight bytes: bandwidth and
         # half-rows trade off exactly, only their combination (checked through `predicted`) is determined
         assert fit.flops_s == pytest.approx(peak, rel=0.05)
         assert fit.overheads_s[0] == pytest.approx(layer_o, rel=0.25)
         assert fit.overheads_s[1] == pytest.approx(step_o, rel=0.35)  # 20 head samples, a few ms each
         assert fit.bytes_s == pytest.approx(bandwidth, rel=0.05)
-        assert fit.exponent == pytest.approx(exponent, rel=0.2)
-        assert fit.half_rows == pytest.approx(half_rows, abs=2.0)
+        assert fit.exponent == pytest.approx(exponent, rel=0.3)
+        assert fit.half_rows == pytest.approx(half_rows, rel=0.25, abs=1.0)  # 3 % noise: it trades off with the exponent
 
 
 def test_kernel_times_match_the_cost_model():
@@ -144,6 +144,8 @@ def synthetic_measurements(truth: HardwareProfile) -> Measurements:
             m.zero_copy.append({"rows": n, "row_bytes": rb, "seconds": cost.zero_copy_time(n, rb)})
     for size in (4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20):
         m.copy.append({"bytes": size, "seconds": cost.h2d_time(size)})
+    host_s = cost.host_time(None) or 100e-6  # a profile without a step overhead still had host work to time
+    m.host = [{"kind": "decode", "seqs": 8, "tokens": 8, "seconds": host_s} for _ in range(5)]
     for shape, steps in backbone_cases("cpu", BUDGETS["quick"]):
         shaped = CostModel(shape_model(shape, "fp32", 64, "fp32"), truth)
         for kind, new, ctx in steps:
@@ -183,7 +185,7 @@ def test_fit_profile_recovers_a_known_profile_exactly_as_the_simulator_prices_it
         assert got == pytest.approx(want, rel=0.02), key
     assert fitted.link.transaction_bytes == 64
     assert fitted.gpu.compute_efficiency == fitted.gpu.memory_efficiency == 1.0
-    for key in ("gather", "h2d", "zero_copy", "block", "engram", "head"):
+    for key in ("gather", "h2d", "zero_copy", "block", "engram", "head", "host"):
         assert fitted.residuals[key].rel_error_p95 < 0.01, key  # noiseless: the model fits itself
 
 

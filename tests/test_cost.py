@@ -113,10 +113,11 @@ def test_engram_work_by_hand(tiny):
 
 def test_head_work_by_hand(tiny):
     # embedding 2*3*8*2 = 96 B, norm 96 B; LM head 8x32: flops 2*1*256 = 512,
-    # bytes 256*2 + 8*2 + 2*32*4 = 784 -> 976 B; plus the 100 us step overhead
+    # bytes 256*2 + 8*2 + 2*32*4 = 784 -> 976 B; the 100 us step overhead is the host's, not the head's
     step = make_step([3], [3])
-    assert tiny.head_work(step) == Work(512.0, 976.0, 256.0)
-    assert tiny.head_time(step) == pytest.approx(976 / 5e8 + 100e-6, rel=1e-12)
+    assert tiny.head_work(step) == Work(512.0, 976.0, 0.0)  # one sequence: a matrix-vector product, no GEMM penalty
+    assert tiny.head_time(step) == pytest.approx(976 / 5e8, rel=1e-12)
+    assert tiny.host_time(step) == pytest.approx(100e-6)  # the step overhead, paid once per step
 
 
 # ---- MoE -------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def test_moe_work_by_hand():
     # expert = 3*8*4 = 96 params, router 8*8 = 64; one token runs 3 experts
     # flops = 2*1*(3*96 + 64) = 704; weights = (3*96 + 64)*2 = 704 B
     # per token: norm 16 + router (8+8) + 3*(8+8+12+4+8) + combine (3*8 + 8) + residual 24 = 208 elems
-    assert cost.moe_work(step) == Work(704.0, 704.0 + 208 * 2, 3 * 96 + 64)  # weights multiplied: the touched experts + router
+    assert cost.moe_work(step) == Work(704.0, 704.0 + 208 * 2, 0.0)  # one token: matrix-vector products only
     assert cost.block_kind(0) == "dense" and cost.block_kind(1) == "moe"
     assert cost.block_work(step, 1) == cost.attention_work(step) + cost.moe_work(step)
 
@@ -172,6 +173,18 @@ def test_kernels_sum_to_the_work_and_each_pays_its_own_roofline(tiny):
     assert tiny.kernels_time(kernels) >= tiny.roofline(tiny.block_work(step, 0)) * (1 - 1e-12)
     by_hand = sum(max(k.flops / 0.5e12, k.bytes / 0.5e9) for k in kernels)
     assert tiny.kernels_time(kernels) == pytest.approx(by_hand)
+
+
+def test_gemm_half_rows_slow_small_gemms_but_not_a_single_row():
+    slow = {**ROUND["gpu"], "bf16_tflops": 1e-6, "gemm_half_rows": 8.0}  # 5e5 FLOP/s achieved: compute-bound
+    cost = CostModel(Model.model_validate(TINY), HardwareProfile.model_validate({**ROUND, "gpu": slow}))
+    one, four = make_step([1], [5], "decode"), make_step([1] * 4, [5] * 4, "decode")
+    assert cost.head_work(one).weights == 0.0  # one row: a matrix-vector product
+    assert cost.head_work(four).weights == 8 * 32
+    head = cost.head_kernels(four)[1]
+    # compute as if 4 + 8 rows ran: 2 * 12 * 256 FLOPs at 5e5 FLOP/s; one row: just its own 2 * 256
+    assert cost.roofline(head) == pytest.approx(2 * 12 * 256 / 5e5)
+    assert cost.roofline(cost.head_kernels(one)[1]) == pytest.approx(2 * 256 / 5e5)
 
 
 @pytest.mark.parametrize("n", [1.0, 2.0, 64.0])
@@ -217,7 +230,7 @@ def test_dense_4b_decode_step_on_h800(dense4b_h800, capsys):
     this was written (about 0.33 ms of memory traffic per block: 202 MB weights + 629 MB KV)."""
     cost = dense4b_h800
     step = make_step([1] * 256, [600] * 256, "decode")
-    seconds = cost.blocks_time(step, 0, 36) + cost.head_time(step)
+    seconds = cost.host_time(step) + cost.blocks_time(step, 0, 36) + cost.head_time(step)
     with capsys.disabled():
         print(f"\n[dense 4B, h800] decode step, 256 seqs at context 600: {seconds * 1e3:.2f} ms")
     assert 3e-3 < seconds < 20e-3

@@ -30,6 +30,9 @@ class ToyCost:
     def head_time(self, step):
         return 0.0
 
+    def host_time(self, step):
+        return 0.0
+
     def gather_time(self, rows, row_bytes):
         return self.gather_s
 
