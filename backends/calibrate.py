@@ -6,7 +6,7 @@ executor runs), then fits the cost model's formulas to the timings:
 
 | group | measured | fitted (profile field) | formula (simulator/cost.py) |
 |---|---|---|---|
-| gather | `Device.gather` of sorted unique random rows vs rows and row bytes, under service load | host.gather_rows_per_s, gather_overhead_us, dram_gbps | overhead + max(rows / (threads * rate), 2 * rows * row_bytes / dram) |
+| gather | `Device.gather` of sorted unique random rows vs rows and row bytes, each after a stand-in decode step, handed to a waiting worker thread and timed until the computing thread sees it done (what an Engram layer waiting for its rows pays) | host.gather_rows_per_s, gather_overhead_us, dram_gbps | overhead + max(rows / (threads * rate), 2 * rows * row_bytes / dram) |
 | h2d | `Device.h2d` of 4 KiB .. 64 MiB, under service load | link.dma_latency_us, h2d_gbps (d2h_gbps = h2d) | latency + bytes / bandwidth |
 | zero_copy | `Device.zero_copy` vs rows and row bytes, under service load | link.zero_copy_latency_us, zero_copy_gbps, transaction_bytes | latency + rows * ceil(row_bytes / tx) * tx / bandwidth |
 | block | the stand-in blocks of a step (attention + SwiGLU MLP) vs prefill tokens and decode batch x context, per block | gpu.bf16_tflops, hbm_gbps, roofline_exponent, layer_overhead_us | sum over its kernels of roofline(flops, bytes) + layer overhead |
@@ -18,9 +18,10 @@ roofline(flops, bytes) = (tc^n + tm^n)^(1/n) with tc = (flops + 2 * half_rows * 
 tm = bytes / hbm, the fitted exponent n in [1, 32] (1: the two add up, as on one CPU core at
 small batch; 32: their max) and the fitted GEMM half-performance length `gpu.gemm_half_rows`.
 
-"Service load" (`Calibrator.service_load`): a compute thread keeps running stand-in blocks and
-each timed fetch follows an idle wait, as the executor's fetch worker sees fetches; `gather_alone`
-repeats the gathers back to back on a quiet machine, for comparison only.
+"Service load" (`Calibrator.service_load`, for h2d and zero-copy): a compute thread keeps running
+stand-in steps and each timed copy follows an idle wait, as the executor's fetch worker sees
+them; gathers are timed the way a waiting Engram layer sees them (above); `gather_alone` repeats
+the gathers back to back on a quiet machine, for comparison only.
 
 The FLOPs and bytes of every kernel of a measured block, Engram layer and head are the cost
 model's own (`CostModel.block_kernels` ...), so the fit is exactly the model the simulator
@@ -73,7 +74,7 @@ GB = 1e9
 TFLOP = 1e12
 
 Progress = Callable[[str, int, int], None]  # (stage label, done, total)
-FETCH_GAP_S = 0.003  # the fetch worker's idle wait before each timed fetch under service load
+FETCH_GAP_S = 0.01  # the fetch worker's idle wait before each timed fetch under service load: about a step
 RATE_CEILING = 3.0  # a fitted peak is at most this many times the highest rate any sample reached
 EXPONENT_MAX = 32.0  # the roofline exponent's upper bound: (a^32 + b^32)^(1/32) is within 2.2% of max(a, b)
 HALF_ROWS_MAX = 256.0  # a GEMM's half-performance length is at most this many rows
@@ -591,9 +592,9 @@ class Calibrator:
     # ---- service conditions -----------------------------------------------------------------------
     @contextlib.contextmanager
     def service_load(self) -> Iterator[None]:
-        """Fetch benchmarks run as the executor runs fetches: a compute thread keeps running stand-in
-        blocks (alternating a decode and a prefill step, a synchronize after each), and every timed
-        fetch starts after the worker sat idle for `FETCH_GAP_S`, as it waits for the next step's fetch.
+        """Copy benchmarks run as the executor runs them: a compute thread keeps running stand-in
+        steps (alternating a decode and a prefill step, a synchronize after each), and every timed
+        copy starts after the worker sat idle for `FETCH_GAP_S`, as it waits for the next step's fetch.
 
         Why: on the 2-core VM this was written on, 128 random rows out of a 1-2 GiB table take ~20 us
         back to back on a quiet machine; with the idle gap and a compute thread running, one gather
@@ -602,18 +603,8 @@ class Calibrator:
         """
         import torch
 
-        from engramsim.backends.standin import Limits, StandIn, step_layout
-
         dev = self.device
-        shape, steps = backbone_cases(self.backend, self.budget)[0]
-        decode = [s for s in steps if s[0] == "decode"]
-        prefill = [s for s in steps if s[0] == "prefill"]
-        picked = [decode[len(decode) // 2], prefill[len(prefill) // 2]]
-        model = shape_model(shape, self.dtype_name, 256 // self.esize, self.dtype_name)
-        limits = Limits(tokens=max(int(n.sum()) for _, n, _ in picked), seqs=max(n.size for _, n, _ in picked),
-                        context=max(int(c.max()) for _, _, c in picked))
-        standin = StandIn(model.backbone, limits, dev.torch_device, dev.compute_dtype(self.dtype_name), dev.generator(1))
-        layouts = [step_layout(make_step(kind, new, ctx), dev.torch_device, dev.attention_groups) for kind, new, ctx in picked]
+        steps = self._service_steps()
         stop, failure = threading.Event(), []
 
         def loop() -> None:
@@ -621,10 +612,8 @@ class Calibrator:
                 with dev.compute(), torch.no_grad():
                     i = 0
                     while not stop.is_set():
-                        layout = layouts[i % len(layouts)]
+                        steps[i % len(steps)]()
                         i += 1
-                        standin.head(run_blocks(standin, shape.layers, layout), layout)
-                        dev.synchronize()
             except BaseException as exc:  # surfaced in the calibrating thread
                 failure.append(exc)
 
@@ -641,10 +630,76 @@ class Calibrator:
         if failure:
             raise failure[0]
 
+    def _service_steps(self) -> list[Callable[[], None]]:
+        """A decode and a prefill step of the first backbone shape (blocks, LM head, synchronize),
+        each a call that runs it on the calling thread: the compute the executor runs between fetches."""
+        from engramsim.backends.standin import Limits, StandIn, step_layout
+
+        dev = self.device
+        shape, steps = backbone_cases(self.backend, self.budget)[0]
+        decode = [s for s in steps if s[0] == "decode"]
+        prefill = [s for s in steps if s[0] == "prefill"]
+        picked = [decode[len(decode) // 2], prefill[len(prefill) // 2]]
+        model = shape_model(shape, self.dtype_name, 256 // self.esize, self.dtype_name)
+        limits = Limits(tokens=max(int(n.sum()) for _, n, _ in picked), seqs=max(n.size for _, n, _ in picked),
+                        context=max(int(c.max()) for _, _, c in picked))
+        standin = StandIn(model.backbone, limits, dev.torch_device, dev.compute_dtype(self.dtype_name), dev.generator(1))
+
+        def runner(kind: str, new: np.ndarray, ctx: np.ndarray) -> Callable[[], None]:
+            layout = step_layout(make_step(kind, new, ctx), dev.torch_device, dev.attention_groups)
+
+            def run() -> None:
+                standin.head(run_blocks(standin, shape.layers, layout), layout)
+                dev.synchronize()
+            return run
+
+        return [runner(*case) for case in picked]
+
     def _shuffled(self, cases: list) -> list:
         """Cases in random order, so a slow spell of the machine (after the table's fill, say)
         spreads over all of them instead of biasing the first row size."""
         return [cases[i] for i in self.rng.permutation(len(cases))]
+
+    @contextlib.contextmanager
+    def _handoff(self) -> Iterator[Callable[[Callable[[], Any]], float]]:
+        """A worker thread waiting on a queue, as the executor's FetchWorker waits for fetches;
+        yields `handed(fn)`: seconds from handing `fn` over until the hander sees it done (the
+        worker's wake-up and the hander's own wake-up included, as a waiting Engram layer pays them)."""
+        import queue
+
+        import torch
+
+        jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+        def loop() -> None:
+            torch.set_num_threads(self.m.threads)
+            with self.device.worker():
+                while (job := jobs.get()) is not None:
+                    fn, done, failure = job
+                    try:
+                        fn()
+                        self.device.synchronize()
+                    except BaseException as exc:  # surfaced in the calibrating thread
+                        failure.append(exc)
+                    done.set()
+
+        def handed(fn: Callable[[], Any]) -> float:
+            done, failure = threading.Event(), []
+            t0 = time.perf_counter()
+            jobs.put((fn, done, failure))
+            done.wait()
+            seconds = time.perf_counter() - t0
+            if failure:
+                raise failure[0]
+            return seconds
+
+        worker = threading.Thread(target=loop, name="calibrate-fetch", daemon=True)
+        worker.start()
+        try:
+            yield handed
+        finally:
+            jobs.put(None)
+            worker.join()
 
     def _idle(self) -> None:
         """Under service load, the worker's wait for the next fetch (an Event wait, as on the queue)."""
@@ -653,8 +708,10 @@ class Calibrator:
 
     # ---- host gather -----------------------------------------------------------------------------
     def bench_gather(self, service: bool = True) -> None:
-        """Gathers of sorted unique random rows; `service`: under `service_load` (the fitted set),
-        else back to back on a quiet machine (`gather_alone`, for the description)."""
+        """Gathers of sorted unique random rows; `service` (the fitted set): as an Engram layer that
+        waits for its rows sees them, after a decode step of stand-in blocks on this thread, handed
+        to a waiting worker thread and timed until this thread sees it done; else back to back on a
+        quiet machine (`gather_alone`, for the description)."""
         import torch
 
         b = self.budget
@@ -664,7 +721,8 @@ class Calibrator:
         staging = self.device.staging(max_rows * max(b.row_bytes) // 4, 1, torch.float32).view(-1)
         samples = self.m.gather if service else self.m.gather_alone
         label = "gather" if service else "gather (quiet)"
-        with self._threads(), (self.service_load() if service else contextlib.nullcontext()):
+        step = self._service_steps()[0] if service else None
+        with self.device.compute(), torch.no_grad(), self._handoff() as handed:
             for i, (n, rb) in enumerate(cases):
                 total = b.table_bytes // rb
                 table = self.view_rows(flat, total, rb)
@@ -673,9 +731,13 @@ class Calibrator:
                 times = []
                 for _ in range(b.repeats):
                     index = self._index(_sorted_unique_rows(self.rng, total, n))
-                    self._idle()
-                    start, end = self.device.gather(table, index, out)
-                    times.append(float(end) - float(start))
+                    if step is not None:
+                        step()
+                        times.append(handed(lambda: self.device.gather(table, index, out)))
+                    else:
+                        with self._threads():
+                            start, end = self.device.gather(table, index, out)
+                        times.append(float(end) - float(start))
                 samples.append({"rows": n, "row_bytes": rb, "seconds": _median(times)})
                 self.progress(label, i + 1, len(cases))
 
@@ -1014,7 +1076,7 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
 
 
 def interference(m: Measurements) -> tuple[float | None, float | None]:
-    """(block time while a gather loops on another thread / alone, gather time under service load /
+    """(block time while a gather loops on another thread / alone, gather time handed over after a step /
     back to back on a quiet machine), medians over the cases measured both ways."""
     block = None
     if m.block_under_gather:
@@ -1036,14 +1098,16 @@ def describe(m: Measurements, p: HardwareProfile, dram: float) -> str:
         f"Calibrated with `engramsim calibrate --backend {m.backend}` (budget {m.budget}, {m.wall_s:.0f} s) on {p.provenance.host}.",
         f"The {what} rates are achieved ones fitted on stand-in blocks: efficiencies are 1.0 and bf16_tflops / hbm_gbps hold "
         f"the achieved FLOP/s and bytes/s of the backbone's {'fp32' if m.backend == 'cpu' else 'bf16'} kernels (no datasheet).",
-        f"Fetches are timed under service load (a compute thread running stand-in blocks, {FETCH_GAP_S * 1e3:.0f} ms idle "
-        f"before each fetch), as the executor's fetch worker sees them.",
+        "Gathers are timed as a waiting Engram layer sees them: after a stand-in decode step, handed to a waiting worker "
+        "thread, until the computing thread sees them done (both threads' wake-ups included).",
+        f"Copies are timed under service load (a compute thread running stand-in steps, {FETCH_GAP_S * 1e3:.0f} ms idle "
+        f"before each), as the executor's fetch worker sees them.",
         f"Host streaming copy {m.stream_gbps:.1f} GB/s (read + write); the gather's fitted DRAM bound {dram / GB:.1f} GB/s.",
     ]
     if m.backend == "cpu":
         parts.append("On the CPU backend 'h2d' is a host memcpy into the landing buffer and 'zero-copy' an index_select straight into it.")
     if gather is not None:
-        parts.append(f"Gathers under service load take {gather:.2f}x as long as back to back on a quiet machine "
+        parts.append(f"Gathers timed that way take {gather:.2f}x as long as back to back on a quiet machine "
                      f"(residual gather_alone: this profile's error there).")
     if block is not None:
         parts.append(f"Interference, which the cost model does not have: blocks take {block:.2f}x as long while gathers loop "
