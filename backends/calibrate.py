@@ -643,7 +643,8 @@ class Calibrator:
         model = shape_model(shape, self.dtype_name, 256 // self.esize, self.dtype_name)
         limits = Limits(tokens=max(int(n.sum()) for _, n, _ in picked), seqs=max(n.size for _, n, _ in picked),
                         context=max(int(c.max()) for _, _, c in picked))
-        standin = StandIn(model.backbone, limits, dev.torch_device, dev.compute_dtype(self.dtype_name), dev.generator(1))
+        standin = StandIn(model.backbone, limits, dev.torch_device, dev.compute_dtype(self.dtype_name), dev.generator(1),
+                          dev.linear())
 
         def runner(kind: str, new: np.ndarray, ctx: np.ndarray) -> Callable[[], None]:
             layout = step_layout(make_step(kind, new, ctx), dev.torch_device, dev.attention_groups)
@@ -849,7 +850,7 @@ class Calibrator:
                 limits = Limits(tokens=max(int(n.sum()) for _, n, _ in steps), seqs=max(n.size for _, n, _ in steps),
                                 context=max(int(c.max()) for _, _, c in steps))
                 compute_dtype = dev.compute_dtype(self.dtype_name)
-                standin = StandIn(model.backbone, limits, dev.torch_device, compute_dtype, dev.generator(0))
+                standin = StandIn(model.backbone, limits, dev.torch_device, compute_dtype, dev.generator(0), dev.linear())
                 engram_cfg = model.engram
                 module = EngramModule(shape.hidden, engram_cfg.d_mem, hc_mult=engram_cfg.hc_mult, max_ngram=engram_cfg.max_ngram,
                                       kernel_size=engram_cfg.kernel_size, generator=0, device=dev.torch_device,

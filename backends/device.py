@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 import numpy as np
@@ -29,6 +30,19 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 def to_index(values: np.ndarray, device: torch.device) -> torch.Tensor:
     """An int64 index tensor on `device` from host row ids or positions."""
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """How stand-in blocks store and apply a [in, out] weight: `pack` once at allocation, then
+    `apply(x, packed)` per step. Plain `x @ w` by default; a backend may prepack into its fastest
+    layout, as inference engines on that hardware do."""
+
+    pack: Callable[[torch.Tensor], torch.Tensor]
+    apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+PLAIN = Linear(lambda w: w, torch.matmul)
 
 
 class Device:
@@ -62,6 +76,10 @@ class Device:
 
     def synchronize(self) -> None:
         """Wait until everything enqueued on the device has run (CPU work is already done)."""
+
+    def linear(self) -> Linear:
+        """How the stand-in blocks run their GEMMs on this device."""
+        return PLAIN
 
     # ---- memory ------------------------------------------------------------------------------
     def check_memory(self, source: str, footprint: Footprint) -> None:

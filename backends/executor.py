@@ -246,7 +246,8 @@ class RealSession:
         try:
             device.check_memory(prepared.source, self.footprint(stages, resident))
             self.layers = self._allocate(stages, resident)
-            self.standin = StandIn(backbone, self.limits, device.torch_device, self.dtype, device.generator(scenario.run.seed))
+            self.standin = StandIn(backbone, self.limits, device.torch_device, self.dtype, device.generator(scenario.run.seed),
+                                   device.linear())
             self._warm_up(placements[0] if placements else None)
         except BaseException:
             device.close()

@@ -21,18 +21,22 @@ Simplifications, each small next to the work kept:
 - MoE routing is top_k of the softmax of random router weights, close to uniform; the experts run
   one after another on the tokens routed to them, which costs one host sync per MoE block.
 - No RMSNorm weights (they are ones) and no mHC branches in the backbone (cost.py ignores both).
+- The 2-D weights are stored and multiplied the way the device's `Linear` says (CPU: prepacked
+  for oneDNN, as CPU inference engines run linear layers; CUDA: plain x @ w); the stacked MoE
+  experts always use plain matmul.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engramsim.backends.device import to_index
+from engramsim.backends.device import PLAIN, Linear, to_index
 from engramsim.scenario import Backbone
 from engramsim.steps import Step
 from engramsim.workload import Workload
@@ -139,8 +143,9 @@ class StandIn:
     """Random-weight blocks and LM head of `cfg`, allocated on `device` in `dtype`."""
 
     def __init__(self, cfg: Backbone, limits: Limits, device: torch.device, dtype: torch.dtype,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, linear: Linear = PLAIN) -> None:
         self.cfg = cfg
+        self.mm = linear.apply
         att = cfg.attention
         self.heads, self.kv_heads, self.head_dim = att.heads, att.kv_heads, att.head_dim
 
@@ -149,8 +154,12 @@ class StandIn:
             w = torch.randn(*shape, generator=generator, device=device, dtype=dtype)
             return w.mul_(shape[-2] ** -0.5) if weight else w
 
-        self.blocks = [{name: draw(shape) for name, shape in block_shapes(cfg, b).items()} for b in range(cfg.layers)]
-        self.lm_head = draw((cfg.hidden, cfg.vocab))
+        def weight(shape: tuple[int, ...]) -> torch.Tensor:  # 2-D weights in the device's GEMM layout; experts stay stacked
+            w = draw(shape)
+            return linear.pack(w) if len(shape) == 2 else w
+
+        self.blocks = [{name: weight(shape) for name, shape in block_shapes(cfg, b).items()} for b in range(cfg.layers)]
+        self.lm_head = weight((cfg.hidden, cfg.vocab))
         self.kv = draw((limits.seqs, 2, att.kv_heads, limits.context, att.head_dim), weight=False)
         self.hidden_in = draw((limits.tokens, cfg.hidden), weight=False)
 
@@ -161,18 +170,18 @@ class StandIn:
     def block(self, index: int, h: torch.Tensor, layout: StepLayout) -> torch.Tensor:
         w = self.blocks[index]
         tokens, hd = h.shape[0], self.head_dim
-        q, k, v = (F.rms_norm(h, (h.shape[-1],)) @ w["qkv"]).split(
+        q, k, v = self.mm(F.rms_norm(h, (h.shape[-1],)), w["qkv"]).split(
             [self.heads * hd, self.kv_heads * hd, self.kv_heads * hd], dim=-1)
         attended = self._attention(q.view(tokens, self.heads, hd), k.view(tokens, self.kv_heads, hd),
                                    v.view(tokens, self.kv_heads, hd), layout)
-        h = h + attended @ w["o"]
+        h = h + self.mm(attended, w["o"])
         x = F.rms_norm(h, (h.shape[-1],))
-        return h + (self._moe(x, w) if "router" in w else _swiglu(x, w["gate_up"], w["down"]))
+        return h + (self._moe(x, w) if "router" in w else _swiglu(x, w["gate_up"], w["down"], self.mm))
 
     def head(self, h: torch.Tensor, layout: StepLayout) -> torch.Tensor:
         """Final RMSNorm, LM head and greedy sampling on each sequence's last token."""
         x = F.rms_norm(h.index_select(0, layout.last), (h.shape[-1],))
-        return (x @ self.lm_head).float().argmax(dim=-1)
+        return self.mm(x, self.lm_head).float().argmax(dim=-1)
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: StepLayout) -> torch.Tensor:
         tokens, width = q.shape[0], self.heads * self.head_dim
@@ -196,8 +205,8 @@ class StandIn:
     def _moe(self, x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
         moe = self.cfg.moe
         assert moe is not None
-        out = _swiglu(x, w["gate_up"], w["down"]) if "gate_up" in w else torch.zeros_like(x)
-        gates, experts = (x @ w["router"]).softmax(dim=-1).topk(moe.top_k, dim=-1)
+        out = _swiglu(x, w["gate_up"], w["down"], self.mm) if "gate_up" in w else torch.zeros_like(x)
+        gates, experts = self.mm(x, w["router"]).softmax(dim=-1).topk(moe.top_k, dim=-1)
         flat = experts.flatten()
         order = flat.argsort()
         token, gate = order // moe.top_k, gates.flatten()[order]
@@ -206,12 +215,12 @@ class StandIn:
         for e, count in enumerate(torch.bincount(flat, minlength=moe.experts).tolist()):
             if count:
                 rows = slice(start, start + count)
-                y = _swiglu(routed[rows], w["experts_gate_up"][e], w["experts_down"][e]) * gate[rows, None]
+                y = _swiglu(routed[rows], w["experts_gate_up"][e], w["experts_down"][e], torch.matmul) * gate[rows, None]
                 out.index_add_(0, token[rows], y)
             start += count
         return out
 
 
-def _swiglu(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    gate, up = (x @ gate_up).chunk(2, dim=-1)
-    return (F.silu(gate) * up) @ down
+def _swiglu(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, mm: Callable) -> torch.Tensor:
+    gate, up = mm(x, gate_up).chunk(2, dim=-1)
+    return mm(F.silu(gate) * up, down)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engramsim.backends.device import make_device
 from engramsim.backends.memory import host_memory
 from engramsim.cli import main
 from engramsim.runner import prepare, run_real, simulate_run
@@ -216,3 +217,17 @@ def test_hw_reports_this_machine(capsys):
     assert main(["hw", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert {"cpu", "host_memory", "torch", "gpus", "nvml"} <= info.keys()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_cpu_linear_layout_computes_x_times_w(dtype, rows):
+    """The CPU stand-in's GEMM (weights prepacked once in the backend's layout) is x @ w."""
+    linear = make_device("cpu", "test").linear()
+    gen = torch.Generator().manual_seed(rows)
+    w = torch.randn(64, 96, generator=gen).to(dtype)
+    x = torch.randn(rows, 64, generator=gen).to(dtype)
+    got = linear.apply(x, linear.pack(w))
+    assert got.shape == (rows, 96) and got.dtype == dtype
+    tol = 1e-4 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(got.float(), (x.float() @ w.float()), atol=tol, rtol=tol)
