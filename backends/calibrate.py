@@ -335,7 +335,7 @@ def fit_roofline(kernels: Sequence[np.ndarray], seconds: Sequence[float],
 
     `kernels` holds one array [kernels, (flops, bytes, weights)] per sample. `overheads` is K, one
     row per sample and one column per fixed cost (e.g. [1, 0] for a block, which pays one layer
-    overhead, [0, 1] for the head, which pays the step overhead); default one column of ones. The
+    overhead, [0, 1] for the head, which pays its own fixed cost); default one column of ones. The
     exponent runs from 1 (compute and memory time add up) to EXPONENT_MAX (practically their max),
     the half-rows from 0 to HALF_ROWS_MAX. Each peak is bounded by `RATE_CEILING` x the highest
     rate a sample reached. The problem is not convex: several starts, the best kept.
@@ -518,7 +518,6 @@ class Calibrator:
         self.esize = torch.tensor([], dtype=self.dtype).element_size()
         self.m = Measurements(backend, budget.name, threads=self._gather_threads())
         self._table: torch.Tensor | None = None
-        self._loaded = False  # a service_load is running
         self.device.start_clock()
 
     def _gather_threads(self) -> int:
@@ -619,12 +618,10 @@ class Calibrator:
 
         worker = threading.Thread(target=loop, name="calibrate-compute", daemon=True)
         worker.start()
-        self._loaded = True
         try:
             time.sleep(0.02)
             yield
         finally:
-            self._loaded = False
             stop.set()
             worker.join()
         if failure:
@@ -702,10 +699,32 @@ class Calibrator:
             jobs.put(None)
             worker.join()
 
+    @contextlib.contextmanager
+    def _gather_timer(self, service: bool) -> Iterator[Callable[[Any, Any, Any], float]]:
+        """How `bench_gather` times one gather(table, index, out): after a stand-in decode step on
+        this thread, handed to a waiting worker, until this thread sees it done (`service`), or
+        alone on this thread, the gather's own marks."""
+        import torch
+
+        if not service:
+            def alone(table: Any, index: Any, out: Any) -> float:
+                start, end = self.device.gather(table, index, out)
+                return float(end) - float(start)
+
+            with self._threads():
+                yield alone
+            return
+        step = self._service_steps()[0]
+        with self.device.compute(), torch.no_grad(), self._handoff() as handed:
+            def after_step(table: Any, index: Any, out: Any) -> float:
+                step()
+                return handed(lambda: self.device.gather(table, index, out))
+
+            yield after_step
+
     def _idle(self) -> None:
         """Under service load, the worker's wait for the next fetch (an Event wait, as on the queue)."""
-        if self._loaded:
-            threading.Event().wait(FETCH_GAP_S)
+        threading.Event().wait(FETCH_GAP_S)
 
     # ---- host gather -----------------------------------------------------------------------------
     def bench_gather(self, service: bool = True) -> None:
@@ -722,23 +741,13 @@ class Calibrator:
         staging = self.device.staging(max_rows * max(b.row_bytes) // 4, 1, torch.float32).view(-1)
         samples = self.m.gather if service else self.m.gather_alone
         label = "gather" if service else "gather (quiet)"
-        step = self._service_steps()[0] if service else None
-        with self.device.compute(), torch.no_grad(), self._handoff() as handed:
+        with self._gather_timer(service) as timed:
             for i, (n, rb) in enumerate(cases):
                 total = b.table_bytes // rb
                 table = self.view_rows(flat, total, rb)
                 out = self.view_rows(staging, n, rb)
                 self.device.gather(table, self._index(_sorted_unique_rows(self.rng, total, n)), out)  # warm-up
-                times = []
-                for _ in range(b.repeats):
-                    index = self._index(_sorted_unique_rows(self.rng, total, n))
-                    if step is not None:
-                        step()
-                        times.append(handed(lambda: self.device.gather(table, index, out)))
-                    else:
-                        with self._threads():
-                            start, end = self.device.gather(table, index, out)
-                        times.append(float(end) - float(start))
+                times = [timed(table, self._index(_sorted_unique_rows(self.rng, total, n)), out) for _ in range(b.repeats)]
                 samples.append({"rows": n, "row_bytes": rb, "seconds": _median(times)})
                 self.progress(label, i + 1, len(cases))
 
@@ -808,14 +817,6 @@ class Calibrator:
                 self.progress("zero-copy", i + 1, len(cases))
 
     # ---- backbone ------------------------------------------------------------------------------------
-    def _wall(self, fn: Callable[[], Any]) -> float:
-        """Host seconds of `fn` with the device drained before and after (launch costs included)."""
-        self.device.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        self.device.synchronize()
-        return time.perf_counter() - t0
-
     def _device_time(self, fn: Callable[[], Any]) -> float:
         """Seconds of `fn` on the compute timeline (events on CUDA, perf_counter on the CPU)."""
         self.device.synchronize()
@@ -826,7 +827,7 @@ class Calibrator:
 
     def bench_backbone(self) -> None:
         """Per case, steps run the way the executor runs them: every block in turn with the hidden
-        states chained through, the Engram layer, then step layout + LM head; each part timed in
+        states chained through, the Engram layer, then the LM head; each part timed in
         place (so weights are as cold or warm as in a real step), medians over the repeats."""
         import torch
 
