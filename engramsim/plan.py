@@ -1,47 +1,142 @@
-"""Per-step decisions shared by every executor: which rows are in HBM, which must be fetched,
-and at which block each fetch is issued. The simulator prices a plan; a real backend executes it.
+"""Per-step decisions shared by every executor: which rows are in HBM, which must be fetched, and
+when each fetch is issued — at a block of its own step or of an earlier one. The simulator prices
+a plan; a real backend executes it.
+
+Steps are planned once each and in step order, so a cache sees lookups in the order they run.
+A prefetch policy that leads by k steps gets the steps up to k ahead planned early, from
+`StepView.future`; when the future is not known (requests still arriving) a fetch is issued in
+its own step instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from engramsim.records import LayerRecord
 from engramsim.steps import Step
-from engramsim.strategies import Cache, Placement, Prefetch, StepView, Tier
+from engramsim.strategies import PRICED_TIERS, Cache, Placement, Prefetch, StepView, Tier
+
+EMPTY = np.empty(0, dtype=np.int64)
+EMPTY.flags.writeable = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FetchPlan:
-    """One Engram layer in one step."""
+    """One Engram layer of one step: how each needed row is served, and the fetch for the rest."""
 
+    step: int  # the step whose Engram layer needs the rows
     layer: int
-    rows: np.ndarray  # every unique row the step needs
+    rows: np.ndarray  # every unique row the step needs, sorted
     references: int
-    fetch: np.ndarray  # rows to move over the link: misses, then speculative extras
-    misses: int  # how many of `fetch` the step needs (the rest is speculation)
-    issue_block: int  # the fetch starts when this block starts; == layer means on demand
+    placed_hbm: int  # needed rows the placement keeps in HBM
+    cache_hits: int  # needed rows outside HBM found in the HBM cache
+    fetch: np.ndarray  # rows to move over the link: misses (sorted), then speculative extras
+    misses: int  # how many of `fetch` the step needs
+    issue_step: int  # the step during which the fetch is issued (<= step)
+    issue_block: int  # ... at the start of this block
+    admitted: np.ndarray = field(default_factory=lambda: EMPTY)  # rows the cache took in with this lookup (each one a miss)
+    evicted: np.ndarray = field(default_factory=lambda: EMPTY)  # rows the cache dropped with this lookup
+
+    @property
+    def speculative(self) -> int:
+        return int(self.fetch.size - self.misses)
 
     @property
     def rows_hbm(self) -> int:
-        return int(self.rows.size - self.misses)
+        return self.placed_hbm + self.cache_hits
+
+    def record(self, row_bytes: int, issue_s: float, ready_s: float, stall_s: float) -> LayerRecord:
+        """What this layer cost, once an executor knows when its fetch was issued and landed."""
+        return LayerRecord(
+            layer=self.layer, rows_unique=int(self.rows.size), references=self.references, rows_placed_hbm=self.placed_hbm,
+            cache_hits=self.cache_hits, rows_missed=self.misses, rows_speculative=self.speculative,
+            bytes_fetched=int(self.fetch.size) * row_bytes, issue_step=self.issue_step, issue_s=issue_s, ready_s=ready_s,
+            stall_s=stall_s,
+        )
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Everything an executor needs to run one step."""
+
+    step: Step
+    layers: dict[int, FetchPlan]  # this step's Engram layers, by layer
+    issues: dict[int, list[FetchPlan]] = field(default_factory=dict)  # block -> fetches issued at its start (some for later steps)
 
 
 class Planner:
     """Applies placement, cache and prefetch to every step, in step order (caches keep state)."""
 
-    def __init__(self, placement: Placement, cache: Cache, prefetch: Prefetch) -> None:
+    def __init__(self, placement: Placement, cache: Cache, prefetch: Prefetch, layers: list[int], blocks: int) -> None:
+        """`layers`: the Engram layers to plan (none: a pass without Engram); `blocks`: backbone depth."""
         self.placement, self.cache, self.prefetch = placement, cache, prefetch
+        self.layers, self.blocks = layers, blocks
+        self._planned: dict[int, dict[int, FetchPlan]] = {}  # steps planned ahead of their turn
+        self._issues: dict[int, dict[int, list[FetchPlan]]] = {}  # issuing step -> block -> fetches
+        self._next = 0  # the next step index not yet planned
 
-    def plan(self, step: Step, view: StepView) -> dict[int, FetchPlan]:
+    def plan(self, view: StepView) -> StepPlan:
+        """The plan of `view.step`; plans the steps the prefetch policy leads into on the way."""
+        index = view.step.index
+        if index >= self._next:
+            self._plan_step(view, issuing=index)
+        horizon = self.prefetch.horizon if self.layers else 0
+        futures = view.future(horizon) if horizon > 0 else []
+        for k, future in enumerate(futures, start=1):
+            if future.index >= self._next:
+                self._plan_step(StepView(future, lambda n, k=k: view.future(k + n)[k:]), issuing=index)
+        layers = self._planned.pop(index)
+        return StepPlan(view.step, layers, self._issues.pop(index, {}))
+
+    def _plan_step(self, view: StepView, issuing: int) -> None:
+        """Plan one step (the next one in order) whose fetches may be issued from step `issuing` on."""
+        step = view.step
+        if step.index != self._next:
+            raise RuntimeError(f"step {step.index} planned out of order (expected {self._next})")
+        self._next += 1
         plans = {}
-        for layer, lookup in step.lookups.items():
-            rows = lookup.rows
-            outside = rows[self.placement.tier_of(layer, rows) != Tier.HBM]
-            misses = outside[~self.cache.lookup(layer, outside, view)]
-            guess = self.prefetch.speculative_rows(layer, view)
-            extra = np.setdiff1d(guess, rows) if guess.size else guess
-            issue = min(max(0, int(self.prefetch.issue_layer(layer, view))), layer)
-            plans[layer] = FetchPlan(layer, rows, lookup.references, np.concatenate([misses, extra]), int(misses.size), issue)
-        return plans
+        for layer in self.layers:
+            lookup = step.lookups[layer]
+            plan = self._plan_layer(layer, lookup.rows, lookup.references, view, issuing)
+            plans[layer] = plan
+            self._issues.setdefault(plan.issue_step, {}).setdefault(plan.issue_block, []).append(plan)
+        self._planned[step.index] = plans
+
+    def _plan_layer(self, layer: int, rows: np.ndarray, references: int, view: StepView, issuing: int) -> FetchPlan:
+        step = view.step
+        tiers = self.placement.tier_of(layer, rows)
+        if tiers.size and int(tiers.max()) not in PRICED_TIERS:
+            raise ValueError(f"placement {self.placement.name!r} put rows of layer {layer} in tier "
+                             f"{Tier(int(tiers.max())).name}, which no executor prices yet")
+        outside = rows[tiers != Tier.HBM]
+        before = self.cache.contents(layer)
+        hit = np.asarray(self.cache.lookup(layer, outside, view), dtype=bool)
+        after = self.cache.contents(layer)
+        if after.size > self.cache.capacity_rows(layer):
+            raise RuntimeError(f"cache {self.cache.name!r} holds {after.size} rows of layer {layer}, "
+                               f"over its capacity of {self.cache.capacity_rows(layer)}")
+        misses = outside[~hit]
+        admitted = np.setdiff1d(after, before, assume_unique=True)
+        if not np.isin(admitted, misses, assume_unique=True).all():
+            raise RuntimeError(f"cache {self.cache.name!r} admitted rows of layer {layer} that this step does not fetch")
+        extra = self._speculative(layer, view, rows, tiers)
+        lead = min(max(0, int(self.prefetch.lead_steps(layer, view))), step.index - issuing)
+        block = min(max(0, int(self.prefetch.issue_layer(layer, view))), layer if lead == 0 else self.blocks - 1)
+        return FetchPlan(
+            step=step.index, layer=layer, rows=rows, references=references, placed_hbm=int(rows.size - outside.size),
+            cache_hits=int(hit.sum()), fetch=np.concatenate([misses, extra]), misses=int(misses.size),
+            issue_step=step.index - lead, issue_block=block,
+            admitted=admitted, evicted=np.setdiff1d(before, after, assume_unique=True),
+        )
+
+    def _speculative(self, layer: int, view: StepView, rows: np.ndarray, tiers: np.ndarray) -> np.ndarray:
+        """The policy's guess, less rows the step needs, rows in HBM and duplicates, within budget."""
+        budget = self.prefetch.speculative_budget(layer)
+        guess = self.prefetch.speculative_rows(layer, view)
+        if budget <= 0 or guess.size == 0:
+            return EMPTY
+        extra = np.setdiff1d(np.asarray(guess, dtype=np.int64), rows)
+        extra = extra[self.placement.tier_of(layer, extra) != Tier.HBM]
+        return extra[:budget]

@@ -14,9 +14,10 @@ from typing import TypeVar
 
 from engramsim.errors import InputError
 from engramsim.scenario import StrategyChoice
-from engramsim.strategies import Params, SetupContext, Strategy
+from engramsim.strategies import Cache, Hashing, HashingSetup, Params, Placement, Prefetch, SetupContext, Strategy, Transport
 
-KINDS = ("hashing", "placement", "cache", "prefetch", "transport")
+BASES: dict[str, type] = {"hashing": Hashing, "placement": Placement, "cache": Cache, "prefetch": Prefetch, "transport": Transport}
+KINDS = tuple(BASES)
 ENTRY_POINT_GROUP = "engramsim.plugins"
 
 _PLUGINS: dict[tuple[str, str], type] = {}
@@ -30,6 +31,8 @@ def register(kind: str, name: str) -> Callable[[T], T]:
         raise ValueError(f"unknown plugin kind {kind!r}; expected one of {', '.join(KINDS)}")
 
     def decorate(cls: T) -> T:
+        if not issubclass(cls, BASES[kind]):
+            raise TypeError(f"{kind} plugin {name!r} ({cls.__name__}) must subclass engramsim.strategies.{BASES[kind].__name__}")
         key = (kind, name)
         if key in _PLUGINS and _PLUGINS[key] is not cls:
             raise ValueError(f"{kind} plugin {name!r} is already registered by {_PLUGINS[key].__module__}")
@@ -104,9 +107,12 @@ def build(kind: str, choice: StrategyChoice, setup: SetupContext) -> Strategy:
 
     Raises KeyError for an unknown name and pydantic's ValidationError for bad params;
     `scenario_io.load_scenario` has already turned both into located errors for a loaded file.
-    Hashing is not built here: the workload builds it from `model.engram`.
     """
-    if kind == "hashing":
-        raise ValueError("hashing plugins are built by the workload, not by registry.build")
     cls = get(kind, choice.name)
     return cls(params_model(cls).model_validate(choice.params), setup)
+
+
+def build_hashing(choice: StrategyChoice, setup: HashingSetup) -> Hashing:
+    """The scenario's hashing plugin, built from its Engram config (see `build`)."""
+    cls = get("hashing", choice.name)
+    return cls.from_setup(params_model(cls).model_validate(choice.params), setup)

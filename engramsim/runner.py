@@ -15,102 +15,35 @@ from functools import partial
 from pathlib import Path
 
 from engramsim.errors import InputError
-from engramsim.plan import Planner
-from engramsim.plugins.hashing.engram import EngramHashing, EngramHashSpec
+from engramsim.hbm import kv_free_bytes
+from engramsim.records import RunOutcome
 from engramsim.registry import build
-from engramsim.results import RunOutcome, results_document, summarize, write_results
+from engramsim.results import results_document, summarize, write_results
 from engramsim.scenario import Scenario, StrategyChoice
 from engramsim.scenario_io import dump_scenario
-from engramsim.simulator.cost import CostModel
+from engramsim.scheduler import Scheduler
+from engramsim.session import ALL_HBM, GIB, Prepared, planner
+from engramsim.simulator.cost import RooflineCostModel
 from engramsim.simulator.engine import Engine, simulate
-from engramsim.simulator.presets import load_profile
-from engramsim.simulator.profile import HardwareProfile
-from engramsim.strategies import SetupContext, TableInfo, Tier
-from engramsim.tokenizer import compressed_vocab
-from engramsim.traces.format import load_trace
-from engramsim.workload import Workload, build_workload
-
-GIB = 1 << 30
-
-
-@dataclass
-class Prepared:
-    """A scenario with every name resolved and the workload built, ready for any executor."""
-
-    scenario: Scenario
-    source: str
-    profile: HardwareProfile
-    hashing: EngramHashing
-    tables: dict[int, TableInfo]
-    workload: Workload
-
-    def setup(self) -> SetupContext:
-        return SetupContext(self.scenario, self.tables, self.profile, self.scenario.run.seed)
-
-
-def engram_tables(scenario: Scenario, hashing: EngramHashing) -> dict[int, TableInfo]:
-    row_bytes = scenario.model.engram.row_bytes
-    return {
-        layer: TableInfo(layer, hashing.rows_per_layer[layer], row_bytes, hashing.primes[layer], hashing.offsets[layer])
-        for layer in scenario.model.engram.layers
-    }
-
-
-def check_capacity(prepared: Prepared) -> None:
-    """A placement that puts more bytes in a tier than the hardware has is an input error."""
-    placement = build("placement", prepared.scenario.strategies.placement, prepared.setup())
-    capacity = {Tier.HBM: prepared.profile.gpu.hbm_gib * GIB, Tier.HOST: prepared.profile.host.dram_gib * GIB}
-    names = {Tier.HBM: f"HBM of {prepared.profile.gpu.name}", Tier.HOST: f"host DRAM of {prepared.profile.host.name}"}
-    for tier, used in placement.bytes_per_tier().items():
-        if tier in capacity and used > capacity[tier]:
-            raise InputError(
-                prepared.source,
-                f"Engram tables need {used / GIB:.1f} GiB in the {names[tier]}, which holds {capacity[tier] / GIB:.1f} GiB",
-                field="strategies.placement",
-            )
-
-
-def prepare(scenario: Scenario, source: str) -> Prepared:
-    engram = scenario.model.engram
-    profile = load_profile(scenario.hardware.profile, scenario.hardware.link)
-    trace = load_trace(scenario.workload.trace)
-    vocab = compressed_vocab(engram.tokenizer)
-    spec = EngramHashSpec(tuple(engram.layers), engram.rows_per_order, engram.max_ngram, engram.heads, engram.seed)
-    hashing = EngramHashing(spec, vocab.size, int(vocab.table[spec.pad_id]))
-    workload = build_workload(scenario, trace, hashing, vocab)
-    prepared = Prepared(scenario, source, profile, hashing, engram_tables(scenario, hashing), workload)
-    check_capacity(prepared)
-    return prepared
-
-
-def planner(prepared: Prepared, placement: StrategyChoice | None = None) -> Planner:
-    """Fresh placement, cache and prefetch strategies for one pass (caches start empty)."""
-    setup, strategies = prepared.setup(), prepared.scenario.strategies
-    return Planner(
-        build("placement", placement or strategies.placement, setup),
-        build("cache", strategies.cache, setup),
-        build("prefetch", strategies.prefetch, setup),
-    )
 
 
 def simulate_run(prepared: Prepared, placement: StrategyChoice | None = None, engram: bool = True,
                  progress: Callable | None = None) -> RunOutcome:
     """One simulated pass over the workload; `placement` overrides the scenario's."""
-    scenario, setup = prepared.scenario, prepared.setup()
-    strategies = scenario.strategies
+    scenario = prepared.scenario
     engine = Engine(
-        CostModel(scenario.model, prepared.profile),
+        RooflineCostModel(scenario.model, prepared.profile),
         prepared.tables,
         scenario.model.backbone.layers,
-        planner(prepared, placement),
-        build("transport", strategies.transport, setup),
+        build("transport", scenario.strategies.transport, prepared.setup()),  # type: ignore[arg-type]
         prepared.profile.gpu.copy_engines,
-        engram=engram,
     )
-    scheduler = prepared.workload.scheduler()
-    sim = simulate(engine, scheduler, scenario.run.max_steps, progress)
+    scheduler = Scheduler(prepared.workload)
+    steps, makespan = simulate(engine, scheduler, planner(prepared, placement, engram), scenario.run.max_steps, progress)
     ttft, tpot = scheduler.latencies()
-    return RunOutcome(sim, scheduler.output_tokens, scheduler.prompt_tokens, ttft, tpot)
+    return RunOutcome(steps=steps, spans=engine.spans, events=engine.env.event_count, link_busy_s=engine.link.busy_s,
+                      makespan_s=makespan, output_tokens=scheduler.output_tokens, prompt_tokens=scheduler.prompt_tokens,
+                      ttft_s=ttft, tpot_s=tpot)
 
 
 @dataclass
@@ -126,7 +59,7 @@ def passes(scenario: Scenario) -> list[tuple[str, dict]]:
     """(progress label, executor kwargs) of every pass: as configured, then the references."""
     out: list[tuple[str, dict]] = [("offloaded", {})]
     if scenario.run.baseline:
-        out += [("all-HBM baseline", {"placement": StrategyChoice(name="all-hbm")}), ("no-Engram reference", {"engram": False})]
+        out += [("all-HBM baseline", {"placement": ALL_HBM}), ("no-Engram reference", {"engram": False})]
     return out
 
 
@@ -147,15 +80,18 @@ def _report(prepared: Prepared, out_dir: Path, outcomes: list[RunOutcome], backe
     scenario = prepared.scenario
     outcome = outcomes[0]
     baseline, no_engram = (outcomes[1], outcomes[2]) if scenario.run.baseline else (None, None)
-    summary = summarize(outcome, baseline, scenario.run.seed, prepared.profile.link.h2d_gbps)
-    if no_engram is not None:
-        ref = no_engram.throughput_tok_s
-        summary["no_engram_throughput_tok_s"] = ref
-        summary["overhead_vs_no_engram_pct"] = (ref - outcome.throughput_tok_s) / ref * 100 if ref else None
+    summary = summarize(outcome, baseline, scenario.run.seed, prepared.profile.link.h2d_gbps, no_engram=no_engram)
     document = results_document(summary, outcome, dump_scenario(scenario), prepared.profile.model_dump(mode="json"), backend)
+    document["hbm"] = hbm_report(prepared)
     document |= extra or {}
     files = write_results(out_dir, document, outcome, baseline, scenario.run.outputs, counters=counters)
     return RunReport(document, files, outcome, baseline, no_engram)
+
+
+def hbm_report(prepared: Prepared) -> dict:
+    """What the configured pass keeps in HBM (bytes, by item) and what is left for more KV cache."""
+    return {"items_bytes": dict(prepared.hbm), "capacity_bytes": int(prepared.profile.gpu.hbm_gib * GIB),
+            "kv_free_bytes": kv_free_bytes(prepared.hbm, prepared.profile.gpu.hbm_gib * GIB)}
 
 
 def run_sim(prepared: Prepared, out_dir: Path, progress_factory: Callable | None = None) -> RunReport:

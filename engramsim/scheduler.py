@@ -9,21 +9,23 @@ so a request with output_len O takes one prefill and O - 1 decode steps. KV-cach
 preemption are not modelled: a batch is limited by the two batching knobs only.
 
 The executor drives it: `next_step(now)` → run the step → `finish_step(step, end_s)`; when
-`next_step` returns None and the run is not `done`, idle until `next_arrival()`.
+`next_step` returns None and the run is not `done`, idle until `next_arrival()`. Once every
+request has arrived the order of steps no longer depends on timing, so `view` can show a policy
+the steps that follow (`StepView.future`), exactly as they will run.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engramsim.steps import Step
-
-if TYPE_CHECKING:
-    from engramsim.workload import Workload
+from engramsim.strategies import StepView
+from engramsim.workload import Workload
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class RequestMetrics:
 
 
 class Scheduler:
-    """One executor run's batching state over a `Workload` (build it with `workload.scheduler()`)."""
+    """One executor run's batching state over a `Workload` (a fresh one per pass)."""
 
     def __init__(self, workload: Workload) -> None:
         self.workload = workload
@@ -65,14 +67,6 @@ class Scheduler:
     @property
     def done(self) -> bool:
         return self._finished == len(self.workload.requests)
-
-    @property
-    def num_waiting(self) -> int:
-        return len(self._waiting)
-
-    @property
-    def num_running(self) -> int:
-        return int(self._running.size)
 
     def next_arrival(self) -> float | None:
         """Arrival time of the next request not yet arrived, None when all have arrived."""
@@ -146,6 +140,37 @@ class Scheduler:
             self.finish_s[finished] = end_s
             self._finished += int(finished.size)
             self._running = self._running[~np.isin(self._running, finished)]
+
+    # ---- the future ----------------------------------------------------------------------
+    def lookahead(self, k: int) -> list[Step]:
+        """Up to k steps after the one in flight, exactly as they will run; empty while a request
+        has yet to arrive (then the steps depend on timing)."""
+        if k <= 0 or self.next_arrival() is not None:
+            return []
+        clone = copy.copy(self)
+        clone._waiting = deque(self._waiting)
+        clone._running = self._running.copy()
+        clone.generated = self.generated.copy()
+        clone.first_token_s, clone.finish_s = self.first_token_s.copy(), self.finish_s.copy()
+        if clone._pending is not None:
+            clone.finish_step(clone._pending, 0.0)
+        steps: list[Step] = []
+        while len(steps) < k and not clone.done:
+            step = clone.next_step(math.inf)
+            assert step is not None  # every request has arrived: something runs until done
+            clone.finish_step(step, 0.0)
+            steps.append(step)
+        return steps
+
+    def view(self, step: Step, max_steps: int | None = None) -> StepView:
+        """What the policies see of `step` (the step in flight): it and, when known, the future,
+        never past `max_steps` steps in all."""
+        room = math.inf if max_steps is None else max_steps - step.index - 1
+
+        def future(k: int) -> list[Step]:
+            return self.lookahead(int(min(k, room)))
+
+        return StepView(step, future)
 
     # ---- metrics -------------------------------------------------------------------------
     def request_metrics(self) -> RequestMetrics:

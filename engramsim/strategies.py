@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
-from typing import TYPE_CHECKING, ClassVar, Literal
+from enum import Enum, IntEnum
+from functools import cached_property
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from engramsim.scenario import Scenario
-    from engramsim.simulator.profile import HardwareProfile
+    from engramsim.hardware.profile import HardwareProfile
+    from engramsim.scenario import Engram, Scenario
     from engramsim.steps import Step
 
 
@@ -28,6 +29,10 @@ class Tier(IntEnum):
     HOST = 1
     CXL = 2
     NVME = 3
+
+
+PRICED_TIERS = (Tier.HBM, Tier.HOST)
+"""Tiers the executors can price and run today; a placement using another is refused."""
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,21 @@ class SetupContext:
     seed: int
 
 
+def _no_future(k: int) -> list[Step]:
+    return []
+
+
 @dataclass(frozen=True)
 class StepView:
-    """What a strategy may look at during a step: the step itself and, if known, the future."""
+    """What a strategy may look at during a step: the step itself and, when known, the future.
+
+    `future(k)` returns up to k steps that follow this one, exactly as they will run. The
+    sequence is known once it cannot depend on timing (every request has arrived, as in an
+    offline workload); before that it is empty.
+    """
 
     step: Step
-    future: Callable[[int], list[Step]] = field(default=lambda k: [])  # up to k next steps (offline workloads)
+    future: Callable[[int], list[Step]] = field(default=_no_future)
 
 
 class Params(BaseModel):
@@ -81,6 +95,48 @@ class Strategy:
         self.setup = setup
 
 
+@dataclass(frozen=True)
+class HashingSetup:
+    """What a hashing plugin is built from: the scenario's Engram config and the vocabulary."""
+
+    engram: Engram
+    vocab_size: int  # compressed vocabulary size
+    pad_id: int  # the compressed pad id
+
+
+class Hashing:
+    """Token ids → row ids per Engram layer. One table per layer, all heads end to end; head k
+    of layer L owns rows offsets[L][k] .. offsets[L][k] + head_sizes[L][k] - 1."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]] = Params
+
+    @classmethod
+    def from_setup(cls, params: Params, setup: HashingSetup) -> Hashing:
+        """Build the plugin for a scenario (the registry calls this)."""
+        raise NotImplementedError
+
+    @property
+    def head_sizes(self) -> dict[int, np.ndarray]:
+        """Per layer, every head's table size (int64, one per head)."""
+        raise NotImplementedError
+
+    def hash_sequences(self, compressed_ids: np.ndarray, starts: np.ndarray, threads: int = 2) -> dict[int, np.ndarray]:
+        """Per layer, the row of every token and head, [N, heads] int64, within each head's own
+        table (before offsets); sequences laid end to end start at `starts`."""
+        raise NotImplementedError
+
+    @cached_property
+    def offsets(self) -> dict[int, np.ndarray]:
+        """Per layer, each head's first row in the layer's single table."""
+        return {layer: np.concatenate([[0], np.cumsum(p)[:-1]]).astype(np.int64) for layer, p in self.head_sizes.items()}
+
+    @cached_property
+    def rows_per_layer(self) -> dict[int, int]:
+        return {layer: int(p.sum()) for layer, p in self.head_sizes.items()}
+
+
 class Placement(Strategy):
     """Which tier holds each row of each Engram table."""
 
@@ -94,42 +150,73 @@ class Placement(Strategy):
 
 
 class Cache(Strategy):
-    """An HBM cache in front of the rows placed outside HBM; lives for the whole run."""
+    """An HBM cache in front of the rows placed outside HBM; lives for the whole run.
+
+    Its capacity is reserved in HBM (and counted against it). The planner checks after every
+    lookup that `contents` stays within `capacity_rows` and that only rows the step fetches are
+    admitted; a real backend mirrors the contents in a buffer of `capacity_rows` rows.
+    """
 
     def capacity_rows(self, layer: int) -> int:
         return 0
 
     def lookup(self, layer: int, rows: np.ndarray, view: StepView) -> np.ndarray:
-        """Hit mask for `rows` (all outside HBM). The cache may admit the misses as a side effect."""
+        """Hit mask for `rows` (sorted, unique, all outside HBM). The cache may admit the misses
+        (and evict others) as a side effect."""
         return np.zeros(rows.shape, dtype=bool)
 
-    def occupancy_rows(self, layer: int) -> int:
-        return 0
-
-
-class Prefetch(Strategy):
-    """When each Engram layer's fetch is issued within a step, and what else to fetch."""
-
-    def issue_layer(self, layer: int, view: StepView) -> int:
-        """Backbone block at whose start the fetch for Engram `layer` is issued: 0 is the step's
-        start, `layer` itself means on demand."""
-        raise NotImplementedError
-
-    def speculative_rows(self, layer: int, view: StepView) -> np.ndarray:
-        """Rows fetched beyond the step's needs (e.g. a predictor's guess); none by default."""
+    def contents(self, layer: int) -> np.ndarray:
+        """The rows of `layer` the cache holds now, sorted int64."""
         return np.empty(0, dtype=np.int64)
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One leg of a fetch: `resource` is priced by the cost model and occupies a simulated resource.
+class Prefetch(Strategy):
+    """When each Engram layer's fetch is issued, and what else to fetch.
+
+    A fetch is issued at the start of block `issue_layer(...)` of the step `lead_steps(...)`
+    steps before the step that needs it. A lead beyond what is known of the future (see
+    `StepView.future`) or beyond `horizon` is cut back; with lead 0 the block is at most the
+    Engram layer itself (on demand).
+    """
+
+    horizon: ClassVar[int] = 0  # the most steps ahead this policy ever issues a fetch
+
+    def issue_layer(self, layer: int, view: StepView) -> int:
+        """Block at whose start the fetch for Engram `layer` of `view.step` is issued: 0 is the
+        issuing step's start, `layer` itself (with lead 0) means on demand."""
+        raise NotImplementedError
+
+    def lead_steps(self, layer: int, view: StepView) -> int:
+        """How many steps before `view.step` its fetch for `layer` is issued; 0 by default."""
+        return 0
+
+    def speculative_rows(self, layer: int, view: StepView) -> np.ndarray:
+        """Rows fetched beyond the step's needs (e.g. a predictor's guess); none by default.
+        Rows the step needs or that sit in HBM are dropped, duplicates are fetched once."""
+        return np.empty(0, dtype=np.int64)
+
+    def speculative_budget(self, layer: int) -> int:
+        """The most speculative rows one fetch may carry: the staging room reserved (and counted
+        against HBM) for them. Rows beyond it are dropped."""
+        return 0
+
+
+class StageKind(Enum):
+    """One leg of a fetch, each priced by its own cost-model formula and simulated resource.
 
     gather: CPU threads copy rows from host DRAM into a pinned staging buffer;
     h2d: one DMA of `bytes` over the link by a copy engine;
     zero_copy: a GPU kernel reads the rows over the link directly.
     """
 
-    resource: Literal["gather", "h2d", "zero_copy"]
+    GATHER = "gather"
+    H2D = "h2d"
+    ZERO_COPY = "zero_copy"
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: StageKind
     rows: int
     bytes: int
 

@@ -21,10 +21,9 @@ from engramsim.errors import InputError
 from engramsim.steps import LayerLookup, Request, Step
 
 if TYPE_CHECKING:
-    from engramsim.plugins.hashing.engram import EngramHashing
+    from engramsim.strategies import Hashing
     from engramsim.scenario import Distribution, Scenario
     from engramsim.scenario import Workload as WorkloadConfig
-    from engramsim.scheduler import Scheduler
     from engramsim.tokenizer import CompressedVocab
 
 
@@ -114,7 +113,8 @@ def unique_sorted(values: np.ndarray, overwrite: bool = False) -> np.ndarray:
 class Workload:
     """Requests, their hashed windows, and the lookups of any step over them.
 
-    Built once per scenario (`build_workload`); every executor run takes a fresh `scheduler()`.
+    Built once per scenario (`build_workload`); every executor pass takes a fresh
+    `scheduler.Scheduler(workload)`. The row arrays are read-only: all passes share them.
     """
 
     requests: list[Request]
@@ -148,34 +148,10 @@ class Workload:
         key = positions.tobytes()
         found = self._memo.get(key)
         if found is None:
-            found = {
-                layer: LayerLookup(layer, unique_sorted(rows[positions], overwrite=True), int(positions.size * rows.shape[1]))
-                for layer, rows in self.rows.items()
-            }
+            found = {layer: LayerLookup(layer, _frozen(unique_sorted(rows[positions], overwrite=True)), int(positions.size * rows.shape[1]))
+                     for layer, rows in self.rows.items()}
             self._memo[key] = found
         return found
-
-    def scheduler(self) -> Scheduler:
-        """A fresh continuous-batching scheduler over this workload (one per executor run)."""
-        from engramsim.scheduler import Scheduler
-
-        return Scheduler(self)
-
-    def offline_steps(self, max_steps: int | None = None) -> list[Step]:
-        """The whole step sequence, for policies that look into the future (Belady, lookahead).
-
-        Only defined for offline arrival, where the sequence does not depend on step timing.
-        """
-        if any(r.arrival_s != 0.0 for r in self.requests):
-            raise ValueError("the step sequence depends on timing unless every request arrives at t=0")
-        scheduler = self.scheduler()
-        steps: list[Step] = []
-        while not scheduler.done and (max_steps is None or len(steps) < max_steps):
-            step = scheduler.next_step(0.0)
-            assert step is not None  # offline: something is always runnable until done
-            scheduler.finish_step(step, 0.0)
-            steps.append(step)
-        return steps
 
 
 def compress_window_tokens(tokens: np.ndarray, trace: TraceLike, vocab: CompressedVocab | None) -> np.ndarray:
@@ -202,7 +178,7 @@ def compress_window_tokens(tokens: np.ndarray, trace: TraceLike, vocab: Compress
 def build_workload(
     scenario: Scenario,
     trace: TraceLike,
-    hashing: EngramHashing,
+    hashing: Hashing,
     vocab: CompressedVocab | None = None,
     threads: int | None = None,
 ) -> Workload:
@@ -221,5 +197,12 @@ def build_workload(
     rows = hashing.hash_sequences(ids, offsets[:-1], threads=threads)
     for layer, layer_rows in rows.items():
         layer_rows += hashing.offsets[layer]
+        _frozen(layer_rows)
     batching = cfg.batching
-    return Workload(requests, batching.max_num_seqs, batching.max_num_batched_tokens, offsets, tokens, rows)
+    return Workload(requests, batching.max_num_seqs, batching.max_num_batched_tokens, _frozen(offsets), _frozen(tokens), rows)
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """Make `array` read-only: the executors' passes share it, so none may change it."""
+    array.flags.writeable = False
+    return array

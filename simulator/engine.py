@@ -1,26 +1,31 @@
 """The SimPy event model: GPU compute stream, copy engines, the link, host gather threads.
 
-One process walks the steps. A step starts with its host work (the profile's step overhead:
-scheduling, planning, input layout), then the blocks run in segments: a segment ends where a
-prefetch is issued or an Engram layer starts, so there are a few events per (step, layer,
-transfer) and never one per row. Each fetch is its own process through the transport's stages;
-an Engram layer waits for its fetch, and that wait is the layer's stall.
+One process walks the steps; each step is the segment list of engramsim/skeleton.py, priced
+here: consecutive compute is one timeout, cut only where a fetch is issued or an Engram layer
+must wait, so there are a few events per (step, layer, transfer) and never one per row. Each
+fetch is its own process through the transport's stages; an Engram layer waits for its fetch,
+and that wait is the layer's stall. A fetch issued in an earlier step runs while that step
+computes, and its rows wait on the device until their layer runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING
 
 import simpy
 
-from engramsim.plan import FetchPlan, Planner
+from engramsim.plan import FetchPlan, Planner, StepPlan
+from engramsim.records import Span, SpanKind, StepRecord
+from engramsim.scheduler import Scheduler
+from engramsim.skeleton import Blocks, EngramLayer, Head, Host, Issue, Segment, skeleton
 from engramsim.steps import Step
-from engramsim.strategies import Stage, StepView, TableInfo, Transport
+from engramsim.strategies import Stage, StageKind, TableInfo, Transport
 
 if TYPE_CHECKING:
     from engramsim.simulator.cost import CostModel
+
+Events = Generator[simpy.Event, None, None]
 
 
 class CountingEnvironment(simpy.Environment):
@@ -33,66 +38,6 @@ class CountingEnvironment(simpy.Environment):
     def schedule(self, event: simpy.Event, priority: int = simpy.core.NORMAL, delay: float = 0) -> None:
         self.event_count += 1
         super().schedule(event, priority, delay)
-
-
-@dataclass(frozen=True)
-class Span:
-    """One busy interval on a timeline lane (compute, stall, gather, copy, zero-copy)."""
-
-    lane: str
-    name: str
-    start_s: float
-    end_s: float
-    step: int
-    layer: int | None = None
-    bytes: int = 0
-
-
-@dataclass
-class LayerRecord:
-    """What one Engram layer cost in one step."""
-
-    layer: int
-    rows_unique: int
-    references: int
-    rows_hbm: int  # served from HBM: placed there or cache hits
-    rows_fetched: int  # moved over the link (misses + speculative)
-    bytes_fetched: int
-    issue_s: float
-    ready_s: float  # the fetch's last byte arrived (= issue when nothing was fetched)
-    stall_s: float
-
-
-@dataclass
-class StepRecord:
-    index: int
-    kind: str
-    start_s: float
-    end_s: float
-    tokens: int
-    seqs: int
-    layers: list[LayerRecord] = field(default_factory=list)
-
-    @property
-    def latency_s(self) -> float:
-        return self.end_s - self.start_s
-
-
-@dataclass
-class SimOutcome:
-    """Everything one simulated run produced; results.py turns it into files and metrics."""
-
-    steps: list[StepRecord]
-    spans: list[Span]
-    events: int
-    link_busy_s: float
-    makespan_s: float
-
-
-def _record(plan: FetchPlan, row_bytes: int) -> tuple[LayerRecord, int]:
-    fetched = int(plan.fetch.size)
-    record = LayerRecord(plan.layer, int(plan.rows.size), plan.references, plan.rows_hbm, fetched, fetched * row_bytes, 0.0, 0.0, 0.0)
-    return record, plan.issue_block
 
 
 class Link:
@@ -119,117 +64,135 @@ class Link:
 
 
 class Engine:
-    """Prices steps on simulated hardware with the scenario's strategies."""
+    """Prices steps on simulated hardware: one handler per segment kind and per stage kind."""
 
-    def __init__(
-        self,
-        cost: CostModel,
-        tables: dict[int, TableInfo],
-        blocks: int,
-        planner: Planner,
-        transport: Transport,
-        copy_engines: int,
-        engram: bool = True,
-    ) -> None:
-        """`engram=False` prices the backbone alone (no Engram layers), for the no-Engram reference."""
+    def __init__(self, cost: CostModel, tables: dict[int, TableInfo], blocks: int, transport: Transport, copy_engines: int) -> None:
         self.cost = cost
         self.tables = tables
         self.blocks = blocks
-        self.planner, self.transport = planner, transport
-        self.engram = engram
+        self.transport = transport
         self.env = CountingEnvironment()
         self.link = Link(self.env)
         self.copy_engines = simpy.Resource(self.env, capacity=copy_engines)
         self.gather_pool = simpy.Resource(self.env, capacity=1)
         self.spans: list[Span] = []
+        self._issued: dict[tuple[int, int], tuple[float, simpy.Process | None]] = {}  # (step, layer) -> issue time, fetch
+        self._queued: list[tuple[float, dict]] = []  # compute enqueued but not yet simulated: seconds, span fields
+        self._stages: dict[StageKind, Callable[[Stage, FetchPlan], Events]] = {
+            StageKind.GATHER: self._gather, StageKind.H2D: self._h2d, StageKind.ZERO_COPY: self._zero_copy,
+        }
+        self._segments: dict[type, Callable[[Segment, Step, StepRecord], Events]] = {
+            Host: self._host, Issue: self._issue, EngramLayer: self._engram_layer, Blocks: self._blocks, Head: self._head,
+        }
 
     # ---- fetches -------------------------------------------------------------------------
-    def _stage(self, stage: Stage, row_bytes: int, step: int, layer: int) -> Generator[simpy.Event, None, None]:
-        if stage.rows == 0:
-            return
-        cost = self.cost
-        if stage.resource == "gather":
-            with self.gather_pool.request() as turn:
-                yield turn
-                start = self.env.now
-                yield self.env.timeout(cost.gather_time(stage.rows, row_bytes))
-            self.spans.append(Span("gather", f"gather L{layer}", start, self.env.now, step, layer, stage.bytes))
-        elif stage.resource == "h2d":
-            with self.copy_engines.request() as engine:
-                yield engine
-                start, end = yield from self.link.move(cost.h2d_latency(), cost.h2d_wire_time(stage.bytes))
-            self.spans.append(Span("copy", f"h2d L{layer}", start, end, step, layer, stage.bytes))
-        elif stage.resource == "zero_copy":
-            start, end = yield from self.link.move(cost.zero_copy_latency(), cost.zero_copy_wire_time(stage.rows, row_bytes))
-            self.spans.append(Span("zero-copy", f"zero-copy L{layer}", start, end, step, layer, stage.bytes))
-        else:
-            raise ValueError(f"transport stage names unknown resource {stage.resource!r}")
+    def _gather(self, stage: Stage, fetch: FetchPlan) -> Events:
+        with self.gather_pool.request() as turn:
+            yield turn
+            start = self.env.now
+            yield self.env.timeout(self.cost.gather_time(stage.rows, self.tables[fetch.layer].row_bytes))
+        self._span(SpanKind.GATHER, start, self.env.now, fetch, stage)
 
-    def _fetch(self, rows: int, layer: int, step: int) -> Generator[simpy.Event, None, float]:
-        """Move `rows` through the transport's stages in order; return when the last byte landed."""
-        row_bytes = self.tables[layer].row_bytes
-        for stage in self.transport.stages(rows, row_bytes):
-            yield from self._stage(stage, row_bytes, step, layer)
+    def _h2d(self, stage: Stage, fetch: FetchPlan) -> Events:
+        with self.copy_engines.request() as engine:
+            yield engine
+            start, end = yield from self.link.move(self.cost.h2d_latency(), self.cost.h2d_wire_time(stage.bytes))
+        self._span(SpanKind.H2D, start, end, fetch, stage)
+
+    def _zero_copy(self, stage: Stage, fetch: FetchPlan) -> Events:
+        wire = self.cost.zero_copy_wire_time(stage.rows, self.tables[fetch.layer].row_bytes)
+        start, end = yield from self.link.move(self.cost.zero_copy_latency(), wire)
+        self._span(SpanKind.ZERO_COPY, start, end, fetch, stage)
+
+    def _span(self, kind: SpanKind, start: float, end: float, fetch: FetchPlan, stage: Stage) -> None:
+        self.spans.append(Span(kind=kind, start_s=start, end_s=end, step=fetch.step, layer=fetch.layer, bytes=stage.bytes))
+
+    def _fetch(self, fetch: FetchPlan) -> Generator[simpy.Event, None, float]:
+        """Move the fetch's rows through the transport's stages in order; return when the last byte landed."""
+        for stage in self.transport.stages(int(fetch.fetch.size), self.tables[fetch.layer].row_bytes):
+            if stage.rows:
+                yield from self._stages[stage.kind](stage, fetch)
         return self.env.now
 
-    # ---- steps ---------------------------------------------------------------------------
-    def run_step(self, step: Step, view: StepView) -> Generator[simpy.Event, None, StepRecord]:
-        """Blocks run back to back on the compute stream; consecutive compute is one timeout,
-        cut only where a fetch must start or an Engram layer must wait for its rows."""
-        env, cost = self.env, self.cost
-        record = StepRecord(step.index, step.kind, env.now, env.now, step.num_tokens, step.num_seqs)
-        plans = {layer: _record(p, self.tables[layer].row_bytes) for layer, p in self.planner.plan(step, view).items()} if self.engram else {}
-        issues: dict[int, list[int]] = {}
-        for layer, (_, issue) in plans.items():
-            issues.setdefault(issue, []).append(layer)
-        fetches: dict[int, simpy.Process] = {}
-        queued: list[tuple[str, float, int | None]] = []  # compute enqueued but not yet simulated
+    # ---- compute -------------------------------------------------------------------------
+    def _compute(self, seconds: float, **span: object) -> None:
+        """Enqueue `seconds` of compute on the stream; `span` holds the fields of its span but the times."""
+        self._queued.append((seconds, span))
 
-        def run_queued() -> Iterator[simpy.Event]:
-            start = env.now
-            total = sum(seconds for _, seconds, _ in queued)
-            if total > 0:
-                yield env.timeout(total)
-            for name, seconds, layer in queued:
-                if seconds > 0:
-                    self.spans.append(Span("compute", name, start, start + seconds, step.index, layer))
-                    start += seconds
-            queued.clear()
+    def _flush(self) -> Events:
+        """Simulate the queued compute as one timeout and lay out its spans back to back."""
+        start = self.env.now
+        total = sum(seconds for seconds, _ in self._queued)
+        if total > 0:
+            yield self.env.timeout(total)
+        for seconds, span in self._queued:
+            if seconds > 0:
+                self.spans.append(Span(start_s=start, end_s=start + seconds, **span))  # type: ignore[arg-type]
+                start += seconds
+        self._queued.clear()
 
-        queued.append(("host", cost.host_time(step), None))
-        cuts = sorted({0, self.blocks, *issues, *plans})
-        for start, stop in zip(cuts, cuts[1:]):
-            for layer in issues.get(start, []):
-                lrec = plans[layer][0]
-                if lrec.rows_fetched:
-                    yield from run_queued()
-                    fetches[layer] = env.process(self._fetch(lrec.rows_fetched, layer, step.index))
-                lrec.issue_s = env.now + sum(seconds for _, seconds, _ in queued)
-            if start in plans:
-                lrec = plans[start][0]
-                lrec.ready_s = lrec.issue_s
-                if start in fetches:
-                    yield from run_queued()
-                    waited_from = env.now
-                    lrec.ready_s = yield fetches[start]
-                    lrec.stall_s = env.now - waited_from
-                    if lrec.stall_s > 0:
-                        self.spans.append(Span("compute", f"stall L{start}", waited_from, env.now, step.index, start))
-                queued.append((f"engram L{start}", cost.engram_time(step, lrec.rows_unique), start))
-                record.layers.append(lrec)
-            queued.append((f"blocks {start}-{stop - 1}", cost.blocks_time(step, start, stop), None))
-        queued.append(("head", cost.head_time(step), None))
-        yield from run_queued()
-        record.end_s = env.now
+    def _pending_s(self) -> float:
+        return sum(seconds for seconds, _ in self._queued)
+
+    # ---- segments ------------------------------------------------------------------------
+    def _host(self, segment: Segment, step: Step, record: StepRecord) -> Events:
+        self._compute(self.cost.host_time(step), kind=SpanKind.HOST, step=step.index)
+        yield from ()
+
+    def _issue(self, segment: Segment, step: Step, record: StepRecord) -> Events:
+        assert isinstance(segment, Issue)
+        for fetch in segment.fetches:
+            process = None
+            if fetch.fetch.size:
+                yield from self._flush()
+                process = self.env.process(self._fetch(fetch))
+            self._issued[(fetch.step, fetch.layer)] = (self.env.now + self._pending_s(), process)
+
+    def _engram_layer(self, segment: Segment, step: Step, record: StepRecord) -> Events:
+        assert isinstance(segment, EngramLayer)
+        plan = segment.plan
+        issue_s, process = self._issued.pop((plan.step, plan.layer))
+        ready_s, stall_s = issue_s, 0.0
+        if process is not None:
+            yield from self._flush()
+            waited_from = self.env.now
+            ready_s = yield process
+            stall_s = self.env.now - waited_from
+            if stall_s > 0:
+                self.spans.append(Span(kind=SpanKind.STALL, start_s=waited_from, end_s=self.env.now, step=step.index, layer=plan.layer))
+        self._compute(self.cost.engram_time(step, int(plan.rows.size)), kind=SpanKind.ENGRAM, step=step.index, layer=plan.layer)
+        record.layers.append(plan.record(self.tables[plan.layer].row_bytes, issue_s, ready_s, stall_s))
+
+    def _blocks(self, segment: Segment, step: Step, record: StepRecord) -> Events:
+        assert isinstance(segment, Blocks)
+        self._compute(self.cost.blocks_time(step, segment.start, segment.stop), kind=SpanKind.BLOCKS, step=step.index,
+                      blocks=(segment.start, segment.stop - 1))
+        yield from ()
+
+    def _head(self, segment: Segment, step: Step, record: StepRecord) -> Events:
+        self._compute(self.cost.head_time(step), kind=SpanKind.HEAD, step=step.index)
+        yield from ()
+
+    def run_step(self, plan: StepPlan) -> Generator[simpy.Event, None, StepRecord]:
+        """Walk the step's segments; the record's end is when its last compute finished."""
+        step = plan.step
+        record = StepRecord(index=step.index, kind=step.kind, start_s=self.env.now, end_s=self.env.now,
+                            tokens=step.num_tokens, seqs=step.num_seqs)
+        for segment in skeleton(plan, self.blocks):
+            yield from self._segments[type(segment)](segment, step, record)
+        yield from self._flush()
+        record.end_s = self.env.now
         return record
 
 
-def simulate(engine: Engine, scheduler, max_steps: int | None = None, progress=None) -> SimOutcome:
-    """Run the scheduler's steps back to back on the engine; idle until arrivals when needed."""
+def simulate(engine: Engine, scheduler: Scheduler, planner: Planner, max_steps: int | None = None,
+             progress: Callable[[Step], None] | None = None) -> tuple[list[StepRecord], float]:
+    """Run the scheduler's steps back to back on the engine; idle until arrivals when needed.
+    Returns the step records and the makespan."""
     env = engine.env
     records: list[StepRecord] = []
 
-    def loop() -> Generator[simpy.Event, None, None]:
+    def loop() -> Events:
         while not scheduler.done and (max_steps is None or len(records) < max_steps):
             step = scheduler.next_step(env.now)
             if step is None:
@@ -238,7 +201,7 @@ def simulate(engine: Engine, scheduler, max_steps: int | None = None, progress=N
                     return
                 yield env.timeout(max(0.0, arrival - env.now))
                 continue
-            record = yield from engine.run_step(step, StepView(step))
+            record = yield from engine.run_step(planner.plan(scheduler.view(step, max_steps)))
             scheduler.finish_step(step, env.now)
             records.append(record)
             if progress is not None:
@@ -246,4 +209,4 @@ def simulate(engine: Engine, scheduler, max_steps: int | None = None, progress=N
 
     env.process(loop())
     env.run()
-    return SimOutcome(records, engine.spans, env.event_count, engine.link.busy_s, env.now)
+    return records, env.now

@@ -15,7 +15,9 @@ import torch
 from engramsim.backends.device import make_device
 from engramsim.backends.memory import host_memory
 from engramsim.cli import main
-from engramsim.runner import prepare, run_real, simulate_run
+from engramsim.records import SpanKind
+from engramsim.runner import run_real, simulate_run
+from engramsim.session import prepare
 from engramsim.scenario_io import load_scenario
 
 TINY = """
@@ -130,9 +132,9 @@ GATHER_HEAVY = ("model.engram.layers=[2]", "model.engram.head_dim=256", "model.e
 def test_layer_ahead_hides_the_gather_that_on_demand_exposes(tiny):
     demand = _real(tiny, *GATHER_HEAVY, "strategies.prefetch=on-demand")
     ahead = _real(tiny, *GATHER_HEAVY, "strategies.prefetch=layer-ahead")
-    stall = {name: sum(r.stall_s for s in o.sim.steps for r in s.layers) for name, o in (("demand", demand), ("ahead", ahead))}
-    assert stall["demand"] > 0 and any(s.name.startswith("stall") for s in demand.sim.spans)
-    waited = [r.stall_s > 0 for s in demand.sim.steps for r in s.layers]
+    stall = {name: sum(r.stall_s for s in o.steps for r in s.layers) for name, o in (("demand", demand), ("ahead", ahead))}
+    assert stall["demand"] > 0 and any(s.kind is SpanKind.STALL for s in demand.spans)
+    waited = [r.stall_s > 0 for s in demand.steps for r in s.layers]
     assert sum(waited) >= 0.5 * len(waited), "on demand, fetches are waited for"
     assert stall["ahead"] <= stall["demand"]
 
@@ -141,20 +143,20 @@ def test_zero_copy_fp8_moe_and_rows_placed_in_hbm(tiny):
     """The other code paths: zero-copy transport, fp8 rows with scales, MoE blocks, rows read from HBM."""
     moe = ("model.backbone.moe={experts: 4, top_k: 2, shared_experts: 1, expert_intermediate: 128, dense_layers: 1}")
     outcome = _real(tiny, "strategies.transport=zero-copy", "model.engram.dtype=fp8", moe, "run.max_steps=4")
-    assert len(outcome.sim.steps) == 4
-    assert {s.lane for s in outcome.sim.spans} >= {"compute", "zero-copy"}
-    assert all(r.bytes_fetched == r.rows_fetched * 66 for s in outcome.sim.steps for r in s.layers), "fp8: 64 values + 2 scales"
+    assert len(outcome.steps) == 4
+    assert {s.kind.lane for s in outcome.spans} >= {"compute", "zero-copy"}
+    assert all(r.bytes_fetched == r.rows_fetched * 66 for s in outcome.steps for r in s.layers), "fp8: 64 values + 2 scales"
     hbm = _real(tiny, "strategies.placement=all-hbm", "run.max_steps=3")
-    assert all(r.rows_fetched == 0 and r.rows_hbm == r.rows_unique for s in hbm.sim.steps for r in s.layers)
-    assert not any(s.lane in ("gather", "copy", "zero-copy") for s in hbm.sim.spans)
+    assert all(r.rows_fetched == 0 and r.rows_hbm == r.rows_unique for s in hbm.steps for r in s.layers)
+    assert not any(s.kind.lane in ("gather", "copy", "zero-copy") for s in hbm.spans)
 
 
 def test_real_and_simulated_passes_count_the_same_tokens(tiny):
     scenario = load_scenario(tiny, ["run.baseline=false", "run.max_steps=5"])
     prepared = prepare(scenario, str(tiny))
     real, sim = run_real(prepared, "cpu", engram=False), simulate_run(prepared, engram=False)
-    assert [s.tokens for s in real.sim.steps] == [s.tokens for s in sim.sim.steps]
-    assert real.output_tokens == sim.output_tokens and not any(s.layers for s in real.sim.steps)
+    assert [s.tokens for s in real.steps] == [s.tokens for s in sim.steps]
+    assert real.output_tokens == sim.output_tokens and not any(s.layers for s in real.steps)
     assert torch.get_num_threads() >= 1  # the CPU backend restored torch's thread count
 
 
@@ -191,8 +193,8 @@ def test_cuda_without_a_gpu_is_one_line(tiny, tmp_path, capsys):
 
 
 def test_real_run_on_a_profile_calibrated_elsewhere_warns_in_one_line(tiny, tmp_path, capsys):
-    from engramsim.backends.calibrate import profile_yaml
-    from engramsim.simulator.presets import load_profile
+    from engramsim.backends.calibration.profile import profile_yaml
+    from engramsim.hardware.presets import load_profile
 
     preset = load_profile("h100-pcie")
     provenance = preset.provenance.model_copy(update={"kind": "calibrated", "source": "test",

@@ -1,10 +1,13 @@
 """Calibration: the fits recover known parameters from synthetic timings (the tests that can fail),
-the whole fit path agrees with the simulator's CostModel, and `engramsim calibrate` writes a
-profile that loads, with residuals and provenance, or refuses in one line."""
+the whole fit path agrees with the simulator's RooflineCostModel (one set of formulas,
+engramsim/kernels.py), and `engramsim calibrate` writes a profile that loads, with residuals and
+provenance, or refuses in one line."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,30 +15,38 @@ import numpy as np
 import pytest
 import torch
 
-from engramsim.backends.calibrate import (
-    BUDGETS,
-    UNIT_PROFILE,
-    Measurements,
-    backbone_cases,
-    check_profile_host,
+from engramsim.backends.calibration.budgets import BUDGETS, backbone_cases, make_step, shape_model
+from engramsim.backends.calibration.fits import (
     fit_gather,
     fit_latency_bandwidth,
-    fit_profile,
     fit_roofline,
     fit_zero_copy,
-    kernel_fields,
     kernel_times,
-    machine_host,
-    make_step,
     residual,
-    shape_model,
 )
+from engramsim.backends.calibration.machine import check_profile_host, machine_host
+from engramsim.backends.calibration.measurements import Measurements, kernel_fields
+from engramsim.backends.calibration.profile import fit_profile, profile_yaml
 from engramsim.cli import main
-from engramsim.simulator.cost import CostModel
-from engramsim.simulator.presets import load_profile
-from engramsim.simulator.profile import HardwareProfile
+from engramsim.hardware.presets import load_profile
+from engramsim.hardware.profile import HardwareProfile
+from engramsim.kernels import Work, block_kernels, head_kernels
+from engramsim.simulator.cost import RooflineCostModel
 
 NOISE = 0.03  # 3 % multiplicative noise on every synthetic timing
+UNIT_PROFILE = {
+    "name": "unit", "step_overhead_us": 0.0, "provenance": {"kind": "preset", "source": "calibration units"},
+    "gpu": {"name": "unit", "bf16_tflops": 1.0, "hbm_gbps": 1.0, "hbm_gib": 1.0, "compute_efficiency": 1.0,
+            "memory_efficiency": 1.0, "layer_overhead_us": 0.0},
+    "link": {"name": "unit", "h2d_gbps": 1.0, "d2h_gbps": 1.0, "dma_latency_us": 0.0, "zero_copy_gbps": 1.0,
+             "zero_copy_latency_us": 0.0},
+    "host": {"name": "unit", "dram_gbps": 1.0, "dram_gib": 1.0, "gather_rows_per_s": 1.0, "gather_threads": 1,
+             "gather_overhead_us": 0.0},
+}
+
+
+def as_array(works: list[Work]) -> np.ndarray:
+    return np.array([[w.flops, w.bytes, w.weights] for w in works])
 
 
 def noisy(seconds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -87,16 +98,15 @@ def test_zero_copy_fit_recovers_transaction_size():
 
 @pytest.mark.parametrize(("exponent", "half_rows"), [(1.0, 0.0), (2.5, 16.0), (32.0, 4.0)])
 def test_roofline_fit_recovers_peaks_exponent_and_overheads_on_cost_model_kernels(exponent, half_rows):
-    """Kernels (FLOPs, bytes, weights) of real calibration cases from the CostModel; times from a known profile."""
+    """Kernels (FLOPs, bytes, weights) of real calibration cases from engramsim/kernels.py; times from a known profile."""
     rng = np.random.default_rng(4)
-    unit = HardwareProfile.model_validate(UNIT_PROFILE)
     kernels, k = [], []
     for shape, steps in backbone_cases("cpu", BUDGETS["quick"]):
-        cost = CostModel(shape_model(shape, "fp32", 64, "fp32"), unit)
+        model = shape_model(shape, "fp32", 64, "fp32")
         for kind, new, ctx in steps:
             step = make_step(kind, new, ctx)
-            for works, overhead in ((cost.block_kernels(step, 0), [1.0, 0.0]), (cost.head_kernels(step), [0.0, 1.0])):
-                kernels.append(np.array([[w.flops, w.bytes, w.weights] for w in works]))
+            for works, overhead in ((block_kernels(model, step, 0), [1.0, 0.0]), (head_kernels(model, step), [0.0, 1.0])):
+                kernels.append(as_array(works))
                 k.append(overhead)
     k = np.array(k)
     peak, bandwidth, layer_o, step_o = 120e9, 9e9, 150e-6, 400e-6
@@ -114,16 +124,35 @@ def test_roofline_fit_recovers_peaks_exponent_and_overheads_on_cost_model_kernel
         assert fit.half_rows == pytest.approx(half_rows, rel=0.25, abs=1.0)  # 3 % noise: it trades off with the exponent
 
 
-def test_kernel_times_match_the_cost_model():
-    profile = HardwareProfile.model_validate({**UNIT_PROFILE, "gpu": {**UNIT_PROFILE["gpu"], "roofline_exponent": 1.7,
-                                                                      "gemm_half_rows": 8.0}})
+def test_fit_roofline_predicts_what_the_cost_model_prices():
+    """One roofline: a fitted profile's RooflineCostModel prices blocks and heads exactly as the
+    fit predicted them (same kernels, same formula, only unit conversions between them)."""
+    truth = HardwareProfile.model_validate({**UNIT_PROFILE, "gpu": {**UNIT_PROFILE["gpu"], "bf16_tflops": 0.2, "hbm_gbps": 12.0,
+                                                                    "layer_overhead_us": 40.0, "roofline_exponent": 1.7,
+                                                                    "gemm_half_rows": 8.0}})
     shape, steps = backbone_cases("cpu", BUDGETS["quick"])[0]
-    cost = CostModel(shape_model(shape, "fp32", 64, "fp32"), profile)
-    for kind, new, ctx in steps:
-        step = make_step(kind, new, ctx)
-        works = cost.block_kernels(step, 0)
-        got = kernel_times([np.array([[w.flops, w.bytes, w.weights] for w in works])], 1e12, 1e9, 1.7, 8.0)[0]
-        assert got == pytest.approx(cost.kernels_time(works), rel=1e-12)
+    truth_cost = RooflineCostModel(shape_model(shape, "fp32", 64, "fp32"), truth)
+    cases = [make_step(kind, new, ctx) for kind, new, ctx in steps]
+    kernels = [as_array(truth_cost.block_kernels(step, 0)) for step in cases] + [as_array(truth_cost.head_kernels(step)) for step in cases]
+    seconds = np.array([truth_cost.block_time(step, 0) for step in cases] + [truth_cost.head_time(step) + 1e-4 for step in cases])
+    k = np.repeat(np.eye(2), len(cases), axis=0)
+    fit = fit_roofline(kernels, seconds * (1.0 + np.random.default_rng(5).normal(0.0, NOISE, seconds.size)), k)
+    fitted = HardwareProfile.model_validate({**UNIT_PROFILE, "gpu": {**UNIT_PROFILE["gpu"], "bf16_tflops": fit.flops_s / 1e12,
+                                                                     "hbm_gbps": fit.bytes_s / 1e9,
+                                                                     "layer_overhead_us": fit.overheads_s[0] * 1e6,
+                                                                     "roofline_exponent": fit.exponent, "gemm_half_rows": fit.half_rows}})
+    cost = RooflineCostModel(shape_model(shape, "fp32", 64, "fp32"), fitted)
+    predicted = fit.kernel_times(kernels) + k @ fit.overheads_s
+    priced = [cost.block_time(step, 0) for step in cases] + [cost.head_time(step) + fit.overheads_s[1] for step in cases]
+    assert predicted == pytest.approx(priced, rel=1e-12)
+    assert predicted == pytest.approx(seconds, rel=4 * NOISE)
+
+
+def test_fits_import_without_torch():
+    """A samples file can be refitted where torch is missing: the fits never import it."""
+    code = ("import sys; import engramsim.backends.calibration.fits, engramsim.backends.calibration.machine; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_residual_is_signed_mean_and_absolute_p95():
@@ -133,11 +162,11 @@ def test_residual_is_signed_mean_and_absolute_p95():
     assert r.rel_error_p95 == pytest.approx(np.percentile([0.1, 0.1, 0.0, 0.2], 95))
 
 
-# ---- the whole fit path: measurements priced by the CostModel of a known profile come back --------
+# ---- the whole fit path: measurements priced by the cost model of a known profile come back -------
 def synthetic_measurements(truth: HardwareProfile) -> Measurements:
-    """Every group `fit_profile` reads, timed by the simulator's own CostModel on `truth`."""
+    """Every group `fit_profile` reads, timed by the simulator's own RooflineCostModel on `truth`."""
     m = Measurements("cpu", "synthetic", threads=truth.host.gather_threads, stream_gbps=truth.host.dram_gbps * 1.5)
-    cost = CostModel(shape_model(backbone_cases("cpu", BUDGETS["quick"])[0][0], "fp32", 64, "fp32"), truth)
+    cost = RooflineCostModel(shape_model(backbone_cases("cpu", BUDGETS["quick"])[0][0], "fp32", 64, "fp32"), truth)
     for rb in (128, 160, 256, 512):
         for n in (64, 256, 1024, 4096, 16384, 65536):
             m.gather.append({"rows": n, "row_bytes": rb, "seconds": cost.gather_time(n, rb)})
@@ -147,7 +176,7 @@ def synthetic_measurements(truth: HardwareProfile) -> Measurements:
     host_s = cost.host_time(None) or 100e-6  # a profile without a step overhead still had host work to time
     m.host = [{"kind": "decode", "seqs": 8, "tokens": 8, "seconds": host_s} for _ in range(5)]
     for shape, steps in backbone_cases("cpu", BUDGETS["quick"]):
-        shaped = CostModel(shape_model(shape, "fp32", 64, "fp32"), truth)
+        shaped = RooflineCostModel(shape_model(shape, "fp32", 64, "fp32"), truth)
         for kind, new, ctx in steps:
             step = make_step(kind, new, ctx)
             base = {"shape": shape.name, "kind": kind, "seqs": int(new.size), "tokens": int(new.sum()), "context": int(ctx.max())}
@@ -254,8 +283,6 @@ def test_calibrated_profile_prices_a_scenario(tmp_path):
     """A calibrated profile is an ordinary hardware profile: `run` simulates a scenario on it."""
     out = tmp_path / "p.yaml"
     m = synthetic_measurements(HardwareProfile.model_validate({**UNIT_PROFILE, "host": {**UNIT_PROFILE["host"], "gather_rows_per_s": 1e7}}))
-    from engramsim.backends.calibrate import profile_yaml
-
     out.write_text(profile_yaml(fit_profile(m, "p")))
     scenario = Path(__file__).parent.parent / "scenarios" / "validation" / "v01-base.yaml"
     assert main(["run", str(scenario), "--out", str(tmp_path / "run"), "--quiet", "--set", f"hardware.profile={out}",

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 
-from engramsim.scenario import MoE, Model
-from engramsim.simulator.cost import CostModel, Work
-from engramsim.simulator.presets import load_profile
-from engramsim.simulator.profile import HardwareProfile
+from engramsim import kernels
+from engramsim.hardware.presets import load_profile
+from engramsim.hardware.profile import HardwareProfile
+from engramsim.kernels import Work
+from engramsim.scenario import Model
+from engramsim.simulator.cost import CostModel, RooflineCostModel
 from engramsim.steps import Step
-from engramsim.strategies import Stage
 
 # A profile with round numbers: 1e12 FLOP/s * 0.5 and 1 GB/s * 0.5 achieved.
 ROUND = {
@@ -50,13 +52,13 @@ def make_step(new: list[int], ctx: list[int], kind: str = "prefill", index: int 
 
 
 @pytest.fixture
-def tiny() -> CostModel:
-    return CostModel(Model.model_validate(TINY), HardwareProfile.model_validate(ROUND))
+def tiny() -> RooflineCostModel:
+    return RooflineCostModel(Model.model_validate(TINY), HardwareProfile.model_validate(ROUND))
 
 
 @pytest.fixture(scope="module")
-def dense4b_h800() -> CostModel:
-    return CostModel(Model.model_validate(DENSE_4B), load_profile("h800"))
+def dense4b_h800() -> RooflineCostModel:
+    return RooflineCostModel(Model.model_validate(DENSE_4B), load_profile("h800"))
 
 
 # ---- hand-computed work on the tiny model -----------------------------------------------------
@@ -129,16 +131,16 @@ def moe_model(layers: int = 3) -> Model:
 
 
 def test_experts_touched():
-    cost = CostModel(moe_model(), HardwareProfile.model_validate(ROUND))
+    cost = RooflineCostModel(moe_model(), HardwareProfile.model_validate(ROUND))
     assert cost.experts_touched(1) == pytest.approx(1 + 2)  # one token: shared + top_k
     assert cost.experts_touched(2) == pytest.approx(1 + 8 * (1 - 0.75**2))
     assert cost.experts_touched(10_000) == pytest.approx(1 + 8)  # every expert
     counts = [cost.experts_touched(n) for n in range(1, 50)]
-    assert all(a < b for a, b in zip(counts, counts[1:]))
+    assert all(a < b for a, b in itertools.pairwise(counts))
 
 
 def test_moe_work_by_hand():
-    cost = CostModel(moe_model(), HardwareProfile.model_validate(ROUND))
+    cost = RooflineCostModel(moe_model(), HardwareProfile.model_validate(ROUND))
     step = make_step([1], [1], "decode")
     # expert = 3*8*4 = 96 params, router 8*8 = 64; one token runs 3 experts
     # flops = 2*1*(3*96 + 64) = 704; weights = (3*96 + 64)*2 = 704 B
@@ -149,7 +151,7 @@ def test_moe_work_by_hand():
 
 
 def test_blocks_time_mixes_dense_and_moe():
-    cost = CostModel(moe_model(layers=4), HardwareProfile.model_validate(ROUND))
+    cost = RooflineCostModel(moe_model(layers=4), HardwareProfile.model_validate(ROUND))
     step = make_step([5, 7], [5, 7])
     dense, moe = cost.block_time(step, 0), cost.block_time(step, 1)
     assert dense != moe
@@ -177,7 +179,7 @@ def test_kernels_sum_to_the_work_and_each_pays_its_own_roofline(tiny):
 
 def test_gemm_half_rows_slow_small_gemms_but_not_a_single_row():
     slow = {**ROUND["gpu"], "bf16_tflops": 1e-6, "gemm_half_rows": 8.0}  # 5e5 FLOP/s achieved: compute-bound
-    cost = CostModel(Model.model_validate(TINY), HardwareProfile.model_validate({**ROUND, "gpu": slow}))
+    cost = RooflineCostModel(Model.model_validate(TINY), HardwareProfile.model_validate({**ROUND, "gpu": slow}))
     one, four = make_step([1], [5], "decode"), make_step([1] * 4, [5] * 4, "decode")
     assert cost.head_work(one).weights == 0.0  # one row: a matrix-vector product
     assert cost.head_work(four).weights == 8 * 32
@@ -190,7 +192,7 @@ def test_gemm_half_rows_slow_small_gemms_but_not_a_single_row():
 @pytest.mark.parametrize("n", [1.0, 2.0, 64.0])
 def test_roofline_exponent_combines_compute_and_memory(n):
     profile = HardwareProfile.model_validate({**ROUND, "gpu": {**ROUND["gpu"], "roofline_exponent": n}})
-    cost = CostModel(Model.model_validate(TINY), profile)
+    cost = RooflineCostModel(Model.model_validate(TINY), profile)
     tc, tm = 3e-6, 4e-6  # 1.5e6 FLOP at 0.5e12 FLOP/s, 2000 B at 0.5e9 B/s
     work = Work(1.5e6, 2000.0)
     assert cost.roofline(work) == pytest.approx(1e-6 * (3 ** n + 4 ** n) ** (1 / n))
@@ -202,13 +204,13 @@ def test_roofline_exponent_combines_compute_and_memory(n):
 def test_monotone_in_tokens_context_and_seqs(dense4b_h800):
     cost = dense4b_h800
     prefill = [cost.blocks_time(make_step([n], [n]), 0, 36) for n in (16, 256, 1024, 4096)]
-    assert all(a < b for a, b in zip(prefill, prefill[1:]))
+    assert all(a < b for a, b in itertools.pairwise(prefill))
     decode = [cost.blocks_time(make_step([1] * 64, [c] * 64, "decode"), 0, 36) for c in (100, 600, 2000, 8000)]
-    assert all(a < b for a, b in zip(decode, decode[1:]))
+    assert all(a < b for a, b in itertools.pairwise(decode))
     seqs = [cost.blocks_time(make_step([1] * s, [600] * s, "decode"), 0, 36) for s in (1, 32, 256, 512)]
-    assert all(a < b for a, b in zip(seqs, seqs[1:]))
+    assert all(a < b for a, b in itertools.pairwise(seqs))
     heads = [cost.head_time(make_step([1] * s, [600] * s, "decode")) for s in (1, 256, 4096)]
-    assert all(a < b for a, b in zip(heads, heads[1:]))
+    assert all(a < b for a, b in itertools.pairwise(heads))
 
 
 def test_decode_is_memory_bound_and_prefill_compute_bound(dense4b_h800):
@@ -258,14 +260,6 @@ def test_gather_time_exact(tiny):
     assert tiny.gather_time(0, 128) == 0.0
 
 
-def test_stage_time_dispatches(tiny):
-    assert tiny.stage_time(Stage("gather", 1000, 128_000), 128) == tiny.gather_time(1000, 128)
-    assert tiny.stage_time(Stage("h2d", 1000, 128_000), 128) == tiny.h2d_time(128_000)
-    assert tiny.stage_time(Stage("zero_copy", 1000, 128_000), 128) == tiny.zero_copy_time(1000, 128)
-    for resource in ("gather", "h2d", "zero_copy"):
-        assert tiny.stage_time(Stage(resource, 0, 0), 128) == 0.0
-
-
 def test_preset_fetch_numbers(dense4b_h800):
     """h800 (PCIe Gen5): 16 rows x 160 B per token for 256 decode tokens."""
     cost, rows, row_bytes = dense4b_h800, 256 * 16, 160
@@ -273,3 +267,35 @@ def test_preset_fetch_numbers(dense4b_h800):
     assert cost.zero_copy_time(rows, row_bytes) == pytest.approx(4e-6 + rows * 256 / 35e9)
     assert cost.gather_time(rows, row_bytes) == pytest.approx(10e-6 + rows / (8 * 23e6))
     assert math.isclose(cost.zero_copy_wire_time(rows, 128), rows * 128 / 35e9)
+
+
+# ---- one set of formulas: the protocol, floats and arrays -----------------------------------------
+def test_roofline_cost_model_implements_the_engine_protocol(tiny):
+    assert isinstance(tiny, CostModel)
+    engine_calls = {"host_time", "blocks_time", "engram_time", "head_time", "gather_time", "h2d_latency", "h2d_wire_time",
+                    "zero_copy_latency", "zero_copy_wire_time"}
+    assert {name for name in vars(CostModel) if not name.startswith("_")} == engine_calls
+
+
+@pytest.mark.parametrize("n", [None, 1.0, 1.7, 32.0])
+def test_shared_formulas_price_arrays_as_the_cost_model_prices_floats(n):
+    """The fits evaluate kernels.py on arrays, the simulator on one float at a time: same numbers."""
+    gpu = {**ROUND["gpu"], "roofline_exponent": n, "gemm_half_rows": 8.0}
+    cost = RooflineCostModel(Model.model_validate(TINY), HardwareProfile.model_validate({**ROUND, "gpu": gpu}))
+    works = [*cost.block_kernels(make_step([3, 5], [9, 5]), 0), Work(0.0, 0.0, 0.0), Work(0.0, 10.0), Work(10.0, 0.0)]
+    k = np.array([[w.flops, w.bytes, w.weights] for w in works])
+    as_array = kernels.roofline(k[:, 0], k[:, 1], k[:, 2], cost.flops_per_s, cost.hbm_bytes_per_s, n, 8.0)
+    assert as_array == pytest.approx([cost.roofline(w) for w in works], rel=1e-14, abs=0.0)
+    assert as_array[len(works) - 3] == 0.0 and cost.roofline(Work()) == 0.0
+
+    host, link = cost.profile.host, cost.profile.link
+    rows, row_bytes = np.array([1.0, 64.0, 5000.0]), np.array([8.0, 100.0, 1_000_000.0])
+    gather = kernels.gather_seconds(rows, row_bytes, host.gather_threads, host.gather_rows_per_s, host.dram_gbps * 1e9,
+                                    host.gather_overhead_us * 1e-6)
+    zero_copy = kernels.zero_copy_seconds(rows, row_bytes, cost.zero_copy_latency(), link.zero_copy_gbps * 1e9,
+                                          link.transaction_bytes)
+    dma = kernels.dma_seconds(rows * row_bytes, cost.h2d_latency(), link.h2d_gbps * 1e9)
+    for i, (r, b) in enumerate(zip(rows.astype(int), row_bytes.astype(int), strict=True)):
+        assert gather[i] == pytest.approx(cost.gather_time(r, b), rel=1e-15)
+        assert zero_copy[i] == pytest.approx(cost.zero_copy_time(r, b), rel=1e-15)
+        assert dma[i] == pytest.approx(cost.h2d_time(r * b), rel=1e-15)

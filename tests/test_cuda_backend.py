@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from engramsim.cli import main
-from engramsim.runner import prepare, run_real
+from engramsim.runner import run_real
+from engramsim.session import prepare
 from engramsim.scenario_io import load_scenario
 from test_backends import SAME_PER_STEP, TINY, _keys, _rows
 
@@ -71,7 +72,7 @@ def test_layer_ahead_hides_what_on_demand_exposes_on_the_gpu(tiny):
     def stall(prefetch: str) -> float:
         scenario = load_scenario(tiny, ["run.baseline=false", f"strategies.prefetch={prefetch}"])
         outcome = run_real(prepare(scenario, str(tiny)), "cuda")
-        return sum(r.stall_s for s in outcome.sim.steps for r in s.layers)
+        return sum(r.stall_s for s in outcome.steps for r in s.layers)
 
     demand, ahead = stall("on-demand"), stall("layer-ahead")
     assert demand > 0 and ahead <= demand

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from engramsim.plan import Planner
+from engramsim.records import RunOutcome, SpanKind
 from engramsim.simulator.engine import Engine, simulate
 from engramsim.steps import LayerLookup, Step
-from engramsim.strategies import Cache, Placement, Prefetch, Stage, Tier, Transport
+from engramsim.strategies import Cache, Placement, Prefetch, Stage, StageKind, StepView, Tier, Transport
 
 MS = 1e-3
 
@@ -50,6 +51,8 @@ class ToyCost:
 
 
 class Everywhere(Placement):
+    name = "everywhere"
+
     def __init__(self, tier):
         self.tier = tier
 
@@ -71,11 +74,11 @@ class IssueAt(Prefetch):
 
 
 class Pipe(Transport):
-    def __init__(self, *resources):
-        self.resources = resources
+    def __init__(self, *kinds):
+        self.kinds = [StageKind(k) for k in kinds]
 
     def stages(self, rows, row_bytes):
-        return [Stage(r, rows, rows * row_bytes) for r in self.resources]
+        return [Stage(k, rows, rows * row_bytes) for k in self.kinds]
 
 
 class ListScheduler:
@@ -96,6 +99,9 @@ class ListScheduler:
     def finish_step(self, step, end):
         pass
 
+    def view(self, step, max_steps=None):
+        return StepView(step)
+
 
 def make_step(index, rows_per_layer):
     lookups = {layer: LayerLookup(layer, np.arange(n, dtype=np.int64), 2 * n) for layer, n in rows_per_layer.items()}
@@ -105,8 +111,10 @@ def make_step(index, rows_per_layer):
 
 def run(cost, steps, layers=(1,), blocks=3, tier=Tier.HOST, issue=None, transport=("zero_copy",), row_bytes=100):
     tables = {layer: SimpleNamespace(row_bytes=row_bytes) for layer in layers}
-    engine = Engine(cost, tables, blocks, Planner(Everywhere(tier), NoCache(), IssueAt(issue)), Pipe(*transport), copy_engines=2)
-    return simulate(engine, ListScheduler(steps))
+    engine = Engine(cost, tables, blocks, Pipe(*transport), copy_engines=2)
+    records, makespan = simulate(engine, ListScheduler(steps), Planner(Everywhere(tier), NoCache(), IssueAt(issue), sorted(layers), blocks))
+    return RunOutcome(steps=records, spans=engine.spans, events=engine.env.event_count, link_busy_s=engine.link.busy_s,
+                      makespan_s=makespan, output_tokens=0, prompt_tokens=0, ttft_s=np.empty(0), tpot_s=np.empty(0))
 
 
 @pytest.mark.parametrize("rows", [0, 1_000, 20_000, 50_000])
@@ -126,20 +134,20 @@ def test_staged_pipeline_adds_gather_then_dma():
     out = run(cost, [make_step(0, {2: 10_000})], layers=(2,), issue=0, transport=("gather", "h2d"))
     fetch = 0.5 * MS + 0.1 * MS + 10_000 * 100 / 2e9
     assert out.steps[0].layers[0].stall_s == pytest.approx(max(0.0, fetch - 2 * MS))
-    lanes = {s.lane for s in out.spans}
+    lanes = {s.kind.lane for s in out.spans}
     assert {"gather", "copy", "compute"} <= lanes
 
 
 def test_all_hbm_has_no_stall_and_no_bytes():
     out = run(ToyCost(), [make_step(i, {1: 5000}) for i in range(4)], tier=Tier.HBM)
     assert all(l.stall_s == 0 and l.bytes_fetched == 0 and l.rows_hbm == l.rows_unique for s in out.steps for l in s.layers)
-    assert out.link_busy_s == 0 and not [s for s in out.spans if s.lane in ("copy", "zero-copy", "gather")]
+    assert out.link_busy_s == 0 and not [s for s in out.spans if s.kind.lane in ("copy", "zero-copy", "gather")]
 
 
 def test_two_layers_share_the_link_in_order():
     cost = ToyCost(block_s=0.1 * MS, latency_s=0.0, gbps=1.0)
     out = run(cost, [make_step(0, {1: 10_000, 2: 10_000})], layers=(1, 2), blocks=4, issue=0)
-    wire = sorted((s.start_s, s.end_s) for s in out.spans if s.lane == "zero-copy")
+    wire = sorted((s.start_s, s.end_s) for s in out.spans if s.kind is SpanKind.ZERO_COPY)
     assert len(wire) == 2 and wire[1][0] >= wire[0][1] - 1e-15  # one transfer at a time
     layer1, layer2 = out.steps[0].layers
     assert layer1.stall_s == pytest.approx(1 * MS - 0.1 * MS)
@@ -154,11 +162,11 @@ def check_invariants(out, bandwidth_bps, tier=Tier.HOST):
         for rec in step.layers:
             served = rec.rows_hbm + rec.rows_fetched
             assert served == rec.rows_unique, "every row served exactly once"
-            engram = [s for s in out.spans if s.step == step.index and s.name == f"engram L{rec.layer}"]
-            arrivals = [s.end_s for s in out.spans if s.step == step.index and s.layer == rec.layer and s.lane in ("copy", "zero-copy")]
+            engram = [s for s in out.spans if s.step == step.index and s.kind is SpanKind.ENGRAM and s.layer == rec.layer]
+            arrivals = [s.end_s for s in out.spans if s.step == step.index and s.layer == rec.layer and s.kind.on_link]
             for span in engram:
                 assert all(span.start_s >= a - 1e-15 for a in arrivals), "Engram layer starts after its rows arrive"
-    link = sorted((s.start_s, s.end_s, s.bytes) for s in out.spans if s.lane in ("copy", "zero-copy"))
+    link = sorted((s.start_s, s.end_s, s.bytes) for s in out.spans if s.kind.on_link)
     for (s0, e0, _), (s1, _, _) in zip(link, link[1:]):
         assert s1 >= e0 - 1e-15, "the link carries one transfer at a time"
     for start, end, nbytes in link:

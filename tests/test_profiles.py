@@ -8,12 +8,12 @@ import pytest
 import yaml
 
 from engramsim.errors import InputError
-from engramsim.simulator.presets import link_names, load_link, load_profile, profile_names
-from engramsim.simulator.profile import HardwareProfile
+from engramsim.hardware.presets import link_names, load_link, load_profile, profile_names
+from engramsim.hardware.profile import HardwareProfile
 
 PROFILES = ["a100", "gh200", "h100-pcie", "h100-sxm", "h200", "h800", "l40s"]
 LINKS = ["cxl", "nvlink-c2c", "pcie-gen3-x16", "pcie-gen4-x16", "pcie-gen5-x16", "pcie-gen6-x16"]
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "simulator" / "profiles"
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "hardware" / "profiles"
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from engramsim import registry
 from engramsim.cli import main
 from engramsim.errors import InputError
-from engramsim.scenario import Scenario, StrategyChoice
-from engramsim.strategies import Cache, Params, SetupContext, Stage, StepView, TableInfo, Tier
+from engramsim.scenario import Engram, Scenario, StrategyChoice
+from engramsim.strategies import Cache, HashingSetup, Params, SetupContext, Stage, StageKind, StepView, TableInfo, Tier
 
 PLUGIN_PKG = Path(__file__).parent / "plugin_pkg"
 BUILTINS = {
@@ -81,8 +81,15 @@ def test_build_validates_params(setup):
         registry.build("transport", StrategyChoice(name="staged", params={"threads": 4}), setup)
     with pytest.raises(KeyError):
         registry.build("cache", StrategyChoice(name="lru"), setup)
-    with pytest.raises(ValueError, match="built by the workload"):
-        registry.build("hashing", StrategyChoice(name="engram"), setup)
+    hashing = registry.build_hashing(StrategyChoice(name="engram"), HashingSetup(Engram(layers=[1], rows_per_head=1000), 500, 0))
+    assert hashing.rows_per_layer[1] == int(hashing.head_sizes[1].sum()) and hashing.head_sizes[1].min() > 1000
+    with pytest.raises(ValidationError):
+        registry.build_hashing(StrategyChoice(name="engram", params={"seed": 1}), HashingSetup(Engram(), 500, 0))
+
+
+def test_a_plugin_must_subclass_its_kinds_interface():
+    with pytest.raises(TypeError, match="must subclass engramsim.strategies.Cache"):
+        registry.register("cache", "not-a-cache")(type("NotACache", (), {}))
 
 
 def test_hashing_plugin_takes_no_params():
@@ -101,8 +108,8 @@ def test_baselines_behave(setup):
     assert cache.capacity_rows(1) == 0 and not cache.lookup(1, rows, view()).any()
     assert build("prefetch", "on-demand").issue_layer(15, view()) == 15
     assert build("prefetch", "layer-ahead").issue_layer(15, view()) == 0
-    assert build("transport", "staged").stages(10, 160) == [Stage("gather", 10, 1600), Stage("h2d", 10, 1600)]
-    assert build("transport", "zero-copy").stages(10, 160) == [Stage("zero_copy", 10, 1600)]
+    assert build("transport", "staged").stages(10, 160) == [Stage(StageKind.GATHER, 10, 1600), Stage(StageKind.H2D, 10, 1600)]
+    assert build("transport", "zero-copy").stages(10, 160) == [Stage(StageKind.ZERO_COPY, 10, 1600)]
 
 
 def test_plugins_command_lists_builtins(capsys, monkeypatch):

@@ -40,7 +40,7 @@ def shape(steps: list[Step]) -> list[tuple[str, list[int]]]:
 # ---- hand-counted cases ---------------------------------------------------------------------
 def test_generous_limits_one_prefill_then_decodes():
     w = make_workload(prompt=4, output=3, requests=3)
-    steps = run(w.scheduler())
+    steps = run(Scheduler(w))
     assert shape(steps) == [("prefill", [0, 1, 2]), ("decode", [0, 1, 2]), ("decode", [0, 1, 2])]
     assert [s.index for s in steps] == [0, 1, 2]
     starts = w.window_offsets[:-1]
@@ -53,7 +53,7 @@ def test_generous_limits_one_prefill_then_decodes():
 
 
 def test_max_num_seqs_two():
-    steps = run(make_workload(prompt=4, output=3, requests=3, max_num_seqs=2).scheduler())
+    steps = run(Scheduler(make_workload(prompt=4, output=3, requests=3, max_num_seqs=2)))
     assert shape(steps) == [
         ("prefill", [0, 1]), ("decode", [0, 1]), ("decode", [0, 1]),
         ("prefill", [2]), ("decode", [2]), ("decode", [2]),
@@ -61,12 +61,12 @@ def test_max_num_seqs_two():
 
 
 def test_token_budget_splits_prefills_which_come_first():
-    steps = run(make_workload(prompt=4, output=3, requests=3, max_num_batched_tokens=8).scheduler())
+    steps = run(Scheduler(make_workload(prompt=4, output=3, requests=3, max_num_batched_tokens=8)))
     assert shape(steps) == [("prefill", [0, 1]), ("prefill", [2]), ("decode", [0, 1, 2]), ("decode", [0, 1, 2])]
 
 
 def test_output_len_one_finishes_at_prefill():
-    sched = make_workload(prompt=4, output=1, requests=3).scheduler()
+    sched = Scheduler(make_workload(prompt=4, output=1, requests=3))
     steps = run(sched)
     assert shape(steps) == [("prefill", [0, 1, 2])]
     assert sched.done and sched.output_tokens == 3 and sched.prompt_tokens == 12
@@ -75,7 +75,7 @@ def test_output_len_one_finishes_at_prefill():
 
 
 def test_ttft_and_tpot_hand_case():
-    sched = make_workload(prompt=4, output=3, requests=3, max_num_seqs=2).scheduler()
+    sched = Scheduler(make_workload(prompt=4, output=3, requests=3, max_num_seqs=2))
     durations = iter([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])  # steps end at 1, 3, 6, 10, 15, 21
     run(sched, lambda step: next(durations))
     metrics = sched.request_metrics()
@@ -89,7 +89,7 @@ def test_ttft_and_tpot_hand_case():
 # ---- arrivals --------------------------------------------------------------------------------
 def test_poisson_waits_for_the_first_arrival():
     w = make_workload(prompt=4, output=2, requests=4, rate=10.0)
-    sched = w.scheduler()
+    sched = Scheduler(w)
     first = w.requests[0].arrival_s
     assert first > 0
     assert sched.next_step(0.0) is None and not sched.done
@@ -110,15 +110,47 @@ def test_poisson_waits_for_the_first_arrival():
 
 def test_offline_steps_do_not_depend_on_timing():
     w = make_workload(prompt=(2, 30), output=(1, 12), requests=25, max_num_seqs=5, max_num_batched_tokens=60)
-    fast = run(w.scheduler(), lambda s: 1e-3)
-    slow = run(w.scheduler(), lambda s: 1.0 + s.num_tokens)
-    planned = w.offline_steps()
-    assert len(fast) == len(slow) == len(planned)
-    for a, b, c in zip(fast, slow, planned):
-        assert a.kind == b.kind == c.kind
+    fast = run(Scheduler(w), lambda s: 1e-3)
+    slow = run(Scheduler(w), lambda s: 1.0 + s.num_tokens)
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow):
+        assert a.kind == b.kind
         np.testing.assert_array_equal(a.positions, b.positions)
-        np.testing.assert_array_equal(a.positions, c.positions)
-        assert a.lookups is b.lookups is c.lookups
+        assert a.lookups is b.lookups
+
+
+@pytest.mark.parametrize("arrival", ["offline", "poisson"])
+def test_lookahead_equals_the_steps_that_then_run(arrival):
+    """`view.future(k)` shows the steps exactly as they will run once every request has arrived,
+    and nothing before (the order would depend on timing)."""
+    w = make_workload(prompt=(2, 30), output=(1, 12), requests=25, max_num_seqs=5, max_num_batched_tokens=60,
+                      rate=20.0 if arrival == "poisson" else None)
+    sched = Scheduler(w)
+    shown: dict[int, list[Step]] = {}
+    ran: list[Step] = []
+    now = 0.0
+    while not sched.done:
+        step = sched.next_step(now)
+        if step is None:
+            now = sched.next_arrival()
+            continue
+        future = sched.view(step, max_steps=60).future(4)
+        if sched.next_arrival() is not None:
+            assert future == []
+        shown[step.index] = future
+        assert all(f.index < 60 for f in future)
+        now += 0.5
+        sched.finish_step(step, now)
+        ran.append(step)
+    checked = 0
+    for index, future in shown.items():
+        for f in future:
+            actual = ran[f.index]
+            assert (f.kind, f.seq_ids.tolist(), f.context_lens.tolist()) == (actual.kind, actual.seq_ids.tolist(), actual.context_lens.tolist())
+            np.testing.assert_array_equal(f.positions, actual.positions)
+            assert f.lookups is actual.lookups
+            checked += 1
+    assert checked > 20
 
 
 def test_prompt_larger_than_the_token_budget_is_refused():
@@ -128,7 +160,7 @@ def test_prompt_larger_than_the_token_budget_is_refused():
 
 
 def test_misuse_is_an_error():
-    sched = make_workload(prompt=4, output=3, requests=2).scheduler()
+    sched = Scheduler(make_workload(prompt=4, output=3, requests=2))
     step = sched.next_step(0.0)
     with pytest.raises(RuntimeError, match="not been finished"):
         sched.next_step(0.0)
@@ -154,7 +186,7 @@ def test_limits_and_token_accounting(requests, prompt, output, max_num_seqs, ext
     w = make_workload(hashing=HASHING, prompt=(p_lo, p_hi), output=(o_lo, o_hi), requests=requests,
                       max_num_seqs=max_num_seqs, max_num_batched_tokens=p_hi + extra_tokens, rate=rate, seed=seed)
     durations = np.random.default_rng(seed).uniform(0.01, 0.5, size=10_000)
-    sched = w.scheduler()
+    sched = Scheduler(w)
     steps = run(sched, lambda s: float(durations[s.index]))
     assert sched.done
     assert [s.index for s in steps] == list(range(len(steps)))

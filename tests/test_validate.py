@@ -7,14 +7,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from engramsim.backends.calibration.machine import machine_host
 
-from engramsim.backends.calibrate import machine_host
-from engramsim.backends.validate import METRICS, default_scenarios, error_pct, overrides, stage_of
 from engramsim.cli import main
+from engramsim.metrics import METRICS as REGISTRY
+from engramsim.records import RunOutcome, Span, SpanKind
 from engramsim.scenario_io import load_scenario
+from engramsim.validate import (
+    METRICS,
+    default_scenarios,
+    error_pct,
+    overrides,
+    stage_totals_ms,
+)
 
 VALIDATION = Path(__file__).parent.parent / "scenarios" / "validation"
 
@@ -75,7 +84,7 @@ def test_at_least_eight_validation_scenarios_and_all_pass_check(capsys):
 
 def test_validation_scenarios_vary_what_they_should():
     scenarios = [load_scenario(p) for p in default_scenarios()]
-    seen = lambda f: {f(s) for s in scenarios}  # noqa: E731
+    seen = lambda f: {f(s) for s in scenarios}
     assert len(seen(lambda s: s.workload.batching.max_num_seqs)) >= 3
     assert len(seen(lambda s: s.model.engram.rows_per_head[0])) >= 3
     assert len(seen(lambda s: tuple(s.model.engram.layers))) >= 3
@@ -93,10 +102,24 @@ def test_overrides_put_the_scenario_on_the_profile(tmp_path):
     assert scenario.run.backend == "cpu" and scenario.run.baseline is False
 
 
-def test_stage_names_and_errors():
-    assert [stage_of(n) for n in ("blocks 0-3", "engram L1", "head", "stall L4", "gather L1", "h2d L1", "zero-copy L1")] == \
-        ["blocks", "engram", "head", "stall", "gather", "h2d", "zero-copy"]
-    assert stage_of("something else") is None
+def test_validated_metrics_come_from_the_registry():
+    assert METRICS == tuple(name for name, m in REGISTRY.items() if m.validated)
+    assert {"step_latency_ms_mean", "step_latency_ms_p99", "throughput_tok_s", "engram_stall_ms_total"} == set(METRICS)
+
+
+def test_stage_totals_sum_span_seconds_by_kind_and_errors():
+    spans = [
+        Span(kind=SpanKind.BLOCKS, start_s=0.0, end_s=0.002, step=0, blocks=(0, 3)),
+        Span(kind=SpanKind.BLOCKS, start_s=0.004, end_s=0.005, step=0, blocks=(4, 7)),
+        Span(kind=SpanKind.STALL, start_s=0.002, end_s=0.003, step=0, layer=1),
+        Span(kind=SpanKind.ZERO_COPY, start_s=0.001, end_s=0.0035, step=0, layer=1, bytes=4096),
+    ]
+    outcome = RunOutcome(steps=[], spans=spans, events=0, link_busy_s=0.0025, makespan_s=0.005, output_tokens=0, prompt_tokens=0,
+                         ttft_s=np.array([]), tpot_s=np.array([]))
+    totals = stage_totals_ms(outcome)
+    assert list(totals) == [kind.value for kind in SpanKind]
+    assert totals["blocks"] == pytest.approx(3.0) and totals["stall"] == pytest.approx(1.0)
+    assert totals["zero-copy"] == pytest.approx(2.5) and totals["host"] == totals["h2d"] == 0.0
     assert error_pct(110.0, 100.0) == pytest.approx(10.0)
     assert error_pct(1.0, 0.0) is None and error_pct(None, 1.0) is None
 

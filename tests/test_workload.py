@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from engramsim.errors import InputError
 from engramsim.plugins.hashing.engram import EngramHashing, EngramHashSpec
 from engramsim.scenario import Scenario
-from engramsim.workload import build_workload, make_requests, unique_sorted, window_indices
+from engramsim.scheduler import Scheduler
+from engramsim.steps import Step
+from engramsim.workload import Workload, build_workload, make_requests, unique_sorted, window_indices
 
 TINY = EngramHashSpec(layer_ids=(1,), rows_per_head=(1009, 1013), max_ngram=3, heads=2, seed=3)
 TINY_VOCAB = 50
@@ -56,6 +58,17 @@ def scenario(prompt: int | tuple[int, int] = 4, output: int | tuple[int, int] = 
 
 def make_workload(trace: FakeTrace | None = None, hashing: EngramHashing | None = None, **kwargs: Any):
     return build_workload(scenario(**kwargs), trace or synthetic_trace(), hashing or tiny_hashing())
+
+
+def offline_steps(w: Workload) -> list[Step]:
+    """Every step of an offline workload, in order (run at t = 0: timing cannot change them)."""
+    sched, steps = Scheduler(w), []
+    while not sched.done:
+        step = sched.next_step(0.0)
+        assert step is not None
+        sched.finish_step(step, 0.0)
+        steps.append(step)
+    return steps
 
 
 # ---- requests ---------------------------------------------------------------------------------
@@ -128,7 +141,7 @@ def test_each_window_is_hashed_as_its_own_sequence():
 def test_lookups_equal_brute_force_rows():
     hashing = tiny_hashing(EngramHashSpec(layer_ids=(1, 4), rows_per_head=(1009, 1013), max_ngram=3, heads=2))
     w = make_workload(hashing=hashing, prompt=(3, 30), output=(2, 20), requests=20)
-    for step in w.offline_steps():
+    for step in offline_steps(w):
         for layer in (1, 4):
             lookup = step.lookups[layer]
             brute = {int(w.rows[layer][p, h]) for p in step.positions for h in range(hashing.spec.heads_per_layer)}
@@ -148,7 +161,7 @@ def test_rows_stay_in_their_heads_range():
 
 def test_lookups_are_memoized_across_schedulers():
     w = make_workload(prompt=(3, 12), output=(2, 6), requests=10, max_num_seqs=4)
-    first, second = w.scheduler(), w.scheduler()
+    first, second = Scheduler(w), Scheduler(w)
     for _ in range(5):
         a, b = first.next_step(0.0), second.next_step(0.0)
         assert a is not b and a.lookups is b.lookups

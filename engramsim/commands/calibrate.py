@@ -2,7 +2,7 @@
 
 The profile (a YAML file `load_profile` reads, usable as a scenario's `hardware.profile`) holds
 the fitted numbers, the residual of each fit and where they come from (host, GPU, versions,
-date). See backends/calibrate.py for what is measured and how it is fitted.
+date). See backends/calibration/ for what is measured and how it is fitted.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from rich.table import Table
 
 from engramsim.errors import InputError
 from engramsim.files import write_text_atomic
+from engramsim.hardware.profile import HardwareProfile
 
-STAGES = ("gather", "gather (quiet)", "host bandwidth", "h2d", "zero-copy", "backbone")
+STAGES = ("gather", "gather (quiet)", "host bandwidth", "h2d", "zero-copy", "backbone", "host work")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,23 +67,23 @@ def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:,.{digits}g}"
 
 
-def print_profile(console: Console, profile, wall_s: float) -> None:
+def print_profile(console: Console, profile: HardwareProfile, wall_s: float) -> None:
     gpu, link, host = profile.gpu, profile.link, profile.host
+    engram_us = gpu.layer_overhead_us if gpu.engram_overhead_us is None else gpu.engram_overhead_us
     table = Table(title=f"calibrated profile {profile.name!r} ({wall_s:.0f} s)", show_header=False)
     rows = [
         ("compute (achieved)", f"{gpu.bf16_tflops * 1e3:,.1f} GFLOP/s ({gpu.name})"),
         ("memory (achieved)", f"{gpu.hbm_gbps:,.2f} GB/s"),
-        ("compute + memory", "max" if gpu.roofline_exponent is None else f"roofline exponent {gpu.roofline_exponent:.2f} "
-                             f"(1: they add up, 32: their max)"),
-        ("layer / Engram layer / step overhead", f"{gpu.layer_overhead_us:,.1f} us / "
-         f"{gpu.layer_overhead_us if gpu.engram_overhead_us is None else gpu.engram_overhead_us:,.1f} us / "
-         f"{profile.step_overhead_us:,.1f} us"),
+        ("compute + memory", "max" if gpu.roofline_exponent is None else (f"roofline exponent {gpu.roofline_exponent:.2f} "
+                                                                           f"(1: they add up, 32: their max)")),
+        ("layer / Engram layer / step overhead",
+         f"{gpu.layer_overhead_us:,.1f} us / {engram_us:,.1f} us / {profile.step_overhead_us:,.1f} us"),
         ("GEMM half-performance rows", f"{gpu.gemm_half_rows:,.1f}"),
-        ("gather", f"{host.gather_rows_per_s / 1e6:,.2f} M rows/s per thread x {host.gather_threads}, "
-                   f"overhead {host.gather_overhead_us:,.1f} us, DRAM bound {host.dram_gbps:,.1f} GB/s"),
+        ("gather", (f"{host.gather_rows_per_s / 1e6:,.2f} M rows/s per thread x {host.gather_threads}, "
+                    f"overhead {host.gather_overhead_us:,.1f} us, DRAM bound {host.dram_gbps:,.1f} GB/s")),
         ("h2d", f"{link.h2d_gbps:,.2f} GB/s, latency {link.dma_latency_us:,.2f} us"),
-        ("zero-copy", f"{link.zero_copy_gbps:,.2f} GB/s, latency {link.zero_copy_latency_us:,.2f} us, "
-                      f"{link.transaction_bytes} B transactions"),
+        ("zero-copy", (f"{link.zero_copy_gbps:,.2f} GB/s, latency {link.zero_copy_latency_us:,.2f} us, "
+                       f"{link.transaction_bytes} B transactions")),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -98,8 +99,9 @@ def print_profile(console: Console, profile, wall_s: float) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from engramsim.backends.calibrate import calibrate, profile_yaml, require_backend
-    from engramsim.simulator.presets import load_profile
+    from engramsim.backends.calibration.machine import require_backend
+    from engramsim.backends.calibration.profile import calibrate, profile_yaml
+    from engramsim.hardware.presets import load_profile
 
     out: Path = args.out or Path("profiles") / f"{args.backend}.yaml"
     check_out(out)

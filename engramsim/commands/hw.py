@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-from pathlib import Path
 from typing import Any
 
 from engramsim.errors import InputError
@@ -24,20 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def detect() -> dict[str, Any]:
     """Everything `hw` reports, as plain JSON-able values."""
     import torch
 
+    from engramsim.backends.calibration.machine import cpu_model
     from engramsim.backends.memory import host_memory
     from engramsim.backends.nvml import NvmlUnavailable, gpus
 

@@ -14,12 +14,20 @@ from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from engramsim.runner import RunReport, fresh_run_dir, prepare, run_real_report, run_sim
+from engramsim.hardware.profile import HardwareProfile
+from engramsim.metrics import GROUPS, in_group
+from engramsim.runner import RunReport, fresh_run_dir, run_real_report, run_sim
 from engramsim.scenario_io import load_scenario
-from engramsim.simulator.profile import HardwareProfile
+from engramsim.session import prepare
 
 
 def default_scenario() -> Path:
@@ -49,7 +57,7 @@ def progress_bar(console: Console, label: str, total: int) -> Iterator[Callable]
 def warn_profile_host(profile: HardwareProfile) -> str | None:
     """One stderr line when `profile` was calibrated on other hardware than this machine (real
     backends: the run is measured here, compared against numbers from elsewhere); the warning, or None."""
-    from engramsim.backends.calibrate import check_profile_host
+    from engramsim.backends.calibration.machine import check_profile_host
 
     warning = check_profile_host(profile)
     if warning:
@@ -62,41 +70,30 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def print_report(console: Console, report: RunReport, wall_s: float) -> None:
+    """The summary metrics by group (engramsim/metrics.py), the run's speed, then one row per Engram layer."""
     s = report.document["summary"]
-    sim = report.document["simulation"]
     backend = report.document["backend"]
-    measured = backend != "sim"
     table = Table(title=f"{report.document['scenario']['name']} (backend {backend})", show_header=False)
-    rows = [
-        ("output throughput", f"{_fmt(s['throughput_tok_s'])} tok/s"),
-        ("all tables in HBM", f"{_fmt(s['baseline_throughput_tok_s'])} tok/s"),
-        ("overhead vs all-HBM", f"{_fmt(s['overhead_pct'], 3)} %"),
-        ("without Engram", f"{_fmt(s.get('no_engram_throughput_tok_s'))} tok/s"),
-        ("overhead vs no Engram", f"{_fmt(s.get('overhead_vs_no_engram_pct'), 3)} %"),
-        ("step latency p50 / p99", f"{_fmt(s['step_latency_ms_p50'], 3)} / {_fmt(s['step_latency_ms_p99'], 3)} ms"),
-        ("TTFT p50 / p99", f"{_fmt(s['ttft_ms_p50'], 1)} / {_fmt(s['ttft_ms_p99'], 1)} ms"),
-        ("TPOT p50 / p99", f"{_fmt(s['tpot_ms_p50'], 3)} / {_fmt(s['tpot_ms_p99'], 3)} ms"),
-        ("Engram stall total", f"{_fmt(s['engram_stall_ms_total'], 3)} ms"),
-        ("PCIe bytes", f"{s['pcie_bytes']:,} ({_fmt(s['pcie_avg_gbps'], 4)} GB/s avg, {_fmt(s['pcie_utilisation'] * 100, 3)} % busy)"),
-        ("rows fetched", f"{s['rows_fetched']:,} ({_fmt(s['rows_fetched_per_step_mean'], 0)} per step)"),
-        ("dedup ratio", f"{_fmt(s['dedup_ratio'], 3)} references per unique row"),
-        (f"steps / {'measured' if measured else 'simulated'} time", f"{s['steps']:,} / {_fmt(s['makespan_s'], 3)} s"),
-        ("run time", f"{wall_s:.2f} s wall for all passes, setup included") if measured else
-        ("simulator speed", f"{sim['events']:,} events, {wall_s:.2f} s wall for all passes"),
-    ]
+    for group in GROUPS:
+        for metric in in_group(group):
+            table.add_row(metric.label, metric.display(s[metric.name]))
+        table.add_section()
+    if backend != "sim":
+        table.add_row("run time", f"{wall_s:.2f} s wall for all passes, setup included")
+    else:
+        table.add_row("simulator speed", f"{report.document['simulation']['events']:,} events, {wall_s:.2f} s wall for all passes")
     nvml = report.document.get("nvml")
     if nvml is not None:
-        rows.append(("NVML", f"{nvml['samples']} samples, PCIe host->GPU {_fmt(nvml.get('pcie_rx_gbps_mean'), 3)} GB/s mean, "
-                             f"SM {_fmt(nvml.get('sm_util_pct_mean'), 0)} %" + (f" ({nvml['error']})" if nvml["error"] else "")))
-    for key, value in rows:
-        table.add_row(key, value)
+        table.add_row("NVML", f"{nvml['samples']} samples, PCIe host->GPU {_fmt(nvml.get('pcie_rx_gbps_mean'), 3)} GB/s mean, "
+                              f"SM {_fmt(nvml.get('sm_util_pct_mean'), 0)} %" + (f" ({nvml['error']})" if nvml["error"] else ""))
     console.print(table)
     layers = Table(title="per Engram layer")
-    for col in ("layer", "stall ms", "steps stalled", "rows fetched", "bytes", "dedup"):
+    for col in ("layer", "stall ms", "steps stalled", "rows fetched", "cache hits", "bytes", "dedup"):
         layers.add_column(col, justify="right")
     for layer in report.document["per_layer"]:
         layers.add_row(str(layer["layer"]), _fmt(layer["stall_ms_total"], 3), str(layer["steps_stalled"]),
-                       f"{layer['rows_fetched']:,}", f"{layer['bytes_fetched']:,}", _fmt(layer["dedup_ratio"], 3))
+                       f"{layer['rows_fetched']:,}", f"{layer['cache_hits']:,}", f"{layer['bytes_fetched']:,}",
+                       _fmt(layer["dedup_ratio"], 3))
     console.print(layers)
 
 

@@ -1,8 +1,9 @@
 """`engramsim validate`: run scenarios for real and in the simulator on a profile; print the errors.
 
-Default scenarios: every scenarios/validation/*.yaml. Per scenario a table of real and simulated
-mean and p99 step latency, throughput and Engram stall, with (sim - real) / real; then per-stage
-totals, and the median / max |error| of the mean step latency over all scenarios.
+Default scenarios: every scenarios/validation/*.yaml. Per scenario a table of the real and simulated
+values of the validated metrics (engramsim/metrics.py: mean and p99 step latency, throughput,
+Engram stall) with (sim - real) / real; then per-stage totals, and the median / max |error| of the
+mean step latency over all scenarios.
 """
 
 from __future__ import annotations
@@ -16,13 +17,7 @@ from rich.table import Table
 
 from engramsim.commands.run import progress_bar, warn_profile_host
 from engramsim.files import write_text_atomic
-
-LABELS = {
-    "step_latency_ms_mean": ("mean step latency", "ms", 3),
-    "step_latency_ms_p99": ("p99 step latency", "ms", 3),
-    "throughput_tok_s": ("throughput", "tok/s", 2),
-    "engram_stall_ms_total": ("Engram stall total", "ms", 3),
-}
+from engramsim.metrics import validated_metrics
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,8 +44,10 @@ def print_result(console: Console, result) -> None:
     table = Table(title=f"{result.name}: {result.steps} steps, real run {result.real_wall_s:.1f} s")
     for col in ("metric", "real", "sim", "error"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for key, (label, unit, digits) in LABELS.items():
-        table.add_row(f"{label} ({unit})", _num(result.real[key], digits), _num(result.sim[key], digits), _pct(result.error_pct[key]))
+    for metric in validated_metrics():
+        key = metric.name
+        table.add_row(f"{metric.label} ({metric.unit})", metric.number(result.real[key]), metric.number(result.sim[key]),
+                      _pct(result.error_pct[key]))
     real, sim = result.stages_ms["real"], result.stages_ms["sim"]
     for stage in real:
         if real[stage] or sim[stage]:
@@ -71,8 +68,14 @@ def print_summary(console: Console, results, median: float | None, worst: float 
 
 
 def run(args: argparse.Namespace) -> int:
-    from engramsim.backends.calibrate import require_backend
-    from engramsim.backends.validate import aggregate, default_scenarios, document, load_checked_profile, validate_scenario
+    from engramsim.backends.calibration.machine import require_backend
+    from engramsim.validate import (
+        aggregate,
+        default_scenarios,
+        document,
+        load_checked_profile,
+        validate_scenario,
+    )
 
     profile = load_checked_profile(args.profile)  # a missing or corrupt profile: one line, exit 2, before any run
     require_backend(args.backend)

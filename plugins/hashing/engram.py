@@ -19,6 +19,7 @@ import numpy as np
 
 from engramsim.plugins.hashing.primes import next_prime
 from engramsim.registry import register
+from engramsim.strategies import Hashing, HashingSetup, Params
 
 _LAYER_SEED_PRIME = 10007
 _CHUNK = 32768
@@ -127,7 +128,7 @@ class _Remainder:
 
 
 @register("hashing", "engram")
-class EngramHashing:
+class EngramHashing(Hashing):
     """DeepSeek Engram multi-head n-gram hashing (XOR of odd multipliers, distinct prime heads)."""
 
     def __init__(self, spec: EngramHashSpec, compressed_vocab_size: int, pad_id: int) -> None:
@@ -137,14 +138,14 @@ class EngramHashing:
         self.multipliers = layer_multipliers(spec, compressed_vocab_size)
         self.primes = layer_primes(spec)
 
-    @cached_property
-    def offsets(self) -> dict[int, np.ndarray]:
-        """Per layer, each head's first row in the layer's single table."""
-        return {layer: np.concatenate([[0], np.cumsum(p)[:-1]]).astype(np.int64) for layer, p in self.primes.items()}
+    @classmethod
+    def from_setup(cls, params: Params, setup: HashingSetup) -> EngramHashing:
+        e = setup.engram
+        return cls(EngramHashSpec(tuple(e.layers), e.rows_per_order, e.max_ngram, e.heads, e.seed), setup.vocab_size, setup.pad_id)
 
-    @cached_property
-    def rows_per_layer(self) -> dict[int, int]:
-        return {layer: int(p.sum()) for layer, p in self.primes.items()}
+    @property
+    def head_sizes(self) -> dict[int, np.ndarray]:
+        return self.primes
 
     @cached_property
     def _remainders(self) -> dict[int, list[_Remainder | None]]:

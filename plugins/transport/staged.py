@@ -7,7 +7,7 @@ the rows of a layer's fetch are packed by CPU threads first and cross the link a
 from __future__ import annotations
 
 from engramsim.registry import register
-from engramsim.strategies import Stage, Transport
+from engramsim.strategies import Stage, StageKind, Transport
 
 
 @register("transport", "staged")
@@ -16,4 +16,4 @@ class Staged(Transport):
 
     def stages(self, rows: int, row_bytes: int) -> list[Stage]:
         size = rows * row_bytes
-        return [Stage("gather", rows, size), Stage("h2d", rows, size)]
+        return [Stage(StageKind.GATHER, rows, size), Stage(StageKind.H2D, rows, size)]

@@ -7,7 +7,7 @@ cost model prices it by transactions rather than by one bulk transfer.
 from __future__ import annotations
 
 from engramsim.registry import register
-from engramsim.strategies import Stage, Transport
+from engramsim.strategies import Stage, StageKind, Transport
 
 
 @register("transport", "zero-copy")
@@ -15,4 +15,4 @@ class ZeroCopy(Transport):
     """GPU gather kernel reading pinned host memory directly (UVA zero-copy)."""
 
     def stages(self, rows: int, row_bytes: int) -> list[Stage]:
-        return [Stage("zero_copy", rows, rows * row_bytes)]
+        return [Stage(StageKind.ZERO_COPY, rows, rows * row_bytes)]

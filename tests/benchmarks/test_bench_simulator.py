@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from engramsim.runner import prepare, simulate_run
+from engramsim.runner import simulate_run
+from engramsim.session import prepare
 from engramsim.scenario_io import load_scenario
 
 
@@ -14,7 +15,7 @@ def _peak_rss_of_one_simulation_mb() -> float:
     """Peak RSS (VmHWM) of a fresh process that prepares and simulates paper-4B. Not ru_maxrss:
     that survives fork+exec, so it would report the test run's own peak."""
     code = (
-        "from engramsim.runner import prepare, simulate_run; from engramsim.scenario_io import load_scenario; "
+        "from engramsim.runner import simulate_run; from engramsim.session import prepare; from engramsim.scenario_io import load_scenario; "
         "p = 'scenarios/paper-table4-4b.yaml'; simulate_run(prepare(load_scenario(p), p)); "
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; print(int(hwm.split()[1]) / 1024)"
     )
@@ -33,16 +34,16 @@ def test_simulation_speed_paper_4b(benchmark, prepared):
     cold_s = time.perf_counter() - start
     outcome = benchmark.pedantic(simulate_run, args=(prepared,), rounds=3)
     warm_s = benchmark.stats.stats.min
-    simulated = outcome.sim.makespan_s
+    simulated = outcome.makespan_s
     peak_rss_mb = _peak_rss_of_one_simulation_mb()
-    benchmark.extra_info.update(simulated_s=simulated, events=outcome.sim.events, cold_speedup=simulated / cold_s,
+    benchmark.extra_info.update(simulated_s=simulated, events=outcome.events, cold_speedup=simulated / cold_s,
                                 warm_speedup=simulated / warm_s, peak_rss_mb=peak_rss_mb)
     print(
-        f"\npaper-4B: {len(outcome.sim.steps)} steps, {simulated:.2f} simulated s, {outcome.sim.events:,} events; "
-        f"cold pass {cold_s:.3f} s wall = {simulated / cold_s:.0f}x real time ({outcome.sim.events / cold_s:,.0f} events/s), "
-        f"warm pass {warm_s:.3f} s = {simulated / warm_s:.0f}x ({outcome.sim.events / warm_s:,.0f} events/s); "
+        f"\npaper-4B: {len(outcome.steps)} steps, {simulated:.2f} simulated s, {outcome.events:,} events; "
+        f"cold pass {cold_s:.3f} s wall = {simulated / cold_s:.0f}x real time ({outcome.events / cold_s:,.0f} events/s), "
+        f"warm pass {warm_s:.3f} s = {simulated / warm_s:.0f}x ({outcome.events / warm_s:,.0f} events/s); "
         f"peak RSS {peak_rss_mb:.0f} MB (target >= 100x, <= 1024 MB)"
     )
-    assert cold.sim.makespan_s == pytest.approx(simulated)
+    assert cold.makespan_s == pytest.approx(simulated)
     assert simulated / warm_s >= 100
     assert peak_rss_mb <= 1024

@@ -1,12 +1,13 @@
 """Validation: run scenarios for real and in the simulator on a calibrated profile, and compare.
 
-For each scenario the real backend runs the offloaded pass (`runner.run_real`, Engram on, no
-baseline passes) and the simulator runs the same steps with the scenario's hardware replaced by
-the profile under test. Both outcomes go through `results.summarize`, so the metrics are the
-ones `engramsim run` reports; the error of each is (sim - real) / real in percent.
+It runs one scenario on both executors, so it sits above both. For each scenario the real backend
+runs the offloaded pass (`runner.run_real`, no baseline passes) and the simulator runs the same
+steps with the scenario's hardware replaced by the profile under test. Both outcomes go through
+`results.summarize`; the metrics compared are those engramsim/metrics.py marks `validated`, and
+the error of each is (sim - real) / real in percent.
 
-Per-stage totals (host, blocks, Engram layers, head, stalls, gather, h2d, zero-copy) come from the two
-timelines, which name their spans alike, so a miss can be traced to the stage the model gets
+Per-stage totals (one per span kind: host, blocks, Engram layers, head, stalls, gather, h2d,
+zero-copy) come from the two timelines, so a miss can be traced to the stage the model gets
 wrong. The profile is calibrated on micro-benchmarks only (`engramsim calibrate`), never on
 these scenarios.
 """
@@ -24,10 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from engramsim.errors import InputError
+from engramsim.metrics import validated_metrics
+from engramsim.records import RunOutcome, SpanKind
+from engramsim.results import summarize
+from engramsim.runner import run_real, simulate_run
+from engramsim.scenario_io import load_scenario
+from engramsim.session import prepare
 
-METRICS = ("step_latency_ms_mean", "step_latency_ms_p99", "throughput_tok_s", "engram_stall_ms_total")
+METRICS = tuple(m.name for m in validated_metrics())
 HEADLINE = "step_latency_ms_mean"  # the aggregate errors are over this metric
-STAGES = ("host", "blocks", "engram", "head", "stall", "gather", "h2d", "zero-copy")
 
 
 def default_scenarios() -> list[Path]:
@@ -41,18 +47,11 @@ def overrides(profile: str, backend: str) -> list[str]:
     return [f"hardware.profile={json.dumps(profile)}", "hardware.link=null", f"run.backend={backend}", "run.baseline=false"]
 
 
-def stage_of(span_name: str) -> str | None:
-    """The stage a timeline span belongs to ('blocks 0-0' -> blocks, 'h2d L1' -> h2d, ...)."""
-    head = span_name.split(" ", 1)[0]
-    return head if head in STAGES else None
-
-
-def stage_totals_ms(outcome: Any) -> dict[str, float]:
-    totals = dict.fromkeys(STAGES, 0.0)
-    for span in outcome.sim.spans:
-        stage = stage_of(span.name)
-        if stage is not None:
-            totals[stage] += (span.end_s - span.start_s) * 1e3
+def stage_totals_ms(outcome: RunOutcome) -> dict[str, float]:
+    """Busy milliseconds per span kind, keyed by its value ("host", "blocks", ..., "zero-copy")."""
+    totals = {kind.value: 0.0 for kind in SpanKind}
+    for span in outcome.spans:
+        totals[span.kind.value] += span.seconds * 1e3
     return totals
 
 
@@ -87,27 +86,23 @@ def validate_scenario(path: Path, backend: str, profile: str, progress_factory: 
     `progress_factory(label, total_tokens)` is a context manager yielding the real run's per-step
     callback (as `engramsim run` uses it); None runs silently.
     """
-    from engramsim.results import summarize
-    from engramsim.runner import prepare, run_real, simulate_run
-    from engramsim.scenario_io import load_scenario
-
     scenario = load_scenario(path, [*sets, *overrides(profile, backend)])
     prepared = prepare(scenario, str(path))
     bar = progress_factory(f"{scenario.name} ({backend})", prepared.workload.total_output_tokens) if progress_factory else None
     t0 = time.perf_counter()
     with bar or contextlib.nullcontext() as advance:
-        real = run_real(prepared, backend, engram=True, progress=advance)
+        real = run_real(prepared, backend, progress=advance)
     wall = time.perf_counter() - t0
     sim = simulate_run(prepared)
     link = prepared.profile.link.h2d_gbps
     real_s = summarize(real, None, scenario.run.seed, link)
     sim_s = summarize(sim, None, scenario.run.seed, link)
-    if len(real.sim.steps) != len(sim.sim.steps):  # parity: both executors must see the same steps
-        raise RuntimeError(f"{path}: the real run took {len(real.sim.steps)} steps, the simulation {len(sim.sim.steps)}")
-    pick = {k: float(real_s[k]) for k in METRICS}, {k: float(sim_s[k]) for k in METRICS}
+    if len(real.steps) != len(sim.steps):  # parity: both executors must see the same steps
+        raise RuntimeError(f"{path}: the real run took {len(real.steps)} steps, the simulation {len(sim.steps)}")
+    real_m, sim_m = {k: float(real_s[k]) for k in METRICS}, {k: float(sim_s[k]) for k in METRICS}
     return ScenarioResult(
-        scenario.name, str(path), pick[0], pick[1], {k: error_pct(pick[1][k], pick[0][k]) for k in METRICS},
-        {"real": stage_totals_ms(real), "sim": stage_totals_ms(sim)}, len(real.sim.steps), wall,
+        name=scenario.name, path=str(path), real=real_m, sim=sim_m, error_pct={k: error_pct(sim_m[k], real_m[k]) for k in METRICS},
+        stages_ms={"real": stage_totals_ms(real), "sim": stage_totals_ms(sim)}, steps=len(real.steps), real_wall_s=wall,
     )
 
 
@@ -135,7 +130,7 @@ def document(results: Sequence[ScenarioResult], backend: str, profile: str, warn
 
 def load_checked_profile(profile: str):
     """The profile under test, loaded once up front so a missing or corrupt file fails before any run."""
-    from engramsim.simulator.presets import load_profile
+    from engramsim.hardware.presets import load_profile
 
     try:
         return load_profile(profile)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from engramsim.errors import InputError
 from engramsim.scenario_io import describe_error
-from engramsim.simulator.profile import HardwareProfile, Link, Provenance
+from engramsim.hardware.profile import HardwareProfile, Link, Provenance
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11+; only annotations need it
     from importlib.resources.abc import Traversable
@@ -27,7 +27,7 @@ _SUFFIXES = (".yaml", ".yml")
 
 
 def _profiles_dir() -> Traversable:
-    return resources.files("engramsim.simulator").joinpath("profiles")
+    return resources.files("engramsim.hardware").joinpath("profiles")
 
 
 def _names(folder: Traversable) -> list[str]:

@@ -1,0 +1,337 @@
+"""The micro-benchmarks: the pieces the cost model prices, run on the backend's own operations
+(the `Device` of backends/device.py, the stand-in blocks and the Engram layer the real executor
+runs), timed by the harness the way a real step sees them."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from engramsim.backends.device import make_device
+from engramsim.backends.engram_layer import LayerRows, engram_forward
+from engramsim.backends.engram_module import EngramModule
+from engramsim.backends.standin import Limits, StandIn, step_layout
+from engramsim.backends.tables import fill_table
+from engramsim.kernels import block_kernels, engram_kernels, head_kernels
+from engramsim.records import SpanKind
+from engramsim.scenario import Engram, Model, Scenario
+
+from .budgets import Budget, Case, Shape, backbone_cases, host_scenario, make_step, shape_model
+from .harness import Harness, median
+from .measurements import Measurements, kernel_fields
+
+GB = 1e9
+ENGRAM_ROW_BYTES = 256  # the rows of the table fill, the timed Engram layer, the host scenario and the interference gathers
+NO_ROWS = np.empty(0, dtype=np.int64)
+Progress = Callable[[str, int, int], None]  # (stage label, done, total)
+
+
+def sorted_unique_rows(gen: np.random.Generator, total: int, n: int) -> np.ndarray:
+    """n distinct random rows of a table of `total`, sorted, as the planner hands fetches over."""
+    if n >= total:
+        return np.arange(total, dtype=np.int64)
+    rows = np.unique(gen.integers(0, total, size=int(n * 1.05) + 8, dtype=np.int64))
+    while rows.size < n:
+        rows = np.unique(np.concatenate([rows, gen.integers(0, total, size=n, dtype=np.int64)]))
+    return np.sort(gen.choice(rows, size=n, replace=False))
+
+
+def run_blocks(standin: StandIn, layers: int, layout: Any) -> torch.Tensor:
+    """Every stand-in block in turn, the hidden states chained through, as a step runs them."""
+    h = standin.input(layout)
+    for block in range(layers):
+        h = standin.block(block, h, layout)
+    return h
+
+
+def limits_of(steps: list[Case]) -> Limits:
+    """The largest of `steps`: what the stand-in's buffers are sized for."""
+    return Limits(tokens=max(int(n.sum()) for _, n, _ in steps), seqs=max(n.size for _, n, _ in steps),
+                  context=max(int(c.max()) for _, _, c in steps))
+
+
+class Calibrator:
+    """Runs the micro-benchmarks of one backend on its `Device`, into `self.m`."""
+
+    def __init__(self, backend: str, budget: Budget, progress: Progress | None = None, seed: int = 0) -> None:
+        self.backend = backend
+        self.budget = budget
+        self.progress = progress or (lambda stage, done, total: None)
+        self.rng = np.random.default_rng(seed)
+        self.device = make_device(backend, "calibration")
+        self.dtype = torch.bfloat16 if backend == "cuda" else torch.float32
+        self.dtype_name = "bf16" if backend == "cuda" else "fp32"
+        self.esize = torch.tensor([], dtype=self.dtype).element_size()
+        self.engram_head_dim = ENGRAM_ROW_BYTES // self.esize
+        self.m = Measurements(backend, budget.name, threads=self._gather_threads())
+        self.harness = Harness(self.device, self.m.threads)
+        self._table: torch.Tensor | None = None
+        self.device.start_clock()
+
+    def _gather_threads(self) -> int:
+        """Threads the backend's gather runs with (CPU: its one fetch worker; CUDA: `gather_threads`)."""
+        threads = getattr(self.device, "gather_threads", None)
+        if isinstance(threads, int):
+            return threads
+        threads = getattr(importlib.import_module(f"engramsim.backends.{self.backend}"), "THREADS", None)
+        return threads if isinstance(threads, int) else torch.get_num_threads()
+
+    def close(self) -> None:
+        self._table = None
+        self.device.close()
+
+    # ---- the table -------------------------------------------------------------------------------
+    def table(self) -> torch.Tensor:
+        """One flat float32 host buffer of `table_bytes`, every page written, then read (warm)."""
+        if self._table is None:
+            self._table = self.device.host_table(self.budget.table_bytes // 4, 1, torch.float32).view(-1)
+            self._fill()
+        return self._table
+
+    def _fill(self) -> None:
+        """Seeded rows repeated down the table, as the executor fills real tables
+        (backends/tables.py): the same memory content, so the same behaviour (on an overcommitted
+        VM, random pages read back slower than constant ones); then warmed."""
+        flat = self.table()
+        engram = Engram.model_validate({"head_dim": self.engram_head_dim, "dtype": self.dtype_name})
+        fill_table(self.view_rows(flat, flat.numel() * 4 // ENGRAM_ROW_BYTES, ENGRAM_ROW_BYTES), engram,
+                   torch.Generator().manual_seed(0))
+        self._warm()
+
+    def _warm(self) -> None:
+        """A sequential read of the whole table and a few untimed gathers: on some VMs the first
+        random reads after a large write run many times slower for a while."""
+        flat = self.table()
+        float(flat.sum())
+        rb = self.budget.row_bytes[0]
+        total = self.budget.table_bytes // rb
+        table = self.view_rows(flat, total, rb)
+        for n in (64, 256, 1024) * 4:
+            torch.index_select(table, 0, torch.from_numpy(sorted_unique_rows(self.rng, total, n)))
+
+    def view_rows(self, flat: torch.Tensor, rows: int, row_bytes: int) -> torch.Tensor:
+        """`rows` rows of `row_bytes` in the backend's table dtype, viewed over a flat buffer."""
+        width = row_bytes // self.esize
+        return flat.view(torch.uint8)[: rows * row_bytes].view(self.dtype).view(rows, width)
+
+    def _random_index(self, total: int, n: int) -> torch.Tensor:
+        return torch.from_numpy(sorted_unique_rows(self.rng, total, n))
+
+    def _shuffled(self, cases: list) -> list:
+        """Cases in random order, so a slow spell of the machine (after the table's fill, say)
+        spreads over all of them instead of biasing the first row size."""
+        return [cases[i] for i in self.rng.permutation(len(cases))]
+
+    def service_steps(self) -> list[Callable[[], None]]:
+        """A decode and a prefill step of the first backbone shape (blocks, LM head, synchronize),
+        each a call that runs it on the calling thread: the compute the executor runs between fetches."""
+        dev = self.device
+        shape, steps = backbone_cases(self.backend, self.budget)[0]
+        decode = [s for s in steps if s[0] == "decode"]
+        prefill = [s for s in steps if s[0] == "prefill"]
+        picked = [decode[len(decode) // 2], prefill[len(prefill) // 2]]
+        model = shape_model(shape, self.dtype_name, self.engram_head_dim, self.dtype_name)
+        standin = StandIn(model.backbone, limits_of(picked), dev.torch_device, dev.compute_dtype(self.dtype_name),
+                          dev.generator(1), dev.linear())
+
+        def runner(kind: str, new: np.ndarray, ctx: np.ndarray) -> Callable[[], None]:
+            layout = step_layout(make_step(kind, new, ctx), dev.torch_device, dev.attention_groups)
+
+            def run() -> None:
+                standin.head(run_blocks(standin, shape.layers, layout), layout)
+                dev.synchronize()
+            return run
+
+        return [runner(*case) for case in picked]
+
+    # ---- host gather -----------------------------------------------------------------------------
+    def bench_gather(self, service: bool = True) -> None:
+        """Gathers of sorted unique random rows; `service` (the fitted set): as an Engram layer that
+        waits for its rows sees them (`Harness.gather_timer` after a decode step); else back to
+        back on a quiet machine (`gather_alone`, for the description)."""
+        b = self.budget
+        flat = self.table()
+        cases = self._shuffled([(n, rb) for rb in b.row_bytes for n in b.gather_rows])
+        staging = self.device.staging(max(b.gather_rows) * max(b.row_bytes) // 4, 1, torch.float32).view(-1)
+        samples = self.m.gather if service else self.m.gather_alone
+        label = "gather" if service else "gather (quiet)"
+        with self.harness.gather_timer(self.service_steps()[0] if service else None) as timed:
+            for i, (n, rb) in enumerate(cases):
+                total = b.table_bytes // rb
+                table = self.view_rows(flat, total, rb)
+                out = self.view_rows(staging, n, rb)
+                self.device.gather(table, self._random_index(total, n), out)  # warm-up
+                times = [timed(table, self._random_index(total, n), out) for _ in range(b.repeats)]
+                samples.append({"rows": n, "row_bytes": rb, "seconds": median(times)})
+                self.progress(label, i + 1, len(cases))
+
+    def bench_stream(self) -> None:
+        """Streaming copy bandwidth of host memory (read + write counted), the gather's DRAM ceiling."""
+        flat = self.table()
+        half = flat.numel() // 2
+        src, dst = flat[:half], flat[half : 2 * half]
+        times = []
+        with self.harness.fetch_threads():
+            for _ in range(max(3, self.budget.repeats // 2)):
+                t0 = time.perf_counter()
+                dst.copy_(src)
+                times.append(time.perf_counter() - t0)
+        self._fill()  # the copy overwrote half the table
+        self.m.stream_gbps = 2 * half * 4 / min(times) / GB
+        self.progress("host bandwidth", 1, 1)
+
+    # ---- link ----------------------------------------------------------------------------------------
+    def bench_h2d(self) -> None:
+        """Staging -> landing copies, under service load, each right after the gather that fills its
+        staging (as in the staged pipeline), so the source is as warm as it is in a real run."""
+        sizes = self.budget.copy_bytes
+        words = max(sizes) // 4
+        src = self.device.staging(words, 1, torch.float32).view(-1)
+        dst = self.device.landing(words, 1, torch.float32).view(-1)
+        src.fill_(1.0)
+        with self.harness.fetch_threads(), self.harness.service_load(self.service_steps()):
+            for i, size in enumerate(sizes):
+                k = size // 4
+                self.harness.timed(self.device.h2d(dst[:k], src[:k]))  # warm-up
+                times = []
+                for _ in range(self.budget.repeats):
+                    self.harness.idle()
+                    src[:k].add_(1.0)  # the gather just wrote the staging buffer
+                    times.append(self.harness.timed(self.device.h2d(dst[:k], src[:k])))
+                self.m.copy.append({"bytes": size, "seconds": median(times)})
+                self.progress("h2d", i + 1, len(sizes))
+
+    def bench_zero_copy(self) -> None:
+        """Zero-copy reads of sorted unique random rows, under service load; the row ids start on
+        the host, as the executor hands them over (CUDA moves them inside the timed interval)."""
+        b = self.budget
+        flat = self.table()
+        cases = self._shuffled([(n, rb) for rb in b.row_bytes for n in b.gather_rows])
+        landing = self.device.landing(max(b.gather_rows) * max(b.row_bytes) // 4, 1, torch.float32).view(-1)
+        with self.harness.fetch_threads(), self.harness.service_load(self.service_steps()):
+            sources: dict[int, torch.Tensor] = {}
+            for i, (n, rb) in enumerate(cases):
+                total = b.table_bytes // rb
+                if rb not in sources:
+                    sources[rb] = self.device.zero_copy_source(self.view_rows(flat, total, rb))
+                src = sources[rb]
+                out = self.view_rows(landing, n, rb)
+                self.harness.timed(self.device.zero_copy(src, self._random_index(total, n), out))  # warm-up
+                times = []
+                for _ in range(b.repeats):
+                    index = self._random_index(total, n)
+                    self.harness.idle()
+                    times.append(self.harness.timed(self.device.zero_copy(src, index, out)))
+                self.m.zero_copy.append({"rows": n, "row_bytes": rb, "seconds": median(times)})
+                self.progress("zero-copy", i + 1, len(cases))
+
+    # ---- backbone ------------------------------------------------------------------------------------
+    def bench_backbone(self) -> None:
+        """Per case, steps run the way the executor runs them: every block in turn with the hidden
+        states chained through, the Engram layer (`engram_forward`, rows from the landing buffer),
+        then the LM head; each part timed in place (so weights are as cold or warm as in a real
+        step), medians over the repeats."""
+        cases = backbone_cases(self.backend, self.budget)
+        total = sum(len(steps) for _, steps in cases)
+        done = 0
+        dev = self.device
+        with dev.compute(), torch.no_grad():
+            for shape, steps in cases:
+                model = shape_model(shape, self.dtype_name, self.engram_head_dim, self.dtype_name)
+                limits, compute_dtype = limits_of(steps), dev.compute_dtype(self.dtype_name)
+                standin = StandIn(model.backbone, limits, dev.torch_device, compute_dtype, dev.generator(0), dev.linear())
+                engram = model.engram
+                module = EngramModule(shape.hidden, engram.d_mem, hc_mult=engram.hc_mult, max_ngram=engram.max_ngram,
+                                      kernel_size=engram.kernel_size, generator=0, device=dev.torch_device, dtype=compute_dtype)
+                heads = engram.heads_per_layer
+                landing = dev.landing(limits.tokens * heads, engram.head_dim, self.dtype)
+                landing.normal_()
+                for kind, new, ctx in steps:
+                    step = make_step(kind, new, ctx)
+                    layout = step_layout(step, dev.torch_device, dev.attention_groups)
+                    h = standin.input(layout)
+                    tokens = int(new.sum())
+                    rows = max(1, min(landing.shape[0], tokens * heads * 2 // 3))  # ~1.5 references per unique row
+                    unique = sorted_unique_rows(self.rng, 1 << 40, rows)
+                    layer_rows = LayerRows(unique=unique, token_rows=unique[self.rng.integers(0, rows, size=(tokens, heads))],
+                                           landed=landing, fetched=unique, resident=None, resident_index=NO_ROWS)
+                    parts = {"block": partial(run_blocks, standin, shape.layers, layout),
+                             "engram": partial(engram_forward, module, layer_rows, engram, h),
+                             "head": partial(standin.head, h, layout)}  # final norm, LM head, sampling
+                    times: dict[str, list[float]] = {part: [] for part in parts}
+                    for _ in range(self.budget.repeats + 1):  # the first round warms up
+                        for part, fn in parts.items():
+                            times[part].append(self.harness.device_time(fn))
+                    base = {"shape": shape.name, "kind": kind, "seqs": int(new.size), "tokens": tokens, "context": int(ctx.max())}
+                    works = {"block": block_kernels(model, step, 0), "engram": engram_kernels(model, step, rows),
+                             "head": head_kernels(model, step)}
+                    for part in parts:
+                        per = shape.layers if part == "block" else 1
+                        getattr(self.m, part).append({**base, "rows": rows, **kernel_fields(works[part]),
+                                                      "seconds": median(times[part][1:]) / per})
+                    done += 1
+                    self.progress("backbone", done, total)
+                if shape is cases[0][0]:
+                    self._interference(standin, shape, model, steps)
+                del standin, module, landing
+                if self.backend == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _interference(self, standin: StandIn, shape: Shape, model: Model, steps: list[Case]) -> None:
+        """Blocks timed while a gather loops on another thread (`block_under_gather`)."""
+        dev, b = self.device, self.budget
+        rb, n = ENGRAM_ROW_BYTES, min(16384, max(b.gather_rows))
+        total_rows = b.table_bytes // rb
+        table = self.view_rows(self.table(), total_rows, rb)
+        out = self.view_rows(self.device.staging(n * rb // 4, 1, torch.float32).view(-1), n, rb)
+
+        def gather_loop(stop: threading.Event) -> None:
+            torch.set_num_threads(self.m.threads)
+            with dev.worker():
+                while not stop.is_set():
+                    dev.gather(table, self._random_index(total_rows, n), out)
+
+        picked = [steps[0], steps[-1], steps[len(steps) // 2]][: b.interference_cases]
+        for kind, new, ctx in picked:
+            step = make_step(kind, new, ctx)
+            blocks = partial(run_blocks, standin, shape.layers, step_layout(step, dev.torch_device, dev.attention_groups))
+            stop = threading.Event()
+            worker = threading.Thread(target=gather_loop, args=(stop,), daemon=True)
+            worker.start()
+            try:
+                under = median([self.harness.device_time(blocks) / shape.layers for _ in range(b.repeats)])
+            finally:
+                stop.set()
+                worker.join()
+            self.m.block_under_gather.append({"shape": shape.name, "kind": kind, "seqs": int(new.size), "tokens": int(new.sum()),
+                                              "context": int(ctx.max()), **kernel_fields(block_kernels(model, step, 0)),
+                                              "seconds": under})
+
+    # ---- host work ------------------------------------------------------------------------------------
+    def bench_host(self) -> None:
+        """The executor's per-step host work (plan, step layout, the first fetch handed to the
+        worker): the HOST spans of short real passes over `host_scenario`, one per batch size."""
+        from engramsim.backends.executor import RealSession
+        from engramsim.session import prepare
+
+        shape = backbone_cases(self.backend, self.budget)[0][0]
+        batches = self.budget.host_batches
+        for i, seqs in enumerate(batches):
+            scenario = Scenario.model_validate(host_scenario(shape, seqs, self.dtype_name, self.engram_head_dim,
+                                                             self.budget.host_steps))
+            with RealSession(prepare(scenario, "calibration"), self.backend) as session:
+                outcome = session.run()
+            steps = {r.index: r for r in outcome.steps}
+            for span in outcome.spans:
+                if span.kind is SpanKind.HOST:
+                    step = steps[span.step]
+                    self.m.host.append({"kind": step.kind, "seqs": step.seqs, "tokens": step.tokens, "seconds": span.seconds})
+            self.progress("host work", i + 1, len(batches))
+

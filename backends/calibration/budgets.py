@@ -1,0 +1,135 @@
+"""How much a calibration measures, and the cases it measures: fetch sizes, stand-in backbone
+shapes and their steps, and the small scenario whose real passes time the per-step host work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engramsim.scenario import Model
+from engramsim.steps import Step
+
+GIB = 1 << 30
+MIB = 1 << 20
+KIB = 1 << 10
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much to measure. `tiny` is for tests (seconds), `quick` about a minute, `full` longer."""
+
+    name: str
+    table_bytes: int  # the gather's table: several times the last-level cache, like real Engram tables
+    gather_rows: tuple[int, ...]
+    row_bytes: tuple[int, ...]
+    copy_bytes: tuple[int, ...]
+    repeats: int  # timings per case; the median is the sample
+    prefill_tokens: tuple[tuple[int, int], ...]  # (sequences, tokens each)
+    decode_cases: tuple[tuple[int, int], ...]  # (batch, context)
+    shapes: int  # how many backbone shapes of the backend's list
+    interference_cases: int
+    host_batches: tuple[int, ...]  # max_num_seqs of the short real passes that time the per-step host work
+    host_steps: int  # steps of each of those passes
+
+
+def _geometric(lo: int, hi: int, factor: int) -> tuple[int, ...]:
+    out, v = [], lo
+    while v <= hi:
+        out.append(v)
+        v *= factor
+    return tuple(out)
+
+
+BUDGETS: dict[str, Budget] = {
+    "tiny": Budget("tiny", 64 * MIB, (64, 512, 4096, 16384), (128, 256), _geometric(4 * KIB, 4 * MIB, 8), 3,
+                   ((1, 16), (2, 64)), ((1, 64), (4, 128)), 1, 1, (2,), 6),
+    "quick": Budget("quick", 1 * GIB, _geometric(64, 65536, 4), (128, 160, 256, 512), _geometric(4 * KIB, 64 * MIB, 4), 7,
+                    ((1, 32), (1, 128), (2, 256), (4, 256), (8, 256)), ((1, 128), (2, 128), (4, 256), (8, 512), (16, 256), (32, 512)),
+                    2, 3, (4, 16), 40),
+    "full": Budget("full", 2 * GIB, _geometric(16, 262144, 2), (128, 160, 256, 512), _geometric(4 * KIB, 64 * MIB, 2), 9,
+                   ((1, 16), (1, 64), (1, 256), (2, 256), (4, 256), (8, 256), (4, 512), (16, 128)),
+                   ((1, 64), (1, 1024), (2, 128), (4, 256), (8, 512), (16, 128), (16, 1024), (32, 256), (64, 512)), 3, 6,
+                   (2, 8, 32), 60),
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A stand-in backbone measured by the calibration (blocks cycled like a real step)."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    layers: int  # distinct blocks cycled through, so the weights do not all sit in cache
+
+
+# CPU: fp32, CPU-sized (like the CPU validation scenarios). CUDA: bf16, 4B/8B-class dense backbones and a small one.
+CPU_SHAPES = (
+    Shape("cpu-h512", 512, 1408, 8, 2, 64, 8192, 6),
+    Shape("cpu-h1024", 1024, 2816, 16, 4, 64, 16384, 4),
+    Shape("cpu-h768", 768, 2048, 12, 4, 64, 12288, 4),
+)
+CUDA_SHAPES = (
+    Shape("cuda-4b", 2560, 9728, 32, 8, 128, 151936, 4),
+    Shape("cuda-h1024", 1024, 2816, 16, 4, 64, 16384, 8),  # launch-bound: the layer overhead's regime
+    Shape("cuda-8b", 4096, 12288, 32, 8, 128, 151936, 4),
+)
+CUDA_SCALE = 16  # CUDA cases: 16x the sequences of the CPU cases (a GPU step batches far more)
+
+Case = tuple[str, np.ndarray, np.ndarray]  # (kind, new tokens per sequence, context lengths)
+
+
+def backbone_cases(backend: str, budget: Budget) -> list[tuple[Shape, list[Case]]]:
+    """Per shape, every measured step."""
+    shapes = (CUDA_SHAPES if backend == "cuda" else CPU_SHAPES)[: budget.shapes]
+    scale = CUDA_SCALE if backend == "cuda" else 1
+    steps: list[Case] = []
+    for seqs, tokens in budget.prefill_tokens:
+        lens = np.full(seqs * scale, tokens, dtype=np.int64)
+        steps.append(("prefill", lens, lens.copy()))
+    for batch, context in budget.decode_cases:
+        ctx = np.full(batch * scale, context, dtype=np.int64)
+        steps.append(("decode", np.ones(batch * scale, dtype=np.int64), ctx))
+    return [(shape, steps) for shape in shapes]
+
+
+def shape_model(shape: Shape, dtype: str, engram_head_dim: int, engram_dtype: str) -> Model:
+    """The scenario `Model` of a shape: its kernels are what the fit prices for the shape's cases."""
+    return Model.model_validate({
+        "backbone": {"layers": shape.layers, "hidden": shape.hidden, "intermediate": shape.intermediate,
+                     "vocab": shape.vocab, "dtype": dtype,
+                     "attention": {"heads": shape.heads, "kv_heads": shape.kv_heads, "head_dim": shape.head_dim}},
+        "engram": {"layers": [0], "max_ngram": 3, "heads": 8, "head_dim": engram_head_dim, "rows_per_head": 1000,
+                   "dtype": engram_dtype, "hc_mult": 1},
+    })
+
+
+def make_step(kind: str, new: np.ndarray, ctx: np.ndarray, index: int = 0) -> Step:
+    return Step(index, kind, np.arange(new.size, dtype=np.int64), new.astype(np.int64), ctx.astype(np.int64),  # type: ignore[arg-type]
+                np.zeros(int(new.sum()), dtype=np.int64))
+
+
+def host_scenario(shape: Shape, seqs: int, dtype: str, head_dim: int, steps: int) -> dict[str, Any]:
+    """The small scenario whose real passes time the per-step host work: two blocks of `shape`,
+    one Engram layer (16 heads x 20,000 rows of 256 B), the cpython-stdlib trace, batches of `seqs`.
+    Not a validation scenario: its own trace, shape and table."""
+    return {
+        "name": f"calibration-host-{seqs}",
+        "model": {
+            "backbone": {"layers": 2, "hidden": shape.hidden, "intermediate": shape.intermediate, "vocab": shape.vocab,
+                         "dtype": dtype, "attention": {"heads": shape.heads, "kv_heads": shape.kv_heads, "head_dim": shape.head_dim}},
+            "engram": {"layers": [1], "max_ngram": 3, "heads": 8, "head_dim": head_dim, "rows_per_head": 20_000,
+                       "dtype": dtype, "hc_mult": 1},
+        },
+        "hardware": "h100-pcie",
+        "workload": {"trace": "cpython-stdlib", "requests": 2 * seqs, "prompt_len": {"dist": "uniform", "low": 32, "high": 128},
+                     "output_len": {"dist": "uniform", "low": 8, "high": 32},
+                     "batching": {"max_num_seqs": seqs, "max_num_batched_tokens": 1024}},
+        "run": {"seed": 0, "baseline": False, "max_steps": steps},
+    }

@@ -1,0 +1,171 @@
+"""The fits: pure functions from timings to the cost model's parameters (numpy and scipy only, no
+torch, so a samples file can be refitted anywhere).
+
+Each fit evaluates engramsim/kernels.py's own formula over all samples at once, so the fitted
+parameters mean exactly what the simulator's `RooflineCostModel` does with them. The non-linear
+fits (gather, roofline) minimise the squared log of model / measured
+(scipy.optimize.least_squares), the linear ones (latency + bandwidth, zero-copy) the squared
+relative error: either way a 10 us gather counts as much as a 10 ms one, and the log makes a 2x
+overestimate cost as much as a 2x underestimate.
+
+Residuals: `rel_error_mean` is the signed mean of (model - measured) / measured (the bias),
+`rel_error_p95` the 95th percentile of its absolute value (the band).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares, lsq_linear
+
+from engramsim.hardware.profile import Residual
+from engramsim.kernels import gather_seconds, roofline, wire_bytes, zero_copy_seconds
+
+RATE_CEILING = 3.0  # a fitted peak is at most this many times the highest rate any sample reached
+EXPONENT_MAX = 32.0  # the roofline exponent's upper bound: (a^32 + b^32)^(1/32) is within 2.2% of max(a, b)
+HALF_ROWS_MAX = 256.0  # a GEMM's half-performance length is at most this many rows
+
+
+def rel_errors(predicted: Sequence[float] | np.ndarray, measured: Sequence[float] | np.ndarray) -> np.ndarray:
+    p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    return (p - m) / m
+
+
+def residual(predicted: Sequence[float] | np.ndarray, measured: Sequence[float] | np.ndarray) -> Residual:
+    """Signed mean and 95th-percentile absolute relative error of a model against its samples."""
+    err = rel_errors(predicted, measured)
+    return Residual(samples=int(err.size), rel_error_mean=float(err.mean()),
+                    rel_error_p95=float(np.percentile(np.abs(err), 95)))
+
+
+def fit_latency_bandwidth(nbytes: Sequence[float] | np.ndarray, seconds: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """(latency s, bytes/s) of t = latency + bytes / bandwidth, least relative error, latency >= 0.
+
+    Weighted linear least squares: divide each equation by its own time, so
+    [1/t, x/t] . [latency, 1/bandwidth] = 1.
+    """
+    x, t = np.asarray(nbytes, dtype=float), np.asarray(seconds, dtype=float)
+    a = np.column_stack([1.0 / t, x / t])
+    scale = np.array([np.median(t), np.median(t) / np.median(x)])
+    min_inv_bw = 1.0 / (RATE_CEILING * float(np.max(x / t)))  # no bandwidth beyond RATE_CEILING x the best seen
+    sol = lsq_linear(a * scale, np.ones_like(t), bounds=([0.0, min_inv_bw / scale[1]], [np.inf, np.inf]))
+    latency, inv_bw = sol.x * scale
+    return float(latency), float(1.0 / inv_bw)
+
+
+def fit_gather(rows: Sequence[float] | np.ndarray, row_bytes: Sequence[float] | np.ndarray,
+               seconds: Sequence[float] | np.ndarray, threads: int, dram_max: float) -> tuple[float, float, float]:
+    """(rows/s per thread, overhead s, DRAM bytes/s) of `kernels.gather_seconds`, least squared
+    log error.
+
+    The DRAM bound is capped at `dram_max` (the streaming-copy bandwidth); where no sample is
+    bandwidth-bound the fit leaves it there.
+    """
+    n, b, t = (np.asarray(v, dtype=float) for v in (rows, row_bytes, seconds))
+
+    def res(p: np.ndarray) -> np.ndarray:
+        return np.log(gather_seconds(n, b, threads, math.exp(p[0]), math.exp(p[1]), p[2] * 1e-6) / t)
+
+    best = None
+    rate0 = float(np.median(n / t)) / threads
+    rate_max = RATE_CEILING * float(np.max(n / t)) / threads
+    for rate_guess in (rate0, rate0 * 2, rate0 / 2):
+        for dram_guess in (dram_max * 0.999, dram_max * 0.3):
+            p0 = np.array([math.log(min(rate_guess, rate_max * 0.99)), math.log(dram_guess), float(np.min(t)) * 0.2e6])
+            bounds = ([-np.inf, math.log(dram_max * 1e-3), 0.0], [math.log(rate_max), math.log(dram_max), np.inf])
+            sol = least_squares(res, p0, bounds=bounds, x_scale=[1.0, 1.0, max(1.0, p0[2])])
+            if best is None or sol.cost < best.cost:
+                best = sol
+    assert best is not None
+    return math.exp(best.x[0]), best.x[2] * 1e-6, math.exp(best.x[1])
+
+
+def fit_zero_copy(rows: Sequence[float] | np.ndarray, row_bytes: Sequence[float] | np.ndarray,
+                  seconds: Sequence[float] | np.ndarray, transactions: Sequence[int] = (32, 64, 128)) -> tuple[float, float, int]:
+    """(latency s, bytes/s, transaction bytes) of `kernels.zero_copy_seconds`.
+
+    The transaction size is the candidate whose fit has the least squared relative error (ties:
+    the larger, the simulator's default granularity being a GPU's 128 B read).
+    """
+    n, b, t = (np.asarray(v, dtype=float) for v in (rows, row_bytes, seconds))
+    best: tuple[float, float, float, int] | None = None
+    for tx in sorted(transactions, reverse=True):
+        latency, bw = fit_latency_bandwidth(wire_bytes(n, b, tx), t)
+        cost = float(np.sum((zero_copy_seconds(n, b, latency, bw, tx) - t) ** 2 / t ** 2))
+        if best is None or cost < best[0] * (1 - 1e-9):
+            best = (cost, latency, bw, tx)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def kernel_times(kernels: Sequence[np.ndarray], flops_s: float, bytes_s: float, exponent: float | None,
+                 half_rows: float = 0.0) -> np.ndarray:
+    """Seconds of each sample's kernels (an array [kernels, (flops, bytes, weights)] per sample),
+    each priced by `kernels.roofline`, summed per sample."""
+    arrays = [np.asarray(k, dtype=float).reshape(-1, 3) for k in kernels]
+    stacked = np.concatenate(arrays)
+    owner = np.repeat(np.arange(len(arrays)), [a.shape[0] for a in arrays])
+    per_kernel = roofline(stacked[:, 0], stacked[:, 1], stacked[:, 2], flops_s, bytes_s, exponent, half_rows)
+    return np.bincount(owner, weights=per_kernel, minlength=len(arrays))
+
+
+@dataclass(frozen=True)
+class RooflineFit:
+    flops_s: float
+    bytes_s: float
+    exponent: float
+    half_rows: float
+    overheads_s: np.ndarray
+
+    def kernel_times(self, kernels: Sequence[np.ndarray]) -> np.ndarray:
+        """Seconds of each sample's kernels at the fitted rates (no fixed cost)."""
+        return kernel_times(kernels, self.flops_s, self.bytes_s, self.exponent, self.half_rows)
+
+
+def fit_roofline(kernels: Sequence[np.ndarray], seconds: Sequence[float] | np.ndarray,
+                 overheads: np.ndarray | Sequence[Sequence[float]] | None = None) -> RooflineFit:
+    """The rates, exponent n, GEMM half-rows and fixed costs of t = sum over the sample's kernels
+    of `kernels.roofline` + K . overheads, least squared log error.
+
+    `kernels` holds one array [kernels, (flops, bytes, weights)] per sample. `overheads` is K, one
+    row per sample and one column per fixed cost (e.g. [1, 0] for a block, which pays one layer
+    overhead, [0, 1] for the head, which pays its own fixed cost); default one column of ones. The
+    exponent runs from 1 (compute and memory time add up) to EXPONENT_MAX (practically their max),
+    the half-rows from 0 to HALF_ROWS_MAX. Each peak is bounded by `RATE_CEILING` x the highest
+    rate a sample reached. The problem is not convex: several starts, the best kept.
+    """
+    t = np.asarray(seconds, dtype=float)
+    arrays = [np.asarray(k, dtype=float).reshape(-1, 3) for k in kernels]
+    f = np.array([a[:, 0].sum() for a in arrays])
+    by = np.array([a[:, 1].sum() for a in arrays])
+    k = np.ones((t.size, 1)) if overheads is None else np.asarray(overheads, dtype=float).reshape(t.size, -1)
+    m = k.shape[1]
+
+    def res(p: np.ndarray) -> np.ndarray:
+        pred = kernel_times(arrays, math.exp(p[0]), math.exp(p[1]), 1.0 + math.exp(p[2]), p[3]) + k @ p[4:] * 1e-6
+        return np.log(pred / t)
+
+    # No extrapolation: a rate may not exceed RATE_CEILING x the highest one any sample reached
+    # (where no sample is bound by it, e.g. none is memory-bound, the fit would run it to infinity).
+    f_hi, b_hi = float(np.max(f / t)), float(np.max(by / t))
+    n_lo, n_hi = math.log(1e-3), math.log(EXPONENT_MAX - 1.0)
+    lower = np.r_[math.log(f_hi / 100), math.log(b_hi / 100), n_lo, 0.0, np.zeros(m)]
+    upper = np.r_[math.log(f_hi * RATE_CEILING), math.log(b_hi * RATE_CEILING), n_hi, HALF_ROWS_MAX, np.full(m, np.inf)]
+    o0 = float(np.min(t)) * 1e6
+    best = None
+    for fs in (1.0, RATE_CEILING * 0.99):
+        for bs in (0.3, 1.0, RATE_CEILING * 0.99):
+            for n0 in (n_lo + 0.1, n_hi - 0.1):
+                for h0 in (0.0, 16.0):
+                    p0 = np.concatenate([[math.log(f_hi * fs), math.log(b_hi * bs), n0, h0], np.full(m, o0 * 0.1)])
+                    sol = least_squares(res, p0, bounds=(lower, upper),
+                                        x_scale=np.r_[1.0, 1.0, 1.0, 8.0, np.full(m, max(1.0, o0))])
+                    if best is None or sol.cost < best.cost:
+                        best = sol
+    assert best is not None
+    x = best.x
+    return RooflineFit(math.exp(x[0]), math.exp(x[1]), 1.0 + math.exp(x[2]), float(x[3]), x[4:] * 1e-6)
+

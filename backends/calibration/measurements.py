@@ -1,0 +1,38 @@
+"""What the benchmarks measured: one median per case, with the work the cost model counts for it,
+kept for the samples file (`engramsim calibrate --samples`) and read by the fits."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engramsim.kernels import Work
+
+
+@dataclass
+class Measurements:
+    """Every timing the fits use (seconds; one median per case)."""
+
+    backend: str
+    budget: str
+    threads: int = 1
+    gather: list[dict[str, float]] = field(default_factory=list)  # rows, row_bytes, seconds
+    copy: list[dict[str, float]] = field(default_factory=list)  # bytes, seconds
+    zero_copy: list[dict[str, float]] = field(default_factory=list)  # rows, row_bytes, seconds
+    stream_gbps: float = 0.0
+    block: list[dict[str, Any]] = field(default_factory=list)  # shape, kind, seqs, tokens, context, flops, bytes, kernels, seconds
+    engram: list[dict[str, Any]] = field(default_factory=list)  # as block, plus rows
+    head: list[dict[str, Any]] = field(default_factory=list)
+    host: list[dict[str, Any]] = field(default_factory=list)  # kind, seqs, tokens, seconds: per step of a real pass
+    block_under_gather: list[dict[str, Any]] = field(default_factory=list)
+    gather_alone: list[dict[str, float]] = field(default_factory=list)  # rows, row_bytes, seconds: back to back, quiet
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kernel_fields(kernels: list[Work]) -> dict[str, Any]:
+    """A sample's cost-model work: the totals (for reading) and the kernels (what the fit prices)."""
+    return {"flops": sum(k.flops for k in kernels), "bytes": sum(k.bytes for k in kernels),
+            "kernels": [[k.flops, k.bytes, k.weights] for k in kernels]}

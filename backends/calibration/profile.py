@@ -1,0 +1,164 @@
+"""From measurements to a calibrated `HardwareProfile`: the fits assembled into profile fields,
+the residual of every group, a description of what was measured, the YAML file, and
+`calibrate()`, the whole run behind `engramsim calibrate`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from engramsim.hardware.profile import GPU, HardwareProfile, Host, Link, Provenance, Residual
+from engramsim.kernels import dma_seconds, gather_seconds, zero_copy_seconds
+
+from .bench import Calibrator, Progress
+from .budgets import BUDGETS, GIB, Budget
+from .fits import fit_gather, fit_latency_bandwidth, fit_roofline, fit_zero_copy, residual
+from .harness import FETCH_GAP_S
+from .machine import cpu_model, link_name, machine_host, memory_gib, require_backend, versions
+from .measurements import Measurements
+
+GB = 1e9
+TFLOP = 1e12
+US = 1e-6
+
+
+def _col(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    return np.array([float(r[key]) for r in rows], dtype=float)
+
+
+def _kernels(rows: list[dict[str, Any]]) -> list[np.ndarray]:
+    return [np.asarray(r["kernels"], dtype=float) for r in rows]
+
+
+def fit_profile(m: Measurements, name: str, date: str | None = None) -> HardwareProfile:
+    """The profile whose cost model best reproduces `m`, with the residual of every group.
+
+    The achieved rates are stored as the peaks with `compute_efficiency = memory_efficiency =
+    1.0` (no datasheet enters a calibrated profile). The head's fixed cost joins the per-step host
+    time in `step_overhead_us` (the cost model has no head overhead of its own).
+    """
+    backend = m.backend
+    g_rows, g_rb, g_t = _col(m.gather, "rows"), _col(m.gather, "row_bytes"), _col(m.gather, "seconds")
+    rate, g_overhead, dram = fit_gather(g_rows, g_rb, g_t, m.threads, m.stream_gbps * GB)
+    c_bytes, c_t = _col(m.copy, "bytes"), _col(m.copy, "seconds")
+    latency, h2d = fit_latency_bandwidth(c_bytes, c_t)
+    zc_rows, zc_rb, zc_t = _col(m.zero_copy, "rows"), _col(m.zero_copy, "row_bytes"), _col(m.zero_copy, "seconds")
+    zc_latency, zc_bw, tx = fit_zero_copy(zc_rows, zc_rb, zc_t)
+    gpu_rows = m.block + m.engram + m.head  # each group pays its own fixed cost: layer, Engram layer, step
+    k = np.repeat(np.eye(3), [len(m.block), len(m.engram), len(m.head)], axis=0)
+    roof = fit_roofline(_kernels(gpu_rows), _col(gpu_rows, "seconds"), k)
+    layer_overhead, engram_overhead, head_overhead = roof.overheads_s
+
+    if backend == "cuda":
+        gpu_label = torch.cuda.get_device_name(0)
+        hbm_gib = round(torch.cuda.mem_get_info()[1] / GIB, 1)
+    else:
+        gpu_label, hbm_gib = cpu_model(), memory_gib()
+    gpu = GPU(name=gpu_label, bf16_tflops=roof.flops_s / TFLOP, hbm_gbps=roof.bytes_s / GB, hbm_gib=hbm_gib,
+              compute_efficiency=1.0, memory_efficiency=1.0, layer_overhead_us=layer_overhead / US,
+              engram_overhead_us=engram_overhead / US, roofline_exponent=roof.exponent, gemm_half_rows=roof.half_rows,
+              copy_engines=1)
+    link = Link(name=link_name(backend), h2d_gbps=h2d / GB, d2h_gbps=h2d / GB, dma_latency_us=latency / US,
+                zero_copy_gbps=zc_bw / GB, zero_copy_latency_us=zc_latency / US, transaction_bytes=tx)
+    host = Host(name=cpu_model(), dram_gbps=dram / GB, dram_gib=memory_gib(), gather_rows_per_s=rate,
+                gather_threads=m.threads, gather_overhead_us=g_overhead / US)
+    flag = {"quick": " --quick", "full": ""}.get(m.budget, f" --budget {m.budget}")
+    provenance = Provenance(kind="calibrated", source=f"engramsim calibrate --backend {backend}{flag}",
+                            date=date or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+                            host=machine_host(), gpu=gpu_label if backend == "cuda" else None, versions=versions(backend))
+    host_s = float(statistics.median(r["seconds"] for r in m.host)) if m.host else 0.0
+    draft = HardwareProfile(name=name, gpu=gpu, link=link, host=host, step_overhead_us=(host_s + head_overhead) / US,
+                            provenance=provenance)
+
+    res: dict[str, Residual] = {
+        "gather": residual(gather_seconds(g_rows, g_rb, m.threads, rate, dram, g_overhead), g_t),
+        "h2d": residual(dma_seconds(c_bytes, latency, h2d), c_t),
+        "zero_copy": residual(zero_copy_seconds(zc_rows, zc_rb, zc_latency, zc_bw, tx), zc_t),
+        "block": residual(roof.kernel_times(_kernels(m.block)) + layer_overhead, _col(m.block, "seconds")),
+        "engram": residual(roof.kernel_times(_kernels(m.engram)) + engram_overhead, _col(m.engram, "seconds")),
+        "head": residual(roof.kernel_times(_kernels(m.head)) + head_overhead, _col(m.head, "seconds")),
+    }
+    if m.host:
+        res["host"] = residual([host_s] * len(m.host), _col(m.host, "seconds"))
+    if m.block_under_gather:
+        res["block_under_gather"] = residual(roof.kernel_times(_kernels(m.block_under_gather)) + layer_overhead,
+                                             _col(m.block_under_gather, "seconds"))
+    if m.gather_alone:
+        quiet = m.gather_alone
+        res["gather_alone"] = residual(gather_seconds(_col(quiet, "rows"), _col(quiet, "row_bytes"), m.threads, rate, dram,
+                                                      g_overhead), _col(quiet, "seconds"))
+    return draft.model_copy(update={"description": describe(m, draft, dram), "residuals": res})
+
+
+def interference(m: Measurements) -> tuple[float | None, float | None]:
+    """(block time while a gather loops on another thread / alone, gather time handed over after a step /
+    back to back on a quiet machine), medians over the cases measured both ways."""
+    block = None
+    if m.block_under_gather:
+        alone = {(r["shape"], r["kind"], r["seqs"], r["tokens"], r["context"]): r["seconds"] for r in m.block}
+        block = float(np.median([r["seconds"] / alone[(r["shape"], r["kind"], r["seqs"], r["tokens"], r["context"])]
+                                 for r in m.block_under_gather]))
+    gather = None
+    quiet = {(r["rows"], r["row_bytes"]): r["seconds"] for r in m.gather_alone}
+    ratios = [r["seconds"] / quiet[(r["rows"], r["row_bytes"])] for r in m.gather if (r["rows"], r["row_bytes"]) in quiet]
+    if ratios:
+        gather = float(np.median(ratios))
+    return block, gather
+
+
+def describe(m: Measurements, p: HardwareProfile, dram: float) -> str:
+    """The profile's description: how it was measured, and the interference the cost model lacks."""
+    block, gather = interference(m)
+    what = "CPU" if m.backend == "cpu" else "GPU"
+    parts = [
+        f"Calibrated with `engramsim calibrate --backend {m.backend}` (budget {m.budget}, {m.wall_s:.0f} s) on {p.provenance.host}.",
+        (f"The {what} rates are achieved ones fitted on stand-in blocks: efficiencies are 1.0 and bf16_tflops / hbm_gbps hold "
+         f"the achieved FLOP/s and bytes/s of the backbone's {'fp32' if m.backend == 'cpu' else 'bf16'} kernels (no datasheet)."),
+        ("Gathers are timed as a waiting Engram layer sees them: after a stand-in decode step, handed to a waiting worker "
+         "thread, until the computing thread sees them done (both threads' wake-ups included)."),
+        (f"Copies are timed under service load (a compute thread running stand-in steps, {FETCH_GAP_S * 1e3:.0f} ms idle "
+         f"before each), as the executor's fetch worker sees them."),
+        f"Host streaming copy {m.stream_gbps:.1f} GB/s (read + write); the gather's fitted DRAM bound {dram / GB:.1f} GB/s.",
+    ]
+    if m.backend == "cpu":
+        parts.append("On the CPU backend 'h2d' is a host memcpy into the landing buffer and 'zero-copy' an index_select straight into it.")
+    if gather is not None:
+        parts.append(f"Gathers timed that way take {gather:.2f}x as long as back to back on a quiet machine "
+                     f"(residual gather_alone: this profile's error there).")
+    if block is not None:
+        parts.append(f"Interference, which the cost model does not have: blocks take {block:.2f}x as long while gathers loop "
+                     f"on another thread (residual block_under_gather).")
+    return " ".join(parts)
+
+
+def profile_yaml(profile: HardwareProfile) -> str:
+    data = profile.model_dump(mode="json")
+    header = f"# {profile.name}: written by `{profile.provenance.source}` on {profile.provenance.date}.\n"
+    return header + yaml.safe_dump(data, sort_keys=False, width=120)
+
+
+def calibrate(backend: str, budget: str | Budget, name: str, progress: Progress | None = None,
+              seed: int = 0) -> tuple[HardwareProfile, Measurements]:
+    """Measure, fit, and return the calibrated profile with the measurements behind it."""
+    require_backend(backend)
+    plan = BUDGETS[budget] if isinstance(budget, str) else budget
+    t0 = time.perf_counter()
+    cal = Calibrator(backend, plan, progress, seed)
+    try:
+        cal.bench_gather(service=True)
+        cal.bench_gather(service=False)
+        cal.bench_stream()
+        cal.bench_h2d()
+        cal.bench_zero_copy()
+        cal.bench_backbone()
+        cal.bench_host()
+    finally:
+        cal.close()
+    cal.m.wall_s = time.perf_counter() - t0
+    return fit_profile(cal.m, name), cal.m

@@ -1,0 +1,132 @@
+"""The fetch worker: the thread that moves each fetch's rows through the transport's stages while
+the compute thread runs blocks, one fetch after another in issue order.
+
+gather: index_select of the fetched rows into a host staging buffer; h2d: staging → landing
+buffer; zero_copy: rows straight into the landing buffer. Stage kinds dispatch through one
+handler table. Every stage returns device marks, turned into seconds after the step's
+synchronize (`Pending.resolve`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from engramsim.backends.device import Device, Mark
+from engramsim.plan import FetchPlan
+from engramsim.records import Span, SpanKind
+from engramsim.strategies import StageKind, Transport
+
+
+@dataclass(kw_only=True)
+class Pending:
+    """A span whose marks become seconds after the step's synchronize."""
+
+    kind: SpanKind
+    start: Mark
+    end: Mark
+    step: int
+    layer: int | None = None
+    bytes: int = 0
+    blocks: tuple[int, int] | None = None
+
+    def resolve(self, device: Device) -> Span:
+        return Span(kind=self.kind, start_s=device.seconds(self.start), end_s=device.seconds(self.end), step=self.step,
+                    layer=self.layer, bytes=self.bytes, blocks=self.blocks)
+
+
+@dataclass(frozen=True)
+class Buffers:
+    """Where one fetch reads and writes: the host table, its staging and landing slots, and the
+    zero-copy view of the table (None where the transport does not use it)."""
+
+    table: torch.Tensor
+    staging: torch.Tensor | None
+    landing: torch.Tensor
+    zero_copy: torch.Tensor | None
+
+
+@dataclass
+class Fetch:
+    """One Engram layer's fetch for one step, handed from the compute thread to the worker."""
+
+    plan: FetchPlan
+    buffers: Buffers
+    issued: Mark  # the issuing block's start
+    done: threading.Event = field(default_factory=threading.Event)
+    ready: Mark | None = None  # the last stage's end
+    error: BaseException | None = None
+
+
+SPAN_OF = {StageKind.GATHER: SpanKind.GATHER, StageKind.H2D: SpanKind.H2D, StageKind.ZERO_COPY: SpanKind.ZERO_COPY}
+
+
+class FetchWorker:
+    """The thread that runs fetches one after another, in the order they are issued."""
+
+    def __init__(self, device: Device, transport: Transport, row_bytes: int) -> None:
+        self.device, self.transport, self.row_bytes = device, transport, row_bytes
+        self._jobs: queue.SimpleQueue[Fetch | None] = queue.SimpleQueue()
+        self._spans: list[Pending] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="engram-fetch", daemon=True)
+        self._stages: dict[StageKind, Callable[[Buffers, torch.Tensor, int], tuple[Mark, Mark]]] = {
+            StageKind.GATHER: self._gather, StageKind.H2D: self._h2d, StageKind.ZERO_COPY: self._zero_copy,
+        }
+
+    def __enter__(self) -> FetchWorker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+    def submit(self, fetch: Fetch) -> None:
+        self._jobs.put(fetch)
+
+    def take_spans(self, step: int) -> list[Pending]:
+        """The finished stages of fetches for steps up to `step` (fetches issued ahead for later
+        steps stay until their step has synchronized, so their marks are complete)."""
+        with self._lock:
+            taken = [p for p in self._spans if p.step <= step]
+            self._spans = [p for p in self._spans if p.step > step]
+        return taken
+
+    def _loop(self) -> None:
+        with self.device.worker(), torch.no_grad():
+            while (fetch := self._jobs.get()) is not None:
+                try:
+                    self._run(fetch)
+                except BaseException as exc:  # handed to the compute thread, which raises it
+                    fetch.error = exc
+                finally:
+                    fetch.done.set()
+
+    def _gather(self, b: Buffers, index: torch.Tensor, n: int) -> tuple[Mark, Mark]:
+        assert b.staging is not None
+        return self.device.gather(b.table, index, b.staging[:n])
+
+    def _h2d(self, b: Buffers, index: torch.Tensor, n: int) -> tuple[Mark, Mark]:
+        assert b.staging is not None
+        return self.device.h2d(b.landing[:n], b.staging[:n])
+
+    def _zero_copy(self, b: Buffers, index: torch.Tensor, n: int) -> tuple[Mark, Mark]:
+        assert b.zero_copy is not None
+        return self.device.zero_copy(b.zero_copy, index, b.landing[:n])
+
+    def _run(self, fetch: Fetch) -> None:
+        plan, n = fetch.plan, int(fetch.plan.fetch.size)
+        self.device.wait_reached(fetch.issued)
+        index = torch.from_numpy(plan.fetch)
+        spans = []
+        for stage in self.transport.stages(n, self.row_bytes):
+            start, end = self._stages[stage.kind](fetch.buffers, index, n)
+            spans.append(Pending(kind=SPAN_OF[stage.kind], start=start, end=end, step=plan.step, layer=plan.layer, bytes=stage.bytes))
+        with self._lock:
+            self._spans += spans
+        fetch.ready = spans[-1].end

@@ -1,0 +1,78 @@
+"""HBM is one budget: backbone weights, the KV cache, and whatever Engram keeps on the GPU (tables
+placed there, caches, the staging buffers fetched rows land in) come out of the same memory.
+
+`hbm_items` says what a pass keeps in HBM, item by item, so a scenario that does not fit is
+refused naming the item, and the results report what is left for the KV cache. The KV cache is
+counted at its minimum, one longest sequence: serving needs at least that to make progress, and
+everything above it is what the rest leaves free (`kv_free_bytes`).
+"""
+
+from __future__ import annotations
+
+from engramsim.scenario import DTYPE_BYTES, Backbone, Engram, Scenario
+from engramsim.strategies import Cache, Placement, Prefetch, TableInfo, Tier
+from engramsim.workload import Workload
+
+
+def backbone_params(bb: Backbone) -> int:
+    """Weights of the backbone: per block the attention projections and the dense MLP or the
+    MoE (router, routed and shared experts), plus untied embedding and LM head."""
+    att = bb.attention
+    attention = bb.hidden * (att.heads + 2 * att.kv_heads) * att.head_dim + att.heads * att.head_dim * bb.hidden
+    dense = 3 * bb.hidden * bb.intermediate
+    moe = bb.moe
+    dense_blocks = bb.layers if moe is None else min(bb.layers, moe.dense_layers)
+    params = bb.layers * attention + dense_blocks * dense + 2 * bb.hidden * bb.vocab
+    if moe is not None:
+        per_moe = bb.hidden * moe.experts + (moe.experts + moe.shared_experts) * 3 * bb.hidden * moe.expert_intermediate
+        params += (bb.layers - dense_blocks) * per_moe
+    return params
+
+
+def engram_params(engram: Engram, hidden: int) -> int:
+    """One Engram layer's weights: fused W_v + per-branch W_k, the RMSNorm weights, the depthwise conv."""
+    hc = engram.hc_mult
+    return engram.d_mem * (hc + 1) * hidden + (hc + 1) * hidden + 3 * hc * hidden + hc * hidden * engram.kernel_size
+
+
+def step_tokens_limit(workload: Workload) -> int:
+    """The most tokens one step can feed: a prefill is bounded by the batching knobs and the
+    prompts, a decode by the sequences."""
+    reqs = workload.requests
+    prefill = min(workload.max_num_batched_tokens, sum(r.prompt_len for r in reqs))
+    return max(prefill, min(workload.max_num_seqs, len(reqs)))
+
+
+def staging_rows(table: TableInfo, engram: Engram, workload: Workload, prefetch: Prefetch) -> int:
+    """Rows of one staging slot: a step's tokens x heads never need more distinct rows, plus the
+    prefetch's speculative budget."""
+    return min(table.rows, step_tokens_limit(workload) * engram.heads_per_layer) + prefetch.speculative_budget(table.layer)
+
+
+def staging_slots(prefetch: Prefetch) -> int:
+    """Fetches of one layer that can be in flight or waiting at once: this step's and one per step of lead."""
+    return 1 + prefetch.horizon
+
+
+def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Workload, placement: Placement,
+              cache: Cache, prefetch: Prefetch) -> dict[str, int]:
+    """Bytes a pass keeps in HBM, by item (names are the keys of session.HBM_FIELDS)."""
+    bb, engram = scenario.model.backbone, scenario.model.engram
+    b = DTYPE_BYTES[bb.dtype]
+    att = bb.attention
+    longest = max(r.prompt_len + r.output_len for r in workload.requests)
+    offloaded = sum(t.bytes for t in tables.values()) > placement.bytes_per_tier().get(Tier.HBM, 0)
+    staging = sum(staging_slots(prefetch) * staging_rows(t, engram, workload, prefetch) * t.row_bytes for t in tables.values())
+    return {
+        "backbone weights": int(backbone_params(bb) * b),
+        "Engram modules": int(len(tables) * engram_params(engram, bb.hidden) * b),
+        "Engram tables in HBM": placement.bytes_per_tier().get(Tier.HBM, 0),
+        "Engram caches": sum(cache.capacity_rows(layer) * t.row_bytes for layer, t in tables.items()),
+        "Engram staging buffers": staging if offloaded else 0,
+        "KV cache (one longest sequence)": int(bb.layers * 2 * att.kv_heads * att.head_dim * b * longest),
+    }
+
+
+def kv_free_bytes(items: dict[str, int], hbm_bytes: float) -> int:
+    """HBM left for the KV cache beyond its minimum, once everything else is placed."""
+    return int(hbm_bytes - sum(items.values()))

@@ -1,0 +1,245 @@
+"""The summary metrics of a run, each declared once: results.json's `summary`, the `engramsim run`
+report, `engramsim diff`, `engramsim validate` and the README's Results table all read this registry.
+
+Adding a metric is one `register(Metric(...))` call here (or in a plugin): `compute` derives it from
+a `MetricContext`, and every output picks it up. The README table is generated, not hand-written:
+`python -m engramsim.metrics` prints it for the "## Results" section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from engramsim.records import RunOutcome, StepRecord
+
+GROUPS = ("throughput", "overheads", "latencies", "stall", "link traffic", "rows", "run size")
+LAYER_COUNTS = ("rows_unique", "references", "rows_hbm", "rows_fetched", "bytes_fetched")
+SPLIT_COUNTS = ("rows_placed_hbm", "cache_hits", "rows_missed", "rows_speculative")
+
+Value = int | float | None
+
+
+def quantiles_ms(values: np.ndarray) -> dict[str, float]:
+    """Mean, median and p99 in milliseconds of values in seconds (zeros when there are none)."""
+    if values.size == 0:
+        return {"mean": 0.0, "p50": 0.0, "p99": 0.0}
+    ms = values * 1e3
+    return {"mean": float(ms.mean()), "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+
+
+def per_layer(steps: list[StepRecord]) -> list[dict[str, Any]]:
+    """results.json's `per_layer`: stalls, fetch times and row counts per Engram layer, by layer id."""
+    layers: dict[int, dict[str, Any]] = {}
+    for step in steps:
+        for rec in step.layers:
+            acc = layers.setdefault(rec.layer, {"layer": rec.layer, "stall_ms_total": 0.0, "steps_stalled": 0, "fetch_ms_total": 0.0,
+                                                "fetch_ms_max": 0.0, **dict.fromkeys(LAYER_COUNTS + SPLIT_COUNTS, 0)})
+            acc["stall_ms_total"] += rec.stall_s * 1e3
+            fetch_ms = (rec.ready_s - rec.issue_s) * 1e3
+            acc["fetch_ms_total"] += fetch_ms
+            acc["fetch_ms_max"] = max(acc["fetch_ms_max"], fetch_ms)
+            acc["steps_stalled"] += int(rec.stall_s > 0)
+            for key in LAYER_COUNTS + SPLIT_COUNTS:
+                acc[key] += getattr(rec, key)
+    for acc in layers.values():
+        acc["dedup_ratio"] = acc["references"] / max(1, acc["rows_unique"])
+    return [layers[k] for k in sorted(layers)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricContext:
+    """What a metric is computed from: the offloaded pass, the reference passes when they ran (all
+    tables in HBM; no Engram at all), and the run's settings. Shared intermediates are cached."""
+
+    outcome: RunOutcome
+    baseline: RunOutcome | None = None
+    no_engram: RunOutcome | None = None
+    seed: int
+    link_gbps: float
+
+    @cached_property
+    def layers(self) -> list[dict[str, Any]]:
+        return per_layer(self.outcome.steps)
+
+    def total(self, key: str) -> Any:
+        """A per-layer column summed over the layers (in layer order, so float sums are reproducible)."""
+        return sum(layer[key] for layer in self.layers)
+
+    @cached_property
+    def series_ms(self) -> dict[str, dict[str, float]]:
+        """Quantiles of the step latency, time to first token and time per output token."""
+        latencies = np.array([s.latency_s for s in self.outcome.steps])
+        return {"step_latency": quantiles_ms(latencies), "ttft": quantiles_ms(self.outcome.ttft_s),
+                "tpot": quantiles_ms(self.outcome.tpot_s)}
+
+    def per_second(self, amount: float) -> float:
+        """`amount` over the makespan (0 for an empty run)."""
+        return amount / self.outcome.makespan_s if self.outcome.makespan_s > 0 else 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Metric:
+    """One summary metric. `name` is its results.json key; `label`, `digits` and `group` are how the
+    terminal shows it (`group` None: results.json only); `validated`: `engramsim validate` compares
+    it between the real and the simulated run."""
+
+    name: str
+    unit: str
+    meaning: str
+    compute: Callable[[MetricContext], Value]
+    label: str
+    digits: int = 2
+    group: str | None = None
+    validated: bool = False
+
+    def __post_init__(self) -> None:
+        if self.group is not None and self.group not in GROUPS:
+            raise ValueError(f"metric {self.name}: group {self.group!r} is not one of {GROUPS}")
+        if "|" in self.unit + self.meaning:
+            raise ValueError(f"metric {self.name}: '|' would break the README table")
+
+    def number(self, value: Value) -> str:
+        """The value as the terminal shows it, without the unit ("-" when there is none)."""
+        if value is None:
+            return "-"
+        return f"{value:,}" if isinstance(value, int) else f"{value:,.{self.digits}f}"
+
+    def display(self, value: Value) -> str:
+        return f"{self.number(value)} {self.unit}".rstrip()
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register(metric: Metric) -> Metric:
+    """Add a metric to every output; names are unique."""
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name} is already registered")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def in_group(group: str) -> list[Metric]:
+    """The metrics `engramsim run` prints under `group`, in declaration order."""
+    return [m for m in METRICS.values() if m.group == group]
+
+
+def validated_metrics() -> list[Metric]:
+    """The metrics `engramsim validate` compares, in declaration order."""
+    return [m for m in METRICS.values() if m.validated]
+
+
+def readme_table() -> str:
+    """The README's summary-metrics table (the "## Results" section), one row per metric."""
+    rows = ["| key | unit | meaning |", "|---|---|---|"]
+    rows += [f"| `summary.{m.name}` | {m.unit} | {m.meaning} |" for m in METRICS.values()]
+    return "\n".join(rows) + "\n"
+
+
+def _loss_pct(reference: RunOutcome | None, outcome: RunOutcome) -> float | None:
+    """Throughput lost against a reference pass, in percent (None without the reference)."""
+    if reference is None or not reference.throughput_tok_s:
+        return None
+    ref = reference.throughput_tok_s
+    return (ref - outcome.throughput_tok_s) / ref * 100
+
+
+def _throughput(outcome: RunOutcome | None) -> float | None:
+    return None if outcome is None else outcome.throughput_tok_s
+
+
+def _hit_rate(c: MetricContext) -> float | None:
+    outside_hbm = c.total("cache_hits") + c.total("rows_missed")
+    return c.total("cache_hits") / outside_hbm if outside_hbm else None
+
+
+def _register_quantiles(series: str, what: str, label: str, digits: int, printed: tuple[str, ...],
+                        validated: tuple[str, ...] = ()) -> None:
+    """The mean, p50 and p99 metrics of one latency series, `<series>_ms_<stat>`."""
+    for stat, stat_meaning in (("mean", "mean"), ("p50", "median"), ("p99", "99th percentile")):
+        register(Metric(name=f"{series}_ms_{stat}", unit="ms", meaning=f"{stat_meaning} {what}", label=f"{label} {stat}",
+                        compute=lambda c, series=series, stat=stat: c.series_ms[series][stat], digits=digits,
+                        group="latencies" if stat in printed else None, validated=stat in validated))
+
+
+register(Metric(name="throughput_tok_s", unit="tok/s", label="output throughput", group="throughput", validated=True,
+                meaning="output tokens / makespan (nano-vLLM's definition)",
+                compute=lambda c: c.outcome.throughput_tok_s))
+register(Metric(name="baseline_throughput_tok_s", unit="tok/s", label="all tables in HBM", group="overheads",
+                meaning="throughput of the same steps with every table in HBM (null without `run.baseline`)",
+                compute=lambda c: _throughput(c.baseline)))
+register(Metric(name="overhead_pct", unit="%", label="overhead vs all-HBM", group="overheads", digits=3,
+                meaning="throughput lost against the all-HBM pass",
+                compute=lambda c: _loss_pct(c.baseline, c.outcome)))
+register(Metric(name="no_engram_throughput_tok_s", unit="tok/s", label="without Engram", group="overheads",
+                meaning="throughput of the backbone alone, without Engram (null without `run.baseline`)",
+                compute=lambda c: _throughput(c.no_engram)))
+register(Metric(name="overhead_vs_no_engram_pct", unit="%", label="overhead vs no Engram", group="overheads", digits=3,
+                meaning="throughput lost against the pass without Engram",
+                compute=lambda c: _loss_pct(c.no_engram, c.outcome)))
+_register_quantiles("step_latency", "step latency", "step latency", 3, ("p50", "p99"), validated=("mean", "p99"))
+_register_quantiles("ttft", "time to first token", "TTFT", 1, ("p50", "p99"))
+_register_quantiles("tpot", "time per output token", "TPOT", 3, ("p50", "p99"))
+register(Metric(name="engram_stall_ms_total", unit="ms", label="Engram stall total", group="stall", digits=3, validated=True,
+                meaning="time the compute stream waited for rows, all Engram layers",
+                compute=lambda c: c.total("stall_ms_total")))
+register(Metric(name="pcie_bytes", unit="bytes", label="PCIe bytes", group="link traffic",
+                meaning="bytes moved over the host-device link",
+                compute=lambda c: c.total("bytes_fetched")))
+register(Metric(name="pcie_avg_gbps", unit="GB/s", label="PCIe average", group="link traffic", digits=4,
+                meaning="link bytes / makespan",
+                compute=lambda c: c.per_second(c.total("bytes_fetched")) / 1e9))
+register(Metric(name="pcie_utilisation", unit="fraction", label="PCIe busy", group="link traffic", digits=4,
+                meaning="link busy time / makespan",
+                compute=lambda c: c.per_second(c.outcome.link_busy_s)))
+register(Metric(name="link_gbps", unit="GB/s", label="link bandwidth",
+                meaning="the profile's host-to-device link bandwidth",
+                compute=lambda c: c.link_gbps))
+register(Metric(name="rows_fetched", unit="rows", label="rows fetched", group="rows",
+                meaning="rows moved over the link (misses and speculative rows)",
+                compute=lambda c: c.total("rows_fetched")))
+register(Metric(name="rows_fetched_per_step_mean", unit="rows/step", label="rows fetched per step", group="rows", digits=0,
+                meaning="rows fetched per step, mean over steps",
+                compute=lambda c: c.total("rows_fetched") / max(1, len(c.outcome.steps))))
+register(Metric(name="rows_placed_hbm", unit="rows", label="rows placed in HBM", group="rows",
+                meaning="needed rows the placement keeps in HBM",
+                compute=lambda c: c.total("rows_placed_hbm")))
+register(Metric(name="cache_hits", unit="rows", label="cache hits", group="rows",
+                meaning="needed rows outside HBM found in the HBM cache",
+                compute=lambda c: c.total("cache_hits")))
+register(Metric(name="rows_missed", unit="rows", label="rows missed", group="rows",
+                meaning="needed rows outside HBM and not cached, fetched for their step",
+                compute=lambda c: c.total("rows_missed")))
+register(Metric(name="rows_speculative", unit="rows", label="rows speculative", group="rows",
+                meaning="rows fetched beyond a step's needs (a predictor's guesses)",
+                compute=lambda c: c.total("rows_speculative")))
+register(Metric(name="cache_hit_rate", unit="fraction", label="cache hit rate", group="rows", digits=3,
+                meaning="cache hits / needed rows outside HBM (null when every needed row is placed in HBM)",
+                compute=_hit_rate))
+register(Metric(name="dedup_ratio", unit="refs/row", label="dedup ratio", group="rows", digits=3,
+                meaning="row references / unique rows (rows are deduplicated per step and layer)",
+                compute=lambda c: c.total("references") / max(1, c.total("rows_unique"))))
+register(Metric(name="steps", unit="steps", label="steps", group="run size",
+                meaning="steps executed",
+                compute=lambda c: len(c.outcome.steps)))
+register(Metric(name="makespan_s", unit="s", label="makespan", group="run size", digits=3,
+                meaning="simulated or measured time from the first step to the last",
+                compute=lambda c: c.outcome.makespan_s))
+register(Metric(name="output_tokens", unit="tokens", label="output tokens", group="run size",
+                meaning="tokens generated",
+                compute=lambda c: c.outcome.output_tokens))
+register(Metric(name="prompt_tokens", unit="tokens", label="prompt tokens", group="run size",
+                meaning="prompt tokens prefilled",
+                compute=lambda c: c.outcome.prompt_tokens))
+register(Metric(name="seed", unit="", label="seed",
+                meaning="the scenario's seed",
+                compute=lambda c: c.seed))
+
+
+if __name__ == "__main__":
+    print(readme_table(), end="")

@@ -1,0 +1,113 @@
+"""Prepare a scenario once for any executor: resolve its names, build the hashing plugin and the
+workload, check that its placement and HBM budget fit the hardware, and make the planners of
+its passes.
+
+Every check runs here, before a pass starts, so a scenario that cannot run fails with one
+`InputError` line naming the file and the field to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engramsim.errors import InputError
+from engramsim.hardware.presets import load_profile
+from engramsim.hardware.profile import HardwareProfile
+from engramsim.hbm import hbm_items
+from engramsim.plan import Planner
+from engramsim.registry import build, build_hashing
+from engramsim.scenario import Scenario, StrategyChoice
+from engramsim.strategies import PRICED_TIERS, Cache, Hashing, HashingSetup, Placement, Prefetch, SetupContext, TableInfo, Tier
+from engramsim.tokenizer import compressed_vocab
+from engramsim.traces.format import load_trace
+from engramsim.workload import Workload, build_workload
+
+GIB = 1 << 30
+PAD_ID = 2  # raw id of the pad token before a sequence's start (ENGRAM.md step 2)
+ALL_HBM = StrategyChoice(name="all-hbm")
+
+
+@dataclass
+class Prepared:
+    """A scenario with every name resolved and the workload built, ready for any executor."""
+
+    scenario: Scenario
+    source: str
+    profile: HardwareProfile
+    hashing: Hashing
+    tables: dict[int, TableInfo]
+    workload: Workload
+    hbm: dict[str, int]  # what the configured pass keeps in HBM, by item (see engramsim/hbm.py)
+
+    def setup(self) -> SetupContext:
+        return SetupContext(self.scenario, self.tables, self.profile, self.scenario.run.seed)
+
+
+def engram_tables(scenario: Scenario, hashing: Hashing) -> dict[int, TableInfo]:
+    row_bytes = scenario.model.engram.row_bytes
+    return {
+        layer: TableInfo(layer, hashing.rows_per_layer[layer], row_bytes, hashing.head_sizes[layer], hashing.offsets[layer])
+        for layer in scenario.model.engram.layers
+    }
+
+
+def check_tiers(source: str, placement: Placement, profile: HardwareProfile) -> None:
+    """Refuse a placement that uses a tier no executor prices, or puts more in host DRAM than
+    the host has (HBM is checked with everything else that lives there, `check_hbm`)."""
+    used = placement.bytes_per_tier()
+    unpriced = [tier.name for tier, size in used.items() if size > 0 and tier not in PRICED_TIERS]
+    if unpriced:
+        raise InputError(source, f"placement {placement.name!r} puts rows in {', '.join(unpriced)}, which no executor "
+                         f"prices yet; supported tiers: {', '.join(t.name for t in PRICED_TIERS)}", field="strategies.placement")
+    dram = profile.host.dram_gib * GIB
+    if used.get(Tier.HOST, 0) > dram:
+        raise InputError(source, f"Engram tables need {used[Tier.HOST] / GIB:.1f} GiB in the host DRAM of "
+                         f"{profile.host.name}, which holds {dram / GIB:.1f} GiB", field="strategies.placement")
+
+
+def check_hbm(source: str, items: dict[str, int], profile: HardwareProfile) -> None:
+    """One line naming what fills the GPU's HBM when the items do not fit, and the field of the biggest."""
+    capacity = profile.gpu.hbm_gib * GIB
+    needed = sum(items.values())
+    if needed <= capacity:
+        return
+    biggest = max(items, key=lambda k: items[k])
+    parts = ", ".join(f"{name} {size / GIB:.2f}" for name, size in sorted(items.items(), key=lambda kv: -kv[1]) if size)
+    raise InputError(source, f"the run needs {needed / GIB:.2f} GiB of HBM ({parts} GiB), the {profile.gpu.name} "
+                     f"has {capacity / GIB:.2f} GiB", field=HBM_FIELDS[biggest])
+
+
+HBM_FIELDS = {
+    "backbone weights": "model.backbone", "Engram modules": "model.engram", "Engram tables in HBM": "strategies.placement",
+    "Engram caches": "strategies.cache", "Engram staging buffers": "strategies.prefetch",
+    "KV cache (one longest sequence)": "workload.prompt_len",
+}
+
+
+def prepare(scenario: Scenario, source: str) -> Prepared:
+    engram = scenario.model.engram
+    profile = load_profile(scenario.hardware.profile, scenario.hardware.link)
+    trace = load_trace(scenario.workload.trace)
+    vocab = compressed_vocab(engram.tokenizer)
+    hashing = build_hashing(scenario.strategies.hashing, HashingSetup(engram, vocab.size, int(vocab.table[PAD_ID])))
+    workload = build_workload(scenario, trace, hashing, vocab)
+    tables = engram_tables(scenario, hashing)
+    prepared = Prepared(scenario, source, profile, hashing, tables, workload, {})
+    placement, cache, prefetch = strategies(prepared)
+    check_tiers(source, placement, profile)
+    prepared.hbm = hbm_items(scenario, tables, workload, placement, cache, prefetch)
+    check_hbm(source, prepared.hbm, profile)
+    return prepared
+
+
+def strategies(prepared: Prepared, placement: StrategyChoice | None = None) -> tuple[Placement, Cache, Prefetch]:
+    """Fresh placement, cache and prefetch strategies for one pass (caches start empty)."""
+    setup, chosen = prepared.setup(), prepared.scenario.strategies
+    return (build("placement", placement or chosen.placement, setup), build("cache", chosen.cache, setup),  # type: ignore[return-value]
+            build("prefetch", chosen.prefetch, setup))
+
+
+def planner(prepared: Prepared, placement: StrategyChoice | None = None, engram: bool = True) -> Planner:
+    """The planner of one pass; `placement` overrides the scenario's, `engram=False` plans no Engram layer."""
+    layers = list(prepared.tables) if engram else []
+    return Planner(*strategies(prepared, placement), layers, prepared.scenario.model.backbone.layers)
