@@ -200,7 +200,7 @@ def _maximum(a: Num, b: Num) -> Num:
     """Element-wise max; plain floats stay plain floats (the simulator prices one kernel at a time)."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return np.maximum(a, b)
-    return max(a, b)
+    return a if a >= b else b
 
 
 def roofline(flops: Num, nbytes: Num, weights: Num, flops_s: float, bytes_s: float,

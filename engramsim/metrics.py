@@ -124,20 +124,29 @@ def register(metric: Metric) -> Metric:
     return metric
 
 
+def registered() -> dict[str, Metric]:
+    """Every metric, those of installed plugin packages included (a module named by an
+    `engramsim.plugins` entry point may call `register` when imported)."""
+    from engramsim.registry import plugins
+
+    plugins()  # imports the built-ins and every entry point once
+    return METRICS
+
+
 def in_group(group: str) -> list[Metric]:
     """The metrics `engramsim run` prints under `group`, in declaration order."""
-    return [m for m in METRICS.values() if m.group == group]
+    return [m for m in registered().values() if m.group == group]
 
 
 def validated_metrics() -> list[Metric]:
     """The metrics `engramsim validate` compares, in declaration order."""
-    return [m for m in METRICS.values() if m.validated]
+    return [m for m in registered().values() if m.validated]
 
 
 def readme_table() -> str:
     """The README's summary-metrics table (the "## Results" section), one row per metric."""
     rows = ["| key | unit | meaning |", "|---|---|---|"]
-    rows += [f"| `summary.{m.name}` | {m.unit} | {m.meaning} |" for m in METRICS.values()]
+    rows += [f"| `summary.{m.name}` | {m.unit} | {m.meaning} |" for m in registered().values()]
     return "\n".join(rows) + "\n"
 
 

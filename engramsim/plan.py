@@ -43,10 +43,6 @@ class FetchPlan:
     def speculative(self) -> int:
         return int(self.fetch.size - self.misses)
 
-    @property
-    def rows_hbm(self) -> int:
-        return self.placed_hbm + self.cache_hits
-
     def record(self, row_bytes: int, issue_s: float, ready_s: float, stall_s: float) -> LayerRecord:
         """What this layer cost, once an executor knows when its fetch was issued and landed."""
         return LayerRecord(

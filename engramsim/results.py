@@ -17,7 +17,7 @@ import numpy as np
 
 from engramsim import __version__
 from engramsim.files import atomic_path, write_text_atomic
-from engramsim.metrics import LAYER_COUNTS, METRICS, MetricContext, per_layer
+from engramsim.metrics import LAYER_COUNTS, MetricContext, per_layer, registered
 from engramsim.records import LANES, RunOutcome, Span
 
 SCHEMA_VERSION = 1
@@ -29,7 +29,7 @@ def summarize(outcome: RunOutcome, baseline: RunOutcome | None, seed: int, link_
     """results.json's `summary`: every registered metric (engramsim/metrics.py), None where a
     reference pass it needs did not run."""
     context = MetricContext(outcome=outcome, baseline=baseline, no_engram=no_engram, seed=seed, link_gbps=link_gbps)
-    return {name: metric.compute(context) for name, metric in METRICS.items()}
+    return {name: metric.compute(context) for name, metric in registered().items()}
 
 
 def results_document(summary: dict, outcome: RunOutcome, scenario: dict, hardware: dict, backend: str) -> dict[str, Any]:

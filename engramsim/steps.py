@@ -31,10 +31,6 @@ class LayerLookup:
     rows: np.ndarray  # unique row ids, sorted, int64
     references: int  # row references before deduplication (tokens x heads)
 
-    @property
-    def dedup_ratio(self) -> float:
-        return self.references / max(1, self.rows.size)
-
 
 @dataclass(frozen=True)
 class Step:

@@ -82,15 +82,16 @@ class RooflineCostModel:
         self.hbm_bytes_per_s = gpu.hbm_gbps * GB * gpu.memory_efficiency
         self.layer_overhead_s = gpu.layer_overhead_us * US
         self.engram_overhead_s = self.layer_overhead_s if gpu.engram_overhead_us is None else gpu.engram_overhead_us * US
+        self.exponent = gpu.roofline_exponent
+        self.half_rows = gpu.gemm_half_rows
         self._cached_step: Step | None = None
         self._cache: dict[BlockKind, float] = {}
 
     # ---- GPU ------------------------------------------------------------------------------------
     def roofline(self, work: Work) -> float:
         """Seconds of one kernel at the profile's achieved rates (`kernels.roofline`)."""
-        gpu = self.profile.gpu
         return kernels.roofline(work.flops, work.bytes, work.weights, self.flops_per_s, self.hbm_bytes_per_s,
-                                gpu.roofline_exponent, gpu.gemm_half_rows)
+                                self.exponent, self.half_rows)
 
     def kernels_time(self, works: list[Work]) -> float:
         """Seconds of kernels run one after another."""

@@ -35,6 +35,7 @@ VARIANTS = {
     "lru-next-step": ["strategies.cache={name: demo-lru, params: {rows: 3000}}", "strategies.prefetch={name: demo-next-step, params: {block: 5}}"],
     "speculative": ['strategies.prefetch={name: demo-guess, params: {budget: 400}}'],
     "next-step-zero-copy": ["strategies.prefetch=demo-next-step", "strategies.transport=zero-copy"],
+    "next-step-cut-short": ["strategies.prefetch=demo-next-step", "run.max_steps=20"],
 }
 
 
@@ -142,6 +143,25 @@ def test_cross_step_fetches_happen_and_overlap_the_step_before(outcomes):
     for step, rec in ahead:
         assert rec.issue_s < starts[step.index], "issued during an earlier step"
         assert rec.issue_s >= starts[rec.issue_step]
+
+
+def test_a_run_cut_short_fetches_nothing_for_steps_it_never_runs(outcomes):
+    """Guards: the future shown past `run.max_steps`, so the last step fetches for a step that never runs."""
+    outcome, _ = outcomes["next-step-cut-short"]
+    assert len(outcome.steps) == 20
+    assert max(s.step for s in outcome.spans) == 19
+
+
+def test_a_cache_over_its_capacity_is_an_error():
+    """Guards: a cache plugin outgrowing the HBM it reserved."""
+    class Hoarder(SetCache):
+        def lookup(self, layer, rows, view):
+            self.held.update(int(r) for r in rows)
+            return np.zeros(rows.shape, dtype=bool)
+
+    planner = Planner(EvenRowsInHBM(), Hoarder(4, 0), Guessing(0, 0, 0), [3], blocks=8)
+    with pytest.raises(RuntimeError, match="over its capacity of 4"):
+        planner.plan(StepView(toy_step(0, list(range(1, 40, 2)))))
 
 
 def test_speculative_rows_are_fetched_once_and_within_budget(outcomes):

@@ -208,3 +208,13 @@ def test_trace_of_another_tokenizer_is_an_input_error(vocab, real_trace):
     hashing = EngramHashing(TINY, vocab.size, int(vocab.table[TINY.pad_id]))
     with pytest.raises(InputError, match="tokenized with x.json"):
         build_workload(scenario(), other, hashing, vocab)
+
+
+def test_shared_arrays_are_read_only():
+    """The offloaded, all-HBM and no-Engram passes share the workload: none may change it."""
+    w = make_workload(prompt=(3, 12), output=(2, 6), requests=6)
+    step = Scheduler(w).next_step(0.0)
+    shared = [w.tokens, w.window_offsets, *w.rows.values(), *(lookup.rows for lookup in step.lookups.values())]
+    for array in shared:
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = 1

@@ -140,9 +140,6 @@ class Trace:
         """End index (exclusive) of each document."""
         return np.append(self.doc_offsets[1:], self.tokens.size)
 
-    def document_lengths(self) -> np.ndarray:
-        return self.doc_ends - self.doc_offsets
-
     def documents(self) -> Iterator[np.ndarray]:
         """Each document's tokens (views, uint32), in order."""
         for start, end in zip(self.doc_offsets.tolist(), self.doc_ends.tolist()):

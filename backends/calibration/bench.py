@@ -114,7 +114,7 @@ class Calibrator:
         total = self.budget.table_bytes // rb
         table = self.view_rows(flat, total, rb)
         for n in (64, 256, 1024) * 4:
-            torch.index_select(table, 0, torch.from_numpy(sorted_unique_rows(self.rng, total, n)))
+            torch.index_select(table, 0, self._random_index(total, n))
 
     def view_rows(self, flat: torch.Tensor, rows: int, row_bytes: int) -> torch.Tensor:
         """`rows` rows of `row_bytes` in the backend's table dtype, viewed over a flat buffer."""

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engramsim.errors import InputError
-from engramsim.metrics import METRICS
+from engramsim.metrics import registered
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,11 +47,11 @@ def metric_rows(a: dict[str, Any], b: dict[str, Any]) -> list[DiffRow]:
     declaration order with their units, then unregistered summary keys, then per-layer keys."""
     flat_a, flat_b = _flatten(a), _flatten(b)
     present = flat_a.keys() | flat_b.keys()
-    units = {f"summary.{m.name}": m.unit for m in METRICS.values()}
-    registered = [key for key in units if key in present]
+    units = {f"summary.{m.name}": m.unit for m in registered().values()}
+    known = [key for key in units if key in present]
     others = sorted(present - units.keys(), key=lambda key: (not key.startswith("summary."), key))
     rows = []
-    for key in registered + others:
+    for key in known + others:
         va, vb = flat_a.get(key), flat_b.get(key)
         delta = vb - va if va is not None and vb is not None else None
         pct = delta / va * 100 if delta is not None and va else None
