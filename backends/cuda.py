@@ -22,8 +22,9 @@ Linux with current drivers); setup reads rows back once and refuses zero-copy if
 
 Overlap and stalls. Before an Engram layer the compute stream waits on the fetch's last event;
 the stall is the time between two compute-stream events around that wait, counted only when the
-rows landed after the compute stream got there, so it is time the GPU really sat idle. Each step ends with a synchronize (a real server syncs to sample),
-after which every event is resolved against the pass's reference event.
+rows landed after the compute stream got there, so it is time the GPU really sat idle. Each step
+ends with a synchronize (a real server syncs to sample), after which every event is resolved
+against the pass's reference event.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class CudaDevice(Device):
 
     # ---- fetch stages (worker thread) ----------------------------------------------------------
     def wait_reached(self, mark: Mark) -> None:
+        assert isinstance(mark, torch.cuda.Event)  # a compute-stream mark
         mark.synchronize()
 
     def h2d(self, dst: torch.Tensor, src: torch.Tensor) -> tuple[Mark, Mark]:
@@ -161,9 +163,11 @@ class CudaDevice(Device):
 
     # ---- compute thread ------------------------------------------------------------------------
     def landed(self, ready: Mark) -> bool:
+        assert isinstance(ready, torch.cuda.Event)  # the last stage is h2d or zero-copy, both on the copy stream
         return bool(ready.query())
 
     def wait_landed(self, ready: Mark) -> None:
+        assert isinstance(ready, torch.cuda.Event)
         self.compute_stream.wait_event(ready)
 
     @contextlib.contextmanager

@@ -143,16 +143,15 @@ class EngramModule(nn.Module):
         self.dilation = max_ngram
         self.conv_norm_eps = conv_norm_eps
         self.window = (kernel_size - 1) * max_ngram
-        factory = {"device": device, "dtype": dtype}
         channels = hc_mult * hidden
-        self.proj = nn.Linear(d_mem, (hc_mult + 1) * hidden, bias=True, **factory)
-        self.key_norm = nn.Parameter(torch.empty(hc_mult, hidden, **factory))  # norm1
-        self.query_norm = nn.Parameter(torch.empty(hc_mult, hidden, **factory))  # norm2
-        self.conv_norm = nn.Parameter(torch.empty(hc_mult, hidden, **factory))
+        self.proj = nn.Linear(d_mem, (hc_mult + 1) * hidden, bias=True, device=device, dtype=dtype)
+        self.key_norm = nn.Parameter(torch.empty(hc_mult, hidden, device=device, dtype=dtype))  # norm1
+        self.query_norm = nn.Parameter(torch.empty(hc_mult, hidden, device=device, dtype=dtype))  # norm2
+        self.conv_norm = nn.Parameter(torch.empty(hc_mult, hidden, device=device, dtype=dtype))
         # Left padding comes from the decode state (zeros at a sequence start), so padding=0 here
         # equals the demo's padding=(k-1)*dilation followed by keeping the first T outputs.
         self.conv = nn.Conv1d(
-            channels, channels, kernel_size, dilation=max_ngram, groups=channels, bias=False, **factory
+            channels, channels, kernel_size, dilation=max_ngram, groups=channels, bias=False, device=device, dtype=dtype
         )
         self.reset_parameters(generator)
 

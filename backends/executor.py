@@ -222,7 +222,9 @@ class PassState:
     def step(self, start: Mark, plan: StepPlan, spans: list[Span]) -> StepRecord:
         """Run one step; `start` was marked before it was planned (planning is host work)."""
         device, step = self.device, plan.step
-        self.plan, self.start, self.pending, self.waits = plan, start, [], []
+        self.plan, self.start = plan, start
+        self.pending: list[Pending] = []
+        self.waits: list[tuple[Fetch, tuple[Mark, Mark] | None]] = []  # each Engram layer's fetch and its wait
         self.layout = step_layout(step, device.torch_device, device.attention_groups)
         self.h = self.session.standin.input(self.layout)
         for segment in skeleton(plan, self.session.scenario.model.backbone.layers):

@@ -187,14 +187,14 @@ class StandIn:
         tokens, width = q.shape[0], self.heads * self.head_dim
         out = q.new_empty(tokens, width)
         for g in layout.groups:
-            if g.dst is not None:  # prefill: causal over each prompt's own tokens
+            if (dst := g.dst) is not None:  # prefill: causal over each prompt's own tokens
                 def pad(t: torch.Tensor) -> torch.Tensor:
                     padded = t.new_zeros(g.size * g.length, *t.shape[1:])
-                    padded.index_copy_(0, g.dst, t.index_select(0, g.src))
+                    padded.index_copy_(0, dst, t.index_select(0, g.src))
                     return padded.view(g.size, g.length, *t.shape[1:]).transpose(1, 2)
 
                 o = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), is_causal=True, enable_gqa=True)
-                o = o.transpose(1, 2).reshape(g.size * g.length, width).index_select(0, g.dst)
+                o = o.transpose(1, 2).reshape(g.size * g.length, width).index_select(0, dst)
             else:  # decode: one query per sequence against its KV slot; GQA as kv_heads x (heads / kv_heads) queries
                 qg = q.index_select(0, g.src).view(g.size, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
                 kv = self.kv[g.slot : g.slot + g.size, :, :, : g.length]

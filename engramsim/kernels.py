@@ -25,7 +25,7 @@ Units: FLOPs, bytes, seconds, bytes/s, FLOP/s.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -39,7 +39,8 @@ RMSNorm (r+w), hidden-state RMSNorm (r+w), key-query dot product (2 r), gate x v
 short-conv RMSNorm (r+w), depthwise conv + SiLU (r+w), residual add (2 r + w)."""
 
 BlockKind = Literal["dense", "moe"]
-Num = float | np.ndarray  # every pricing formula takes plain numbers or numpy arrays
+Num = TypeVar("Num", float, np.ndarray)
+"""Every pricing formula takes plain numbers or numpy arrays, and returns what it was given."""
 
 
 @dataclass(frozen=True)

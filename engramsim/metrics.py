@@ -167,12 +167,17 @@ def _hit_rate(c: MetricContext) -> float | None:
     return c.total("cache_hits") / outside_hbm if outside_hbm else None
 
 
+def _quantile_ms(series: str, stat: str) -> Callable[[MetricContext], float]:
+    """The compute function of one quantile of one latency series."""
+    return lambda c: c.series_ms[series][stat]
+
+
 def _register_quantiles(series: str, what: str, label: str, digits: int, printed: tuple[str, ...],
                         validated: tuple[str, ...] = ()) -> None:
     """The mean, p50 and p99 metrics of one latency series, `<series>_ms_<stat>`."""
     for stat, stat_meaning in (("mean", "mean"), ("p50", "median"), ("p99", "99th percentile")):
         register(Metric(name=f"{series}_ms_{stat}", unit="ms", meaning=f"{stat_meaning} {what}", label=f"{label} {stat}",
-                        compute=lambda c, series=series, stat=stat: c.series_ms[series][stat], digits=digits,
+                        compute=_quantile_ms(series, stat), digits=digits,
                         group="latencies" if stat in printed else None, validated=stat in validated))
 
 

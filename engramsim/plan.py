@@ -10,6 +10,7 @@ its own step instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,12 @@ from engramsim.strategies import PRICED_TIERS, Cache, Placement, Prefetch, StepV
 
 EMPTY = np.empty(0, dtype=np.int64)
 EMPTY.flags.writeable = False
+HBM = int(Tier.HBM)  # compared as a plain int: numpy compares an IntEnum twice as slowly
+
+
+def _shifted(future: Callable[[int], list[Step]], k: int) -> Callable[[int], list[Step]]:
+    """The future as seen from k steps ahead: `future` less its first k steps."""
+    return lambda n: future(k + n)[k:]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +89,7 @@ class Planner:
         futures = view.future(horizon) if horizon > 0 else []
         for k, future in enumerate(futures, start=1):
             if future.index >= self._next:
-                self._plan_step(StepView(future, lambda n, k=k: view.future(k + n)[k:]), issuing=index)
+                self._plan_step(StepView(future, _shifted(view.future, k)), issuing=index)
         layers = self._planned.pop(index)
         return StepPlan(view.step, layers, self._issues.pop(index, {}))
 
@@ -106,26 +113,33 @@ class Planner:
         if tiers.size and int(tiers.max()) not in PRICED_TIERS:
             raise ValueError(f"placement {self.placement.name!r} put rows of layer {layer} in tier "
                              f"{Tier(int(tiers.max())).name}, which no executor prices yet")
-        outside = rows[tiers != Tier.HBM]
-        before = self.cache.contents(layer)
-        hit = np.asarray(self.cache.lookup(layer, outside, view), dtype=bool)
-        after = self.cache.contents(layer)
-        if after.size > self.cache.capacity_rows(layer):
-            raise RuntimeError(f"cache {self.cache.name!r} holds {after.size} rows of layer {layer}, "
-                               f"over its capacity of {self.cache.capacity_rows(layer)}")
-        misses = outside[~hit]
-        admitted = np.setdiff1d(after, before, assume_unique=True)
-        if not np.isin(admitted, misses, assume_unique=True).all():
-            raise RuntimeError(f"cache {self.cache.name!r} admitted rows of layer {layer} that this step does not fetch")
+        outside = rows[tiers != HBM]
+        hit, admitted, evicted = self._cache_lookup(layer, outside, view)
+        misses = outside[~hit] if hit.any() else outside
         extra = self._speculative(layer, view, rows, tiers)
         lead = min(max(0, int(self.prefetch.lead_steps(layer, view))), step.index - issuing)
         block = min(max(0, int(self.prefetch.issue_layer(layer, view))), layer if lead == 0 else self.blocks - 1)
         return FetchPlan(
             step=step.index, layer=layer, rows=rows, references=references, placed_hbm=int(rows.size - outside.size),
-            cache_hits=int(hit.sum()), fetch=np.concatenate([misses, extra]), misses=int(misses.size),
-            issue_step=step.index - lead, issue_block=block,
-            admitted=admitted, evicted=np.setdiff1d(before, after, assume_unique=True),
+            cache_hits=int(hit.sum()), fetch=np.concatenate([misses, extra]) if extra.size else misses, misses=int(misses.size),
+            issue_step=step.index - lead, issue_block=block, admitted=admitted, evicted=evicted,
         )
+
+    def _cache_lookup(self, layer: int, outside: np.ndarray, view: StepView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hit mask, rows admitted, rows evicted) of one lookup, checked against the cache's
+        capacity and against fetching what it admits."""
+        cache = self.cache
+        before = cache.contents(layer)
+        hit = np.asarray(cache.lookup(layer, outside, view), dtype=bool)
+        after = cache.contents(layer)
+        if after.size > cache.capacity_rows(layer):
+            raise RuntimeError(f"cache {cache.name!r} holds {after.size} rows of layer {layer}, over its capacity of {cache.capacity_rows(layer)}")
+        if not before.size and not after.size:
+            return hit, EMPTY, EMPTY
+        admitted = np.setdiff1d(after, before, assume_unique=True)
+        if not np.isin(admitted, outside[~hit], assume_unique=True).all():
+            raise RuntimeError(f"cache {cache.name!r} admitted rows of layer {layer} that this step does not fetch")
+        return hit, admitted, np.setdiff1d(before, after, assume_unique=True)
 
     def _speculative(self, layer: int, view: StepView, rows: np.ndarray, tiers: np.ndarray) -> np.ndarray:
         """The policy's guess, less rows the step needs, rows in HBM and duplicates, within budget."""

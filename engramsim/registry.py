@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar, overload
 
 from engramsim.errors import InputError
 from engramsim.scenario import StrategyChoice
@@ -22,7 +22,7 @@ ENTRY_POINT_GROUP = "engramsim.plugins"
 
 _PLUGINS: dict[tuple[str, str], type] = {}
 _loaded = False
-T = TypeVar("T", bound=type)
+T = TypeVar("T", bound=type[Strategy] | type[Hashing])
 
 
 def register(kind: str, name: str) -> Callable[[T], T]:
@@ -102,6 +102,18 @@ def summary(cls: type) -> str:
     return (cls.__doc__ or "").strip().split("\n", 1)[0]
 
 
+@overload
+def build(kind: Literal["placement"], choice: StrategyChoice, setup: SetupContext) -> Placement: ...
+@overload
+def build(kind: Literal["cache"], choice: StrategyChoice, setup: SetupContext) -> Cache: ...
+@overload
+def build(kind: Literal["prefetch"], choice: StrategyChoice, setup: SetupContext) -> Prefetch: ...
+@overload
+def build(kind: Literal["transport"], choice: StrategyChoice, setup: SetupContext) -> Transport: ...
+@overload
+def build(kind: str, choice: StrategyChoice, setup: SetupContext) -> Strategy: ...
+
+
 def build(kind: str, choice: StrategyChoice, setup: SetupContext) -> Strategy:
     """Validate `choice.params` with the plugin's `Params` model and instantiate the plugin.
 
@@ -115,4 +127,5 @@ def build(kind: str, choice: StrategyChoice, setup: SetupContext) -> Strategy:
 def build_hashing(choice: StrategyChoice, setup: HashingSetup) -> Hashing:
     """The scenario's hashing plugin, built from its Engram config (see `build`)."""
     cls = get("hashing", choice.name)
+    assert issubclass(cls, Hashing)  # register() checks every hashing plugin's base
     return cls.from_setup(params_model(cls).model_validate(choice.params), setup)

@@ -35,7 +35,7 @@ def simulate_run(prepared: Prepared, placement: StrategyChoice | None = None, en
         RooflineCostModel(scenario.model, prepared.profile),
         prepared.tables,
         scenario.model.backbone.layers,
-        build("transport", scenario.strategies.transport, prepared.setup()),  # type: ignore[arg-type]
+        build("transport", scenario.strategies.transport, prepared.setup()),
         prepared.profile.gpu.copy_engines,
     )
     scheduler = Scheduler(prepared.workload)

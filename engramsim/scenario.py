@@ -39,7 +39,7 @@ class MoE(Strict):
     top_k: PositiveInt
     shared_experts: NonNegativeInt = 0
     expert_intermediate: PositiveInt
-    dense_layers: NonNegativeInt = Field(1, description="the first N blocks use the dense MLP")
+    dense_layers: NonNegativeInt = Field(default=1, description="the first N blocks use the dense MLP")
 
     @model_validator(mode="after")
     def _top_k_fits(self) -> MoE:
@@ -51,7 +51,7 @@ class MoE(Strict):
 class Backbone(Strict):
     layers: PositiveInt = 30
     hidden: PositiveInt = 2560
-    intermediate: PositiveInt = Field(6912, description="dense (SwiGLU) MLP width")
+    intermediate: PositiveInt = Field(default=6912, description="dense (SwiGLU) MLP width")
     attention: Attention = Attention()
     moe: MoE | None = None
     vocab: PositiveInt = 129280
@@ -60,15 +60,15 @@ class Backbone(Strict):
 
 class Engram(Strict):
     layers: list[NonNegativeInt] = Field(default_factory=lambda: [1], min_length=1, description="0-based block ids")
-    max_ngram: int = Field(3, ge=2)
-    heads: PositiveInt = Field(8, description="heads per n-gram order")
+    max_ngram: int = Field(default=3, ge=2)
+    heads: PositiveInt = Field(default=8, description="heads per n-gram order")
     head_dim: PositiveInt = 80
     rows_per_head: list[PositiveInt] = Field(default_factory=lambda: [2_262_400], description="one value, or one per order 2..max_ngram")
     dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
-    hc_mult: PositiveInt = Field(4, description="mHC branches")
+    hc_mult: PositiveInt = Field(default=4, description="mHC branches")
     kernel_size: PositiveInt = 4
     seed: int = 0
-    tokenizer: str | None = Field(None, description="tokenizer.json path; default: the DeepSeek V4 tokenizer")
+    tokenizer: str | None = Field(default=None, description="tokenizer.json path; default: the DeepSeek V4 tokenizer")
 
     @field_validator("rows_per_head", mode="before")
     @classmethod
@@ -127,8 +127,8 @@ class Model(Strict):
 
 
 class Hardware(Strict):
-    profile: str = Field("h800", description="preset name or profile YAML path")
-    link: str | None = Field(None, description="link preset or file replacing the profile's link")
+    profile: str = Field(default="h800", description="preset name or profile YAML path")
+    link: str | None = Field(default=None, description="link preset or file replacing the profile's link")
 
     @model_validator(mode="before")
     @classmethod
@@ -159,7 +159,7 @@ class Distribution(Strict):
 
 
 class Arrival(Strict):
-    kind: Literal["offline", "poisson"] = Field("offline", description="offline: every request waits at t=0")
+    kind: Literal["offline", "poisson"] = Field(default="offline", description="offline: every request waits at t=0")
     rate_per_s: PositiveFloat | None = None
 
     @model_validator(mode="after")
@@ -175,7 +175,7 @@ class Batching(Strict):
 
 
 class Workload(Strict):
-    trace: str = Field("cpython-docs", description="shipped trace name or .npz path")
+    trace: str = Field(default="cpython-docs", description="shipped trace name or .npz path")
     requests: PositiveInt = 64
     prompt_len: Distribution = Distribution(dist="uniform", low=100, high=1024)
     output_len: Distribution = Distribution(dist="uniform", low=100, high=1024)
@@ -220,8 +220,8 @@ class Outputs(Strict):
 class Run(Strict):
     backend: Literal["sim", "cpu", "cuda"] = "sim"
     seed: int = 0
-    max_steps: PositiveInt | None = Field(None, description="stop after this many steps")
-    baseline: bool = Field(True, description="also simulate all tables in HBM, for the overhead")
+    max_steps: PositiveInt | None = Field(default=None, description="stop after this many steps")
+    baseline: bool = Field(default=True, description="also simulate all tables in HBM, for the overhead")
     outputs: Outputs = Outputs()
 
 

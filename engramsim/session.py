@@ -103,7 +103,7 @@ def prepare(scenario: Scenario, source: str) -> Prepared:
 def strategies(prepared: Prepared, placement: StrategyChoice | None = None) -> tuple[Placement, Cache, Prefetch]:
     """Fresh placement, cache and prefetch strategies for one pass (caches start empty)."""
     setup, chosen = prepared.setup(), prepared.scenario.strategies
-    return (build("placement", placement or chosen.placement, setup), build("cache", chosen.cache, setup),  # type: ignore[return-value]
+    return (build("placement", placement or chosen.placement, setup), build("cache", chosen.cache, setup),
             build("prefetch", chosen.prefetch, setup))
 
 

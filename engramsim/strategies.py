@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from functools import cached_property
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -83,6 +83,10 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_BaseParams: TypeAlias = Params
+"""`Params` for annotations inside classes whose own `Params` attribute shadows it."""
+
+
 class Strategy:
     """Common shape: a params model, built once per run with the setup context."""
 
@@ -90,7 +94,7 @@ class Strategy:
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
 
-    def __init__(self, params: Params, setup: SetupContext) -> None:
+    def __init__(self, params: _BaseParams, setup: SetupContext) -> None:
         self.params = params
         self.setup = setup
 
@@ -113,7 +117,7 @@ class Hashing:
     Params: ClassVar[type[Params]] = Params
 
     @classmethod
-    def from_setup(cls, params: Params, setup: HashingSetup) -> Hashing:
+    def from_setup(cls, params: _BaseParams, setup: HashingSetup) -> Hashing:
         """Build the plugin for a scenario (the registry calls this)."""
         raise NotImplementedError
 

@@ -8,10 +8,10 @@ so the table is cached on disk, keyed by the sha256 of the tokenizer file.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-import importlib.util
 from pathlib import Path
 
 import numpy as np

@@ -108,7 +108,7 @@ def validate_scenario(path: Path, backend: str, profile: str, progress_factory: 
 
 def aggregate(results: Sequence[ScenarioResult], metric: str = HEADLINE) -> tuple[float | None, float | None]:
     """(median, max) of |error %| of `metric` over the scenarios."""
-    errors = [abs(r.error_pct[metric]) for r in results if r.error_pct.get(metric) is not None]
+    errors = [abs(e) for r in results if (e := r.error_pct.get(metric)) is not None]
     if not errors:
         return None, None
     return float(statistics.median(errors)), float(max(errors))

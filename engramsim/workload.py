@@ -21,17 +21,22 @@ from engramsim.errors import InputError
 from engramsim.steps import LayerLookup, Request, Step
 
 if TYPE_CHECKING:
-    from engramsim.strategies import Hashing
     from engramsim.scenario import Distribution, Scenario
     from engramsim.scenario import Workload as WorkloadConfig
+    from engramsim.strategies import Hashing
     from engramsim.tokenizer import CompressedVocab
 
 
 class TraceLike(Protocol):
     """What the workload reads from a trace (engramsim.traces.format.Trace fits)."""
 
-    tokens: np.ndarray  # raw token ids, [N]
-    doc_offsets: np.ndarray  # int64 start of each document
+    @property
+    def tokens(self) -> np.ndarray:
+        """Raw token ids, [N]."""
+
+    @property
+    def doc_offsets(self) -> np.ndarray:
+        """The int64 start of each document."""
 
 
 # ---- requests ---------------------------------------------------------------------------------

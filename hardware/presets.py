@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from engramsim.errors import InputError
-from engramsim.scenario_io import describe_error
 from engramsim.hardware.profile import HardwareProfile, Link, Provenance
+from engramsim.scenario_io import describe_error
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11+; only annotations need it
     from importlib.resources.abc import Traversable

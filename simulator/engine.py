@@ -11,9 +11,10 @@ computes, and its rows wait on the device until their layer runs.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import simpy
+from simpy.events import EventPriority
 
 from engramsim.plan import FetchPlan, Planner, StepPlan
 from engramsim.records import Span, SpanKind, StepRecord
@@ -25,7 +26,7 @@ from engramsim.strategies import Stage, StageKind, TableInfo, Transport
 if TYPE_CHECKING:
     from engramsim.simulator.cost import CostModel
 
-Events = Generator[simpy.Event, None, None]
+Events = Generator[simpy.Event, Any, None]  # SimPy sends each yielded event's value back
 
 
 class CountingEnvironment(simpy.Environment):
@@ -35,7 +36,7 @@ class CountingEnvironment(simpy.Environment):
         super().__init__()
         self.event_count = 0
 
-    def schedule(self, event: simpy.Event, priority: int = simpy.core.NORMAL, delay: float = 0) -> None:
+    def schedule(self, event: simpy.Event, priority: EventPriority = simpy.core.NORMAL, delay: float = 0) -> None:
         self.event_count += 1
         super().schedule(event, priority, delay)
 
@@ -127,7 +128,7 @@ class Engine:
             yield self.env.timeout(total)
         for seconds, span in self._queued:
             if seconds > 0:
-                self.spans.append(Span(start_s=start, end_s=start + seconds, **span))  # type: ignore[arg-type]
+                self.spans.append(Span(start_s=start, end_s=start + seconds, **span))
                 start += seconds
         self._queued.clear()
 

@@ -17,8 +17,8 @@ from engramsim.backends.memory import host_memory
 from engramsim.cli import main
 from engramsim.records import SpanKind
 from engramsim.runner import run_real, simulate_run
-from engramsim.session import prepare
 from engramsim.scenario_io import load_scenario
+from engramsim.session import prepare
 
 TINY = """
 name: tiny

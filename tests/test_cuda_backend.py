@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_backends import SAME_PER_STEP, TINY, _keys, _rows
 
 from engramsim.cli import main
 from engramsim.runner import run_real
-from engramsim.session import prepare
 from engramsim.scenario_io import load_scenario
-from test_backends import SAME_PER_STEP, TINY, _keys, _rows
+from engramsim.session import prepare
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

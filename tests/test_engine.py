@@ -140,7 +140,7 @@ def test_staged_pipeline_adds_gather_then_dma():
 
 def test_all_hbm_has_no_stall_and_no_bytes():
     out = run(ToyCost(), [make_step(i, {1: 5000}) for i in range(4)], tier=Tier.HBM)
-    assert all(l.stall_s == 0 and l.bytes_fetched == 0 and l.rows_hbm == l.rows_unique for s in out.steps for l in s.layers)
+    assert all(lr.stall_s == 0 and lr.bytes_fetched == 0 and lr.rows_hbm == lr.rows_unique for s in out.steps for lr in s.layers)
     assert out.link_busy_s == 0 and not [s for s in out.spans if s.kind.lane in ("copy", "zero-copy", "gather")]
 
 

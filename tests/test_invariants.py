@@ -21,6 +21,7 @@ from engramsim.scenario_io import load_scenario
 from engramsim.session import ALL_HBM, prepare
 from engramsim.steps import LayerLookup, Step
 from engramsim.strategies import Cache, Placement, Prefetch, StepView, Tier
+from tests.test_backends import TINY
 
 sys.path.insert(0, str(Path(__file__).parent / "plugin_pkg"))
 import demo_guess  # noqa: E402,F401  (registers demo-guess)
@@ -293,21 +294,6 @@ def test_planner_properties(steps, capacity, lead, budget, seed):
 
 
 # ---- parity: the simulator and the real CPU backend walk the same segments -------------------------
-TINY = """
-name: tiny-parity
-model:
-  backbone: {layers: 4, hidden: 256, intermediate: 688, attention: {heads: 4, kv_heads: 2, head_dim: 64}, vocab: 4096, dtype: fp32}
-  engram: {layers: [1, 3], rows_per_head: 200000, head_dim: 64, hc_mult: 2}
-hardware: h100-pcie
-workload:
-  trace: english-prose
-  requests: 6
-  prompt_len: {dist: uniform, low: 32, high: 96}
-  output_len: {dist: uniform, low: 4, high: 12}
-  batching: {max_num_seqs: 4, max_num_batched_tokens: 512}
-strategies: {prefetch: layer-ahead, transport: staged}
-run: {seed: 1}
-"""
 
 
 def segments(outcome: RunOutcome) -> list[tuple]:
@@ -331,7 +317,7 @@ def test_simulator_and_cpu_backend_run_the_same_segments(tmp_path, overrides):
 
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY)
-    prepared = prepare(load_scenario(path, overrides), str(path))
+    prepared = prepare(load_scenario(path, ["model.engram.layers=[1, 3]", *overrides]), str(path))
     sim, real = simulate_run(prepared), run_real(prepared, "cpu")
     assert segments(sim) == segments(real)
     assert fetched(sim) == fetched(real)

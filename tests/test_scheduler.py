@@ -210,9 +210,9 @@ def test_limits_and_token_accounting(requests, prompt, output, max_num_seqs, ext
     admitted = [sid for s in steps if s.kind == "prefill" for sid in s.seq_ids.tolist()]
     assert admitted == list(range(requests)), "FIFO admission, each request prefilled once"
     for r in w.requests:
-        P, O = r.prompt_len, r.output_len
-        assert fed[r.id] == list(range(P + O - 1)), "prompt 0..P-1, then the real continuation"
-        assert kinds[r.id] == ["prefill"] * P + ["decode"] * (O - 1)
+        prompt, output = r.prompt_len, r.output_len
+        assert fed[r.id] == list(range(prompt + output - 1)), "prompt 0..P-1, then the real continuation"
+        assert kinds[r.id] == ["prefill"] * prompt + ["decode"] * (output - 1)
     metrics = sched.request_metrics()
     assert np.all(metrics.ttft_s > 0)
     tpot = metrics.tpot_s[[r.output_len > 1 for r in w.requests]]

@@ -13,33 +13,19 @@ import pytest
 from engramsim.cli import main
 from engramsim.errors import InputError
 from engramsim.hbm import backbone_params
+from engramsim.plugins.placement.single_tier import SingleTier
 from engramsim.registry import register
 from engramsim.runner import simulate_run
 from engramsim.scenario import Backbone
 from engramsim.scenario_io import load_scenario
 from engramsim.session import prepare
-from engramsim.strategies import Tier
-from engramsim.plugins.placement.single_tier import SingleTier
+from engramsim.strategies import Placement, Tier
+from tests.test_run import SMALL
 
 sys.path.insert(0, str(Path(__file__).parent / "plugin_pkg"))
 import demo_hashing  # noqa: E402,F401  (registers demo-modulo)
 import demo_lru  # noqa: E402,F401  (registers demo-lru)
 import demo_next_step  # noqa: E402,F401  (registers demo-next-step)
-
-SMALL = """
-name: small
-model:
-  backbone: {layers: 8, hidden: 1024, intermediate: 2816, attention: {heads: 8, kv_heads: 2, head_dim: 128}, vocab: 32000}
-  engram: {layers: [1, 5], rows_per_head: 500000, head_dim: 64, hc_mult: 1}
-hardware: h100-pcie
-workload:
-  trace: english-prose
-  requests: 12
-  prompt_len: {dist: uniform, low: 16, high: 96}
-  output_len: {dist: uniform, low: 4, high: 24}
-  batching: {max_num_seqs: 8, max_num_batched_tokens: 512}
-run: {seed: 3}
-"""
 
 
 @register("placement", "test-all-cxl")
@@ -126,3 +112,24 @@ def test_backbone_params_by_hand():
 def test_prepare_refuses_before_building_anything_big(scenario):
     with pytest.raises(InputError, match="HBM"):
         prepare(load_scenario(scenario, ["strategies.placement=all-hbm", "model.engram.rows_per_head=100000000"]), "s")
+
+
+@register("placement", "test-even-rows-in-hbm")
+class EvenRowsInHBM(Placement):
+    """Even rows in HBM, odd rows in host DRAM (a table split between tiers)."""
+
+    def tier_of(self, layer: int, rows: np.ndarray) -> np.ndarray:
+        return np.where(rows % 2 == 0, Tier.HBM, Tier.HOST).astype(np.uint8)
+
+    def bytes_per_tier(self) -> dict[Tier, int]:
+        total = sum(t.bytes for t in self.setup.tables.values())
+        return {Tier.HBM: total // 2, Tier.HOST: total - total // 2}
+
+
+def test_the_simulator_runs_a_split_placement_the_real_backend_refuses(scenario, tmp_path, capsys):
+    assert main(["run", str(scenario), "--out", str(tmp_path / "sim"), "--quiet", "--set", "strategies.placement=test-even-rows-in-hbm"]) == 0
+    summary = json.loads((tmp_path / "sim" / "results.json").read_text())["summary"]
+    assert summary["rows_placed_hbm"] > 0 and summary["rows_missed"] > 0
+    refused(capsys, ["run", str(scenario), "--backend", "cpu", "--out", str(tmp_path / "cpu"), "--set",
+                     "strategies.placement=test-even-rows-in-hbm"], "strategies.placement", "whole-table placements only")
+    assert not (tmp_path / "cpu").exists()

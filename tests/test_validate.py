@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from engramsim.backends.calibration.machine import machine_host
 
+from engramsim.backends.calibration.machine import machine_host
 from engramsim.cli import main
 from engramsim.metrics import METRICS as REGISTRY
 from engramsim.records import RunOutcome, Span, SpanKind
@@ -84,7 +84,10 @@ def test_at_least_eight_validation_scenarios_and_all_pass_check(capsys):
 
 def test_validation_scenarios_vary_what_they_should():
     scenarios = [load_scenario(p) for p in default_scenarios()]
-    seen = lambda f: {f(s) for s in scenarios}
+
+    def seen(f):
+        return {f(s) for s in scenarios}
+
     assert len(seen(lambda s: s.workload.batching.max_num_seqs)) >= 3
     assert len(seen(lambda s: s.model.engram.rows_per_head[0])) >= 3
     assert len(seen(lambda s: tuple(s.model.engram.layers))) >= 3

@@ -230,7 +230,7 @@ def reuse_distances(seq: np.ndarray) -> np.ndarray:
     """
     prev = previous_access(seq)
     again = prev >= 0
-    firsts_before = np.cumsum(~again) - (~again)
+    firsts_before: np.ndarray = np.cumsum(~again) - (~again)
     dist = np.full(prev.size, -1, dtype=np.int64)
     p = prev[again]
     dist[again] = firsts_before[again] + _count_smaller_before(p) - p - 1
@@ -313,8 +313,7 @@ def compressed_ids(trace: Trace, tokenizer_path: str | Path | None = None, pad_i
     meta_tok = trace.meta.get("tokenizer")
     ids = trace.tokens.astype(np.int64)
     if meta_tok is None:
-        vocab = max(int(trace.meta.get("vocab_size") or 0), int(ids.max()) + 1, pad_id + 1)
-        return ids, vocab, pad_id
+        return ids, max(int(trace.meta.get("vocab_size") or 0), int(ids.max()) + 1, pad_id + 1), pad_id
     path = Path(tokenizer_path) if tokenizer_path is not None else default_tokenizer_path()
     info = tokenizer_info(path)
     expected = meta_tok.get("sha256") if isinstance(meta_tok, dict) else None

@@ -29,7 +29,6 @@ import numpy as np
 from engramsim.traces.format import Trace
 
 
-
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser on uint64 (wrapping arithmetic): a well-mixed hash of each value."""
     with np.errstate(over="ignore"):

@@ -119,7 +119,8 @@ class Harness:
                     done.set()
 
         def handed(fn: Callable[[], Any]) -> float:
-            done, failure = threading.Event(), []
+            done = threading.Event()
+            failure: list[BaseException] = []
             t0 = time.perf_counter()
             jobs.put((fn, done, failure))
             done.wait()

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         arrays[f"layer_{layer}"] = rows[layer]
         arrays[f"primes_layer_{layer}"] = hashing.primes[layer]
     with atomic_path(args.out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stubs match **arrays against allow_pickle: bool
     print(
         f"{args.text}: {raw.size} tokens, compressed vocabulary {vocab.size} ids"
         f"{' (from cache)' if vocab.from_cache else ' (built and cached)'}; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic.fields import FieldInfo
@@ -21,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=plugins)
 
 
-def type_name(annotation: Any, metadata: list[Any] = ()) -> str:
+def type_name(annotation: Any, metadata: Sequence[Any] = ()) -> str:
     """A readable type: 'int > 0 | None' rather than 'Optional[Annotated[int, Gt(gt=0)]]'."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:

@@ -173,13 +173,15 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from rich.console import Console, JustifyMethod
     from rich.table import Table
 
     from engramsim.traces.format import load_trace, shipped_traces
 
     table = Table(title="shipped traces (`engramsim trace stats NAME` for more)", title_justify="left")
-    for col, just in (("name", "left"), ("tokens", "right"), ("documents", "right"), ("genre", "left"), ("licence", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("name", "left"), ("tokens", "right"), ("documents", "right"), ("genre", "left"), ("licence", "left"))
+    for col, just in columns:
         table.add_column(col, justify=just)
     for name in shipped_traces():
         t = load_trace(name)
