@@ -106,6 +106,9 @@ class CudaDevice(Device):
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.torch_device)
 
+    def synchronize_compute(self) -> None:
+        self.compute_stream.synchronize()
+
     # ---- memory ------------------------------------------------------------------------------
     def check_memory(self, source: str, footprint: Footprint) -> None:
         _, available = host_memory()

@@ -77,6 +77,9 @@ class Device:
     def synchronize(self) -> None:
         """Wait until everything enqueued on the device has run (CPU work is already done)."""
 
+    def synchronize_compute(self) -> None:
+        """Wait until the compute timeline has run; fetches in flight for later steps go on."""
+
     def linear(self) -> Linear:
         """How the stand-in blocks run their GEMMs on this device."""
         return PLAIN

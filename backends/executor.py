@@ -6,8 +6,9 @@ with one handler per segment kind: host work (plan and input layout) timed as th
 `Issue` hands fetches to the fetch worker (backends/fetch.py), some of them for later steps;
 `EngramLayer` waits for the layer's fetch (the wait is the stall) and runs the layer
 (backends/engram_layer.py); `Blocks` runs stand-in blocks; `Head` the LM head. The step ends
-with a synchronize, after which every mark becomes seconds. Only device.py's few operations
-differ between CPU and CUDA.
+by synchronizing the compute timeline (not the copy stream, where a fetch for the next step may
+be in flight), after which its marks become seconds. Only device.py's few operations differ
+between CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class RealSession:
             raise InputError(prepared.source, f"the real backends run a gather then an h2d copy, or a zero-copy gather; "
                              f"transport {scenario.strategies.transport.name!r} has stages {[k.value for k in self.stages]}",
                              field="strategies.transport")
-        resident = any(self._resident(p) for p in placements)
+        in_hbm = [self._resident(p) for p in placements]
+        resident, self.offloaded = any(in_hbm), not all(in_hbm)
         self.cache_rows = {layer: cache.capacity_rows(layer) for layer in prepared.tables}
         self.device = device = make_device(backend, prepared.source)
         self.limits = step_limits(prepared.workload)
@@ -106,8 +108,10 @@ class RealSession:
         self.device.close()
 
     def _slot_rows(self, layer: int) -> int:
-        info = self.prepared.tables[layer]
-        return staging_rows(info, self.scenario.model.engram, self.prepared.workload, self.prefetch)
+        """Rows of one staging/landing slot; none when no pass fetches (hbm.py counts the same)."""
+        if not self.offloaded:
+            return 0
+        return staging_rows(self.prepared.tables[layer], self.scenario.model.engram, self.prepared.workload, self.prefetch)
 
     def footprint(self, resident: bool) -> Footprint:
         backbone, engram = self.scenario.model.backbone, self.scenario.model.engram
@@ -229,7 +233,7 @@ class PassState:
         self.h = self.session.standin.input(self.layout)
         for segment in skeleton(plan, self.session.scenario.model.backbone.layers):
             self.handlers[type(segment)](segment)
-        device.synchronize()
+        device.synchronize_compute()  # not the copy stream: a fetch for the next step may be in flight
         record = StepRecord(index=step.index, kind=step.kind, start_s=device.seconds(start), end_s=device.seconds(self.end),
                             tokens=step.num_tokens, seqs=step.num_seqs)
         resolved = [p.resolve(device) for p in self.pending + self.worker.take_spans(step.index)]

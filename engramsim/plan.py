@@ -72,10 +72,12 @@ class StepPlan:
 class Planner:
     """Applies placement, cache and prefetch to every step, in step order (caches keep state)."""
 
-    def __init__(self, placement: Placement, cache: Cache, prefetch: Prefetch, layers: list[int], blocks: int) -> None:
-        """`layers`: the Engram layers to plan (none: a pass without Engram); `blocks`: backbone depth."""
+    def __init__(self, placement: Placement, cache: Cache, prefetch: Prefetch, table_rows: dict[int, int], blocks: int) -> None:
+        """`table_rows`: the rows of each Engram layer's table to plan (none: a pass without
+        Engram); `blocks`: backbone depth."""
         self.placement, self.cache, self.prefetch = placement, cache, prefetch
-        self.layers, self.blocks = layers, blocks
+        self.table_rows, self.blocks = table_rows, blocks
+        self.layers = sorted(table_rows)
         self._planned: dict[int, dict[int, FetchPlan]] = {}  # steps planned ahead of their turn
         self._issues: dict[int, dict[int, list[FetchPlan]]] = {}  # issuing step -> block -> fetches
         self._next = 0  # the next step index not yet planned
@@ -116,7 +118,7 @@ class Planner:
         outside = rows[tiers != HBM]
         hit, admitted, evicted = self._cache_lookup(layer, outside, view)
         misses = outside[~hit] if hit.any() else outside
-        extra = self._speculative(layer, view, rows, tiers)
+        extra = self._speculative(layer, view, rows)
         lead = min(max(0, int(self.prefetch.lead_steps(layer, view))), step.index - issuing)
         block = min(max(0, int(self.prefetch.issue_layer(layer, view))), layer if lead == 0 else self.blocks - 1)
         return FetchPlan(
@@ -134,6 +136,8 @@ class Planner:
         after = cache.contents(layer)
         if after.size > cache.capacity_rows(layer):
             raise RuntimeError(f"cache {cache.name!r} holds {after.size} rows of layer {layer}, over its capacity of {cache.capacity_rows(layer)}")
+        if hit.any() and not np.isin(outside[hit], before, assume_unique=True).all():
+            raise RuntimeError(f"cache {cache.name!r} reported hits on rows of layer {layer} it does not hold")
         if not before.size and not after.size:
             return hit, EMPTY, EMPTY
         admitted = np.setdiff1d(after, before, assume_unique=True)
@@ -141,12 +145,16 @@ class Planner:
             raise RuntimeError(f"cache {cache.name!r} admitted rows of layer {layer} that this step does not fetch")
         return hit, admitted, np.setdiff1d(before, after, assume_unique=True)
 
-    def _speculative(self, layer: int, view: StepView, rows: np.ndarray, tiers: np.ndarray) -> np.ndarray:
-        """The policy's guess, less rows the step needs, rows in HBM and duplicates, within budget."""
+    def _speculative(self, layer: int, view: StepView, rows: np.ndarray) -> np.ndarray:
+        """The policy's guess in its own order, less duplicates, rows the step needs and rows in
+        HBM (placed or cached), cut to the budget."""
         budget = self.prefetch.speculative_budget(layer)
-        guess = self.prefetch.speculative_rows(layer, view)
+        guess = np.asarray(self.prefetch.speculative_rows(layer, view), dtype=np.int64)
         if budget <= 0 or guess.size == 0:
             return EMPTY
-        extra = np.setdiff1d(np.asarray(guess, dtype=np.int64), rows)
-        extra = extra[self.placement.tier_of(layer, extra) != Tier.HBM]
-        return extra[:budget]
+        if guess.min() < 0 or guess.max() >= self.table_rows[layer]:
+            raise ValueError(f"prefetch {self.prefetch.name!r} guessed rows outside layer {layer}'s table of {self.table_rows[layer]} rows")
+        _, first = np.unique(guess, return_index=True)
+        guess = guess[np.sort(first)]
+        guess = guess[~np.isin(guess, rows) & ~np.isin(guess, self.cache.contents(layer))]
+        return guess[self.placement.tier_of(layer, guess) != HBM][:budget]

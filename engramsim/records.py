@@ -88,7 +88,7 @@ class LayerRecord:
     rows_missed: int  # outside HBM and not cached: fetched for this step
     rows_speculative: int  # fetched beyond the step's needs (a predictor's guess)
     bytes_fetched: int
-    issue_step: int  # the step during which the fetch was issued (< the record's step: issued ahead)
+    issue_step: int  # the step during which the fetch was issued (<= the record's step; < means issued ahead)
     issue_s: float
     ready_s: float  # the fetch's last byte arrived (= issue when nothing was fetched)
     stall_s: float = 0.0

@@ -60,6 +60,7 @@ class Scheduler:
         self._finished = 0
         self._index = 0
         self._pending: Step | None = None
+        self._ahead: tuple[Step | None, list[Step], bool] = (None, [], False)  # lookahead of the step in flight
         self.prompt_tokens = 0  # prompt tokens prefilled so far
         self.output_tokens = 0  # output tokens sampled so far
 
@@ -144,9 +145,18 @@ class Scheduler:
     # ---- the future ----------------------------------------------------------------------
     def lookahead(self, k: int) -> list[Step]:
         """Up to k steps after the one in flight, exactly as they will run; empty while a request
-        has yet to arrive (then the steps depend on timing)."""
+        has yet to arrive (then the steps depend on timing). Remembered for the step in flight,
+        so policies asking again pay nothing."""
         if k <= 0 or self.next_arrival() is not None:
             return []
+        pending, known, complete = self._ahead
+        if pending is not self._pending or (len(known) < k and not complete):
+            known = self._replay(k)
+            self._ahead = (self._pending, known, len(known) < k)
+        return known[:k]
+
+    def _replay(self, k: int) -> list[Step]:
+        """Run a copy of this scheduler k steps on (every request has arrived, so time does not matter)."""
         clone = copy.copy(self)
         clone._waiting = deque(self._waiting)
         clone._running = self._running.copy()

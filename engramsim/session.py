@@ -109,5 +109,5 @@ def strategies(prepared: Prepared, placement: StrategyChoice | None = None) -> t
 
 def planner(prepared: Prepared, placement: StrategyChoice | None = None, engram: bool = True) -> Planner:
     """The planner of one pass; `placement` overrides the scenario's, `engram=False` plans no Engram layer."""
-    layers = list(prepared.tables) if engram else []
-    return Planner(*strategies(prepared, placement), layers, prepared.scenario.model.backbone.layers)
+    table_rows = {layer: t.rows for layer, t in prepared.tables.items()} if engram else {}
+    return Planner(*strategies(prepared, placement), table_rows, prepared.scenario.model.backbone.layers)

@@ -126,10 +126,9 @@ class Engine:
         total = sum(seconds for seconds, _ in self._queued)
         if total > 0:
             yield self.env.timeout(total)
-        for seconds, span in self._queued:
-            if seconds > 0:
-                self.spans.append(Span(start_s=start, end_s=start + seconds, **span))
-                start += seconds
+        for seconds, span in self._queued:  # zero-length ones too: the real backend records every segment
+            self.spans.append(Span(start_s=start, end_s=start + seconds, **span))
+            start += seconds
         self._queued.clear()
 
     def _pending_s(self) -> float:

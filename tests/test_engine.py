@@ -112,7 +112,8 @@ def make_step(index, rows_per_layer):
 def run(cost, steps, layers=(1,), blocks=3, tier=Tier.HOST, issue=None, transport=("zero_copy",), row_bytes=100):
     tables = {layer: SimpleNamespace(row_bytes=row_bytes) for layer in layers}
     engine = Engine(cost, tables, blocks, Pipe(*transport), copy_engines=2)
-    records, makespan = simulate(engine, ListScheduler(steps), Planner(Everywhere(tier), NoCache(), IssueAt(issue), sorted(layers), blocks))
+    planner = Planner(Everywhere(tier), NoCache(), IssueAt(issue), dict.fromkeys(layers, 10**9), blocks)
+    records, makespan = simulate(engine, ListScheduler(steps), planner)
     return RunOutcome(steps=records, spans=engine.spans, events=engine.env.event_count, link_busy_s=engine.link.busy_s,
                       makespan_s=makespan, output_tokens=0, prompt_tokens=0, ttft_s=np.empty(0), tpot_s=np.empty(0))
 
