@@ -183,7 +183,7 @@ class Prefetch(Strategy):
     Engram layer itself (on demand).
     """
 
-    horizon: ClassVar[int] = 0  # the most steps ahead this policy ever issues a fetch
+    horizon: int = 0  # the most steps ahead this policy ever issues a fetch (a class or instance attribute)
 
     def issue_layer(self, layer: int, view: StepView) -> int:
         """Block at whose start the fetch for Engram `layer` of `view.step` is issued: 0 is the

@@ -1,5 +1,5 @@
-"""Golden results: three small scenarios (two Engram layers, a fetch issued `lead_blocks` early,
-the zero-copy transport) give byte-identical results.json files. A change here is a change of
+"""Golden results: four small scenarios (two Engram layers, a fetch issued `lead_blocks` early, one
+issued a step early, the zero-copy transport) give byte-identical results.json files. A change here is a change of
 results: regenerate with `python scripts/regen_golden.py` and explain it."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def regen_module():
     return module
 
 
-def test_there_are_three_goldens():
-    assert [p.stem for p in SCENARIOS] == ["lead-blocks", "two-layers", "zero-copy"]
+def test_the_goldens_are_there():
+    assert [p.stem for p in SCENARIOS] == ["lead-blocks", "lead-steps", "two-layers", "zero-copy"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.stem)

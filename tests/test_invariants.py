@@ -38,6 +38,8 @@ VARIANTS = {
     "speculative": ['strategies.prefetch={name: demo-guess, params: {budget: 400}}'],
     "next-step-zero-copy": ["strategies.prefetch=demo-next-step", "strategies.transport=zero-copy"],
     "next-step-cut-short": ["strategies.prefetch=demo-next-step", "run.max_steps=20"],
+    "lead-steps": [],
+    "two-steps-lead-zero-copy": ["strategies.prefetch={name: layer-ahead, params: {lead_steps: 2}}", "strategies.transport=zero-copy"],
 }
 
 
@@ -335,7 +337,8 @@ def fetched(outcome: RunOutcome) -> list[tuple]:
     [],
     ["strategies.cache={name: demo-lru, params: {rows: 500}}", "strategies.prefetch={name: demo-next-step, params: {block: 2}}"],
     ["strategies.transport=zero-copy", "strategies.prefetch={name: demo-guess, params: {budget: 50}}"],
-], ids=["layer-ahead", "lru-next-step", "zero-copy-speculative"])
+    ["strategies.prefetch={name: layer-ahead, params: {lead_steps: 2, lead_blocks: 1}}"],
+], ids=["layer-ahead", "lru-next-step", "zero-copy-speculative", "two-steps-lead"])
 def test_simulator_and_cpu_backend_run_the_same_segments(tmp_path, overrides):
     """Guards: the two executors drifting apart (a cut, an issue or an Engram layer one has and the
     other has not); the same steps, records and fetches, in the same order."""
