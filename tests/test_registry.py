@@ -20,6 +20,7 @@ from engramsim.cli import main
 from engramsim.errors import InputError
 from engramsim.scenario import Engram, Scenario, StrategyChoice
 from engramsim.strategies import Cache, HashingSetup, Params, SetupContext, Stage, StageKind, StepView, TableInfo, Tier
+from tests.test_run import SMALL
 
 PLUGIN_PKG = Path(__file__).parent / "plugin_pkg"
 BUILTINS = {
@@ -188,24 +189,12 @@ def test_broken_entry_point_is_one_line_naming_it(tmp_path):
     assert "broken-demo" in lines[0] and "ModuleNotFoundError" in lines[0]
 
 
-DEMO_RUN = """
-name: demo-run
-model:
-  backbone: {layers: 6, hidden: 512, intermediate: 1408, attention: {heads: 8, kv_heads: 2, head_dim: 64}, vocab: 8192}
-  engram: {layers: [1, 4], rows_per_head: 50000, head_dim: 64, hc_mult: 1}
-hardware: h100-pcie
-workload:
-  trace: english-prose
-  requests: 8
-  prompt_len: {dist: uniform, low: 16, high: 64}
-  output_len: {dist: uniform, low: 4, high: 16}
-  batching: {max_num_seqs: 4, max_num_batched_tokens: 512}
-strategies:
-  hashing: {name: demo-modulo, params: {rows_per_head: 4001}}
-  cache: {name: demo-lru, params: {rows: 2000}}
-  prefetch: {name: demo-next-step, params: {block: 3}}
-run: {seed: 2, outputs: {plot: false, timeline: false}}
-"""
+DEMO_STRATEGIES = [
+    "strategies.hashing={name: demo-modulo, params: {rows_per_head: 4001}}",
+    "strategies.cache={name: demo-lru, params: {rows: 2000}}",
+    "strategies.prefetch={name: demo-next-step, params: {block: 3}}",
+    "run.outputs.plot=false", "run.outputs.timeline=false",
+]
 
 
 def test_a_policy_and_a_metric_are_one_file_each(demo_site, tmp_path):
@@ -215,12 +204,13 @@ def test_a_policy_and_a_metric_are_one_file_each(demo_site, tmp_path):
     for name in ("demo-lru", "demo-next-step", "demo-guess", "demo-modulo"):
         assert name in listing.stdout
     scenario = tmp_path / "demo-run.yaml"
-    scenario.write_text(DEMO_RUN)
-    done = engramsim(["run", str(scenario), "--out", str(tmp_path / "out")], demo_site, tmp_path)
+    scenario.write_text(SMALL)
+    sets = [arg for item in DEMO_STRATEGIES for arg in ("--set", item)]
+    done = engramsim(["run", str(scenario), "--out", str(tmp_path / "out"), *sets], demo_site, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "DMA time" in done.stdout
     summary = json.loads((tmp_path / "out" / "results.json").read_text())["summary"]
     assert summary["demo_h2d_ms_total"] > 0 and summary["cache_hits"] > 0
     steps = list(csv.DictReader((tmp_path / "out" / "steps.csv").open()))
     assert all(int(s["rows_unique"]) == int(s["rows_hbm"]) + int(s["rows_missed"]) for s in steps)
-    assert max(int(s["rows_unique"]) for s in steps) <= 2 * 16 * 4001
+    assert max(int(s["rows_unique"]) for s in steps) <= 2 * 16 * 4001  # two layers of 16 heads x 4001 rows
