@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from engramsim.backends.device import PLAIN, Linear, to_index
+from engramsim.hbm import longest_sequence, step_tokens_limit
 from engramsim.scenario import Backbone
 from engramsim.steps import Step
 from engramsim.workload import Workload
@@ -52,11 +53,8 @@ class Limits:
 
 
 def step_limits(workload: Workload) -> Limits:
-    """Bounds from the batching knobs and the requests (a prefill never exceeds either)."""
-    reqs = workload.requests
-    seqs = min(workload.max_num_seqs, len(reqs))
-    prefill = min(workload.max_num_batched_tokens, sum(r.prompt_len for r in reqs))
-    return Limits(max(prefill, seqs), seqs, max(r.prompt_len + r.output_len for r in reqs))
+    """Bounds from the batching knobs and the requests (the same the HBM budget counts)."""
+    return Limits(step_tokens_limit(workload), min(workload.max_num_seqs, len(workload.requests)), longest_sequence(workload))
 
 
 def block_shapes(cfg: Backbone, block: int) -> dict[str, tuple[int, ...]]:

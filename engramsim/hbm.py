@@ -43,6 +43,11 @@ def step_tokens_limit(workload: Workload) -> int:
     return max(prefill, min(workload.max_num_seqs, len(reqs)))
 
 
+def longest_sequence(workload: Workload) -> int:
+    """The most tokens any sequence holds in the KV cache: its prompt and all its output."""
+    return max(r.prompt_len + r.output_len for r in workload.requests)
+
+
 def staging_rows(table: TableInfo, engram: Engram, workload: Workload, prefetch: Prefetch) -> int:
     """Rows of one staging slot: a step's tokens x heads never need more distinct rows, plus the
     prefetch's speculative budget."""
@@ -60,16 +65,16 @@ def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Worklo
     bb, engram = scenario.model.backbone, scenario.model.engram
     b = DTYPE_BYTES[bb.dtype]
     att = bb.attention
-    longest = max(r.prompt_len + r.output_len for r in workload.requests)
-    offloaded = sum(t.bytes for t in tables.values()) > placement.bytes_per_tier().get(Tier.HBM, 0)
+    in_hbm = placement.bytes_per_tier().get(Tier.HBM, 0)
+    offloaded = sum(t.bytes for t in tables.values()) > in_hbm
     staging = sum(staging_slots(prefetch) * staging_rows(t, engram, workload, prefetch) * t.row_bytes for t in tables.values())
     return {
         "backbone weights": int(backbone_params(bb) * b),
         "Engram modules": int(len(tables) * engram_params(engram, bb.hidden) * b),
-        "Engram tables in HBM": placement.bytes_per_tier().get(Tier.HBM, 0),
+        "Engram tables in HBM": in_hbm,
         "Engram caches": sum(cache.capacity_rows(layer) * t.row_bytes for layer, t in tables.items()),
         "Engram staging buffers": staging if offloaded else 0,
-        "KV cache (one longest sequence)": int(bb.layers * 2 * att.kv_heads * att.head_dim * b * longest),
+        "KV cache (one longest sequence)": int(bb.layers * 2 * att.kv_heads * att.head_dim * b * longest_sequence(workload)),
     }
 
 

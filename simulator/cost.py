@@ -97,34 +97,13 @@ class RooflineCostModel:
         """Seconds of kernels run one after another."""
         return sum(self.roofline(k) for k in works)
 
-    def block_kind(self, block: int) -> BlockKind:
-        return kernels.block_kind(self.model, block)
-
-    def experts_touched(self, tokens: int) -> float:
-        return kernels.experts_touched(self.model, tokens)
-
-    def attention_work(self, step: Step) -> Work:
-        return kernels.total(kernels.attention_kernels(self.model, step))
-
-    def mlp_work(self, step: Step) -> Work:
-        return kernels.total(kernels.mlp_kernels(self.model, step))
-
-    def moe_work(self, step: Step) -> Work:
-        return kernels.total(kernels.moe_kernels(self.model, step))
-
-    def block_kernels(self, step: Step, block: int) -> list[Work]:
-        return kernels.block_kernels(self.model, step, block)
-
-    def block_work(self, step: Step, block: int) -> Work:
-        return kernels.total(self.block_kernels(step, block))
-
     def block_time(self, step: Step, block: int) -> float:
         """Seconds of one block: its kernels' rooflines + the profile's layer overhead."""
         if self._cached_step is not step:
             self._cached_step, self._cache = step, {}
-        kind = self.block_kind(block)
+        kind = kernels.block_kind(self.model, block)
         if kind not in self._cache:
-            self._cache[kind] = self.kernels_time(self.block_kernels(step, block)) + self.layer_overhead_s
+            self._cache[kind] = self.kernels_time(kernels.block_kernels(self.model, step, block)) + self.layer_overhead_s
         return self._cache[kind]
 
     def blocks_time(self, step: Step, start: int, stop: int) -> float:
@@ -141,24 +120,12 @@ class RooflineCostModel:
             seconds += (stop - split) * self.block_time(step, split)
         return seconds
 
-    def engram_kernels(self, step: Step, rows: int) -> list[Work]:
-        return kernels.engram_kernels(self.model, step, rows)
-
-    def engram_work(self, step: Step, rows: int) -> Work:
-        return kernels.total(self.engram_kernels(step, rows))
-
     def engram_time(self, step: Step, rows: int) -> float:
         """Seconds of the Engram layer's own GPU work (its kernels + the Engram layer overhead)."""
-        return self.kernels_time(self.engram_kernels(step, rows)) + self.engram_overhead_s
-
-    def head_kernels(self, step: Step) -> list[Work]:
-        return kernels.head_kernels(self.model, step)
-
-    def head_work(self, step: Step) -> Work:
-        return kernels.total(self.head_kernels(step))
+        return self.kernels_time(kernels.engram_kernels(self.model, step, rows)) + self.engram_overhead_s
 
     def head_time(self, step: Step) -> float:
-        return self.kernels_time(self.head_kernels(step))
+        return self.kernels_time(kernels.head_kernels(self.model, step))
 
     def host_time(self, step: Step) -> float:
         """The profile's per-step host cost (scheduling, planning, input layout, launches)."""

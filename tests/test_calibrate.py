@@ -30,7 +30,7 @@ from engramsim.backends.calibration.profile import fit_profile, profile_yaml
 from engramsim.cli import main
 from engramsim.hardware.presets import load_profile
 from engramsim.hardware.profile import HardwareProfile
-from engramsim.kernels import Work, block_kernels, head_kernels
+from engramsim.kernels import Work, block_kernels, engram_kernels, head_kernels
 from engramsim.simulator.cost import RooflineCostModel
 
 NOISE = 0.03  # 3 % multiplicative noise on every synthetic timing
@@ -133,7 +133,8 @@ def test_fit_roofline_predicts_what_the_cost_model_prices():
     shape, steps = backbone_cases("cpu", BUDGETS["quick"])[0]
     truth_cost = RooflineCostModel(shape_model(shape, "fp32", 64, "fp32"), truth)
     cases = [make_step(kind, new, ctx) for kind, new, ctx in steps]
-    kernels = [as_array(truth_cost.block_kernels(step, 0)) for step in cases] + [as_array(truth_cost.head_kernels(step)) for step in cases]
+    model = truth_cost.model
+    kernels = [as_array(block_kernels(model, step, 0)) for step in cases] + [as_array(head_kernels(model, step)) for step in cases]
     seconds = np.array([truth_cost.block_time(step, 0) for step in cases] + [truth_cost.head_time(step) + 1e-4 for step in cases])
     k = np.repeat(np.eye(2), len(cases), axis=0)
     fit = fit_roofline(kernels, seconds * (1.0 + np.random.default_rng(5).normal(0.0, NOISE, seconds.size)), k)
@@ -182,9 +183,9 @@ def synthetic_measurements(truth: HardwareProfile) -> Measurements:
             base = {"shape": shape.name, "kind": kind, "seqs": int(new.size), "tokens": int(new.sum()), "context": int(ctx.max())}
             rows = int(new.sum()) * 10
             for group, works, seconds in (
-                ("block", shaped.block_kernels(step, 0), shaped.block_time(step, 0)),
-                ("engram", shaped.engram_kernels(step, rows), shaped.engram_time(step, rows)),
-                ("head", shaped.head_kernels(step), shaped.head_time(step)),
+                ("block", block_kernels(shaped.model, step, 0), shaped.block_time(step, 0)),
+                ("engram", engram_kernels(shaped.model, step, rows), shaped.engram_time(step, rows)),
+                ("head", head_kernels(shaped.model, step), shaped.head_time(step)),
             ):
                 getattr(m, group).append({**base, "rows": rows, **kernel_fields(works), "seconds": seconds})
     return m

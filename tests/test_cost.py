@@ -51,6 +51,11 @@ def make_step(new: list[int], ctx: list[int], kind: str = "prefill", index: int 
                 np.zeros(int(new_a.sum()), dtype=np.int64))
 
 
+def work(of, cost: RooflineCostModel, *args) -> Work:
+    """The summed work of the kernels `of` (an inventory function of engramsim/kernels.py) for `cost`'s model."""
+    return kernels.total(of(cost.model, *args))
+
+
 @pytest.fixture
 def tiny() -> RooflineCostModel:
     return RooflineCostModel(Model.model_validate(TINY), HardwareProfile.model_validate(ROUND))
@@ -69,32 +74,32 @@ def test_attention_work_by_hand_prefill(tiny):
     # KV: (context 3 read + 3 written) * (2*1*4*2 B) = 96 B
     # activations per token: norm 16 + qkv (8+16) + attn 16 + o (8+8) + residual 24 = 96 elems
     # bytes = 192*2 + 96 + 3*96*2 = 1056
-    assert tiny.attention_work(make_step([3], [3])) == Work(1344.0, 1056.0, 192.0)
+    assert work(kernels.attention_kernels, tiny, make_step([3], [3])) == Work(1344.0, 1056.0, 192.0)
 
 
 def test_attention_work_by_hand_decode(tiny):
     # two sequences, one new token each, contexts 5 and 9: pairs = 5 + 9 = 14
     # flops = 2*2*192 + 32*14 = 768 + 448 = 1216; bytes = 384 + (14 + 2)*16 + 2*96*2 = 1024
-    assert tiny.attention_work(make_step([1, 1], [5, 9], "decode")) == Work(1216.0, 1024.0, 192.0)
+    assert work(kernels.attention_kernels, tiny, make_step([1, 1], [5, 9], "decode")) == Work(1216.0, 1024.0, 192.0)
 
 
 def test_chunked_prefill_pairs(tiny):
     # 2 new tokens after 4 cached: pairs = 2*4 + 2*3/2 = 11
-    work = tiny.attention_work(make_step([2], [6]))
-    assert work.flops == 2 * 2 * 192 + 32 * 11
+    attention = work(kernels.attention_kernels, tiny, make_step([2], [6]))
+    assert attention.flops == 2 * 2 * 192 + 32 * 11
 
 
 def test_mlp_work_by_hand(tiny):
     # params = 3*8*16 = 384; flops = 2*3*384 = 2304
     # per token: norm 16 + gate_up (8+32) + swiglu 48 + down (16+8) + residual 24 = 152 elems
     # bytes = 384*2 + 3*152*2 = 1680
-    assert tiny.mlp_work(make_step([3], [3])) == Work(2304.0, 1680.0, 384.0)
+    assert work(kernels.mlp_kernels, tiny, make_step([3], [3])) == Work(2304.0, 1680.0, 384.0)
 
 
 def test_block_time_is_roofline_plus_overhead(tiny):
     step = make_step([3], [3])
     # work = (1344 + 2304, 1056 + 1680) = (3648 FLOP, 2736 B); 5e11 FLOP/s, 5e8 B/s: memory-bound
-    assert tiny.block_work(step, 0) == Work(3648.0, 2736.0, 576.0)
+    assert work(kernels.block_kernels, tiny, step, 0) == Work(3648.0, 2736.0, 576.0)
     assert tiny.block_time(step, 0) == pytest.approx(2736 / 5e8 + 2e-6, rel=1e-12)
     assert tiny.blocks_time(step, 0, 1) == tiny.block_time(step, 0)
     assert tiny.blocks_time(step, 0, 0) == 0.0
@@ -108,7 +113,7 @@ def test_engram_work_by_hand(tiny):
     # projection 16 -> (2+1)*8 = 24: params 384, flops 2*3*384 = 2304, bytes 768 + 3*(32 + 48) = 1008
     # elementwise over 3*2*8 = 48 elems: flops 2*4*48 = 384, bytes 15*48*2 = 1440
     step = make_step([3], [3])
-    assert tiny.engram_work(step, 5) == Work(2688.0, 2584.0, 384.0)
+    assert work(kernels.engram_kernels, tiny, step, 5) == Work(2688.0, 2584.0, 384.0)
     assert tiny.engram_time(step, 5) == pytest.approx(2584 / 5e8 + 2e-6, rel=1e-12)
     assert tiny.engram_time(step, 50) > tiny.engram_time(step, 5)
 
@@ -117,7 +122,7 @@ def test_head_work_by_hand(tiny):
     # embedding 2*3*8*2 = 96 B, norm 96 B; LM head 8x32: flops 2*1*256 = 512,
     # bytes 256*2 + 8*2 + 2*32*4 = 784 -> 976 B; the 100 us step overhead is the host's, not the head's
     step = make_step([3], [3])
-    assert tiny.head_work(step) == Work(512.0, 976.0, 0.0)  # one sequence: a matrix-vector product, no GEMM penalty
+    assert work(kernels.head_kernels, tiny, step) == Work(512.0, 976.0, 0.0)  # one sequence: a matrix-vector product, no GEMM penalty
     assert tiny.head_time(step) == pytest.approx(976 / 5e8, rel=1e-12)
     assert tiny.host_time(step) == pytest.approx(100e-6)  # the step overhead, paid once per step
 
@@ -132,10 +137,10 @@ def moe_model(layers: int = 3) -> Model:
 
 def test_experts_touched():
     cost = RooflineCostModel(moe_model(), HardwareProfile.model_validate(ROUND))
-    assert cost.experts_touched(1) == pytest.approx(1 + 2)  # one token: shared + top_k
-    assert cost.experts_touched(2) == pytest.approx(1 + 8 * (1 - 0.75**2))
-    assert cost.experts_touched(10_000) == pytest.approx(1 + 8)  # every expert
-    counts = [cost.experts_touched(n) for n in range(1, 50)]
+    assert kernels.experts_touched(cost.model, 1) == pytest.approx(1 + 2)  # one token: shared + top_k
+    assert kernels.experts_touched(cost.model, 2) == pytest.approx(1 + 8 * (1 - 0.75**2))
+    assert kernels.experts_touched(cost.model, 10_000) == pytest.approx(1 + 8)  # every expert
+    counts = [kernels.experts_touched(cost.model, n) for n in range(1, 50)]
     assert all(a < b for a, b in itertools.pairwise(counts))
 
 
@@ -145,9 +150,9 @@ def test_moe_work_by_hand():
     # expert = 3*8*4 = 96 params, router 8*8 = 64; one token runs 3 experts
     # flops = 2*1*(3*96 + 64) = 704; weights = (3*96 + 64)*2 = 704 B
     # per token: norm 16 + router (8+8) + 3*(8+8+12+4+8) + combine (3*8 + 8) + residual 24 = 208 elems
-    assert cost.moe_work(step) == Work(704.0, 704.0 + 208 * 2, 0.0)  # one token: matrix-vector products only
-    assert cost.block_kind(0) == "dense" and cost.block_kind(1) == "moe"
-    assert cost.block_work(step, 1) == cost.attention_work(step) + cost.moe_work(step)
+    assert work(kernels.moe_kernels, cost, step) == Work(704.0, 704.0 + 208 * 2, 0.0)  # one token: matrix-vector products only
+    assert kernels.block_kind(cost.model, 0) == "dense" and kernels.block_kind(cost.model, 1) == "moe"
+    assert work(kernels.block_kernels, cost, step, 1) == work(kernels.attention_kernels, cost, step) + work(kernels.moe_kernels, cost, step)
 
 
 def test_blocks_time_mixes_dense_and_moe():
@@ -163,30 +168,30 @@ def test_blocks_time_mixes_dense_and_moe():
 def test_block_cache_follows_the_step(tiny):
     a, b = make_step([3], [3], index=7), make_step([9], [9], index=7)  # same index, different step
     assert tiny.block_time(a, 0) < tiny.block_time(b, 0)
-    assert tiny.block_time(a, 0) == tiny.kernels_time(tiny.block_kernels(a, 0)) + tiny.layer_overhead_s
+    assert tiny.block_time(a, 0) == tiny.kernels_time(kernels.block_kernels(tiny.model, a, 0)) + tiny.layer_overhead_s
 
 
 def test_kernels_sum_to_the_work_and_each_pays_its_own_roofline(tiny):
     step = make_step([3], [3])
-    kernels = tiny.block_kernels(step, 0)
-    assert len(kernels) == 6  # qkv, attention core, o, gate/up, SwiGLU, down
-    assert sum(kernels, Work()) == tiny.block_work(step, 0)
+    works = kernels.block_kernels(tiny.model, step, 0)
+    assert len(works) == 6  # qkv, attention core, o, gate/up, SwiGLU, down
+    assert sum(works, Work()) == work(kernels.block_kernels, tiny, step, 0)
     # per kernel max(compute, memory) is never below the roofline of the sum
-    assert tiny.kernels_time(kernels) >= tiny.roofline(tiny.block_work(step, 0)) * (1 - 1e-12)
-    by_hand = sum(max(k.flops / 0.5e12, k.bytes / 0.5e9) for k in kernels)
-    assert tiny.kernels_time(kernels) == pytest.approx(by_hand)
+    assert tiny.kernels_time(works) >= tiny.roofline(work(kernels.block_kernels, tiny, step, 0)) * (1 - 1e-12)
+    by_hand = sum(max(k.flops / 0.5e12, k.bytes / 0.5e9) for k in works)
+    assert tiny.kernels_time(works) == pytest.approx(by_hand)
 
 
 def test_gemm_half_rows_slow_small_gemms_but_not_a_single_row():
     slow = {**ROUND["gpu"], "bf16_tflops": 1e-6, "gemm_half_rows": 8.0}  # 5e5 FLOP/s achieved: compute-bound
     cost = RooflineCostModel(Model.model_validate(TINY), HardwareProfile.model_validate({**ROUND, "gpu": slow}))
     one, four = make_step([1], [5], "decode"), make_step([1] * 4, [5] * 4, "decode")
-    assert cost.head_work(one).weights == 0.0  # one row: a matrix-vector product
-    assert cost.head_work(four).weights == 8 * 32
-    head = cost.head_kernels(four)[1]
+    assert work(kernels.head_kernels, cost, one).weights == 0.0  # one row: a matrix-vector product
+    assert work(kernels.head_kernels, cost, four).weights == 8 * 32
+    head = kernels.head_kernels(cost.model, four)[1]
     # compute as if 4 + 8 rows ran: 2 * 12 * 256 FLOPs at 5e5 FLOP/s; one row: just its own 2 * 256
     assert cost.roofline(head) == pytest.approx(2 * 12 * 256 / 5e5)
-    assert cost.roofline(cost.head_kernels(one)[1]) == pytest.approx(2 * 256 / 5e5)
+    assert cost.roofline(kernels.head_kernels(cost.model, one)[1]) == pytest.approx(2 * 256 / 5e5)
 
 
 @pytest.mark.parametrize("n", [1.0, 2.0, 64.0])
@@ -215,14 +220,14 @@ def test_monotone_in_tokens_context_and_seqs(dense4b_h800):
 
 def test_decode_is_memory_bound_and_prefill_compute_bound(dense4b_h800):
     cost = dense4b_h800
-    decode = cost.block_work(make_step([1] * 256, [600] * 256, "decode"), 0)
+    decode = work(kernels.block_kernels, cost, make_step([1] * 256, [600] * 256, "decode"), 0)
     assert decode.bytes / cost.hbm_bytes_per_s > 2 * decode.flops / cost.flops_per_s
     # decode bytes are dominated by weights (~202 MB) + KV cache (256*600*4 KiB ~ 629 MB);
     # activations of 256 tokens add ~58 MB (~7%)
     weights = (2560 * (32 + 16) * 128 + 32 * 128 * 2560 + 3 * 2560 * 9728) * 2
     kv = 256 * 600 * 2 * 8 * 128 * 2
     assert weights + kv < decode.bytes < 1.10 * (weights + kv)
-    prefill = cost.block_work(make_step([1024] * 8, [1024] * 8), 0)
+    prefill = work(kernels.block_kernels, cost, make_step([1024] * 8, [1024] * 8), 0)
     assert prefill.flops / cost.flops_per_s > 2 * prefill.bytes / cost.hbm_bytes_per_s
 
 
@@ -282,7 +287,7 @@ def test_shared_formulas_price_arrays_as_the_cost_model_prices_floats(n):
     """The fits evaluate kernels.py on arrays, the simulator on one float at a time: same numbers."""
     gpu = {**ROUND["gpu"], "roofline_exponent": n, "gemm_half_rows": 8.0}
     cost = RooflineCostModel(Model.model_validate(TINY), HardwareProfile.model_validate({**ROUND, "gpu": gpu}))
-    works = [*cost.block_kernels(make_step([3, 5], [9, 5]), 0), Work(0.0, 0.0, 0.0), Work(0.0, 10.0), Work(10.0, 0.0)]
+    works = [*kernels.block_kernels(cost.model, make_step([3, 5], [9, 5]), 0), Work(0.0, 0.0, 0.0), Work(0.0, 10.0), Work(10.0, 0.0)]
     k = np.array([[w.flops, w.bytes, w.weights] for w in works])
     as_array = kernels.roofline(k[:, 0], k[:, 1], k[:, 2], cost.flops_per_s, cost.hbm_bytes_per_s, n, 8.0)
     assert as_array == pytest.approx([cost.roofline(w) for w in works], rel=1e-14, abs=0.0)
