@@ -30,7 +30,7 @@ from engramsim.backends.memory import Footprint
 from engramsim.backends.standin import StandIn, nbytes, step_layout, step_limits
 from engramsim.backends.tables import fill_table, table_format
 from engramsim.errors import InputError
-from engramsim.hbm import engram_params, staging_rows, staging_slots
+from engramsim.hbm import engram_params, staging_bytes, staging_rows, staging_slots
 from engramsim.plan import Planner, StepPlan
 from engramsim.records import LayerRecord, RunOutcome, Span, SpanKind, StepRecord
 from engramsim.registry import build
@@ -116,8 +116,7 @@ class RealSession:
     def footprint(self, resident: bool) -> Footprint:
         backbone, engram = self.scenario.model.backbone, self.scenario.model.engram
         tables = self.prepared.tables
-        slots = staging_slots(self.prefetch)
-        buffers = sum(slots * self._slot_rows(layer) * t.row_bytes for layer, t in tables.items())
+        buffers = staging_bytes(tables, engram, self.prepared.workload, self.prefetch) if self.offloaded else 0
         b = self.dtype.itemsize
         fp = Footprint(host={"Engram tables": sum(t.bytes for t in tables.values())})
         if StageKind.GATHER in self.stages:

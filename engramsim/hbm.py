@@ -59,6 +59,11 @@ def staging_slots(prefetch: Prefetch) -> int:
     return 1 + prefetch.horizon
 
 
+def staging_bytes(tables: dict[int, TableInfo], engram: Engram, workload: Workload, prefetch: Prefetch) -> int:
+    """All staging (and landing) slots of all Engram layers, in bytes."""
+    return sum(staging_slots(prefetch) * staging_rows(t, engram, workload, prefetch) * t.row_bytes for t in tables.values())
+
+
 def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Workload, placement: Placement,
               cache: Cache, prefetch: Prefetch) -> dict[str, int]:
     """Bytes a pass keeps in HBM, by item (names are the keys of session.HBM_FIELDS)."""
@@ -67,13 +72,12 @@ def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Worklo
     att = bb.attention
     in_hbm = placement.bytes_per_tier().get(Tier.HBM, 0)
     offloaded = sum(t.bytes for t in tables.values()) > in_hbm
-    staging = sum(staging_slots(prefetch) * staging_rows(t, engram, workload, prefetch) * t.row_bytes for t in tables.values())
     return {
         "backbone weights": int(backbone_params(bb) * b),
         "Engram modules": int(len(tables) * engram_params(engram, bb.hidden) * b),
         "Engram tables in HBM": in_hbm,
         "Engram caches": sum(cache.capacity_rows(layer) * t.row_bytes for layer, t in tables.items()),
-        "Engram staging buffers": staging if offloaded else 0,
+        "Engram staging buffers": staging_bytes(tables, engram, workload, prefetch) if offloaded else 0,
         "KV cache (one longest sequence)": int(bb.layers * 2 * att.kv_heads * att.head_dim * b * longest_sequence(workload)),
     }
 
