@@ -38,14 +38,13 @@ def engram_params(engram: Engram, hidden: int) -> int:
 def step_tokens_limit(workload: Workload) -> int:
     """The most tokens one step can feed: a prefill is bounded by the batching knobs and the
     prompts, a decode by the sequences."""
-    reqs = workload.requests
-    prefill = min(workload.max_num_batched_tokens, sum(r.prompt_len for r in reqs))
-    return max(prefill, min(workload.max_num_seqs, len(reqs)))
+    prefill = min(workload.max_num_batched_tokens, workload.total_prompt_tokens)
+    return max(prefill, min(workload.max_num_seqs, len(workload.requests)))
 
 
 def longest_sequence(workload: Workload) -> int:
     """The most tokens any sequence holds in the KV cache: its prompt and all its output."""
-    return max(r.prompt_len + r.output_len for r in workload.requests)
+    return int(workload.requests.window_len.max())
 
 
 def staging_rows(table: TableInfo, engram: Engram, workload: Workload, prefetch: Prefetch) -> int:

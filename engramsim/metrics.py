@@ -8,14 +8,14 @@ a `MetricContext`, and every output picks it up. The README table is generated, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from engramsim.records import RunOutcome, StepRecord
+from engramsim.records import RunOutcome, StepLog, StepRecord
 
 GROUPS = ("throughput", "overheads", "latencies", "stall", "link traffic", "rows", "run size")
 LAYER_COUNTS = ("rows_unique", "references", "rows_hbm", "rows_fetched", "bytes_fetched")
@@ -32,23 +32,30 @@ def quantiles_ms(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(ms.mean()), "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
 
 
-def per_layer(steps: list[StepRecord]) -> list[dict[str, Any]]:
-    """results.json's `per_layer`: stalls, fetch times and row counts per Engram layer, by layer id."""
-    layers: dict[int, dict[str, Any]] = {}
-    for step in steps:
-        for rec in step.layers:
-            acc = layers.setdefault(rec.layer, {"layer": rec.layer, "stall_ms_total": 0.0, "steps_stalled": 0, "fetch_ms_total": 0.0,
-                                                "fetch_ms_max": 0.0, **dict.fromkeys(LAYER_COUNTS + SPLIT_COUNTS, 0)})
-            acc["stall_ms_total"] += rec.stall_s * 1e3
-            fetch_ms = (rec.ready_s - rec.issue_s) * 1e3
-            acc["fetch_ms_total"] += fetch_ms
-            acc["fetch_ms_max"] = max(acc["fetch_ms_max"], fetch_ms)
-            acc["steps_stalled"] += int(rec.stall_s > 0)
-            for key in LAYER_COUNTS + SPLIT_COUNTS:
-                acc[key] += getattr(rec, key)
-    for acc in layers.values():
+def per_layer(steps: Iterable[StepRecord]) -> list[dict[str, Any]]:
+    """results.json's `per_layer`: stalls, fetch times and row counts per Engram layer, by layer id.
+    Times are summed one record at a time in step order, so a total never depends on how the
+    records are stored."""
+    log = StepLog.of(steps)
+    ids = log.layer_column("layer")
+    issue_s, ready_s, stall_s = (log.layer_column(name) for name in ("issue_s", "ready_s", "stall_s"))
+    counts = {key: log.layer_column(key) for key in LAYER_COUNTS + SPLIT_COUNTS}
+    layers = []
+    for layer in np.unique(ids).tolist():
+        mine = ids == layer
+        fetch_ms = (ready_s[mine] - issue_s[mine]) * 1e3
+        acc: dict[str, Any] = {"layer": layer, "stall_ms_total": running_total(stall_s[mine] * 1e3),
+                               "steps_stalled": int(np.count_nonzero(stall_s[mine] > 0)), "fetch_ms_total": running_total(fetch_ms),
+                               "fetch_ms_max": max(0.0, float(fetch_ms.max()))}
+        acc |= {key: int(counts[key][mine].sum()) for key in LAYER_COUNTS + SPLIT_COUNTS}
         acc["dedup_ratio"] = acc["references"] / max(1, acc["rows_unique"])
-    return [layers[k] for k in sorted(layers)]
+        layers.append(acc)
+    return layers
+
+
+def running_total(values: np.ndarray) -> float:
+    """The sum of `values` added one by one in order (np.sum adds pairwise, which rounds differently)."""
+    return float(np.add.accumulate(values)[-1]) if values.size else 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +80,7 @@ class MetricContext:
     @cached_property
     def series_ms(self) -> dict[str, dict[str, float]]:
         """Quantiles of the step latency, time to first token and time per output token."""
-        latencies = np.array([s.latency_s for s in self.outcome.steps])
+        latencies = self.outcome.steps.step_column("latency_s")
         return {"step_latency": quantiles_ms(latencies), "ttft": quantiles_ms(self.outcome.ttft_s),
                 "tpot": quantiles_ms(self.outcome.tpot_s)}
 

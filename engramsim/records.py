@@ -4,14 +4,24 @@ step, and the outcome of a whole pass.
 The simulator and the real backends build exactly these objects, so results.py turns either
 into the same files and "sim vs real" is a diff of two outputs. Records are built with keyword
 arguments only; a span says what it is with a `SpanKind`, never through its name.
+
+A pass keeps what it records compact, so a run of millions of steps fits in memory: step and
+layer records are stored as columns (`StepLog`, ~100 bytes a step with one Engram layer) and
+read back as records; the timeline (`Timeline`) counts every span's seconds by kind but keeps
+the spans themselves for the first `TIMELINE_STEPS` steps only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
 from enum import Enum
 
 import numpy as np
+
+TIMELINE_STEPS = 10_000
+"""Spans of steps from this index on are counted (`Timeline.busy_s`) but not kept: timeline.json
+then holds the first TIMELINE_STEPS steps and says so, and stays small enough to open."""
 
 
 class SpanKind(Enum):
@@ -47,7 +57,7 @@ LANE_OF = {
 LANES = ("compute", "stall", "gather", "copy", "zero-copy")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Span:
     """One busy interval. `step` is the step it belongs to: for a fetch, the step whose rows it
     moves (a fetch issued ahead runs during an earlier step). `blocks` is a BLOCKS span's range."""
@@ -72,7 +82,7 @@ class Span:
         return self.kind.value if self.layer is None else f"{self.kind.value} L{self.layer}"
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class LayerRecord:
     """One Engram layer in one step: how each needed row was served, what moved, when.
 
@@ -104,7 +114,7 @@ class LayerRecord:
         return self.rows_missed + self.rows_speculative
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class StepRecord:
     index: int
     kind: str
@@ -123,13 +133,183 @@ class StepRecord:
         return sum(r.stall_s for r in self.layers)
 
 
+# ---- compact storage --------------------------------------------------------------------------
+KINDS = ("prefill", "decode")  # StepRecord.kind, stored as its index here
+LAYER_FIELDS = tuple(f.name for f in fields(LayerRecord))
+# Counts of one step fit 32 bits (a value that does not raises OverflowError when stored); bytes and times take 64.
+LAYER_DTYPE = np.dtype([(f.name, "f8" if f.type == "float" else "i8" if f.name == "bytes_fetched" else "i4") for f in fields(LayerRecord)])
+STEP_DTYPE = np.dtype([("index", "i4"), ("kind", "u1"), ("start_s", "f8"), ("end_s", "f8"), ("tokens", "i4"), ("seqs", "i4"),
+                       ("first_layer", "i8")])  # first_layer: the step's first row in the layer columns
+CHUNK_ROWS = 4096
+
+
+class Columns:
+    """Rows of one structured dtype in chunks of CHUNK_ROWS: an append never moves the rows stored
+    before it, and the memory is the rows' bytes plus at most one chunk."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+        self._chunks: list[np.ndarray] = []
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, row: tuple) -> None:
+        at = self._size % CHUNK_ROWS
+        if at == 0:
+            self._chunks.append(np.empty(CHUNK_ROWS, dtype=self.dtype))
+        self._chunks[-1][at] = row
+        self._size += 1
+
+    def row(self, i: int) -> tuple:
+        """Row i as Python values."""
+        return self._chunks[i // CHUNK_ROWS][i % CHUNK_ROWS].item()
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The stored rows chunk by chunk (views of the storage)."""
+        for k, chunk in enumerate(self._chunks):
+            yield chunk[: self._size - k * CHUNK_ROWS]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1, as a new array."""
+        first = start // CHUNK_ROWS
+        parts = self._chunks[first: -(-stop // CHUNK_ROWS)] or [np.empty(0, dtype=self.dtype)]
+        return np.concatenate(parts)[start - first * CHUNK_ROWS: stop - first * CHUNK_ROWS]
+
+
+def column(rows: np.ndarray, record_type: type, name: str) -> np.ndarray:
+    """The column of a record field in structured `rows`, or of a record property
+    (`StepRecord.latency_s`, `LayerRecord.rows_hbm`), computed by the property's own formula on
+    columns widened to 64 bits (a sum of two 32-bit counts may not fit 32 bits)."""
+    names = rows.dtype.names or ()
+    if name in names:
+        return rows[name]
+    wide = np.dtype([(n, np.result_type(rows.dtype[n], np.int64)) for n in names])
+    return getattr(record_type, name).fget(rows.astype(wide).view(np.recarray))
+
+
+@dataclass(frozen=True)
+class StepBlock:
+    """Consecutive steps' records as structured arrays: the steps and, in order, their layers."""
+
+    steps: np.ndarray  # STEP_DTYPE
+    layers: np.ndarray  # LAYER_DTYPE
+
+    def step_column(self, name: str) -> np.ndarray:
+        """A StepRecord field or property (not `stall_s`: see `per_step`) of every step."""
+        return column(self.steps, StepRecord, name)
+
+    def per_step(self, name: str) -> np.ndarray:
+        """A LayerRecord field or property summed over each step's layers, one by one in their run
+        order (the sum a StepRecord gives, e.g. `stall_s`); 0 for a step without Engram layers."""
+        values = column(self.layers, LayerRecord, name)
+        first = self.steps["first_layer"] - (self.steps["first_layer"][0] if self.steps.size else 0)
+        totals = np.zeros(self.steps.size, dtype=np.result_type(values.dtype, np.int64))
+        np.add.at(totals, np.repeat(np.arange(first.size), np.diff(np.append(first, values.size))), values)
+        return totals
+
+
+class StepLog:
+    """A pass's step records and their layer records, stored as columns. Indexing or iterating
+    gives `StepRecord`s, built on the fly; whole-run readers take columns (`step_column`,
+    `layer_column`) or go block by block (`blocks`)."""
+
+    def __init__(self, records: Iterable[StepRecord] = ()) -> None:
+        self._steps = Columns(STEP_DTYPE)
+        self._layers = Columns(LAYER_DTYPE)
+        for record in records:
+            self.append(record)
+
+    @classmethod
+    def of(cls, records: Iterable[StepRecord]) -> StepLog:
+        """`records` as a log (itself when it is one)."""
+        return records if isinstance(records, StepLog) else cls(records)
+
+    def append(self, record: StepRecord) -> None:
+        self._steps.append((record.index, KINDS.index(record.kind), record.start_s, record.end_s, record.tokens, record.seqs,
+                            len(self._layers)))
+        for layer in record.layers:
+            self._layers.append(tuple(getattr(layer, name) for name in LAYER_FIELDS))
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def __getitem__(self, i: int) -> StepRecord:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"step record {i} of {n}")
+        i %= n
+        index, kind, start_s, end_s, tokens, seqs, first = self._steps.row(i)
+        stop = self._steps.row(i + 1)[-1] if i + 1 < n else len(self._layers)
+        layers = [LayerRecord(**dict(zip(LAYER_FIELDS, self._layers.row(j), strict=True))) for j in range(first, stop)]
+        return StepRecord(index=index, kind=KINDS[kind], start_s=start_s, end_s=end_s, tokens=tokens, seqs=seqs, layers=layers)
+
+    def __iter__(self) -> Iterator[StepRecord]:
+        return (self[i] for i in range(len(self)))
+
+    def step_column(self, name: str) -> np.ndarray:
+        """A StepRecord field or property (not `stall_s`: see `StepBlock.per_step`) of every step."""
+        return np.concatenate([column(rows, StepRecord, name) for rows in self._steps.chunks()] or [np.empty(0)])
+
+    def layer_column(self, name: str) -> np.ndarray:
+        """A LayerRecord field or property of every layer record, in step order (layers in their run order)."""
+        return np.concatenate([column(rows, LayerRecord, name) for rows in self._layers.chunks()] or [np.empty(0)])
+
+    def blocks(self) -> Iterator[StepBlock]:
+        """The records block by block, CHUNK_ROWS steps at a time: a reader of a long run holds
+        one block's columns at once, not the whole run's."""
+        chunks = list(self._steps.chunks())
+        bounds = [int(steps["first_layer"][0]) for steps in chunks] + [len(self._layers)]
+        for k, steps in enumerate(chunks):
+            yield StepBlock(steps, self._layers.rows(bounds[k], bounds[k + 1]))
+
+
+class Timeline:
+    """A pass's spans: every span's seconds summed by kind (`busy_s`, exact whatever the run's
+    length), and the spans of the first `limit` steps (default `TIMELINE_STEPS`) kept, in the
+    order recorded. Iterating gives the kept spans."""
+
+    def __init__(self, spans: Iterable[Span] = (), limit: int | None = None) -> None:
+        self.limit = TIMELINE_STEPS if limit is None else limit
+        self.busy_s = dict.fromkeys(SpanKind, 0.0)
+        self.dropped = 0  # spans counted in busy_s but not kept
+        self._kept: list[Span] = []
+        for span in spans:
+            self.add(span)
+
+    @classmethod
+    def of(cls, spans: Iterable[Span]) -> Timeline:
+        """`spans` as a timeline (itself when it is one)."""
+        return spans if isinstance(spans, Timeline) else cls(spans)
+
+    def add(self, span: Span) -> None:
+        self.busy_s[span.kind] += span.seconds
+        if span.step < self.limit:
+            self._kept.append(span)
+        else:
+            self.dropped += 1
+
+    @property
+    def link_s(self) -> float:
+        """Seconds of the spans that moved bytes over the link."""
+        return sum(seconds for kind, seconds in self.busy_s.items() if kind.on_link)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def __iter__(self) -> Iterator[Span]:
+        return iter(self._kept)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunOutcome:
     """One executed pass: step and layer records, the timeline, and the request-level metrics
-    its scheduler recorded. results.py turns it into files and metrics."""
+    its scheduler recorded. results.py turns it into files and metrics. Lists of records or of
+    spans are taken too, and stored as a `StepLog` and a `Timeline`."""
 
-    steps: list[StepRecord]
-    spans: list[Span]
+    steps: StepLog
+    spans: Timeline
     events: int  # simulated events (0 for a real run)
     link_busy_s: float  # seconds the link moved bytes, as the executor's link counted them
     makespan_s: float
@@ -137,6 +317,10 @@ class RunOutcome:
     prompt_tokens: int
     ttft_s: np.ndarray
     tpot_s: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", StepLog.of(self.steps))
+        object.__setattr__(self, "spans", Timeline.of(self.spans))
 
     @property
     def throughput_tok_s(self) -> float:

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
 from engramsim.steps import Step
 from engramsim.strategies import StepView
-from engramsim.workload import Workload
+from engramsim.workload import StepLookups, Workload
 
 
 @dataclass(frozen=True)
@@ -44,15 +43,13 @@ class Scheduler:
         reqs = workload.requests
         self.max_num_seqs = workload.max_num_seqs
         self.max_num_batched_tokens = workload.max_num_batched_tokens
-        self.arrival_s = np.array([r.arrival_s for r in reqs], dtype=np.float64)
-        self.prompt_len = np.array([r.prompt_len for r in reqs], dtype=np.int64)
-        self.output_len = np.array([r.output_len for r in reqs], dtype=np.int64)
+        self.arrival_s, self.prompt_len, self.output_len = reqs.arrival_s, reqs.prompt_len, reqs.output_len  # shared, read-only
         if np.any(self.prompt_len > self.max_num_batched_tokens):
             raise ValueError(f"a prompt of {int(self.prompt_len.max())} tokens exceeds max_num_batched_tokens {self.max_num_batched_tokens}")
         self._window_start = workload.window_offsets[:-1]
         self._arrival_order = np.argsort(self.arrival_s, kind="stable")  # FIFO; ties by request id
-        self._arrived = 0  # requests of _arrival_order already moved to the waiting queue
-        self._waiting: deque[int] = deque()
+        self._admitted = 0  # requests of _arrival_order admitted: the waiting queue is _arrival_order[_admitted:_arrived]
+        self._arrived = 0  # requests of _arrival_order that have arrived
         self._running = np.empty(0, dtype=np.int64)  # admission order
         self.generated = np.zeros(len(reqs), dtype=np.int64)  # output tokens sampled so far
         self.first_token_s = np.full(len(reqs), np.nan)
@@ -78,7 +75,6 @@ class Scheduler:
     def _admit_arrivals(self, now: float) -> None:
         order = self._arrival_order
         while self._arrived < order.size and self.arrival_s[order[self._arrived]] <= now:
-            self._waiting.append(int(order[self._arrived]))
             self._arrived += 1
 
     # ---- steps ---------------------------------------------------------------------------
@@ -94,7 +90,7 @@ class Scheduler:
     def _make_step(self, kind: str, seq_ids: np.ndarray, new_tokens: np.ndarray, context_lens: np.ndarray,
                    positions: np.ndarray) -> Step:
         step = Step(self._index, kind, seq_ids, new_tokens, context_lens, positions,  # type: ignore[arg-type]
-                    self.workload.lookups(positions))
+                    StepLookups(self.workload, positions))
         self._index += 1
         return step
 
@@ -102,11 +98,13 @@ class Scheduler:
         admitted: list[int] = []
         tokens = 0
         room = self.max_num_seqs - self._running.size
-        while self._waiting and len(admitted) < room:
-            plen = int(self.prompt_len[self._waiting[0]])
+        while self._admitted < self._arrived and len(admitted) < room:
+            head = int(self._arrival_order[self._admitted])
+            plen = int(self.prompt_len[head])
             if tokens + plen > self.max_num_batched_tokens:
                 break
-            admitted.append(self._waiting.popleft())
+            admitted.append(head)
+            self._admitted += 1
             tokens += plen
         if not admitted:
             return None
@@ -158,7 +156,6 @@ class Scheduler:
     def _replay(self, k: int) -> list[Step]:
         """Run a copy of this scheduler k steps on (every request has arrived, so time does not matter)."""
         clone = copy.copy(self)
-        clone._waiting = deque(self._waiting)
         clone._running = self._running.copy()
         clone.generated = self.generated.copy()
         clone.first_token_s, clone.finish_s = self.first_token_s.copy(), self.finish_s.copy()

@@ -6,6 +6,7 @@ only in how a step is priced or executed, never in what it contains.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +22,31 @@ class Request:
     prompt_len: int
     output_len: int
     trace_start: int  # index of the first prompt token in the trace
+
+
+@dataclass(frozen=True, eq=False)
+class Requests:
+    """Every request as columns, request i in row i: 32 bytes a request, where a `Request` object
+    costs ten times that. Indexing or iterating yields `Request`s."""
+
+    arrival_s: np.ndarray  # float64
+    prompt_len: np.ndarray  # int64
+    output_len: np.ndarray  # int64
+    trace_start: np.ndarray  # int64
+
+    @property
+    def window_len(self) -> np.ndarray:
+        """Tokens of each request's window: its prompt and its output."""
+        return self.prompt_len + self.output_len
+
+    def __len__(self) -> int:
+        return int(self.prompt_len.size)
+
+    def __getitem__(self, i: int) -> Request:
+        return Request(i, float(self.arrival_s[i]), int(self.prompt_len[i]), int(self.output_len[i]), int(self.trace_start[i]))
+
+    def __iter__(self) -> Iterator[Request]:
+        return (self[i] for i in range(len(self)))
 
 
 @dataclass(frozen=True)
@@ -41,8 +67,8 @@ class Step:
     seq_ids: np.ndarray  # request ids in the batch, int64
     new_tokens: np.ndarray  # tokens each sequence feeds this step, int64
     context_lens: np.ndarray  # KV length of each sequence after this step, int64
-    positions: np.ndarray = field(repr=False)  # flat index (into Workload.tokens, the windows end to end) of every token fed, int64
-    lookups: dict[int, LayerLookup] = field(default_factory=dict, repr=False)
+    positions: np.ndarray = field(repr=False)  # flat index (into the workload's windows, end to end) of every token fed, int64
+    lookups: Mapping[int, LayerLookup] = field(default_factory=dict, repr=False)  # by Engram layer; may be computed on first use
 
     @property
     def num_tokens(self) -> int:

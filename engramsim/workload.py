@@ -1,30 +1,42 @@
-"""The workload: trace → requests → hashed token windows → deduplicated lookups per step.
+"""The workload: trace → requests → token windows → hashed, deduplicated lookups per step.
 
 Every request is a window of prompt_len + output_len consecutive trace tokens: the prompt is its
 first prompt_len tokens and the decode steps feed the continuation, so decode lookups hash real
-text, not invented tokens. All windows are hashed once, when the workload is built; a step's
-lookups are then a gather of precomputed rows plus a deduplication, memoized by the step's
-content so that the several executor runs of one scenario (offloaded, all-HBM baseline,
-no-Engram reference) share them. Memory grows with the tokens of the workload, never with the
-table size (tables reach billions of rows).
+text, not invented tokens. Nothing is stored per token for the whole run: a window is read from
+the trace and hashed, as its own sequence, when a step first feeds it (`WindowRows` holds the
+windows in use), and a step's lookups are memoized by the step's content (`LookupMemo`), so the
+several executor passes of one scenario (offloaded, all-HBM baseline, no-Engram reference) share
+them while they fit and compute them again when they do not. Both caches have a fixed bound:
+memory grows by a few columns per request, never with their tokens or the table size (tables
+reach billions of rows).
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from engramsim.errors import InputError
-from engramsim.steps import LayerLookup, Request, Step
+from engramsim.steps import LayerLookup, Requests, Step
 
 if TYPE_CHECKING:
     from engramsim.scenario import Distribution, Scenario
     from engramsim.scenario import Workload as WorkloadConfig
     from engramsim.strategies import Hashing
     from engramsim.tokenizer import CompressedVocab
+
+MEMO_BYTES = 128 << 20
+"""The lookups memo's bound (row ids and keys). Speed only: a run whose lookups fit deduplicates
+each step once for all its passes; a longer one does it again in every pass that reads them."""
+WINDOW_BYTES = 64 << 20
+"""The hashed windows' bound, raised to three batches of the longest windows (a step's, those
+hashed ahead of it, room to spare) when those need more. Speed only: windows that do not stay
+held are hashed again."""
 
 
 class TraceLike(Protocol):
@@ -47,14 +59,14 @@ def draw_lengths(dist: Distribution, n: int, rng: np.random.Generator) -> np.nda
     return rng.integers(int(dist.low), int(dist.high) + 1, size=n, dtype=np.int64)  # type: ignore[arg-type]
 
 
-def make_requests(cfg: WorkloadConfig, trace: TraceLike, seed: int) -> list[Request]:
+def make_requests(cfg: WorkloadConfig, trace: TraceLike, seed: int) -> Requests:
     """The scenario's requests, reproducible from `seed`.
 
     Draw order (fixed, so changing the arrival process keeps the same windows): prompt lengths,
     output lengths, window starts, then arrival gaps. A window of W = prompt + output tokens
     starts uniformly in [0, T - W] of a trace of T tokens, so it fits. When W > T the trace is
     treated as cyclic: the start is uniform in [0, T) and the window wraps to the trace's
-    beginning (see `window_indices`). Windows may cross document boundaries, as a concatenated
+    beginning (see `Workload.tokens`). Windows may cross document boundaries, as a concatenated
     corpus does. Offline arrival puts every request at t = 0; poisson arrival uses cumulative
     exponential gaps at `rate_per_s`, so the first request arrives after one gap.
     """
@@ -71,26 +83,20 @@ def make_requests(cfg: WorkloadConfig, trace: TraceLike, seed: int) -> list[Requ
         arrivals = np.cumsum(rng.exponential(1.0 / float(cfg.arrival.rate_per_s), size=n))  # type: ignore[arg-type]
     else:
         arrivals = np.zeros(n)
-    return [
-        Request(i, float(arrivals[i]), int(prompt[i]), int(output[i]), int(starts[i]))
-        for i in range(n)
-    ]
+    return Requests(*(_frozen(a) for a in (arrivals, prompt, output, starts)))
 
 
-def window_indices(requests: list[Request], trace_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(trace index of every window token, laid end to end; window offsets [R+1]).
-
-    Request i's window occupies flat positions offsets[i]:offsets[i+1]; its tokens are trace
-    indices (trace_start + k) mod trace_size, which is the identity when the window fits.
-    """
-    lengths = np.array([r.prompt_len + r.output_len for r in requests], dtype=np.int64)
-    starts = np.array([r.trace_start for r in requests], dtype=np.int64)
+def window_offsets(requests: Requests) -> np.ndarray:
+    """Where each window starts when the windows are laid end to end, [R+1] int64: request i's
+    tokens are the flat positions offsets[i]:offsets[i+1], the numbering steps feed tokens by."""
     offsets = np.zeros(len(requests) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.arange(offsets[-1], dtype=np.int64)
-    flat += np.repeat(starts - offsets[:-1], lengths)
-    flat %= trace_size
-    return flat, offsets
+    np.cumsum(requests.window_len, out=offsets[1:])
+    return offsets
+
+
+def window_lengths(offsets: np.ndarray, requests: np.ndarray) -> np.ndarray:
+    """Tokens of the windows of `requests`, from the window offsets."""
+    return offsets[requests + 1] - offsets[requests]
 
 
 def unique_sorted(values: np.ndarray, overwrite: bool = False) -> np.ndarray:
@@ -114,53 +120,183 @@ def unique_sorted(values: np.ndarray, overwrite: bool = False) -> np.ndarray:
 
 
 # ---- the workload -----------------------------------------------------------------------------
+class LookupMemo:
+    """Step lookups by the step's positions, least recently used first out past `budget` bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.bytes = 0
+        self._entries: OrderedDict[bytes, dict[int, LayerLookup]] = OrderedDict()
+
+    def get(self, key: bytes) -> dict[int, LayerLookup] | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, key: bytes, lookups: dict[int, LayerLookup]) -> None:
+        self._entries[key] = lookups
+        self.bytes += _entry_bytes(key, lookups)
+        while self.bytes > self.budget and len(self._entries) > 1:
+            old_key, old = self._entries.popitem(last=False)
+            self.bytes -= _entry_bytes(old_key, old)
+
+
+def _entry_bytes(key: bytes, lookups: dict[int, LayerLookup]) -> int:
+    return len(key) + sum(lookup.rows.nbytes for lookup in lookups.values())
+
+
+class WindowRows:
+    """The rows of whole request windows, hashed and held end to end in one array per layer;
+    request r's begin at `start[r]` (-1: not held). A step that needs windows not held hashes
+    them in one call, with those of the `ahead` requests after them (requests are admitted in id
+    order, so these run next). When they do not fit after the held ones, every window is dropped
+    and the step's hashed again: at most `capacity` tokens are held, with no per-window
+    bookkeeping (8 bytes a request)."""
+
+    def __init__(self, offsets: np.ndarray, capacity: int, ahead: int,
+                 hash_windows: Callable[[np.ndarray], dict[int, np.ndarray]]) -> None:
+        self.offsets, self.capacity, self.ahead, self.hash_windows = offsets, capacity, ahead, hash_windows
+        self.start = np.full(offsets.size - 1, -1, dtype=np.int64)
+        self.used = 0
+        self.rows: dict[int, np.ndarray] = {}
+
+    def starts(self, requests: np.ndarray) -> np.ndarray | None:
+        """Where the windows of `requests` (unique, sorted) begin in `rows`, hashing those not held;
+        None when they are more than `capacity` tokens together."""
+        missing = requests[self.start[requests] < 0]
+        if missing.size:
+            after = np.arange(missing[-1] + 1, min(self.start.size, missing[-1] + 1 + self.ahead))
+            missing = np.concatenate([missing, after[self.start[after] < 0]])
+            if self.used + int(window_lengths(self.offsets, missing).sum()) > self.capacity:
+                self.start[self.start >= 0] = -1
+                self.used = 0
+                missing = requests
+            lengths = window_lengths(self.offsets, missing)
+            size = int(lengths.sum())
+            if size > self.capacity:
+                return None
+            for layer, rows in self.hash_windows(missing).items():
+                if layer not in self.rows:
+                    self.rows[layer] = np.empty((self.capacity, rows.shape[1]), dtype=rows.dtype)
+                self.rows[layer][self.used:self.used + size] = rows
+            self.start[missing] = self.used + np.cumsum(lengths) - lengths
+            self.used += size
+        return self.start[requests]
+
+
 @dataclass(eq=False)
 class Workload:
-    """Requests, their hashed windows, and the lookups of any step over them.
+    """Requests, the trace their windows are cut from, and the lookups of any step over them.
 
     Built once per scenario (`build_workload`); every executor pass takes a fresh
-    `scheduler.Scheduler(workload)`. The row arrays are read-only: all passes share them.
+    `scheduler.Scheduler(workload)`. Its arrays and memoized lookups are read-only: all passes
+    share them.
     """
 
-    requests: list[Request]
+    requests: Requests
     max_num_seqs: int
     max_num_batched_tokens: int
     window_offsets: np.ndarray  # int64 [R+1]: request i's tokens are flat positions offsets[i]:offsets[i+1]
-    tokens: np.ndarray  # int64 [N]: raw token ids of all windows end to end (what the model is fed)
-    rows: dict[int, np.ndarray]  # per Engram layer, int64 [N, heads]: global row id of every token and head
-    _memo: dict[bytes, dict[int, LayerLookup]] = field(default_factory=dict, repr=False)
+    trace_tokens: np.ndarray  # the trace's raw ids, shared with the trace (not copied)
+    vocab: CompressedVocab | None  # maps the trace's ids to compressed ids; None when they already are
+    hashing: Hashing
+    window_capacity: int  # tokens of hashed windows held at once (`WindowRows`)
+    threads: int = 1  # hashing threads
+    _memo: LookupMemo = field(default_factory=lambda: LookupMemo(MEMO_BYTES), repr=False)
+
+    def __post_init__(self) -> None:
+        self._windows = WindowRows(self.window_offsets, self.window_capacity, self.max_num_seqs, self.hash_windows)
 
     @property
     def num_tokens(self) -> int:
-        return int(self.tokens.size)
+        return int(self.window_offsets[-1])
 
     @property
     def total_prompt_tokens(self) -> int:
-        return sum(r.prompt_len for r in self.requests)
+        return int(self.requests.prompt_len.sum())
 
     @property
     def total_output_tokens(self) -> int:
-        return sum(r.output_len for r in self.requests)
+        return int(self.requests.output_len.sum())
+
+    def tokens(self, positions: np.ndarray) -> np.ndarray:
+        """Raw trace ids of the window tokens at flat `positions` (what the model is fed)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        request = np.searchsorted(self.window_offsets, positions, side="right") - 1
+        index = positions - self.window_offsets[request] + self.requests.trace_start[request]
+        return self.trace_tokens[index % self.trace_tokens.size]
+
+    def hash_windows(self, requests: np.ndarray) -> dict[int, np.ndarray]:
+        """Per Engram layer, the global row of every token and head of the windows of `requests`,
+        laid end to end, [N, heads]: each window hashed as its own sequence, so its first tokens
+        see the pad, as a fresh request does; per layer, the heads' offsets added."""
+        lengths = window_lengths(self.window_offsets, requests)
+        starts = np.cumsum(lengths) - lengths
+        positions = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(self.window_offsets[requests] - starts, lengths)
+        raw = self.tokens(positions)
+        ids = raw.astype(np.int64) if self.vocab is None else self.vocab.compress(raw)
+        rows = self.hashing.hash_sequences(ids, starts, threads=self.threads)
+        for layer, layer_rows in rows.items():
+            layer_rows += self.hashing.offsets[layer]
+        return rows
+
+    def token_rows(self, positions: np.ndarray) -> dict[int, np.ndarray]:
+        """Per Engram layer, the global row of every token at `positions` and every head, [N, heads]."""
+        positions = np.asarray(positions, dtype=np.int64)
+        request = np.searchsorted(self.window_offsets, positions, side="right") - 1
+        needed = unique_sorted(request)
+        starts = self._windows.starts(needed)
+        if starts is None:  # more windows than are ever held at once: hashed for this call only
+            lengths = window_lengths(self.window_offsets, needed)
+            starts, rows = np.cumsum(lengths) - lengths, self.hash_windows(needed)
+        else:
+            rows = self._windows.rows
+        at = starts[np.searchsorted(needed, request)] + positions - self.window_offsets[request]
+        return {layer: layer_rows[at] for layer, layer_rows in rows.items()}
 
     def lookups(self, step: Step | np.ndarray) -> dict[int, LayerLookup]:
         """Per Engram layer, the unique rows of the tokens a step feeds (a Step or its positions).
 
-        Memoized by the positions' bytes: the same step content returns the same (shared,
-        not to be mutated) dict on every run. Deduplication: see `unique_sorted`.
+        Memoized by the positions' bytes: while it stays in the memo, the same step content returns
+        the same (shared, read-only) dict. Deduplication: see `unique_sorted`.
         """
         positions = step.positions if isinstance(step, Step) else step
         positions = np.ascontiguousarray(positions, dtype=np.int64)
         key = positions.tobytes()
         found = self._memo.get(key)
         if found is None:
-            found = {layer: LayerLookup(layer, _frozen(unique_sorted(rows[positions], overwrite=True)), int(positions.size * rows.shape[1]))
-                     for layer, rows in self.rows.items()}
-            self._memo[key] = found
+            found = {layer: LayerLookup(layer, _frozen(unique_sorted(rows, overwrite=True)), int(rows.size))
+                     for layer, rows in self.token_rows(positions).items()}
+            self._memo.put(key, found)
         return found
 
 
-def compress_window_tokens(tokens: np.ndarray, trace: TraceLike, vocab: CompressedVocab | None) -> np.ndarray:
-    """Compressed ids of the window tokens.
+class StepLookups(Mapping[int, LayerLookup]):
+    """A step's lookups, found when first read: a pass that plans no Engram layer never hashes,
+    and a step a policy only looked ahead at costs nothing until one reads it."""
+
+    def __init__(self, workload: Workload, positions: np.ndarray) -> None:
+        self._workload, self._positions = workload, positions
+        self._found: dict[int, LayerLookup] | None = None
+
+    def _all(self) -> dict[int, LayerLookup]:
+        if self._found is None:
+            self._found = self._workload.lookups(self._positions)
+        return self._found
+
+    def __getitem__(self, layer: int) -> LayerLookup:
+        return self._all()[layer]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+def trace_vocab(trace: TraceLike, vocab: CompressedVocab | None) -> CompressedVocab | None:
+    """The vocabulary that compresses the trace's ids, None when they are compressed already.
 
     A trace whose meta says `tokenizer: null` already holds compressed ids (trace format v1);
     so does any trace when no vocabulary is given. A trace tokenized with another tokenizer
@@ -168,7 +304,7 @@ def compress_window_tokens(tokens: np.ndarray, trace: TraceLike, vocab: Compress
     """
     meta = getattr(trace, "meta", None) or {}
     if vocab is None or ("tokenizer" in meta and meta["tokenizer"] is None):
-        return tokens
+        return None
     info = meta.get("tokenizer")
     if isinstance(info, dict) and info.get("sha256") and info["sha256"] != vocab.tokenizer_sha256:
         raise InputError(
@@ -177,7 +313,7 @@ def compress_window_tokens(tokens: np.ndarray, trace: TraceLike, vocab: Compress
             f"but the scenario's tokenizer has sha256 {vocab.tokenizer_sha256[:12]}",
             field="workload.trace",
         )
-    return vocab.compress(tokens)
+    return vocab
 
 
 def build_workload(
@@ -187,24 +323,17 @@ def build_workload(
     vocab: CompressedVocab | None = None,
     threads: int | None = None,
 ) -> Workload:
-    """Draw the requests and hash all their windows in one `hash_sequences` call.
-
-    Each window is its own sequence, so its first tokens see the pad, as a fresh request does.
-    Per layer, per-head rows get the layer's head offsets added: global ids into one table.
-    """
+    """Draw the requests; their windows are hashed as steps need them (`Workload.hash_windows`)."""
     cfg = scenario.workload
     requests = make_requests(cfg, trace, scenario.run.seed)
-    raw = np.asarray(trace.tokens)
-    flat, offsets = window_indices(requests, int(raw.size))
-    tokens = raw[flat].astype(np.int64)
-    ids = compress_window_tokens(tokens, trace, vocab)
-    threads = threads or max(1, min(8, os.cpu_count() or 1))
-    rows = hashing.hash_sequences(ids, offsets[:-1], threads=threads)
-    for layer, layer_rows in rows.items():
-        layer_rows += hashing.offsets[layer]
-        _frozen(layer_rows)
+    offsets = _frozen(window_offsets(requests))
     batching = cfg.batching
-    return Workload(requests, batching.max_num_seqs, batching.max_num_batched_tokens, _frozen(offsets), _frozen(tokens), rows)
+    token_bytes = 8 * sum(sizes.size for sizes in hashing.head_sizes.values())
+    longest = int(requests.window_len.max(initial=0))
+    capacity = min(int(offsets[-1]), max(WINDOW_BYTES // token_bytes, 3 * batching.max_num_seqs * longest))
+    return Workload(requests, batching.max_num_seqs, batching.max_num_batched_tokens, offsets,
+                    _frozen(np.asarray(trace.tokens).view()), trace_vocab(trace, vocab), hashing, capacity,
+                    threads or max(1, min(8, os.cpu_count() or 1)))
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import simpy
 from simpy.events import EventPriority
 
 from engramsim.plan import FetchPlan, Planner, StepPlan
-from engramsim.records import Span, SpanKind, StepRecord
+from engramsim.records import Span, SpanKind, StepLog, StepRecord, Timeline
 from engramsim.scheduler import Scheduler
 from engramsim.skeleton import Blocks, EngramLayer, Head, Host, Issue, Segment, skeleton
 from engramsim.steps import Step
@@ -76,7 +76,7 @@ class Engine:
         self.link = Link(self.env)
         self.copy_engines = simpy.Resource(self.env, capacity=copy_engines)
         self.gather_pool = simpy.Resource(self.env, capacity=1)
-        self.spans: list[Span] = []
+        self.spans = Timeline()
         self._issued: dict[tuple[int, int], tuple[float, simpy.Process | None]] = {}  # (step, layer) -> issue time, fetch
         self._queued: list[tuple[float, dict]] = []  # compute enqueued but not yet simulated: seconds, span fields
         self._stages: dict[StageKind, Callable[[Stage, FetchPlan], Events]] = {
@@ -106,7 +106,7 @@ class Engine:
         self._span(SpanKind.ZERO_COPY, start, end, fetch, stage)
 
     def _span(self, kind: SpanKind, start: float, end: float, fetch: FetchPlan, stage: Stage) -> None:
-        self.spans.append(Span(kind=kind, start_s=start, end_s=end, step=fetch.step, layer=fetch.layer, bytes=stage.bytes))
+        self.spans.add(Span(kind=kind, start_s=start, end_s=end, step=fetch.step, layer=fetch.layer, bytes=stage.bytes))
 
     def _fetch(self, fetch: FetchPlan) -> Generator[simpy.Event, None, float]:
         """Move the fetch's rows through the transport's stages in order; return when the last byte landed."""
@@ -127,7 +127,7 @@ class Engine:
         if total > 0:
             yield self.env.timeout(total)
         for seconds, span in self._queued:  # zero-length ones too: the real backend records every segment
-            self.spans.append(Span(start_s=start, end_s=start + seconds, **span))
+            self.spans.add(Span(start_s=start, end_s=start + seconds, **span))
             start += seconds
         self._queued.clear()
 
@@ -159,7 +159,7 @@ class Engine:
             ready_s = yield process
             stall_s = self.env.now - waited_from
             if stall_s > 0:
-                self.spans.append(Span(kind=SpanKind.STALL, start_s=waited_from, end_s=self.env.now, step=step.index, layer=plan.layer))
+                self.spans.add(Span(kind=SpanKind.STALL, start_s=waited_from, end_s=self.env.now, step=step.index, layer=plan.layer))
         self._compute(self.cost.engram_time(step, int(plan.rows.size)), kind=SpanKind.ENGRAM, step=step.index, layer=plan.layer)
         record.layers.append(plan.record(self.tables[plan.layer].row_bytes, issue_s, ready_s, stall_s))
 
@@ -186,11 +186,11 @@ class Engine:
 
 
 def simulate(engine: Engine, scheduler: Scheduler, planner: Planner, max_steps: int | None = None,
-             progress: Callable[[Step], None] | None = None) -> tuple[list[StepRecord], float]:
+             progress: Callable[[Step], None] | None = None) -> tuple[StepLog, float]:
     """Run the scheduler's steps back to back on the engine; idle until arrivals when needed.
     Returns the step records and the makespan."""
     env = engine.env
-    records: list[StepRecord] = []
+    records = StepLog()
 
     def loop() -> Events:
         while not scheduler.done and (max_steps is None or len(records) < max_steps):

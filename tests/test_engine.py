@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engramsim.plan import Planner
-from engramsim.records import RunOutcome, SpanKind
+from engramsim.records import RunOutcome, SpanKind, Timeline
 from engramsim.simulator.engine import Engine, simulate
 from engramsim.steps import LayerLookup, Step
 from engramsim.strategies import Cache, Placement, Prefetch, Stage, StageKind, StepView, Tier, Transport
@@ -196,3 +196,19 @@ def test_invariants_hold_on_random_toys():
         assert len(out.steps) == len(rows)
 
     check()
+
+
+def test_a_timeline_past_its_bound_keeps_the_first_steps_spans_and_every_second():
+    """Spans of steps past the timeline's bound are not kept, but the busy time by kind still
+    counts every span: it equals the link's own counter and the totals of a full timeline."""
+    steps = [make_step(i, {1: 2_000 + 500 * i}) for i in range(6)]
+    full = run(ToyCost(), steps, issue=0)
+    tables = {1: SimpleNamespace(row_bytes=100)}
+    engine = Engine(ToyCost(), tables, 3, Pipe("zero_copy"), copy_engines=2)
+    engine.spans = Timeline(limit=2)
+    planner = Planner(Everywhere(Tier.HOST), NoCache(), IssueAt(0), {1: 10**9}, 3)
+    simulate(engine, ListScheduler(steps), planner)
+    assert {s.step for s in engine.spans} == {0, 1} and engine.spans.dropped > 0
+    assert engine.spans.link_s == pytest.approx(engine.link.busy_s) == pytest.approx(full.link_busy_s)
+    assert engine.spans.busy_s == pytest.approx(full.spans.busy_s)
+    assert full.spans.busy_s[SpanKind.BLOCKS] == pytest.approx(sum(s.seconds for s in full.spans if s.kind is SpanKind.BLOCKS))

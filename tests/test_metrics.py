@@ -129,7 +129,7 @@ def test_per_layer_and_steps_csv_carry_the_split_counts():
     assert first["stall_ms_total"] == pytest.approx(2.5) and first["steps_stalled"] == 2
     assert first["fetch_ms_total"] == pytest.approx(5.0) and first["fetch_ms_max"] == pytest.approx(3.0)
     assert (first["rows_hbm"], first["rows_fetched"], first["cache_hits"], first["rows_speculative"]) == (90, 45, 40, 15)
-    rows = list(csv.DictReader(io.StringIO(steps_csv(RUN, ALL_HBM))))
+    rows = list(csv.DictReader(io.StringIO("".join(steps_csv(RUN, ALL_HBM)))))
     assert STEP_COLUMNS[-3:] == ("cache_hits", "rows_missed", "rows_speculative")
     assert [int(r["rows_hbm"]) for r in rows] == [120, 20] and [int(r["rows_fetched"]) for r in rows] == [35, 40]
     assert [(int(r["cache_hits"]), int(r["rows_missed"]), int(r["rows_speculative"])) for r in rows] == [(30, 30, 5), (10, 30, 10)]
@@ -155,7 +155,7 @@ def registry():
 
 def test_a_registered_metric_reaches_summary_diff_report_and_readme(registry):
     def dma_ms(c: MetricContext) -> float:
-        return sum(s.seconds for s in c.outcome.spans if s.kind is SpanKind.H2D) * 1e3
+        return c.outcome.spans.busy_s[SpanKind.H2D] * 1e3
 
     register(Metric(name="h2d_ms_total", unit="ms", meaning="time spent in DMA copies", compute=dma_ms,
                     label="DMA time", digits=1, group="link traffic"))

@@ -54,8 +54,9 @@ def test_the_scenarios_hashing_plugin_is_the_one_that_runs(scenario, vocab):
     prepared = prepare(load_scenario(scenario, ["strategies.hashing={name: demo-modulo, params: {rows_per_head: 101}}"]), "s")
     w = prepared.workload
     heads = prepared.scenario.model.engram.heads_per_layer
-    ids = vocab.compress(w.tokens)
-    for layer, rows in w.rows.items():
+    positions = np.arange(w.num_tokens)
+    ids = vocab.compress(w.tokens(positions))
+    for layer, rows in w.token_rows(positions).items():
         expected = (ids[:, None] + np.arange(heads)) % 101 + np.arange(heads) * 101
         np.testing.assert_array_equal(rows, expected)
         assert prepared.tables[layer].rows == heads * 101
