@@ -17,22 +17,23 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 
 import torch
 
-from engramsim.backends.device import Mark, make_device
+from engramsim.backends.device import PLAIN, Device, Mark, make_device
 from engramsim.backends.engram_layer import engram_forward
 from engramsim.backends.engram_memory import CacheBuffer, LayerMemory
 from engramsim.backends.engram_module import EngramModule
 from engramsim.backends.fetch import Fetch, FetchWorker, Pending
-from engramsim.backends.memory import Footprint
-from engramsim.backends.standin import StandIn, nbytes, step_layout, step_limits
+from engramsim.backends.memory import TABLE_FIELD, Footprint
+from engramsim.backends.standin import StandIn, block_shapes, nbytes, step_layout, step_limits
 from engramsim.backends.tables import fill_table, table_format
 from engramsim.errors import InputError
 from engramsim.hbm import engram_params, staging_bytes, staging_rows, staging_slots
 from engramsim.plan import Planner, StepPlan
-from engramsim.records import LayerRecord, RunOutcome, Span, SpanKind, StepRecord
+from engramsim.records import LayerRecord, RunOutcome, Span, SpanKind, StepLog, StepRecord, Timeline
 from engramsim.registry import build
 from engramsim.scenario import StrategyChoice
 from engramsim.scheduler import Scheduler
@@ -50,19 +51,36 @@ def engram_activation_bytes(prepared: Prepared, tokens: int, dtype_bytes: int) -
     return tokens * (4 * engram.d_mem + 2 * (engram.hc_mult + 1) * hidden + 8 * engram.hc_mult * hidden) * dtype_bytes
 
 
-class RealSession:
-    """What a real run allocates once and reuses for every pass: tables, buffers, modules, blocks.
+SetupProgress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+"""`setup_progress(label, total_bytes)`: a context manager yielding `advance(bytes)`, like `engramsim
+run`'s progress bars, so the minutes a big table takes to fill are not silent."""
 
-    `placements` are those of the passes to come (None: the scenario's), so the memory check
-    counts a resident table in HBM when one of them needs it. Every check runs before the first
-    allocation; a refusal is one InputError line. Construction ends with an untimed warm-up.
+FIELDS = {  # the scenario field that sizes each footprint item, for a refusal to name
+    "Engram tables": TABLE_FIELD, "Engram tables in HBM": TABLE_FIELD, "Engram modules": "model.engram",
+    "staging buffers": "workload.batching.max_num_batched_tokens", "landing buffers": "workload.batching.max_num_batched_tokens",
+    "activations": "workload.batching.max_num_batched_tokens", "Engram activations": "workload.batching.max_num_batched_tokens",
+    "stand-in weights": "model.backbone", "weight packing": "model.backbone", "KV buffer": "workload.batching.max_num_seqs",
+    "Engram caches": "strategies.cache",
+}
+
+
+def _silent(label: str, total: int) -> AbstractContextManager[Callable[[int], None]]:
+    return contextlib.nullcontext(lambda n: None)
+
+
+class SessionLayout:
+    """What a real session for these passes holds, decided before a device exists: the checks
+    every real run makes first (a refusal is one InputError line) and the bytes it allocates
+    (`footprint`), which the session's memory check and engramsim/estimate.py both read.
+
+    `placements` are those of the passes to come (None: the scenario's), so a resident table is
+    counted in HBM when one of them needs it.
     """
 
-    def __init__(self, prepared: Prepared, backend: str, placements: Sequence[StrategyChoice | None] = (None,)) -> None:
-        scenario = self.scenario = prepared.scenario
+    def __init__(self, prepared: Prepared, placements: Sequence[StrategyChoice | None] = (None,)) -> None:
         self.prepared = prepared
-        backbone = scenario.model.backbone
-        att = backbone.attention
+        scenario = prepared.scenario
+        att = scenario.model.backbone.attention
         if att.heads % att.kv_heads:
             raise InputError(prepared.source, f"attention heads ({att.heads}) must be a multiple of kv_heads ({att.kv_heads})",
                              field="model.backbone.attention.kv_heads")
@@ -74,21 +92,9 @@ class RealSession:
                              f"transport {scenario.strategies.transport.name!r} has stages {[k.value for k in self.stages]}",
                              field="strategies.transport")
         in_hbm = [self._resident(p) for p in placements]
-        resident, self.offloaded = any(in_hbm), not all(in_hbm)
+        self.resident, self.offloaded = any(in_hbm), not all(in_hbm)
         self.cache_rows = {layer: cache.capacity_rows(layer) for layer in prepared.tables}
-        self.device = device = make_device(backend, prepared.source)
         self.limits = step_limits(prepared.workload)
-        self.dtype = device.compute_dtype(backbone.dtype)
-        self.sampler = None  # the hardware monitor of the first pass that asked for one
-        try:
-            device.check_memory(prepared.source, self.footprint(resident))
-            self.layers = self._allocate(resident)
-            self.standin = StandIn(backbone, self.limits, device.torch_device, self.dtype, device.generator(scenario.run.seed),
-                                   device.linear())
-            self._warm_up(placements[0] if placements else None)
-        except BaseException:
-            device.close()
-            raise
 
     def _resident(self, placement: StrategyChoice | None) -> bool:
         """Does a pass with this placement read rows placed in HBM? Only whole tables can be: a
@@ -101,53 +107,100 @@ class RealSession:
                              "tier; the real backends run whole-table placements only", field="strategies.placement")
         return in_hbm > 0
 
+    def slot_rows(self, layer: int) -> int:
+        """Rows of one staging/landing slot; none when no pass fetches (hbm.py counts the same)."""
+        if not self.offloaded:
+            return 0
+        return staging_rows(self.prepared.tables[layer], self.prepared.scenario.model.engram, self.prepared.workload,
+                            self.prefetch)
+
+    def footprint(self, device: Device, resident: bool) -> Footprint:
+        """Bytes a session on `device` allocates (in the dtype it computes in; a resident table
+        copied only where the device copies it), activations as a bound."""
+        backbone, engram = self.prepared.scenario.model.backbone, self.prepared.scenario.model.engram
+        tables = self.prepared.tables
+        buffers = staging_bytes(tables, engram, self.prepared.workload, self.prefetch) if self.offloaded else 0
+        b = device.compute_dtype(backbone.dtype).itemsize
+        fp = Footprint(host={"Engram tables": sum(t.bytes for t in tables.values())}, fields=dict(FIELDS))
+        if StageKind.GATHER in self.stages:
+            fp.host["staging buffers"] = buffers
+        fp.device = {"landing buffers": buffers, **nbytes(backbone, self.limits, b),
+                     "Engram modules": len(tables) * engram_params(engram, backbone.hidden) * b,
+                     "Engram activations": len(tables) * engram_activation_bytes(self.prepared, self.limits.tokens, b),
+                     "Engram caches": sum(self.cache_rows[layer] * t.row_bytes for layer, t in tables.items())}
+        if resident and device.resident_copies:
+            fp.device["Engram tables in HBM"] = fp.host["Engram tables"]
+        if device.linear() is not PLAIN:  # packing a weight holds it as drawn and transposed beside the packed copy
+            shapes = [(backbone.hidden, backbone.vocab)] + [s for block in range(backbone.layers)
+                                                            for s in block_shapes(backbone, block).values() if len(s) == 2]
+            fp.device["weight packing"] = 2 * max(math.prod(s) for s in shapes) * b
+        return fp
+
+
+class RealSession:
+    """What a real run allocates once and reuses for every pass: tables, buffers, modules, blocks.
+
+    Every check runs before the first allocation (`SessionLayout`, then the device's memory
+    check); a refusal is one InputError line. `setup_progress` follows the tables' fill and the
+    stand-in weights. Construction ends with an untimed warm-up.
+    """
+
+    def __init__(self, prepared: Prepared, backend: str, placements: Sequence[StrategyChoice | None] = (None,),
+                 setup_progress: SetupProgress | None = None) -> None:
+        scenario = self.scenario = prepared.scenario
+        self.prepared = prepared
+        layout = self.layout = SessionLayout(prepared, placements)
+        self.transport, self.cache_rows = layout.transport, layout.cache_rows  # what every pass uses
+        self.device = device = make_device(backend, prepared.source)
+        self.dtype = device.compute_dtype(scenario.model.backbone.dtype)
+        self.sampler = None  # the hardware monitor of the first pass that asked for one
+        progress = setup_progress or _silent
+        try:
+            footprint = self.footprint(layout.resident)
+            device.check_memory(prepared.source, footprint)
+            self.layers = self._allocate(layout.resident, progress)
+            weights = footprint.device["stand-in weights"]
+            with progress("stand-in weights", weights) as advance:
+                self.standin = StandIn(scenario.model.backbone, layout.limits, device.torch_device, self.dtype,
+                                       device.generator(scenario.run.seed), device.linear())
+                advance(weights)
+            self._warm_up(placements[0] if placements else None)
+        except BaseException:
+            device.close()
+            raise
+
     def __enter__(self) -> RealSession:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.device.close()
 
-    def _slot_rows(self, layer: int) -> int:
-        """Rows of one staging/landing slot; none when no pass fetches (hbm.py counts the same)."""
-        if not self.offloaded:
-            return 0
-        return staging_rows(self.prepared.tables[layer], self.scenario.model.engram, self.prepared.workload, self.prefetch)
-
     def footprint(self, resident: bool) -> Footprint:
-        backbone, engram = self.scenario.model.backbone, self.scenario.model.engram
-        tables = self.prepared.tables
-        buffers = staging_bytes(tables, engram, self.prepared.workload, self.prefetch) if self.offloaded else 0
-        b = self.dtype.itemsize
-        fp = Footprint(host={"Engram tables": sum(t.bytes for t in tables.values())})
-        if StageKind.GATHER in self.stages:
-            fp.host["staging buffers"] = buffers
-        per_layer = engram_params(engram, backbone.hidden) * b + engram_activation_bytes(self.prepared, self.limits.tokens, b)
-        fp.device = {"landing buffers": buffers, **nbytes(backbone, self.limits, b), "Engram layers": len(tables) * per_layer,
-                     "Engram caches": sum(self.cache_rows[layer] * t.row_bytes for layer, t in tables.items())}
-        if resident and self.device.resident_copies:
-            fp.device["Engram tables in HBM"] = fp.host["Engram tables"]
-        return fp
+        return self.layout.footprint(self.device, resident)
 
-    def _allocate(self, resident: bool) -> dict[int, LayerMemory]:
+    def _allocate(self, resident: bool, progress: SetupProgress) -> dict[int, LayerMemory]:
+        """Per Engram layer: the table, filled block by block under a progress bar (a 100 GB table
+        takes minutes), its staging and landing slots and its EngramModule."""
         device, engram, hidden = self.device, self.scenario.model.engram, self.scenario.model.backbone.hidden
         dtype, width = table_format(engram)
         generator = torch.Generator().manual_seed(engram.seed)  # table contents: drawn on the host, same on every device
-        slots = staging_slots(self.prefetch)
+        slots, stages = staging_slots(self.layout.prefetch), self.layout.stages
         layers = {}
-        for layer, info in self.prepared.tables.items():
-            table = device.host_table(info.rows, width, dtype)
-            fill_table(table, engram, generator)
-            rows = self._slot_rows(layer)
-            module = EngramModule(hidden, engram.d_mem, hc_mult=engram.hc_mult, max_ngram=engram.max_ngram,
-                                  kernel_size=engram.kernel_size, generator=self.scenario.run.seed + layer,
-                                  device=device.torch_device, dtype=self.dtype)
-            layers[layer] = LayerMemory(
-                info, table, [device.landing(rows, width, dtype) for _ in range(slots)],
-                [device.staging(rows, width, dtype) for _ in range(slots)] if StageKind.GATHER in self.stages else None,
-                device.zero_copy_source(table) if StageKind.ZERO_COPY in self.stages else None,
-                device.resident(table) if resident else None,
-                None, module,
-            )
+        with progress("Engram tables", sum(t.bytes for t in self.prepared.tables.values())) as advance:
+            for layer, info in self.prepared.tables.items():
+                table = device.host_table(info.rows, width, dtype)
+                fill_table(table, engram, generator, advance)
+                rows = self.layout.slot_rows(layer)
+                module = EngramModule(hidden, engram.d_mem, hc_mult=engram.hc_mult, max_ngram=engram.max_ngram,
+                                      kernel_size=engram.kernel_size, generator=self.scenario.run.seed + layer,
+                                      device=device.torch_device, dtype=self.dtype)
+                layers[layer] = LayerMemory(
+                    info, table, [device.landing(rows, width, dtype) for _ in range(slots)],
+                    [device.staging(rows, width, dtype) for _ in range(slots)] if StageKind.GATHER in stages else None,
+                    device.zero_copy_source(table) if StageKind.ZERO_COPY in stages else None,
+                    device.resident(table) if resident else None,
+                    None, module,
+                )
         return layers
 
     # ---- a pass -----------------------------------------------------------------------------------
@@ -165,7 +218,7 @@ class RealSession:
         if monitor is not None and self.sampler is None:
             self.sampler = monitor
         ttft, tpot = scheduler.latencies()
-        return RunOutcome(steps=records, spans=spans, events=0, link_busy_s=sum(s.seconds for s in spans if s.kind.on_link),
+        return RunOutcome(steps=records, spans=spans, events=0, link_busy_s=spans.link_s,
                           makespan_s=records[-1].end_s if records else 0.0, output_tokens=scheduler.output_tokens,
                           prompt_tokens=scheduler.prompt_tokens, ttft_s=ttft, tpot_s=tpot)
 
@@ -189,10 +242,10 @@ class RealSession:
             yield worker
 
     def _loop(self, scheduler: Scheduler, plans: Planner, worker: FetchWorker, max_steps: int | None,
-              clock: Callable[[], float], progress: Callable | None) -> tuple[list[StepRecord], list[Span]]:
+              clock: Callable[[], float], progress: Callable | None) -> tuple[StepLog, Timeline]:
         """Steps back to back, as `simulate` runs them; sleep until the next arrival when idle."""
-        records: list[StepRecord] = []
-        spans: list[Span] = []
+        records = StepLog()
+        spans = Timeline()
         run = PassState(self, worker)
         while not scheduler.done and (max_steps is None or len(records) < max_steps):
             step = scheduler.next_step(clock())
@@ -222,7 +275,7 @@ class PassState:
             Host: self._host, Issue: self._issue, EngramLayer: self._engram_layer, Blocks: self._blocks, Head: self._head,
         }
 
-    def step(self, start: Mark, plan: StepPlan, spans: list[Span]) -> StepRecord:
+    def step(self, start: Mark, plan: StepPlan, spans: Timeline) -> StepRecord:
         """Run one step; `start` was marked before it was planned (planning is host work)."""
         device, step = self.device, plan.step
         self.plan, self.start = plan, start
@@ -241,7 +294,8 @@ class PassState:
             if stall is not None:
                 resolved.append(stall)
             record.layers.append(self._layer_record(fetch, stall))
-        spans += sorted(resolved, key=lambda s: s.start_s)
+        for span in sorted(resolved, key=lambda s: s.start_s):
+            spans.add(span)
         return record
 
     def _host(self, segment: Segment) -> None:
@@ -262,7 +316,7 @@ class PassState:
         self.waits.append((fetch, self._wait(fetch)))
         mem = self.session.layers[plan.layer]
         mark = self.device.mark()
-        token_rows = self.session.prepared.workload.rows[plan.layer][step.positions]
+        token_rows = self.session.prepared.workload.token_rows(step.positions)[plan.layer]
         self.h = engram_forward(mem.module, mem.rows(plan, token_rows), self.session.scenario.model.engram, self.h)
         if mem.cache is not None:
             mem.cache.update(plan, fetch.buffers.landing)

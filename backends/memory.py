@@ -38,12 +38,22 @@ def host_memory() -> tuple[int, int]:
     return info["MemTotal"], info.get("MemAvailable", info.get("MemFree", 0))
 
 
+TABLE_FIELD = "model.engram.rows_per_head"
+
+
 @dataclass
 class Footprint:
-    """Bytes a run will allocate, by place and item, so a refusal can say what is big."""
+    """Bytes a run will allocate, by place and item, so a refusal can say what is big, and the
+    scenario field that sizes each item, so it can say what to change."""
 
     host: dict[str, int] = field(default_factory=dict)
     device: dict[str, int] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def field_of(self, items: dict[str, int]) -> str:
+        """The field sizing the biggest of `items` (the table size when it has none)."""
+        biggest = max(items, key=items.__getitem__, default="")
+        return self.fields.get(biggest, TABLE_FIELD)
 
 
 def margin(available: int) -> int:
@@ -51,7 +61,7 @@ def margin(available: int) -> int:
 
 
 def check_fits(source: str, where: str, items: dict[str, int], available: int,
-               field: str = "model.engram.rows_per_head") -> None:
+               field: str = TABLE_FIELD) -> None:
     """Raise one InputError line when `items` plus the safety margin exceed `available` bytes."""
     needed = sum(items.values())
     if needed + margin(available) <= available:

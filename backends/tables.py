@@ -9,6 +9,8 @@ way, so both read the same kind of memory content.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from engramsim.backends.device import TORCH_DTYPES
@@ -33,12 +35,17 @@ def seed_rows(n: int, engram: Engram, generator: torch.Generator) -> torch.Tenso
     return torch.cat([values, scales], dim=1)
 
 
-def fill_table(table: torch.Tensor, engram: Engram, generator: torch.Generator) -> None:
-    """Seeded rows repeated down `table` ([rows, width] in `table_format`)."""
+def fill_table(table: torch.Tensor, engram: Engram, generator: torch.Generator,
+               advance: Callable[[int], None] | None = None) -> None:
+    """Seeded rows repeated down `table` ([rows, width] in `table_format`); `advance(bytes)` after
+    each block, so a progress bar can follow a fill that takes minutes."""
     block = seed_rows(min(FILL_BLOCK_ROWS, table.shape[0]), engram, generator)
+    row_bytes = table.shape[1] * table.element_size()
     for start in range(0, table.shape[0], block.shape[0]):
         n = min(block.shape[0], table.shape[0] - start)
         table[start : start + n].copy_(block[:n])
+        if advance is not None:
+            advance(n * row_bytes)
 
 
 def row_values(rows: torch.Tensor, engram: Engram, dtype: torch.dtype) -> torch.Tensor:
