@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import numpy as np
 from engramsim import __version__
 from engramsim.files import atomic_path, write_text_atomic
 from engramsim.metrics import LAYER_COUNTS, MetricContext, per_layer, registered
-from engramsim.records import LANES, RunOutcome, Span
+from engramsim.plot import write_plot
+from engramsim.records import KINDS, LANES, RunOutcome, Span, Timeline
 
 SCHEMA_VERSION = 1
 STEP_SPLIT = ("cache_hits", "rows_missed", "rows_speculative")  # steps.csv's split of rows_hbm and rows_fetched
@@ -49,28 +52,60 @@ STEP_COLUMNS = ("step", "kind", "start_ms", "end_ms", "latency_ms", "seqs", "tok
                 "baseline_latency_ms", *STEP_SPLIT)
 
 
-def steps_csv(outcome: RunOutcome, baseline: RunOutcome | None) -> str:
-    base = {s.index: s.latency_s for s in baseline.steps} if baseline else {}
+def steps_csv(outcome: RunOutcome, baseline: RunOutcome | None) -> Iterator[str]:
+    """One row per step, with the baseline's latency of the step of the same index, as text
+    block by block: a long run's columns and text are never all held at once."""
+    base = latency_by_index(baseline)
+    yield _csv([STEP_COLUMNS])
+    for block in outcome.steps.blocks():
+        index = block.step_column("index")
+        base_s = np.full(index.size, np.nan)
+        known = index < base.size
+        base_s[known] = base[index[known]]
+        yield _csv(zip(
+            index.tolist(), [KINDS[k] for k in block.step_column("kind").tolist()],
+            *(_ms(block.step_column(k)) for k in ("start_s", "end_s", "latency_s")),
+            block.step_column("seqs").tolist(), block.step_column("tokens").tolist(),
+            *(block.per_step(k).tolist() for k in LAYER_COUNTS), _ms(block.per_step("stall_s")), _ms(base_s),
+            *(block.per_step(k).tolist() for k in STEP_SPLIT), strict=True,
+        ))
+
+
+def _csv(rows: Iterable[Sequence[Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(STEP_COLUMNS)
-    for s in outcome.steps:
-        sums = {k: sum(getattr(r, k) for r in s.layers) for k in LAYER_COUNTS + STEP_SPLIT}
-        writer.writerow([
-            s.index, s.kind, f"{s.start_s * 1e3:.6f}", f"{s.end_s * 1e3:.6f}", f"{s.latency_s * 1e3:.6f}", s.seqs, s.tokens,
-            *(sums[k] for k in LAYER_COUNTS), f"{s.stall_s * 1e3:.6f}",
-            f"{base[s.index] * 1e3:.6f}" if s.index in base else "", *(sums[k] for k in STEP_SPLIT),
-        ])
+    csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue()
 
 
-def timeline_json(spans: list[Span], title: str, counters: list[dict[str, Any]] | None = None) -> str:
+def _ms(seconds: np.ndarray) -> list[str]:
+    """steps.csv's milliseconds ("" for NaN: no such step)."""
+    return ["" if math.isnan(s) else f"{s * 1e3:.6f}" for s in seconds.tolist()]
+
+
+def latency_by_index(outcome: RunOutcome | None) -> np.ndarray:
+    """A pass's step latency in seconds by step index (NaN for an index it has no step of)."""
+    if outcome is None or not len(outcome.steps):
+        return np.empty(0)
+    index = outcome.steps.step_column("index")
+    latency = np.full(int(index.max()) + 1, np.nan)
+    latency[index] = outcome.steps.step_column("latency_s")
+    return latency
+
+
+def timeline_json(spans: Iterable[Span], title: str, counters: list[dict[str, Any]] | None = None) -> str:
     """Chrome/Perfetto trace-event JSON: one thread per lane, times in microseconds; `counters`
-    are extra trace events appended as given (a CUDA run's NVML samples, "ph": "C")."""
+    are extra trace events appended as given (a CUDA run's NVML samples, "ph": "C"). A timeline
+    that kept the spans of its first steps only (`records.TIMELINE_STEPS`) says so in its title
+    and in `otherData`."""
+    timeline = Timeline.of(spans)
     tids = {lane: i + 1 for i, lane in enumerate(LANES)}
+    document: dict[str, Any] = {}
+    if timeline.dropped:
+        title += f" (steps 0-{timeline.limit - 1} only: {timeline.dropped:,} later spans not drawn)"
+        document["otherData"] = {"spans_of_steps_below": timeline.limit, "spans_not_drawn": timeline.dropped}
     events: list[dict[str, Any]] = [{"name": "process_name", "ph": "M", "pid": 1, "args": {"name": title}}]
     events += [{"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": lane}} for lane, tid in tids.items()]
-    for span in spans:
+    for span in timeline:
         args: dict[str, Any] = {"step": span.step}
         if span.layer is not None:
             args["layer"] = span.layer
@@ -79,47 +114,23 @@ def timeline_json(spans: list[Span], title: str, counters: list[dict[str, Any]] 
         events.append({"name": span.name, "ph": "X", "pid": 1, "tid": tids[span.kind.lane], "ts": round(span.start_s * 1e6, 3),
                        "dur": round(span.seconds * 1e6, 3), "args": args})
     events += counters or []
-    return json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}, separators=(",", ":"))
+    return json.dumps({"traceEvents": events, "displayTimeUnit": "ms", **document}, separators=(",", ":"))
 
 
-def write_plot(path: Path, outcome: RunOutcome, baseline: RunOutcome | None, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = outcome.steps
-    t = np.array([s.start_s for s in steps])
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-    top.plot(t, [s.latency_s * 1e3 for s in steps], lw=0.8, label="offloaded")
-    if baseline is not None:
-        top.plot([s.start_s for s in baseline.steps], [s.latency_s * 1e3 for s in baseline.steps], lw=0.8, alpha=0.7, label="all tables in HBM")
-    top.set_ylabel("step latency (ms)")
-    top.legend(loc="upper right")
-    top.set_title(title)
-    bottom.plot(t, [s.stall_s * 1e3 for s in steps], lw=0.8, color="tab:red")
-    bottom.set_ylabel("Engram stall per step (ms)")
-    bottom.set_ylim(bottom=0)
-    bottom.set_xlabel("simulated time (s)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
-def write_results(out_dir: Path, document: dict, outcome: RunOutcome, baseline: RunOutcome | None, outputs,
-                  counters: list[dict[str, Any]] | None = None) -> list[Path]:
+def write_results(out_dir: Path, document: dict, outcome: RunOutcome, baseline: RunOutcome | None,
+                  no_engram: RunOutcome | None, outputs, counters: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write every requested file atomically; return their paths. `counters`: see `timeline_json`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "results.json"]
     write_text_atomic(written[0], json.dumps(document, indent=2, sort_keys=True) + "\n")
     if outputs.steps_csv:
         written.append(out_dir / "steps.csv")
-        write_text_atomic(written[-1], steps_csv(outcome, baseline))
+        with atomic_path(written[-1]) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(steps_csv(outcome, baseline))
     if outputs.timeline:
         written.append(out_dir / "timeline.json")
         write_text_atomic(written[-1], timeline_json(outcome.spans, document["scenario"]["name"], counters))
     if outputs.plot:
         written.append(out_dir / "plot.png")
-        write_plot(written[-1], outcome, baseline, document["scenario"]["name"])
+        write_plot(written[-1], document, outcome, baseline, no_engram)
     return written

@@ -62,7 +62,7 @@ def _interleaved(ours, baseline) -> tuple[float, float]:
 
 @pytest.mark.parametrize("rows", [1_000, 16_000, 128_000])
 @pytest.mark.benchmark(group="gather-1GiB-table")
-def test_cpu_gather_vs_index_select(benchmark, table, one_thread, rows):
+def test_cpu_gather_vs_index_select(benchmark, compare, table, one_thread, rows):
     device = make_device("cpu", "bench")
     indexes = _index_sets(rows)
     out = device.staging(rows, WIDTH, table.dtype)  # preallocated once, as the executor's staging buffer
@@ -85,12 +85,12 @@ def test_cpu_gather_vs_index_select(benchmark, table, one_thread, rows):
     rates = {name: (gathered / s / 1e6, gathered * WIDTH * 4 / s / 1e9) for name, s in (("ours", ours_s), ("baseline", baseline_s))}
     benchmark.extra_info.update(rows=rows, index_sets=len(indexes), ours_M_rows_s=rates["ours"][0], ours_GB_s=rates["ours"][1],
                                 baseline_M_rows_s=rates["baseline"][0], baseline_GB_s=rates["baseline"][1], ratio=ratio)
-    print(
-        f"\ngather {rows:,} of {ROWS:,} rows x {WIDTH * 4} B (1 GiB table, {THREADS} thread, {len(indexes)} index sets): "
-        f"CpuDevice.gather {ours_s / len(indexes) * 1e6:,.0f} us ({rates['ours'][0]:.1f} M rows/s, {rates['ours'][1]:.2f} GB/s), "
-        f"index_select {baseline_s / len(indexes) * 1e6:,.0f} us ({rates['baseline'][0]:.1f} M rows/s, {rates['baseline'][1]:.2f} GB/s): "
-        f"{ratio:.2f}x (target >= 0.90)"
-    )
+    compare(f"gather {rows:,} of {ROWS:,} rows x {WIDTH * 4} B (1 GiB table, {THREADS} thread, {len(indexes)} index sets; "
+            "target >= 0.90x)",
+            ours=f"CpuDevice.gather {ours_s / len(indexes) * 1e6:,.0f} us ({rates['ours'][0]:.1f} M rows/s, {rates['ours'][1]:.2f} GB/s)",
+            baseline=f"torch.index_select {baseline_s / len(indexes) * 1e6:,.0f} us ({rates['baseline'][0]:.1f} M rows/s, "
+                     f"{rates['baseline'][1]:.2f} GB/s)",
+            ratio=ratio)
     start, end = device.gather(table, indexes[0], out)
     assert 0 <= start <= end, "the gather's marks are host seconds, start before end"
     assert torch.equal(out, table[indexes[0]])

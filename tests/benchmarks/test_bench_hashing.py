@@ -37,7 +37,7 @@ def _best_of(fn, rounds=3):
 
 
 @pytest.mark.benchmark(group="hashing-1M-tokens")
-def test_hashing_vs_reference_loop(benchmark, setup):
+def test_hashing_vs_reference_loop(benchmark, compare, setup):
     hashing, ids = setup
     head_ids = TOKENS * SPEC.heads_per_layer * len(SPEC.layer_ids)
     result = benchmark.pedantic(hashing.hash, args=(ids,), rounds=5, warmup_rounds=1)
@@ -45,16 +45,15 @@ def test_hashing_vs_reference_loop(benchmark, setup):
     baseline = _best_of(lambda: _baseline(hashing, ids))
     speedup = baseline / ours
     benchmark.extra_info.update(ours_M_ids_s=head_ids / ours / 1e6, baseline_M_ids_s=head_ids / baseline / 1e6, speedup=speedup)
-    print(
-        f"\nhashing 1M tokens x 2 layers x 16 heads: ours {ours * 1e3:.0f} ms ({head_ids / ours / 1e6:.0f} M ids/s), "
-        f"reference loop {baseline * 1e3:.0f} ms ({head_ids / baseline / 1e6:.0f} M ids/s): {speedup:.1f}x"
-    )
+    compare("hashing 1M tokens x 2 layers x 16 heads (target >= 2x)",
+            ours=f"EngramHashing.hash {ours * 1e3:.0f} ms ({head_ids / ours / 1e6:.0f} M ids/s)",
+            baseline=f"reference loop-and-stack {baseline * 1e3:.0f} ms ({head_ids / baseline / 1e6:.0f} M ids/s)", ratio=speedup)
     assert np.array_equal(result[15][:1000], _baseline(hashing, ids[:1000])[15][0])
     assert speedup >= 2.0
 
 
 @pytest.mark.benchmark(group="vocab-cache")
-def test_compressed_vocab_from_cache(benchmark):
+def test_compressed_vocab_from_cache(benchmark, compare):
     compressed_vocab()  # make sure the cache entry exists
 
     def load():
@@ -66,6 +65,6 @@ def test_compressed_vocab_from_cache(benchmark):
     start = time.perf_counter()
     build_lookup_table(load_tokenizer())  # what a cold cache costs: walking the tokenizer's vocabulary
     built = time.perf_counter() - start
-    print(f"\ncompressed vocabulary: from the disk cache {cached * 1e3:.1f} ms, built from the tokenizer {built * 1e3:.0f} ms "
-          f"({built / cached:.0f}x)")
+    compare("compressed vocabulary (target >= 10x)", ours=f"from the disk cache {cached * 1e3:.1f} ms",
+            baseline=f"built from the tokenizer {built * 1e3:.0f} ms", ratio=built / cached)
     assert vocab.from_cache and built / cached >= 10

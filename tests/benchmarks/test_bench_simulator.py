@@ -46,7 +46,7 @@ def prepared():
 
 
 @pytest.mark.benchmark(group="simulator-paper-4b")
-def test_simulation_speed_paper_4b(benchmark, prepared):
+def test_simulation_speed_paper_4b(benchmark, compare, prepared):
     start = time.perf_counter()
     cold = simulate_run(prepared)  # first pass also computes and memoizes every step's lookups
     cold_s = time.perf_counter() - start
@@ -57,12 +57,12 @@ def test_simulation_speed_paper_4b(benchmark, prepared):
     peak_rss_mb = _peak_rss_of_one_simulation_mb()
     benchmark.extra_info.update(simulated_s=simulated, events=outcome.events, cold_speedup=simulated / cold_s,
                                 warm_speedup=simulated / warm_s, bare_simpy_s=bare_s, peak_rss_mb=peak_rss_mb)
-    print(
-        f"\npaper-4B: {len(outcome.steps)} steps, {simulated:.2f} simulated s, {outcome.events:,} events; "
-        f"cold pass {cold_s:.3f} s wall = {simulated / cold_s:.0f}x real time, warm pass {warm_s:.3f} s = {simulated / warm_s:.0f}x; "
-        f"bare SimPy with as many events {bare_s * 1e3:.1f} ms: the engine costs {warm_s / bare_s:.0f}x the bare event loop "
-        f"({(warm_s - bare_s) / len(outcome.steps) * 1e6:.0f} us of planning and pricing per step); peak RSS {peak_rss_mb:.0f} MB"
-    )
+    compare(f"paper-4B: {len(outcome.steps):,} steps, {simulated:.2f} simulated s, {outcome.events:,} events, peak RSS {peak_rss_mb:.0f} MB "
+            "(targets: <= 60x the bare loop, <= 1024 MB)",
+            ours=f"engine, warm pass {warm_s:.3f} s = {simulated / warm_s:.0f}x real time (cold pass {cold_s:.3f} s = "
+                 f"{simulated / cold_s:.0f}x): {warm_s / bare_s:.0f}x the bare loop, "
+                 f"{(warm_s - bare_s) / len(outcome.steps) * 1e6:.0f} us of planning and pricing per step",
+            baseline=f"bare SimPy scheduling as many events {bare_s * 1e3:.1f} ms")
     assert cold.makespan_s == pytest.approx(simulated)
     assert warm_s / bare_s <= 60, "per-step Python (plan, skeleton, cost model) has grown far past the event loop"
     assert peak_rss_mb <= 1024
