@@ -14,3 +14,7 @@ class InputError(Exception):
         self.problem = problem
         where = f"{self.source}: {field}" if field else self.source
         super().__init__(f"{where}: {problem}")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every `finally` and cleanup runs, as for Ctrl-C."""

@@ -84,7 +84,7 @@ def _report(prepared: Prepared, out_dir: Path, outcomes: list[RunOutcome], backe
     document = results_document(summary, outcome, dump_scenario(scenario), prepared.profile.model_dump(mode="json"), backend)
     document["hbm"] = hbm_report(prepared)
     document |= extra or {}
-    files = write_results(out_dir, document, outcome, baseline, scenario.run.outputs, counters=counters)
+    files = write_results(out_dir, document, outcome, baseline, no_engram, scenario.run.outputs, counters=counters)
     return RunReport(document, files, outcome, baseline, no_engram)
 
 
@@ -108,13 +108,15 @@ def run_real(prepared: Prepared, backend: str, placement: StrategyChoice | None 
         return session.run(placement, engram, progress)
 
 
-def run_real_report(prepared: Prepared, backend: str, out_dir: Path, progress_factory: Callable | None = None) -> RunReport:
+def run_real_report(prepared: Prepared, backend: str, out_dir: Path, progress_factory: Callable | None = None,
+                    setup_progress: Callable | None = None) -> RunReport:
     """`run_sim` on real hardware: the same passes on one session (tables allocated once); the
-    offloaded pass also samples hardware counters where the device has them (CUDA: NVML)."""
+    offloaded pass also samples hardware counters where the device has them (CUDA: NVML).
+    `setup_progress(label, total_bytes)` follows the session's allocation (backends/executor.py)."""
     from engramsim.backends.executor import RealSession
 
     placements = [kwargs.get("placement") for _, kwargs in passes(prepared.scenario) if kwargs.get("engram", True)]
-    with RealSession(prepared, backend, placements) as session:
+    with RealSession(prepared, backend, placements, setup_progress) as session:
         outcomes = _run_passes(prepared, lambda **kwargs: session.run(sample=session.sampler is None, **kwargs), progress_factory)
     sampler = session.sampler
     if sampler is None:

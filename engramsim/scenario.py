@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # one path component: no '/', no '..', no leading '.' or '-'
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
 
 
@@ -25,7 +26,9 @@ def field_error(loc: str | tuple[str, ...], value: Any, message: str) -> Validat
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors and numbers are finite: `.inf` or `.nan` in YAML never reaches a run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Attention(Strict):
@@ -67,7 +70,7 @@ class Engram(Strict):
     dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
     hc_mult: PositiveInt = Field(default=4, description="mHC branches")
     kernel_size: PositiveInt = 4
-    seed: int = 0
+    seed: NonNegativeInt = 0
     tokenizer: str | None = Field(default=None, description="tokenizer.json path; default: the DeepSeek V4 tokenizer")
 
     @field_validator("rows_per_head", mode="before")
@@ -181,6 +184,8 @@ class Workload(Strict):
     output_len: Distribution = Distribution(dist="uniform", low=100, high=1024)
     arrival: Arrival = Arrival()
     batching: Batching = Batching()
+    wrap_trace: bool = Field(default=False, description="let a request's window run past the trace's end and continue "
+                             "from its start; otherwise a trace shorter than the longest prompt + output is refused")
 
     @model_validator(mode="after")
     def _prompt_fits_a_batch(self) -> Workload:
@@ -219,14 +224,15 @@ class Outputs(Strict):
 
 class Run(Strict):
     backend: Literal["sim", "cpu", "cuda"] = "sim"
-    seed: int = 0
+    seed: NonNegativeInt = 0
     max_steps: PositiveInt | None = Field(default=None, description="stop after this many steps")
     baseline: bool = Field(default=True, description="also simulate all tables in HBM, for the overhead")
     outputs: Outputs = Outputs()
 
 
 class Scenario(Strict):
-    name: str
+    name: str = Field(pattern=SAFE_NAME, max_length=100,
+                      description="names the run folder: letters, digits, '.', '_', '-'; starts with a letter or digit")
     description: str = ""
     model: Model = Model()
     hardware: Hardware = Hardware()

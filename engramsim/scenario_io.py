@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from engramsim import registry
 from engramsim.errors import InputError
-from engramsim.scenario import Scenario
+from engramsim.scenario import SAFE_NAME, Scenario
 
 _MAX_VALUE_CHARS = 60
 
@@ -31,7 +31,9 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(path, "no such scenario file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise InputError(path, f"cannot read the scenario: {exc.strerror or _one_line(exc)}") from None
+    except UnicodeDecodeError as exc:
         raise InputError(path, f"cannot read the scenario: {_one_line(exc)}") from None
     try:
         data = yaml.safe_load(text)
@@ -159,6 +161,8 @@ def describe_error(exc: ValidationError, model: type[BaseModel]) -> tuple[str, s
         problem = msg.removeprefix("Value error, ")
     elif kind in ("model_type", "model_attributes_type", "dict_type"):
         problem = f"expected a mapping (a section of keys), got {_show(value)}"
+    elif kind == "string_pattern_mismatch" and err["ctx"]["pattern"] == SAFE_NAME:
+        problem = f"expected a name that is one path component (letters, digits, '.', '_', '-', starting with a letter or digit), got {_show(value)}"
     elif kind == "literal_error":
         problem = f"expected one of {err['ctx']['expected']}, got {_show(value)}"
     else:

@@ -8,7 +8,11 @@ Every check runs here, before a pass starts, so a scenario that cannot run fails
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import numpy as np
 
 from engramsim.errors import InputError
 from engramsim.hardware.presets import load_profile
@@ -84,11 +88,42 @@ HBM_FIELDS = {
 }
 
 
+@contextlib.contextmanager
+def located(source: str, field: str) -> Iterator[None]:
+    """Name the scenario file and the field that pointed at a file that failed to load."""
+    try:
+        yield
+    except InputError as exc:
+        if exc.source == source:
+            raise
+        if exc.field and exc.field.startswith(field):  # the scenario's own field: name it once, then the file
+            raise InputError(source, f"{exc.source}: {exc.problem}", field=exc.field) from None
+        raise InputError(source, str(exc), field=field) from None
+
+
+def check_trace(source: str, scenario: Scenario, tokens: np.ndarray, vocab_ids: int) -> None:
+    """Refuse a trace the tokenizer cannot have produced, or one too short for the longest request
+    (unless the scenario asks for windows to wrap around its end)."""
+    if tokens.size and int(tokens.max()) >= vocab_ids:  # trace tokens are uint32: never negative
+        raise InputError(source, f"trace holds token id {int(tokens.max())}, outside the tokenizer's {vocab_ids:,} ids "
+                         "(tokenized with another tokenizer?)", field="workload.trace")
+    cfg = scenario.workload
+    longest = cfg.prompt_len.max + cfg.output_len.max
+    if tokens.size < longest and not cfg.wrap_trace:
+        raise InputError(source, f"trace has {tokens.size:,} tokens, fewer than the longest prompt + output ({longest:,}); "
+                         "use a longer trace, shorter lengths, or workload.wrap_trace: true", field="workload.trace")
+
+
 def prepare(scenario: Scenario, source: str) -> Prepared:
     engram = scenario.model.engram
-    profile = load_profile(scenario.hardware.profile, scenario.hardware.link)
-    trace = load_trace(scenario.workload.trace)
-    vocab = compressed_vocab(engram.tokenizer)
+    with located(source, "hardware"):
+        profile = load_profile(scenario.hardware.profile, scenario.hardware.link)
+    with located(source, "workload.trace"):
+        trace = load_trace(scenario.workload.trace)
+    with located(source, "model.engram.tokenizer"):
+        vocab = compressed_vocab(engram.tokenizer)
+    compressed = "tokenizer" in trace.meta and trace.meta["tokenizer"] is None  # ids already compressed
+    check_trace(source, scenario, np.asarray(trace.tokens), vocab.size if compressed else int(vocab.table.size))
     hashing = build_hashing(scenario.strategies.hashing, HashingSetup(engram, vocab.size, int(vocab.table[PAD_ID])))
     workload = build_workload(scenario, trace, hashing, vocab)
     tables = engram_tables(scenario, hashing)

@@ -78,9 +78,9 @@ class StepView:
 
 
 class Params(BaseModel):
-    """Base of every plugin's params model: unknown keys are errors."""
+    """Base of every plugin's params model: unknown keys and non-finite numbers are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 _BaseParams: TypeAlias = Params

@@ -58,3 +58,14 @@ def test_import_layers(package_tree):
 def test_mypy(package_tree):
     run([tool("mypy"), "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir", str(package_tree / ".mypy_cache"),
          "-p", "engramsim"], package_tree, dict(os.environ, MYPYPATH=str(package_tree)))
+
+
+def test_every_module_has_a_layer():
+    """A new module of engramsim/ joins the core contract or is named as a top-layer module, so
+    import-linter checks it (docs/design.md, Layers)."""
+    tomllib = pytest.importorskip("tomllib")
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    core, top = set(contracts[0]["source_modules"]), set(contracts[0]["forbidden_modules"])
+    modules = {f"engramsim.{p.stem}" for p in (ROOT / "engramsim").glob("*.py") if p.stem not in ("__init__", "__main__")}
+    modules |= {f"engramsim.{p.name}" for p in (ROOT / "engramsim").iterdir() if (p / "__init__.py").exists()}
+    assert modules - core - top == set()

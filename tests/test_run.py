@@ -103,29 +103,3 @@ def test_default_run_is_the_shipped_quickstart(tmp_path, monkeypatch):
     assert main(["run", "--quiet", "--set", "workload.requests=4"]) == 0
     (folder,) = (tmp_path / "runs").iterdir()
     assert folder.name.startswith("quickstart-s0-") and (folder / "results.json").is_file()
-
-
-def _fails(capsys, args, expect):
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err and expect in err, err
-
-
-def test_missing_trace(scenario, tmp_path, capsys):
-    _fails(capsys, ["run", str(scenario), "--out", str(tmp_path / "o"), "--set", "workload.trace=nope"], "nope")
-    assert not (tmp_path / "o").exists()
-
-
-def test_table_larger_than_host_memory(scenario, tmp_path, capsys):
-    _fails(capsys, ["run", str(scenario), "--out", str(tmp_path / "o"), "--set", "model.engram.rows_per_head=4000000000"],
-           "strategies.placement")
-    assert not (tmp_path / "o").exists()
-
-
-def test_table_larger_than_hbm(scenario, tmp_path, capsys):
-    _fails(capsys, ["run", str(scenario), "--out", str(tmp_path / "o"), "--set", "model.engram.rows_per_head=100000000",
-                    "--set", "strategies.placement=all-hbm"], "HBM")
-
-
-def test_unknown_hardware_profile(scenario, tmp_path, capsys):
-    _fails(capsys, ["run", str(scenario), "--out", str(tmp_path / "o"), "--set", "hardware.profile=h900"], "h900")

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from engramsim.errors import InputError
-from engramsim.files import write_text_atomic
+from engramsim.files import check_output, write_text_atomic
 from engramsim.hardware.profile import HardwareProfile
 
 STAGES = ("gather", "gather (quiet)", "host bandwidth", "h2d", "zero-copy", "backbone", "host work")
@@ -59,8 +59,7 @@ def check_out(path: Path) -> None:
     """The output must be a YAML file name in a folder we can create (checked before measuring)."""
     if path.suffix not in (".yaml", ".yml"):
         raise InputError(path, "expected a profile file ending in .yaml or .yml", field="--out")
-    if path.exists() and path.is_dir():
-        raise InputError(path, "is a folder; expected a profile file", field="--out")
+    check_output(path)
 
 
 def _fmt(value: float, digits: int = 3) -> str:

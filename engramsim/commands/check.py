@@ -1,20 +1,26 @@
-"""`engramsim check`: validate a scenario without running it, so YAML mistakes surface in a second."""
+"""`engramsim check`: every check `run` makes, without running, so mistakes surface in seconds.
+
+It loads the scenario, checks the output folder, prepares the run (profile, link, trace and
+tokenizer files, vocabulary, plugins, capacities) and, for a real backend, estimates its cost;
+an OK means `run` with the same arguments starts. It creates no file.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from rich.console import Console
+
+from engramsim.commands.preflight import add_preflight_args, ready, target
 from engramsim.registry import KINDS
 from engramsim.scenario import Scenario
-from engramsim.scenario_io import load_scenario
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="validate a scenario file and print a one-line summary")
-    p.add_argument("scenario", type=Path, help="scenario YAML")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a scenario field, validated like the file (repeatable)")
+    p = sub.add_parser("check", help="make every check `run` would, without running; print a one-line summary")
+    p.add_argument("scenario", nargs="?", type=Path, default=None, help="scenario YAML (default: quickstart)")
+    add_preflight_args(p)
     p.set_defaults(handler=check)
 
 
@@ -31,6 +37,9 @@ def summary(scenario: Scenario) -> str:
 
 
 def check(args: argparse.Namespace) -> int:
-    scenario = load_scenario(args.scenario, args.overrides)
-    print(f"{args.scenario}: OK: {summary(scenario)}")
+    checked = ready(args, target(args), Console(stderr=True))
+    scenario = checked.prepared.scenario
+    print(f"{checked.prepared.source}: OK: {summary(scenario)}; {scenario.run.backend} run into {checked.out_dir}")
+    if checked.estimate:
+        print(checked.estimate)
     return 0

@@ -9,7 +9,7 @@ import numpy as np
 
 from engramsim.commands.args import add_hash_spec_args
 from engramsim.errors import InputError
-from engramsim.files import atomic_path
+from engramsim.files import atomic_path, check_output
 from engramsim.plugins.hashing.engram import EngramHashing, EngramHashSpec
 from engramsim.text import read_text
 from engramsim.tokenizer import compressed_vocab, load_tokenizer
@@ -47,6 +47,7 @@ def spec_from_args(args: argparse.Namespace) -> EngramHashSpec:
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
+    check_output(args.out)
     text = read_text(args.text)
     tokenizer = load_tokenizer(args.tokenizer)
     vocab = compressed_vocab(args.tokenizer)

@@ -1,6 +1,9 @@
 """`engramsim run`: execute a scenario and write results.json, steps.csv, timeline.json, plot.png.
 
 `--backend sim` (the default) simulates it; `cpu` and `cuda` execute it for real and time it.
+Every check runs first (engramsim/commands/preflight.py); the files are written into a hidden
+folder beside `--out` and renamed into place when complete, so a failed or interrupted run
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
@@ -23,25 +26,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from engramsim.commands.preflight import add_preflight_args, ready, target
+from engramsim.files import staged_folder
 from engramsim.hardware.profile import HardwareProfile
 from engramsim.metrics import GROUPS, in_group
-from engramsim.runner import RunReport, fresh_run_dir, run_real_report, run_sim
-from engramsim.scenario_io import load_scenario
-from engramsim.session import prepare
-
-
-def default_scenario() -> Path:
-    """The quickstart scenario shipped inside the package (the embedded default)."""
-    return Path(str(resources.files("engramsim.scenarios").joinpath("quickstart.yaml")))
+from engramsim.runner import RunReport, run_real_report, run_sim
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a scenario (default: the shipped quickstart)")
     p.add_argument("scenario", nargs="?", type=Path, default=None, help="scenario YAML (default: quickstart)")
-    p.add_argument("--backend", choices=("sim", "cpu", "cuda"), default=None, help="overrides run.backend")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: a fresh folder under runs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a scenario field, validated like the file (repeatable)")
+    add_preflight_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables, just the output folder")
     p.set_defaults(handler=run)
 
@@ -52,6 +47,15 @@ def progress_bar(console: Console, label: str, total: int) -> Iterator[Callable]
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda step: bar.advance(task, step.num_seqs)
+
+
+@contextlib.contextmanager
+def bytes_bar(console: Console, label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A real run's setup (tables allocated and filled, stand-in weights), in bytes."""
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def warn_profile_host(profile: HardwareProfile) -> str | None:
@@ -75,8 +79,11 @@ def print_report(console: Console, report: RunReport, wall_s: float) -> None:
     backend = report.document["backend"]
     table = Table(title=f"{report.document['scenario']['name']} (backend {backend})", show_header=False)
     for group in GROUPS:
-        for metric in in_group(group):
-            table.add_row(metric.label, metric.display(s[metric.name]))
+        if group == "link traffic" and backend == "cpu":  # no host-device link: "copies" are host memcpy
+            table.add_row("host-device link", "none on the CPU backend (fetches copy within host memory)")
+        else:
+            for metric in in_group(group):
+                table.add_row(metric.label, metric.display(s[metric.name]))
         table.add_section()
     if backend != "sim":
         table.add_row("run time", f"{wall_s:.2f} s wall for all passes, setup included")
@@ -98,26 +105,24 @@ def print_report(console: Console, report: RunReport, wall_s: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = args.scenario or default_scenario()
-    overrides = list(args.overrides) + ([f"run.backend={args.backend}"] if args.backend else [])
-    scenario = load_scenario(path, overrides)
-    backend = scenario.run.backend
-    if backend == "cuda":  # before the workload is built: no GPU, no work
-        from engramsim.backends.cuda import require_gpu
-
-        require_gpu(str(path))
     console = Console(quiet=args.quiet)
     start = time.perf_counter()
-    prepared = prepare(scenario, str(path))
-    out_dir = args.out or fresh_run_dir(Path("runs"), scenario.name, scenario.run.seed)
-    progress = None if args.quiet else lambda label, total: progress_bar(console, label, total)
-    if backend == "sim":
-        report = run_sim(prepared, out_dir, progress)
-    else:
-        warn_profile_host(prepared.profile)
-        report = run_real_report(prepared, backend, out_dir, progress)
+    where = target(args)
+    with staged_folder(where.out_dir, force=args.force) as staging:  # claimed now: an unwritable --out fails at once
+        checked = ready(args, where, console)
+        prepared = checked.prepared
+        backend = prepared.scenario.run.backend
+        if checked.estimate and not args.quiet:
+            print(f"engramsim: {checked.estimate}", file=sys.stderr)
+        progress = None if args.quiet else lambda label, total: progress_bar(console, label, total)
+        if backend == "sim":
+            report = run_sim(prepared, staging, progress)
+        else:
+            warn_profile_host(prepared.profile)
+            setup = None if args.quiet else lambda label, total: bytes_bar(console, label, total)
+            report = run_real_report(prepared, backend, staging, progress, setup)
     print_report(console, report, time.perf_counter() - start)
-    console.print(f"wrote {', '.join(str(f) for f in report.files)}")
+    console.print(f"wrote {', '.join(f.name for f in report.files)} to {where.out_dir}")
     if args.quiet:
-        print(out_dir)
+        print(where.out_dir)
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 from engramsim.commands.args import add_hash_spec_args
 from engramsim.commands.hash import spec_from_args
 from engramsim.errors import InputError
+from engramsim.files import check_output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +56,7 @@ def run_build(args: argparse.Namespace) -> int:
     from engramsim.traces.build import build_from_files
     from engramsim.traces.format import save_trace
 
+    check_output(args.out)  # before tokenizing: a bad --out fails at once
     command = ["engramsim", "trace", "build", "--text", *map(str, args.text), "--out", str(args.out)]
     for flag, value in (("--tokenizer", args.tokenizer), ("--name", args.name), ("--source", args.source), ("--licence", args.licence)):
         if value is not None:
@@ -153,6 +155,7 @@ def run_synth(args: argparse.Namespace) -> int:
     from engramsim.traces.format import save_trace
     from engramsim.traces.synthetic import zipf_trace
 
+    check_output(args.out)
     try:
         trace = zipf_trace(
             args.tokens,

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engramsim.commands.run import progress_bar, warn_profile_host
-from engramsim.files import write_text_atomic
+from engramsim.files import check_output, write_text_atomic
 from engramsim.metrics import validated_metrics
 
 
@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         validate_scenario,
     )
 
+    if args.json_out is not None:
+        check_output(args.json_out)  # before any run
     profile = load_checked_profile(args.profile)  # a missing or corrupt profile: one line, exit 2, before any run
     require_backend(args.backend)
     scenarios = list(args.scenarios) or default_scenarios()

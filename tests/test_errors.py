@@ -1,0 +1,251 @@
+"""Every failure a user can cause ends as one stderr line naming the file and the field, exit 2,
+with nothing left behind; Ctrl-C and SIGTERM end with 130 and 143 and leave nothing either."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import yaml
+
+from engramsim.cli import main
+from engramsim.traces.format import Trace, save_trace
+
+TINY = {
+    "name": "tiny",
+    "model": {
+        "backbone": {"layers": 4, "hidden": 256, "intermediate": 512, "attention": {"heads": 4, "kv_heads": 2, "head_dim": 64},
+                     "vocab": 1000},
+        "engram": {"layers": [1], "heads": 2, "head_dim": 16, "rows_per_head": 1009, "hc_mult": 1},
+    },
+    "hardware": "h100-sxm",
+    "workload": {"trace": "cpython-docs", "requests": 4, "prompt_len": {"dist": "uniform", "low": 8, "high": 16},
+                 "output_len": {"dist": "uniform", "low": 2, "high": 4}},
+    "run": {"seed": 0},
+}
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _scenario(d: Path, **sections) -> str:
+    """tiny.yaml with `sections` replacing (not merging) its top-level sections."""
+    return str(_write(d / "tiny.yaml", yaml.safe_dump(TINY | sections)))
+
+
+def _run(d: Path, *sets: str, extra: tuple[str, ...] = ()) -> list[str]:
+    args = ["run", _scenario(d), "--out", str(d / "out"), "--quiet", *extra]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
+def _trace(d: Path, tokens: list[int], **meta) -> str:
+    path = d / "trace.npz"
+    save_trace(Trace.from_documents([np.array(tokens)], name="t", **meta), path)
+    return str(path)
+
+
+def _profile_with(d: Path, section: str, key: str, value) -> str:
+    data = yaml.safe_load((Path(__file__).parents[1] / "hardware" / "profiles" / "h100-sxm.yaml").read_text())
+    data[section][key] = value
+    return str(_write(d / "gpu.yaml", yaml.safe_dump(data)))
+
+
+class Case(NamedTuple):
+    args: Callable[[Path], list[str]]
+    expect: tuple[str, ...]  # substrings of the one error line: the file, the field, the problem
+
+
+def scenario_text(text: str) -> Callable[[Path], list[str]]:
+    return lambda d: ["run", str(_write(d / "s.yaml", text)), "--out", str(d / "out")]
+
+
+CASES: dict[str, Case] = {
+    # the scenario file
+    "missing scenario file": Case(lambda d: ["run", str(d / "nope.yaml")], ("nope.yaml", "no such scenario file")),
+    "scenario is a folder": Case(lambda d: ["run", str(d)], ("cannot read the scenario",)),
+    "invalid YAML": Case(scenario_text("name: [x\n"), ("s.yaml", "invalid YAML", "line")),
+    "empty scenario": Case(scenario_text(""), ("s.yaml", "empty")),
+    "top level is a list": Case(scenario_text("- a\n- b\n"), ("s.yaml", "mapping")),
+    "unknown key with a suggestion": Case(lambda d: _run(d, "workload.requets=4"), ("workload.requets", "did you mean 'requests'")),
+    "wrong type": Case(lambda d: _run(d, "workload.requests=many"), ("workload.requests", "integer", "'many'")),
+    "negative run seed": Case(lambda d: _run(d, "run.seed=-1"), ("run.seed", "greater than or equal to 0")),
+    "negative hashing seed": Case(lambda d: _run(d, "model.engram.seed=-3"), ("model.engram.seed", "greater than or equal to 0")),
+    "infinite Poisson rate": Case(lambda d: _run(d, "workload.arrival={kind: poisson, rate_per_s: .inf}"),
+                                  ("workload.arrival.rate_per_s", "finite")),
+    "NaN Poisson rate": Case(lambda d: _run(d, "workload.arrival={kind: poisson, rate_per_s: .nan}"),
+                             ("workload.arrival.rate_per_s", "finite")),
+    "name climbing out of runs/": Case(lambda d: _run(d, "name=../escape"), ("name", "one path component", "'../escape'")),
+    "name with a path separator": Case(lambda d: _run(d, "name=a/b"), ("name", "one path component")),
+    "Engram layer beyond the backbone": Case(lambda d: _run(d, "model.engram.layers=[9]"), ("model.engram.layers", "beyond")),
+    "prompt longer than a batch": Case(lambda d: _run(d, "workload.batching.max_num_batched_tokens=8"),
+                                       ("workload.prompt_len.high", "max_num_batched_tokens")),
+    "max_steps zero": Case(lambda d: _run(d, "run.max_steps=0"), ("run.max_steps", "greater than 0")),
+    "unknown plugin": Case(lambda d: _run(d, "strategies.cache=lru2"), ("strategies.cache.name", "unknown cache plugin")),
+    "bad plugin params": Case(lambda d: _run(d, "strategies.prefetch.params.lead_blocks=-1"),
+                              ("strategies.prefetch.params.lead_blocks", "layer-ahead")),
+    "infinite plugin param": Case(lambda d: _run(d, "strategies.prefetch.params.lead_blocks=.inf"),
+                                  ("strategies.prefetch.params.lead_blocks",)),
+    "--set without a value": Case(lambda d: _run(d, "workload"), ("expected KEY.PATH=VALUE",)),
+    "--set of an unknown key": Case(lambda d: _run(d, "workload.nope=1"), ("workload.nope", "unknown key")),
+    # files the scenario names
+    "unknown hardware profile": Case(lambda d: _run(d, "hardware.profile=h900"), ("tiny.yaml", "hardware", "h900")),
+    "unknown link": Case(lambda d: _run(d, "hardware.link=pcie-gen9"), ("tiny.yaml", "hardware", "pcie-gen9")),
+    "profile YAML with an unknown field": Case(lambda d: _run(d, f"hardware.profile={_profile_with(d, 'gpu', 'warp', 1)}"),
+                                               ("gpu.yaml", "warp")),
+    "profile YAML with an infinite bandwidth": Case(lambda d: _run(d, f"hardware.profile={_profile_with(d, 'gpu', 'hbm_gbps', float('inf'))}"),
+                                                    ("gpu.yaml", "gpu.hbm_gbps", "finite")),
+    "missing trace": Case(lambda d: _run(d, f"workload.trace={d / 'none.npz'}"), ("tiny.yaml", "workload.trace", "none.npz")),
+    "corrupt trace": Case(lambda d: _run(d, f"workload.trace={_write(d / 'bad.npz', 'not a zip')}"), ("workload.trace", "bad.npz")),
+    "trace outside the tokenizer's vocabulary": Case(lambda d: _run(d, f"workload.trace={_trace(d, [5, 7, 10_000_000] * 20)}"),
+                                                      ("workload.trace", "token id 10000000", "outside")),
+    "compressed trace outside the compressed vocabulary": Case(
+        lambda d: _run(d, f"workload.trace={_trace(d, [5, 7, 120_000] * 20, tokenizer=None)}"), ("workload.trace", "token id 120000")),
+    "trace shorter than a request": Case(lambda d: _run(d, f"workload.trace={_trace(d, [5, 7, 9, 11])}"),
+                                         ("workload.trace", "4 tokens", "wrap_trace")),
+    "missing tokenizer": Case(lambda d: _run(d, f"model.engram.tokenizer={d / 'tok.json'}"),
+                              ("tiny.yaml", "model.engram.tokenizer", "tok.json")),
+    # capacities
+    "tables larger than host DRAM": Case(lambda d: _run(d, "model.engram.rows_per_head=100000000000"),
+                                         ("tiny.yaml", "strategies.placement", "host DRAM")),
+    "tables larger than HBM": Case(lambda d: _run(d, "model.engram.rows_per_head=1000000000", "strategies.placement=all-hbm"),
+                                   ("tiny.yaml", "HBM")),
+    # the output folder
+    "--out is a file": Case(lambda d: ["run", _scenario(d), "--out", str(_write(d / "f", ""))], ("f", "not a folder")),
+    "--out under a file": Case(lambda d: ["run", _scenario(d), "--out", str(_write(d / "f", "") / "sub")], ("f/sub", "is not a folder")),
+    "--out that cannot be created": Case(lambda d: ["run", _scenario(d), "--out", "/proc/engramsim-run"], ("/proc/engramsim-run",)),
+    "--out exists": Case(lambda d: ["run", _scenario(d), "--out", str(d)], ("run folder exists", "--force")),
+    "check: --out exists": Case(lambda d: ["check", _scenario(d), "--out", str(d)], ("run folder exists",)),
+    "check: table too large": Case(lambda d: ["check", _scenario(d), "--set", "model.engram.rows_per_head=100000000000"],
+                                   ("strategies.placement",)),
+    "check: missing trace": Case(lambda d: ["check", _scenario(d), "--set", "workload.trace=nope"], ("workload.trace", "nope")),
+    # other commands
+    "hash --out is a folder": Case(lambda d: ["hash", "--text", _scenario(d), "--out", str(d)], ("is a folder",)),
+    "hash --out under a file": Case(lambda d: ["hash", "--text", _scenario(d), "--out", str(_write(d / "f", "") / "x.npz")],
+                                    ("f/x.npz", "not a folder")),
+    "hash --text missing": Case(lambda d: ["hash", "--text", str(d / "none.txt"), "--out", str(d / "x.npz")], ("none.txt",)),
+    "schema --out is a folder": Case(lambda d: ["schema", "--out", str(d)], ("is a folder",)),
+    "trace stats of an unknown trace": Case(lambda d: ["trace", "stats", "nope"], ("nope", "no shipped trace")),
+    "validate with a missing profile": Case(lambda d: ["validate", "--backend", "cpu", "--profile", str(d / "p.yaml")], ("p.yaml",)),
+    "calibrate --out is not YAML": Case(lambda d: ["calibrate", "--backend", "cpu", "--out", str(d)], ("--out", ".yaml")),
+    "calibrate --out under a file": Case(lambda d: ["calibrate", "--backend", "cpu", "--out", str(_write(d / "f", "") / "p.yaml")],
+                                         ("f/p.yaml", "not a folder")),
+    "validate --json is a folder": Case(lambda d: ["validate", "--backend", "cpu", "--profile", str(d / "p.yaml"), "--json", str(d)],
+                                        ("is a folder",)),
+    "trace build --out under a file": Case(lambda d: ["trace", "build", "--text", _scenario(d), "--out", str(_write(d / "f", "") / "t.npz")],
+                                           ("f/t.npz", "not a folder")),
+    "diff of a missing file": Case(lambda d: ["diff", str(d / "a.json"), str(d / "b.json")], ("a.json", "cannot read")),
+    "diff of a non-JSON file": Case(lambda d: ["diff", _scenario(d), _scenario(d)], ("tiny.yaml", "JSON")),
+    "unknown flag": Case(lambda d: ["run", "--bogus"], ("unrecognized arguments: --bogus",)),
+}
+
+
+def _snapshot(d: Path) -> set[Path]:
+    return set(d.rglob("*"))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_one_line_exit_2_and_nothing_left_behind(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    case = CASES[name]
+    args = case.args(tmp_path)
+    before = _snapshot(tmp_path)
+    rc = main(args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("engramsim"), err
+    assert "Traceback" not in err
+    for part in case.expect:
+        assert part in err, f"{part!r} not in {err!r}"
+    assert _snapshot(tmp_path) == before, "output left behind"
+
+
+def test_the_table_covers_at_least_forty_cases():
+    assert len(CASES) >= 40
+
+
+def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["run", _scenario(tmp_path), "--backend", "cuda", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run.backend" in err and "no CUDA GPU" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_force_replaces_a_run_folder_whole(tmp_path):
+    out = tmp_path / "out"
+    assert main(_run(tmp_path)) == 0
+    (out / "stale.txt").write_text("from an earlier configuration")
+    assert main(_run(tmp_path, extra=("--force",))) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["plot.png", "results.json", "steps.csv", "timeline.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.yaml"], "no staging folder left beside it"
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        assert main(_run(tmp_path)) == 0
+    finally:
+        os.umask(previous)
+    out = tmp_path / "out"
+    assert out.stat().st_mode & 0o777 == 0o750
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o640}
+
+
+def test_check_passes_what_run_accepts_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    assert main(["check", _scenario(tmp_path)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert _snapshot(tmp_path) - before == {tmp_path / "tiny.yaml"}
+
+
+def test_version(capsys):
+    from engramsim import __version__
+
+    assert main(["--version"]) == 0
+    assert __version__ in capsys.readouterr().out
+
+
+SLOW = """name: slow
+model:
+  engram: {layers: [1], heads: 8, head_dim: 80, rows_per_head: 646400, hc_mult: 1}
+hardware: h100-sxm
+workload: {requests: 2000, prompt_len: {dist: fixed, value: 32}, output_len: {dist: fixed, value: 64}, batching: {max_num_seqs: 4}}
+"""
+
+
+@pytest.mark.parametrize(("sig", "rc", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_mid_run_leaves_nothing(sig, rc, word, tmp_path):
+    scenario = _write(tmp_path / "slow.yaml", SLOW)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "engramsim", "run", str(scenario), "--out", str(out), "--quiet"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):  # the run has claimed its folder
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)  # into preparing or simulating
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == rc, err
+    assert err.strip().splitlines() == [f"engramsim: {word}"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.yaml"]
+
+
+def test_a_short_trace_runs_when_the_scenario_asks_to_wrap_it(tmp_path):
+    trace = _trace(tmp_path, [5, 7, 9, 11])
+    assert main(_run(tmp_path, f"workload.trace={trace}", "workload.wrap_trace=true")) == 0
