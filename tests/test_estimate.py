@@ -16,22 +16,9 @@ from engramsim.errors import InputError
 from engramsim.estimate import estimate_real_run, preflight_real, pricing_profile
 from engramsim.scenario_io import load_scenario
 from engramsim.session import ALL_HBM, prepare
+from tests.test_backends import TINY
 
-TINY = """
-name: tiny
-model:
-  backbone: {layers: 4, hidden: 256, intermediate: 688, attention: {heads: 4, kv_heads: 2, head_dim: 64}, vocab: 4096, dtype: fp32}
-  engram: {layers: [1, 2], rows_per_head: 100000, head_dim: 64, hc_mult: 2}
-hardware: h100-pcie
-workload:
-  trace: english-prose
-  requests: 6
-  prompt_len: {dist: uniform, low: 32, high: 96}
-  output_len: {dist: uniform, low: 4, high: 12}
-  batching: {max_num_seqs: 4, max_num_batched_tokens: 512}
-strategies: {prefetch: layer-ahead, transport: staged}
-run: {seed: 1}
-"""
+TWO_LAYERS = ["model.engram.layers=[1, 2]", "model.engram.rows_per_head=100000"]  # test_backends' TINY with two layers
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +30,7 @@ def no_machine_profiles(tmp_path, monkeypatch):
 def _prepared(tmp_path: Path, overrides: list[str] = ()):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY)
-    return prepare(load_scenario(path, [*overrides, "run.backend=cpu"]), str(path))
+    return prepare(load_scenario(path, [*TWO_LAYERS, *overrides, "run.backend=cpu"]), str(path))
 
 
 def held(session) -> dict[str, list]:
