@@ -20,6 +20,7 @@ in the top layer because it needs both the simulator and the real backend's allo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -214,9 +215,10 @@ def workload_bytes(prepared: Prepared) -> int:
     return sum(a.nbytes for a in arrays) + min(MEMO_BYTES, lookups)
 
 
-def preflight_real(prepared: Prepared, backend: str, yes: bool) -> str:
+def preflight_real(prepared: Prepared, backend: str, yes: bool, ask: Callable[[str], bool] | None = None) -> str:
     """The estimate's line for the user; InputError (one line, naming the field to change) when the
-    run does not fit in memory, or takes longer than MAX_WALL_S and `yes` is False."""
+    run does not fit in memory, or takes longer than MAX_WALL_S and neither `yes` nor `ask(line)`
+    (a terminal's prompt) says to go ahead."""
     estimate = estimate_real_run(prepared, backend)
     text = estimate.text()
     fp = estimate.footprint
@@ -229,7 +231,7 @@ def preflight_real(prepared: Prepared, backend: str, yes: bool) -> str:
         places = [("host memory", fp.host, host), ("GPU memory", fp.device, torch.cuda.mem_get_info()[0])]
     for where, items, available in places:
         memory.check_fits(prepared.source, where, items, available, fp.field_of(items))
-    if estimate.wall_s > MAX_WALL_S and not yes:
+    if estimate.wall_s > MAX_WALL_S and not yes and not (ask and ask(text)):
         wall = {**estimate.setup, **estimate.passes}
         field = estimate.footprint.fields.get(max(wall, key=wall.__getitem__), "workload.requests")
         raise InputError(prepared.source, f"{text}; that is over {MAX_WALL_S / 60:.0f} min: pass --yes to run it anyway",

@@ -93,6 +93,11 @@ def test_a_long_run_needs_yes(tmp_path, monkeypatch):
     assert err.value.field  # what to change
     text = preflight_real(prepared, "cpu", yes=True)
     assert text.startswith("cpu run of 'tiny': ~") and "GiB memory" in text and "default-cpu (uncalibrated" in text
+    asked: list[str] = []
+    with pytest.raises(InputError):
+        preflight_real(prepared, "cpu", yes=False, ask=lambda line: asked.append(line) is not None)  # answered no
+    assert preflight_real(prepared, "cpu", yes=False, ask=lambda line: True) == text, "a terminal's yes runs it"
+    assert asked == [text], "the prompt shows the estimate"
 
 
 def test_a_short_run_needs_no_yes(tmp_path):

@@ -9,6 +9,8 @@ run, what it will cost in time and memory (engramsim/estimate.py).
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -64,8 +66,9 @@ def target(args: argparse.Namespace) -> Target:
     return Target(scenario, str(path), out_dir)
 
 
-def ready(args: argparse.Namespace, where: Target, console: Console) -> Ready:
-    """The checks that need the scenario's files and the machine: GPU, `prepare`, a real run's cost."""
+def ready(args: argparse.Namespace, where: Target, console: Console, ask: Callable[[str], bool] | None = None) -> Ready:
+    """The checks that need the scenario's files and the machine: GPU, `prepare`, a real run's cost
+    (`ask`: asked whether to go ahead with a long real run; without it, a long run needs --yes)."""
     scenario = where.scenario
     backend = scenario.run.backend
     if backend == "cuda":  # before the workload is built: no GPU, no work
@@ -78,5 +81,17 @@ def ready(args: argparse.Namespace, where: Target, console: Console) -> Ready:
     if backend != "sim":
         from engramsim.estimate import preflight_real
 
-        estimate = preflight_real(prepared, backend, args.yes)
+        estimate = preflight_real(prepared, backend, args.yes, ask)
     return Ready(prepared, where.out_dir, estimate)
+
+
+def ask_on_terminal(console: Console) -> Callable[[str], bool] | None:
+    """On a terminal, a long real run asks before it starts; elsewhere (scripts, CI) it needs --yes."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def ask(estimate: str) -> bool:
+        answer = console.input(f"{estimate}\nthat is a long run; run it anyway? [y/N] ", markup=False)
+        return answer.strip().lower() in ("y", "yes")
+
+    return ask

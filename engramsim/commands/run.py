@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from engramsim.commands.preflight import add_preflight_args, ready, target
+from engramsim.commands.preflight import add_preflight_args, ask_on_terminal, ready, target
 from engramsim.files import staged_folder
 from engramsim.hardware.profile import HardwareProfile
 from engramsim.metrics import GROUPS, in_group
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     where = target(args)
     with staged_folder(where.out_dir, force=args.force) as staging:  # claimed now: an unwritable --out fails at once
-        checked = ready(args, where, console)
+        checked = ready(args, where, console, ask_on_terminal(Console(stderr=True, highlight=False)))
         prepared = checked.prepared
         backend = prepared.scenario.run.backend
         if checked.estimate and not args.quiet:
