@@ -95,11 +95,11 @@ fi
 SHRINK=(--set workload.requests=64 --set workload.output_len.high=256 --set model.engram.rows_per_head=8000000)
 for transport in staged zero-copy; do
   step "paper-table4-4b $transport" 150 "$OUT/paper4b.log" "${ES[@]}" run scenarios/paper-table4-4b.yaml --backend cuda \
-    "${SHRINK[@]}" --set "strategies.transport=$transport" --out "/tmp/paper4b-$transport"
+    "${SHRINK[@]}" --set "strategies.transport=$transport" --out "/tmp/paper4b-$transport" --force --yes
   if [ -f "$OUT/h200.yaml" ]; then  # the same scenario simulated on the calibrated profile, for comparison
     step "paper-table4-4b $transport (sim on h200.yaml)" 60 "$OUT/paper4b.log" "${ES[@]}" run scenarios/paper-table4-4b.yaml \
       "${SHRINK[@]}" --set "strategies.transport=$transport" --set "hardware.profile=$OUT/h200.yaml" \
-      --out "/tmp/paper4b-$transport-sim"
+      --out "/tmp/paper4b-$transport-sim" --force
     "${ES[@]}" diff "/tmp/paper4b-$transport-sim/results.json" "/tmp/paper4b-$transport/results.json" 2>&1 \
       | grep -E "metric|throughput|step_latency|stall|overhead" | tee -a "$OUT/paper4b.log" >/dev/null
   fi
