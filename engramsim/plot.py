@@ -31,7 +31,10 @@ def plot_labels(document: dict[str, Any]) -> PlotLabels:
     or measured seconds) of a results document."""
     scenario, hardware, backend = document["scenario"], document["hardware"], document["backend"]
     strategies = ", ".join(f"{kind} {_choice(choice)}" for kind, choice in scenario["strategies"].items())
-    title = f"{scenario['name']} ({backend}) on {hardware['name']}: {hardware['gpu']['name']}, {hardware['link']['name']}"
+    if backend == "cpu":  # measured here: the scenario's GPU and link played no part
+        title = f"{scenario['name']} (cpu): measured on this machine's CPU, tables and fetches in host memory"
+    else:
+        title = f"{scenario['name']} ({backend}) on {hardware['name']}: {hardware['gpu']['name']}, {hardware['link']['name']}"
     return PlotLabels(title=f"{title}\n{textwrap.fill(strategies, 120)}",
                       time_axis="simulated time (s)" if backend == "sim" else "measured time (s)")
 

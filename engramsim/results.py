@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from engramsim import __version__
+from engramsim.errors import InputError
 from engramsim.files import atomic_path, write_text_atomic
 from engramsim.metrics import LAYER_COUNTS, MetricContext, per_layer, registered
 from engramsim.plot import write_plot
@@ -117,12 +118,33 @@ def timeline_json(spans: Iterable[Span], title: str, counters: list[dict[str, An
     return json.dumps({"traceEvents": events, "displayTimeUnit": "ms", **document}, separators=(",", ":"))
 
 
+def results_json(document: dict, path: Path) -> str:
+    """results.json's text: standard JSON only, so a value no run should produce (an infinite
+    makespan from an extreme profile) is refused, naming the first such key, not written."""
+    try:
+        return json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError:
+        raise InputError(path, "is not finite (NaN or Infinity): a scenario or profile value is too extreme for this run",
+                         field=_first_non_finite(document)) from None
+
+
+def _first_non_finite(value: Any, where: str = "") -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in sorted(items, key=lambda kv: str(kv[0])):
+        found = _first_non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def write_results(out_dir: Path, document: dict, outcome: RunOutcome, baseline: RunOutcome | None,
                   no_engram: RunOutcome | None, outputs, counters: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write every requested file atomically; return their paths. `counters`: see `timeline_json`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "results.json"]
-    write_text_atomic(written[0], json.dumps(document, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(written[0], results_json(document, written[0]))
     if outputs.steps_csv:
         written.append(out_dir / "steps.csv")
         with atomic_path(written[-1]) as tmp, open(tmp, "w", encoding="utf-8") as fh:

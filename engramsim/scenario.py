@@ -6,9 +6,9 @@ into an InputError naming the file, the field path, the bad value and what was e
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # one path component: no '/', no '..', no leading '.' or '-'
@@ -32,16 +32,16 @@ class Strict(BaseModel):
 
 
 class Attention(Strict):
-    heads: PositiveInt = 32
-    kv_heads: PositiveInt = 8
-    head_dim: PositiveInt = 128
+    heads: PositiveInt = Field(default=32, le=1024)
+    kv_heads: PositiveInt = Field(default=8, le=1024)
+    head_dim: PositiveInt = Field(default=128, le=4096)
 
 
 class MoE(Strict):
-    experts: PositiveInt
-    top_k: PositiveInt
+    experts: PositiveInt = Field(le=65536)
+    top_k: PositiveInt = Field(le=65536)
     shared_experts: NonNegativeInt = 0
-    expert_intermediate: PositiveInt
+    expert_intermediate: PositiveInt = Field(le=1 << 22)
     dense_layers: NonNegativeInt = Field(default=1, description="the first N blocks use the dense MLP")
 
     @model_validator(mode="after")
@@ -52,25 +52,26 @@ class MoE(Strict):
 
 
 class Backbone(Strict):
-    layers: PositiveInt = 30
-    hidden: PositiveInt = 2560
-    intermediate: PositiveInt = Field(default=6912, description="dense (SwiGLU) MLP width")
+    layers: PositiveInt = Field(default=30, le=1000)
+    hidden: PositiveInt = Field(default=2560, le=1 << 20)
+    intermediate: PositiveInt = Field(default=6912, le=1 << 22, description="dense (SwiGLU) MLP width")
     attention: Attention = Attention()
     moe: MoE | None = None
-    vocab: PositiveInt = 129280
+    vocab: PositiveInt = Field(default=129280, le=1 << 24)
     dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
 
 
 class Engram(Strict):
     layers: list[NonNegativeInt] = Field(default_factory=lambda: [1], min_length=1, description="0-based block ids")
-    max_ngram: int = Field(default=3, ge=2)
-    heads: PositiveInt = Field(default=8, description="heads per n-gram order")
-    head_dim: PositiveInt = 80
-    rows_per_head: list[PositiveInt] = Field(default_factory=lambda: [2_262_400], description="one value, or one per order 2..max_ngram")
+    max_ngram: int = Field(default=3, ge=2, le=8)
+    heads: PositiveInt = Field(default=8, le=256, description="heads per n-gram order")
+    head_dim: PositiveInt = Field(default=80, le=1024)
+    rows_per_head: list[Annotated[int, Field(gt=0, le=1 << 36)]] = Field(
+        default_factory=lambda: [2_262_400], description="one value, or one per order 2..max_ngram")
     dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
-    hc_mult: PositiveInt = Field(default=4, description="mHC branches")
-    kernel_size: PositiveInt = 4
-    seed: NonNegativeInt = 0
+    hc_mult: PositiveInt = Field(default=4, le=64, description="mHC branches")
+    kernel_size: PositiveInt = Field(default=4, le=64)
+    seed: NonNegativeInt = Field(default=0, le=(1 << 32) - 1)
     tokenizer: str | None = Field(default=None, description="tokenizer.json path; default: the DeepSeek V4 tokenizer")
 
     @field_validator("rows_per_head", mode="before")
@@ -141,9 +142,9 @@ class Hardware(Strict):
 
 class Distribution(Strict):
     dist: Literal["uniform", "fixed"] = "uniform"
-    low: PositiveInt | None = None
-    high: PositiveInt | None = None
-    value: PositiveInt | None = None
+    low: PositiveInt | None = Field(default=None, le=1 << 24)
+    high: PositiveInt | None = Field(default=None, le=1 << 24)
+    value: PositiveInt | None = Field(default=None, le=1 << 24)
 
     @model_validator(mode="after")
     def _complete(self) -> Distribution:
@@ -163,7 +164,7 @@ class Distribution(Strict):
 
 class Arrival(Strict):
     kind: Literal["offline", "poisson"] = Field(default="offline", description="offline: every request waits at t=0")
-    rate_per_s: PositiveFloat | None = None
+    rate_per_s: float | None = Field(default=None, ge=1e-6, le=1e9, description="requests per second")
 
     @model_validator(mode="after")
     def _rate(self) -> Arrival:
@@ -173,13 +174,13 @@ class Arrival(Strict):
 
 
 class Batching(Strict):
-    max_num_seqs: PositiveInt = 512
-    max_num_batched_tokens: PositiveInt = 16384
+    max_num_seqs: PositiveInt = Field(default=512, le=1 << 20)
+    max_num_batched_tokens: PositiveInt = Field(default=16384, le=1 << 24)
 
 
 class Workload(Strict):
     trace: str = Field(default="cpython-docs", description="shipped trace name or .npz path")
-    requests: PositiveInt = 64
+    requests: PositiveInt = Field(default=64, le=100_000_000)
     prompt_len: Distribution = Distribution(dist="uniform", low=100, high=1024)
     output_len: Distribution = Distribution(dist="uniform", low=100, high=1024)
     arrival: Arrival = Arrival()
@@ -224,8 +225,8 @@ class Outputs(Strict):
 
 class Run(Strict):
     backend: Literal["sim", "cpu", "cuda"] = "sim"
-    seed: NonNegativeInt = 0
-    max_steps: PositiveInt | None = Field(default=None, description="stop after this many steps")
+    seed: NonNegativeInt = Field(default=0, le=(1 << 32) - 1)
+    max_steps: PositiveInt | None = Field(default=None, le=(1 << 31) - 1, description="stop after this many steps")
     baseline: bool = Field(default=True, description="also simulate all tables in HBM, for the overhead")
     outputs: Outputs = Outputs()
 

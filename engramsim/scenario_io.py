@@ -39,6 +39,8 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InputError(path, f"invalid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise InputError(path, "invalid YAML: nested too deeply") from None
     return scenario_from_dict(data, source=str(path), overrides=overrides)
 
 

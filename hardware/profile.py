@@ -6,7 +6,13 @@ calibrate`) has the same fields plus the residuals of its fit, so predictions ca
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+
+Physical = Annotated[float, Field(ge=1e-9, le=1e12)]
+"""A rate or capacity: positive and within what any machine has, so an extreme value cannot make
+every time in the results infinite or zero."""
 
 
 class _Strict(BaseModel):
@@ -24,9 +30,9 @@ class Provenance(_Strict):
 
 class GPU(_Strict):
     name: str
-    bf16_tflops: PositiveFloat = Field(description="dense bf16 peak, TFLOP/s")
-    hbm_gbps: PositiveFloat = Field(description="HBM bandwidth peak, GB/s")
-    hbm_gib: PositiveFloat = Field(description="HBM capacity, GiB")
+    bf16_tflops: Physical = Field(description="dense bf16 peak, TFLOP/s")
+    hbm_gbps: Physical = Field(description="HBM bandwidth peak, GB/s")
+    hbm_gib: Physical = Field(description="HBM capacity, GiB")
     compute_efficiency: float = Field(gt=0, le=1, description="achieved fraction of bf16 peak on large GEMMs")
     memory_efficiency: float = Field(gt=0, le=1, description="achieved fraction of HBM peak on streaming reads")
     layer_overhead_us: NonNegativeFloat = Field(description="fixed cost of one block per step (launches, norms, small kernels), us")
@@ -42,19 +48,19 @@ class GPU(_Strict):
 
 class Link(_Strict):
     name: str
-    h2d_gbps: PositiveFloat = Field(description="achieved host-to-device DMA bandwidth, GB/s")
-    d2h_gbps: PositiveFloat = Field(description="achieved device-to-host DMA bandwidth, GB/s")
+    h2d_gbps: Physical = Field(description="achieved host-to-device DMA bandwidth, GB/s")
+    d2h_gbps: Physical = Field(description="achieved device-to-host DMA bandwidth, GB/s")
     dma_latency_us: NonNegativeFloat = Field(description="fixed cost of one async copy, us")
-    zero_copy_gbps: PositiveFloat = Field(description="bandwidth a GPU gather kernel reaches reading pinned host memory, GB/s")
+    zero_copy_gbps: Physical = Field(description="bandwidth a GPU gather kernel reaches reading pinned host memory, GB/s")
     zero_copy_latency_us: NonNegativeFloat = Field(description="launch + first round trip of a zero-copy gather, us")
     transaction_bytes: PositiveInt = Field(128, description="zero-copy reads are rounded up to this many bytes")
 
 
 class Host(_Strict):
     name: str
-    dram_gbps: PositiveFloat = Field(description="achievable DRAM bandwidth, GB/s")
-    dram_gib: PositiveFloat = Field(description="host memory that may hold tables, GiB")
-    gather_rows_per_s: PositiveFloat = Field(description="random-row gather rate of one CPU thread, rows/s")
+    dram_gbps: Physical = Field(description="achievable DRAM bandwidth, GB/s")
+    dram_gib: Physical = Field(description="host memory that may hold tables, GiB")
+    gather_rows_per_s: Physical = Field(description="random-row gather rate of one CPU thread, rows/s")
     gather_threads: PositiveInt = Field(description="CPU threads the staged transport gathers with")
     gather_overhead_us: NonNegativeFloat = Field(description="fixed cost of one gather call, us")
 

@@ -11,6 +11,7 @@ import pytest
 
 from engramsim.cli import main
 from engramsim.commands.diff import metric_rows
+from engramsim.results import SCHEMA_VERSION
 
 SUMMARY = {"throughput_tok_s": 1000.0, "overhead_pct": 1e-12, "engram_stall_ms_total": 1e-12, "pcie_bytes": 7_184_160,
            "rows_speculative": 0, "makespan_s": 0.965, "seed": 0}
@@ -32,7 +33,7 @@ def columns(monkeypatch):
 
 def write(tmp_path: Path, name: str, doc: dict) -> str:
     path = tmp_path / name
-    path.write_text(json.dumps(doc))
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION} | doc))
     return str(path)
 
 
@@ -72,7 +73,7 @@ def test_a_near_zero_reference_gives_the_difference_not_a_giant_percentage(tmp_p
     assert rows["engram_stall_ms_total"].pct is None and rows["engram_stall_ms_total"].change() == "+4.944"
     assert rows["overhead_pct"].change() == "+0.510 pp", "a percentage changes by percentage points"
     assert rows["rows_speculative"].pct is None and rows["rows_speculative"].change() == "+5", "from zero"
-    assert rows["seed"].change() == "="
+    assert "summary.seed" not in rows, "the seed is a scenario field, not a metric"
     noise = SUMMARY | {"overhead_pct": -2.5e-13}
     assert not {row.key: row for row in metric_rows({"summary": SUMMARY}, {"summary": noise})}["summary.overhead_pct"].differs
     assert main(["diff", write(tmp_path, "a.json", {"summary": SUMMARY}), write(tmp_path, "b.json", {"summary": other})]) == 0

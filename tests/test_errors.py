@@ -91,6 +91,10 @@ CASES: dict[str, Case] = {
     "Engram layer beyond the backbone": Case(lambda d: _run(d, "model.engram.layers=[9]"), ("model.engram.layers", "beyond")),
     "prompt longer than a batch": Case(lambda d: _run(d, "workload.batching.max_num_batched_tokens=8"),
                                        ("workload.prompt_len.high", "max_num_batched_tokens")),
+    "a size past any machine": Case(lambda d: _run(d, "model.engram.rows_per_head=4611686018427387904"),
+                                    ("model.engram.rows_per_head[0]", "less than or equal to")),
+    "a profile rate too small to be real": Case(lambda d: _run(d, f"hardware.profile={_profile_with(d, 'gpu', 'bf16_tflops', 1e-300)}"),
+                                                ("gpu.yaml", "gpu.bf16_tflops", "greater than or equal to 0.000000001")),
     "max_steps zero": Case(lambda d: _run(d, "run.max_steps=0"), ("run.max_steps", "greater than 0")),
     "unknown plugin": Case(lambda d: _run(d, "strategies.cache=lru2"), ("strategies.cache.name", "unknown cache plugin")),
     "bad plugin params": Case(lambda d: _run(d, "strategies.prefetch.params.lead_blocks=-1"),
@@ -117,7 +121,7 @@ CASES: dict[str, Case] = {
     "missing tokenizer": Case(lambda d: _run(d, f"model.engram.tokenizer={d / 'tok.json'}"),
                               ("tiny.yaml", "model.engram.tokenizer", "tok.json")),
     # capacities
-    "tables larger than host DRAM": Case(lambda d: _run(d, "model.engram.rows_per_head=100000000000"),
+    "tables larger than host DRAM": Case(lambda d: _run(d, "model.engram.rows_per_head=20000000000"),
                                          ("tiny.yaml", "strategies.placement", "host DRAM")),
     "tables larger than HBM": Case(lambda d: _run(d, "model.engram.rows_per_head=1000000000", "strategies.placement=all-hbm"),
                                    ("tiny.yaml", "HBM")),
@@ -127,13 +131,18 @@ CASES: dict[str, Case] = {
     "--out that cannot be created": Case(lambda d: ["run", _scenario(d), "--out", "/proc/engramsim-run"], ("/proc/engramsim-run",)),
     "--out exists": Case(lambda d: ["run", _scenario(d), "--out", str(d)], ("run folder exists", "--force")),
     "check: --out exists": Case(lambda d: ["check", _scenario(d), "--out", str(d)], ("run folder exists",)),
-    "check: table too large": Case(lambda d: ["check", _scenario(d), "--set", "model.engram.rows_per_head=100000000000"],
+    "check: table too large": Case(lambda d: ["check", _scenario(d), "--set", "model.engram.rows_per_head=20000000000"],
                                    ("strategies.placement",)),
     "check: missing trace": Case(lambda d: ["check", _scenario(d), "--set", "workload.trace=nope"], ("workload.trace", "nope")),
     # other commands
     "hash --out is a folder": Case(lambda d: ["hash", "--text", _scenario(d), "--out", str(d)], ("is a folder",)),
     "hash --out under a file": Case(lambda d: ["hash", "--text", _scenario(d), "--out", str(_write(d / "f", "") / "x.npz")],
                                     ("f/x.npz", "not a folder")),
+    "hash --out is its own input": Case(lambda d: ["hash", "--text", _scenario(d), "--out", str(d / "tiny.yaml")],
+                                        ("tiny.yaml", "also an input")),
+    "hash with a negative seed": Case(lambda d: ["hash", "--text", _scenario(d), "--seed", "-1", "--out", str(d / "x.npz")],
+                                      ("--seed", "non-negative")),
+    "YAML nested too deeply": Case(scenario_text("[" * 5000), ("s.yaml", "nested too deeply")),
     "hash --text missing": Case(lambda d: ["hash", "--text", str(d / "none.txt"), "--out", str(d / "x.npz")], ("none.txt",)),
     "schema --out is a folder": Case(lambda d: ["schema", "--out", str(d)], ("is a folder",)),
     "trace stats of an unknown trace": Case(lambda d: ["trace", "stats", "nope"], ("nope", "no shipped trace")),
@@ -185,6 +194,19 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_force_replaces_run_folders_only(tmp_path, monkeypatch, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    scenario = _write(inputs / "tiny.yaml", yaml.safe_dump(TINY))
+    assert main(["run", str(scenario), "--out", str(inputs), "--force"]) == 2
+    assert "holds no results.json" in capsys.readouterr().err
+    monkeypatch.chdir(inputs)
+    for here in (".", ".."):
+        assert main(["run", str(scenario), "--out", here, "--force"]) == 2
+        assert "current folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["inputs", "tiny.yaml"], "nothing replaced, nothing left"
+
+
 def test_force_replaces_a_run_folder_whole(tmp_path):
     out = tmp_path / "out"
     assert main(_run(tmp_path)) == 0
@@ -195,11 +217,9 @@ def test_force_replaces_a_run_folder_whole(tmp_path):
 
 
 def test_outputs_follow_the_umask(tmp_path):
-    previous = os.umask(0o027)
-    try:
-        assert main(_run(tmp_path)) == 0
-    finally:
-        os.umask(previous)
+    args = [sys.executable, "-m", "engramsim", *_run(tmp_path)]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, preexec_fn=lambda: os.umask(0o027))
+    assert done.returncode == 0, done.stderr
     out = tmp_path / "out"
     assert out.stat().st_mode & 0o777 == 0o750
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o640}
@@ -228,7 +248,8 @@ workload: {requests: 2000, prompt_len: {dist: fixed, value: 32}, output_len: {di
 """
 
 
-@pytest.mark.parametrize(("sig", "rc", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize(("sig", "rc", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated"),
+                                                   (signal.SIGHUP, 129, "hung up")])
 def test_a_signal_mid_run_leaves_nothing(sig, rc, word, tmp_path):
     scenario = _write(tmp_path / "slow.yaml", SLOW)
     out = tmp_path / "out"

@@ -53,7 +53,10 @@ def test_the_difference_pairs_steps_that_did_the_same_work():
 def test_the_time_axis_says_whose_clock_it_is(backend, axis):
     labels = plot_labels(document(backend))
     assert labels.time_axis == axis
-    assert f"small ({backend}) on h100-sxm: H100 SXM5 80GB, PCIe Gen5 x16" in labels.title
+    if backend == "cpu":
+        assert "small (cpu): measured on this machine's CPU" in labels.title and "PCIe" not in labels.title
+    else:
+        assert f"small ({backend}) on h100-sxm: H100 SXM5 80GB, PCIe Gen5 x16" in labels.title
     assert "placement all-host, prefetch layer-ahead (lead_blocks=2)" in labels.title
 
 

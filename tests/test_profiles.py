@@ -133,7 +133,7 @@ def test_top_level_must_be_a_mapping(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "field", "words"),
     [
-        (lambda d: d["gpu"].update(bf16_tflops=-1), "gpu.bf16_tflops", "greater than 0"),
+        (lambda d: d["gpu"].update(bf16_tflops=-1), "gpu.bf16_tflops", "greater than or equal to 0.000000001"),
         (lambda d: d["gpu"].update(compute_efficiency=1.5), "gpu.compute_efficiency", "less than or equal to 1"),
         (lambda d: d["host"].update(gather_threads="many"), "host.gather_threads", "'many'"),
         (lambda d: d["gpu"].update(tflops=1), "gpu.tflops", "unknown key"),

@@ -25,6 +25,7 @@ from rich.text import Text
 
 from engramsim.errors import InputError
 from engramsim.metrics import Metric, Value, registered
+from engramsim.results import SCHEMA_VERSION
 
 RELATIVE_FLOOR_UNITS = 10  # "ten units" above: the reference prints with at least two significant digits
 PROSE = ("description", "source")  # scenario and profile fields of free text
@@ -62,6 +63,9 @@ def load_results(path: Path) -> dict[str, Any]:
     layers = doc.get("per_layer", [])
     if not isinstance(layers, list) or not all(isinstance(layer, dict) and _number(layer.get("layer")) for layer in layers):
         raise InputError(path, "expected a list of objects with a numeric 'layer'", field="per_layer")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(path, f"results schema version {doc.get('schema_version')!r}; this engramsim reads version {SCHEMA_VERSION} "
+                         "(rerun the scenario to compare)", field="schema_version")
     return doc
 
 
@@ -129,7 +133,7 @@ def _number(v: Any) -> bool:
 
 
 def _flatten(doc: dict[str, Any]) -> dict[str, int | float]:
-    out = {f"summary.{k}": v for k, v in doc["summary"].items() if _number(v)}
+    out = {f"summary.{k}": v for k, v in doc["summary"].items() if _number(v) and k != "seed"}  # the seed: a scenario field
     for layer in doc.get("per_layer", []):
         out |= {f"layer{layer['layer']}.{k}": v for k, v in layer.items() if k != "layer" and _number(v)}
     return out

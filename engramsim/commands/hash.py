@@ -35,6 +35,7 @@ def spec_from_args(args: argparse.Namespace) -> EngramHashSpec:
         ("--rows-per-head", all(r > 0 for r in rows), "positive sizes", rows),
         ("--rows-per-head", len(rows) == args.max_ngram - 1, f"1 or {args.max_ngram - 1} values", rows),
         ("--heads", args.heads > 0, "a positive integer", args.heads),
+        ("--seed", args.seed >= 0, "a non-negative integer", args.seed),
     ]
     for flag, ok, expected, got in checks:
         if not ok:
@@ -47,7 +48,7 @@ def spec_from_args(args: argparse.Namespace) -> EngramHashSpec:
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
-    check_output(args.out)
+    check_output(args.out, inputs=[args.text, *([args.tokenizer] if args.tokenizer else [])])
     text = read_text(args.text)
     tokenizer = load_tokenizer(args.tokenizer)
     vocab = compressed_vocab(args.tokenizer)

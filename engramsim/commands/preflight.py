@@ -91,7 +91,10 @@ def ask_on_terminal(console: Console) -> Callable[[str], bool] | None:
         return None
 
     def ask(estimate: str) -> bool:
-        answer = console.input(f"{estimate}\nthat is a long run; run it anyway? [y/N] ", markup=False)
+        try:
+            answer = console.input(f"{estimate}\nthat is a long run; run it anyway? [y/N] ", markup=False)
+        except EOFError:  # Ctrl-D: no
+            return False
         return answer.strip().lower() in ("y", "yes")
 
     return ask

@@ -56,7 +56,7 @@ def run_build(args: argparse.Namespace) -> int:
     from engramsim.traces.build import build_from_files
     from engramsim.traces.format import save_trace
 
-    check_output(args.out)  # before tokenizing: a bad --out fails at once
+    check_output(args.out, inputs=args.text)  # before tokenizing: a bad --out fails at once
     command = ["engramsim", "trace", "build", "--text", *map(str, args.text), "--out", str(args.out)]
     for flag, value in (("--tokenizer", args.tokenizer), ("--name", args.name), ("--source", args.source), ("--licence", args.licence)):
         if value is not None:
