@@ -24,7 +24,7 @@ import numpy as np
 
 from engramsim.steps import Step
 from engramsim.strategies import StepView
-from engramsim.workload import StepLookups, Workload
+from engramsim.workload import StepLookups, Workload, run_starts
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Scheduler:
             return None
         ids = np.array(admitted, dtype=np.int64)
         lens = self.prompt_len[ids]
-        bounds = np.cumsum(lens) - lens  # each prompt's first slot in the flat batch
+        bounds = run_starts(lens)  # each prompt's first slot in the flat batch
         positions = np.arange(tokens, dtype=np.int64) + np.repeat(self._window_start[ids] - bounds, lens)
         self._running = np.concatenate([self._running, ids])
         return self._make_step("prefill", ids, lens.copy(), lens.copy(), positions)

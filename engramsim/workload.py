@@ -94,6 +94,11 @@ def window_offsets(requests: Requests) -> np.ndarray:
     return offsets
 
 
+def run_starts(lengths: np.ndarray) -> np.ndarray:
+    """Where each run of `lengths` begins when the runs are laid end to end."""
+    return np.cumsum(lengths) - lengths
+
+
 def window_lengths(offsets: np.ndarray, requests: np.ndarray) -> np.ndarray:
     """Tokens of the windows of `requests`, from the window offsets."""
     return offsets[requests + 1] - offsets[requests]
@@ -183,7 +188,7 @@ class WindowRows:
                 if layer not in self.rows:
                     self.rows[layer] = np.empty((self.capacity, rows.shape[1]), dtype=rows.dtype)
                 self.rows[layer][self.used:self.used + size] = rows
-            self.start[missing] = self.used + np.cumsum(lengths) - lengths
+            self.start[missing] = self.used + run_starts(lengths)
             self.used += size
         return self.start[requests]
 
@@ -223,21 +228,27 @@ class Workload:
     def total_output_tokens(self) -> int:
         return int(self.requests.output_len.sum())
 
+    def _request_of(self, positions: np.ndarray) -> np.ndarray:
+        """The request whose window holds each flat position."""
+        return np.searchsorted(self.window_offsets, positions, side="right") - 1
+
+    def _trace_tokens(self, index: np.ndarray) -> np.ndarray:
+        """Raw ids at trace indices that may run past the trace's end (a window wrapping round)."""
+        return self.trace_tokens[index % self.trace_tokens.size]
+
     def tokens(self, positions: np.ndarray) -> np.ndarray:
         """Raw trace ids of the window tokens at flat `positions` (what the model is fed)."""
         positions = np.asarray(positions, dtype=np.int64)
-        request = np.searchsorted(self.window_offsets, positions, side="right") - 1
-        index = positions - self.window_offsets[request] + self.requests.trace_start[request]
-        return self.trace_tokens[index % self.trace_tokens.size]
+        request = self._request_of(positions)
+        return self._trace_tokens(positions - self.window_offsets[request] + self.requests.trace_start[request])
 
     def hash_windows(self, requests: np.ndarray) -> dict[int, np.ndarray]:
         """Per Engram layer, the global row of every token and head of the windows of `requests`,
         laid end to end, [N, heads]: each window hashed as its own sequence, so its first tokens
         see the pad, as a fresh request does; per layer, the heads' offsets added."""
         lengths = window_lengths(self.window_offsets, requests)
-        starts = np.cumsum(lengths) - lengths
-        positions = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(self.window_offsets[requests] - starts, lengths)
-        raw = self.tokens(positions)
+        starts = run_starts(lengths)
+        raw = self._trace_tokens(np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(self.requests.trace_start[requests] - starts, lengths))
         ids = raw.astype(np.int64) if self.vocab is None else self.vocab.compress(raw)
         rows = self.hashing.hash_sequences(ids, starts, threads=self.threads)
         for layer, layer_rows in rows.items():
@@ -247,12 +258,12 @@ class Workload:
     def token_rows(self, positions: np.ndarray) -> dict[int, np.ndarray]:
         """Per Engram layer, the global row of every token at `positions` and every head, [N, heads]."""
         positions = np.asarray(positions, dtype=np.int64)
-        request = np.searchsorted(self.window_offsets, positions, side="right") - 1
+        request = self._request_of(positions)
         needed = unique_sorted(request)
         starts = self._windows.starts(needed)
         if starts is None:  # more windows than are ever held at once: hashed for this call only
             lengths = window_lengths(self.window_offsets, needed)
-            starts, rows = np.cumsum(lengths) - lengths, self.hash_windows(needed)
+            starts, rows = run_starts(lengths), self.hash_windows(needed)
         else:
             rows = self._windows.rows
         at = starts[np.searchsorted(needed, request)] + positions - self.window_offsets[request]
