@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from engramsim.errors import InputError, raise_if_signalled
@@ -46,7 +46,7 @@ def check_output(path: str | Path, *, folder: bool = False, force: bool = False,
     and the path must not be one of the command's `inputs`.
     """
     path = Path(os.path.abspath(path))
-    if any(os.path.lexists(source) and os.path.samefile(source, path) for source in inputs if os.path.lexists(path)):
+    if os.path.exists(path) and any(os.path.exists(source) and os.path.samefile(source, path) for source in inputs):
         raise InputError(path, "is also an input of this command; choose another output path")
     if os.path.lexists(path):
         if folder and (path.is_symlink() or not path.is_dir()):
@@ -85,26 +85,43 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
-    path = check_output(path)
+def _beside(path: Path, make: Callable[[], str], publish: Callable[[Path], None], discard: Callable[[Path], None]) -> Iterator[Path]:
+    """A temporary that `make` creates beside `path` (its missing parents created first); when the
+    block succeeds and no signal came, `publish` moves it into place; otherwise `discard` removes
+    it, with the parents created for it."""
     created = _make_parents(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        temp = Path(make())
     except OSError as exc:
         _remove_empty(created)
         raise InputError(path, f"cannot write there: {exc.strerror or exc}") from None
-    os.close(fd)
     try:
-        yield Path(tmp)
+        yield temp
         raise_if_signalled()
-        os.chmod(tmp, 0o666 & ~UMASK)
-        os.replace(tmp, path)
+        publish(temp)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        discard(temp)
         _remove_empty(created)
         raise
+
+
+def _new_file(path: Path) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
+    path = check_output(path)
+
+    def publish(tmp: Path) -> None:
+        tmp.chmod(0o666 & ~UMASK)
+        os.replace(tmp, path)
+
+    with _beside(path, lambda: _new_file(path), publish, lambda tmp: tmp.unlink(missing_ok=True)) as tmp:
+        yield tmp
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -118,28 +135,22 @@ def staged_folder(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     (replacing an existing folder only with `force`). An error or interrupt removes it and any
     parent folders it created, so a run leaves a complete folder or nothing."""
     path = check_output(path, folder=True, force=force)
-    created = _make_parents(path)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    except OSError as exc:
-        _remove_empty(created)
-        raise InputError(path, f"cannot write there: {exc.strerror or exc}") from None
-    try:
-        yield staging
-        raise_if_signalled()
+
+    def publish(staging: Path) -> None:
         _set_modes(staging)
         _swap_into_place(staging, path, force)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty(created)
-        raise
+
+    def make() -> str:
+        return tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+
+    with _beside(path, make, publish, lambda staging: shutil.rmtree(staging, ignore_errors=True)) as staging:
+        yield staging
 
 
 def _set_modes(folder: Path) -> None:
-    mask = UMASK
-    folder.chmod(0o777 & ~mask)
+    folder.chmod(0o777 & ~UMASK)
     for item in folder.rglob("*"):
-        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~UMASK)
 
 
 def _swap_into_place(staging: Path, path: Path, force: bool) -> None:
