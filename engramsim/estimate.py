@@ -29,7 +29,7 @@ from engramsim.backends.calibration.machine import check_profile_host, cpu_model
 from engramsim.errors import InputError
 from engramsim.hardware.presets import load_profile
 from engramsim.hardware.profile import GPU, HardwareProfile, Host, Link, Provenance
-from engramsim.runner import passes, simulate_run
+from engramsim.runner import passes, real_placements, simulate_run
 from engramsim.session import Prepared
 from engramsim.workload import MEMO_BYTES
 
@@ -185,8 +185,7 @@ def estimate_real_run(prepared: Prepared, backend: str) -> RunEstimate:
     from engramsim.backends.executor import WARMUP_STEPS, SessionLayout
 
     scenario = prepared.scenario
-    placements = [kwargs.get("placement") for _, kwargs in passes(scenario) if kwargs.get("engram", True)]  # run_real_report's
-    layout = SessionLayout(prepared, placements)
+    layout = SessionLayout(prepared, real_placements(scenario))
     device = make_device(backend, prepared.source)
     try:
         footprint = layout.footprint(device, layout.resident)

@@ -63,6 +63,11 @@ def passes(scenario: Scenario) -> list[tuple[str, dict]]:
     return out
 
 
+def real_placements(scenario: Scenario) -> list[StrategyChoice | None]:
+    """The placements of the passes that hold Engram tables: a real session allocates for these."""
+    return [kwargs.get("placement") for _, kwargs in passes(scenario) if kwargs.get("engram", True)]
+
+
 def _run_passes(prepared: Prepared, execute: Callable[..., RunOutcome], progress_factory: Callable | None) -> list[RunOutcome]:
     outcomes = []
     for label, kwargs in passes(prepared.scenario):
@@ -115,7 +120,7 @@ def run_real_report(prepared: Prepared, backend: str, out_dir: Path, progress_fa
     `setup_progress(label, total_bytes)` follows the session's allocation (backends/executor.py)."""
     from engramsim.backends.executor import RealSession
 
-    placements = [kwargs.get("placement") for _, kwargs in passes(prepared.scenario) if kwargs.get("engram", True)]
+    placements = real_placements(prepared.scenario)
     with RealSession(prepared, backend, placements, setup_progress) as session:
         outcomes = _run_passes(prepared, lambda **kwargs: session.run(sample=session.sampler is None, **kwargs), progress_factory)
     sampler = session.sampler
