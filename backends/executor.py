@@ -39,7 +39,7 @@ from engramsim.scenario import StrategyChoice
 from engramsim.scheduler import Scheduler
 from engramsim.session import Prepared, planner, strategies
 from engramsim.skeleton import Blocks, EngramLayer, Head, Host, Issue, Segment, skeleton
-from engramsim.strategies import StageKind, Tier, Transport
+from engramsim.strategies import StageKind, Tier, Transport, cache_bytes, tables_bytes
 
 PIPELINES = {(StageKind.GATHER, StageKind.H2D), (StageKind.ZERO_COPY,)}  # stage sequences a real device can execute
 WARMUP_STEPS = 2  # the first prefill and the first decode, before any pass is measured
@@ -101,7 +101,7 @@ class SessionLayout:
         placement that splits a table between tiers is refused."""
         chosen, _, _ = strategies(self.prepared, placement)
         in_hbm = chosen.bytes_per_tier().get(Tier.HBM, 0)
-        total = sum(t.bytes for t in self.prepared.tables.values())
+        total = tables_bytes(self.prepared.tables)
         if 0 < in_hbm < total:
             raise InputError(self.prepared.source, f"placement {chosen.name!r} splits the tables between HBM and another "
                              "tier; the real backends run whole-table placements only", field="strategies.placement")
@@ -121,13 +121,13 @@ class SessionLayout:
         tables = self.prepared.tables
         buffers = staging_bytes(tables, engram, self.prepared.workload, self.prefetch) if self.offloaded else 0
         b = device.compute_dtype(backbone.dtype).itemsize
-        fp = Footprint(host={"Engram tables": sum(t.bytes for t in tables.values())}, fields=dict(FIELDS))
+        fp = Footprint(host={"Engram tables": tables_bytes(tables)}, fields=dict(FIELDS))
         if StageKind.GATHER in self.stages:
             fp.host["staging buffers"] = buffers
         fp.device = {"landing buffers": buffers, **nbytes(backbone, self.limits, b),
                      "Engram modules": len(tables) * engram_params(engram, backbone.hidden) * b,
                      "Engram activations": len(tables) * engram_activation_bytes(self.prepared, self.limits.tokens, b),
-                     "Engram caches": sum(self.cache_rows[layer] * t.row_bytes for layer, t in tables.items())}
+                     "Engram caches": cache_bytes(tables, self.cache_rows.__getitem__)}
         if resident and device.resident_copies:
             fp.device["Engram tables in HBM"] = fp.host["Engram tables"]
         if device.linear() is not PLAIN:  # packing a weight holds it as drawn and transposed beside the packed copy
@@ -186,7 +186,7 @@ class RealSession:
         generator = torch.Generator().manual_seed(engram.seed)  # table contents: drawn on the host, same on every device
         slots, stages = staging_slots(self.layout.prefetch), self.layout.stages
         layers = {}
-        with progress("Engram tables", sum(t.bytes for t in self.prepared.tables.values())) as advance:
+        with progress("Engram tables", tables_bytes(self.prepared.tables)) as advance:
             for layer, info in self.prepared.tables.items():
                 table = device.host_table(info.rows, width, dtype)
                 fill_table(table, engram, generator, advance)

@@ -10,7 +10,7 @@ everything above it is what the rest leaves free (`kv_free_bytes`).
 from __future__ import annotations
 
 from engramsim.scenario import DTYPE_BYTES, Backbone, Engram, Scenario
-from engramsim.strategies import Cache, Placement, Prefetch, TableInfo, Tier
+from engramsim.strategies import Cache, Placement, Prefetch, TableInfo, Tier, cache_bytes, tables_bytes
 from engramsim.workload import Workload
 
 
@@ -70,12 +70,12 @@ def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Worklo
     b = DTYPE_BYTES[bb.dtype]
     att = bb.attention
     in_hbm = placement.bytes_per_tier().get(Tier.HBM, 0)
-    offloaded = sum(t.bytes for t in tables.values()) > in_hbm
+    offloaded = tables_bytes(tables) > in_hbm
     return {
         "backbone weights": int(backbone_params(bb) * b),
         "Engram modules": int(len(tables) * engram_params(engram, bb.hidden) * b),
         "Engram tables in HBM": in_hbm,
-        "Engram caches": sum(cache.capacity_rows(layer) * t.row_bytes for layer, t in tables.items()),
+        "Engram caches": cache_bytes(tables, cache.capacity_rows),
         "Engram staging buffers": staging_bytes(tables, engram, workload, prefetch) if offloaded else 0,
         "KV cache (one longest sequence)": int(bb.layers * 2 * att.kv_heads * att.head_dim * b * longest_sequence(workload)),
     }

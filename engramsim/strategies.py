@@ -7,7 +7,7 @@ per-layer budgets, tiers beyond HBM and host DRAM, and transports with their own
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from functools import cached_property
@@ -48,6 +48,16 @@ class TableInfo:
     @property
     def bytes(self) -> int:
         return self.rows * self.row_bytes
+
+
+def tables_bytes(tables: Mapping[int, TableInfo]) -> int:
+    """Bytes of all the Engram tables together, whatever tiers hold them."""
+    return sum(t.bytes for t in tables.values())
+
+
+def cache_bytes(tables: Mapping[int, TableInfo], capacity_rows: Callable[[int], int]) -> int:
+    """Bytes the HBM caches of these tables reserve, from each layer's capacity in rows."""
+    return sum(capacity_rows(layer) * t.row_bytes for layer, t in tables.items())
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from engramsim.strategies import Placement, Tier
+from engramsim.strategies import Placement, Tier, tables_bytes
 
 
 class SingleTier(Placement):
@@ -18,4 +18,4 @@ class SingleTier(Placement):
         return np.full(rows.shape, self.tier, dtype=np.uint8)
 
     def bytes_per_tier(self) -> dict[Tier, int]:
-        return {self.tier: sum(t.bytes for t in self.setup.tables.values())}
+        return {self.tier: tables_bytes(self.setup.tables)}
