@@ -37,9 +37,10 @@ def summary(scenario: Scenario) -> str:
 
 
 def check(args: argparse.Namespace) -> int:
-    checked = ready(args, target(args), Console(stderr=True))
+    where = target(args)
+    checked = ready(args, where, Console(stderr=True))
     scenario = checked.prepared.scenario
-    print(f"{checked.prepared.source}: OK: {summary(scenario)}; {scenario.run.backend} run into {checked.out_dir}")
+    print(f"{where.source}: OK: {summary(scenario)}; {scenario.run.backend} run into {where.out_dir}")
     if checked.estimate:
         print(checked.estimate)
     return 0

@@ -51,7 +51,6 @@ class Target:
 @dataclass
 class Ready:
     prepared: Prepared
-    out_dir: Path
     estimate: str | None  # a real run's predicted time and memory, one line
 
 
@@ -82,7 +81,7 @@ def ready(args: argparse.Namespace, where: Target, console: Console, ask: Callab
         from engramsim.estimate import preflight_real
 
         estimate = preflight_real(prepared, backend, args.yes, ask)
-    return Ready(prepared, where.out_dir, estimate)
+    return Ready(prepared, estimate)
 
 
 def ask_on_terminal(console: Console) -> Callable[[str], bool] | None:
