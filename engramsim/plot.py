@@ -103,16 +103,12 @@ def latency_minus_ms(outcome: Series, reference: Series) -> np.ndarray:
     step of the same index, where it did the same work (kind, sequences, tokens); NaN elsewhere.
     With timed arrivals a faster pass can admit a request a step earlier, and from there the two
     passes' steps at one index are different steps."""
-    order = np.argsort(reference.index, kind="stable")
-    at = np.minimum(np.searchsorted(reference.index[order], outcome.index), max(order.size - 1, 0))
-    match = order[at] if order.size else np.zeros(outcome.index.size, dtype=np.int64)
+    n = min(outcome.index.size, reference.index.size)  # a pass records its steps in index order from 0
     same = np.zeros(outcome.index.size, dtype=bool)
-    if order.size:
-        same = ((reference.index[match] == outcome.index) & (reference.kind[match] == outcome.kind)
-                & (reference.seqs[match] == outcome.seqs) & (reference.tokens[match] == outcome.tokens))
+    same[:n] = ((outcome.index[:n] == reference.index[:n]) & (outcome.kind[:n] == reference.kind[:n])
+                & (outcome.seqs[:n] == reference.seqs[:n]) & (outcome.tokens[:n] == reference.tokens[:n]))
     diff = np.full(outcome.index.size, np.nan)
-    if order.size:
-        diff[same] = outcome.latency_ms[same] - reference.latency_ms[match[same]]
+    diff[same] = outcome.latency_ms[same] - reference.latency_ms[:n][same[:n]]
     return diff
 
 
