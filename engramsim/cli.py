@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 
 import engramsim
-from engramsim.errors import InputError, Terminated, raise_if_signalled, signalled
+from engramsim.errors import InputError, Terminated, forget_signals, raise_if_signalled, signalled
 
 COMMANDS = ("hash", "trace", "check", "schema", "plugins", "run", "diff", "hw", "calibrate", "validate")
 
@@ -51,6 +51,7 @@ def _signals_raise() -> Iterator[None]:
         yield
         return
     previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    forget_signals()
     try:
         yield
     finally:

@@ -37,3 +37,8 @@ def raise_if_signalled() -> None:
     before a result is moved into place, so an interrupted run never publishes output."""
     if _signalled:
         raise _signalled[-1]
+
+
+def forget_signals() -> None:
+    """Start a command with no signal noted (a program may call the CLI more than once)."""
+    _signalled.clear()
