@@ -14,11 +14,38 @@ from engramsim.strategies import Cache, Placement, Prefetch, TableInfo, Tier, ca
 from engramsim.workload import Workload
 
 
-def backbone_params(bb: Backbone) -> int:
-    """Weights of the backbone: per block the attention projections and the dense MLP or the
-    MoE (router, routed and shared experts), plus untied embedding and LM head."""
+def attention_params(bb: Backbone) -> int:
+    """One block's attention weights. GQA: q, k, v (grouped) and o. MLA: the query projection
+    (through a `q_lora_rank` latent when it is set), the KV down-projection to the latent and the
+    shared rotary key, the latent's up-projection to every head's key and value, and o."""
+    att, h = bb.attention, bb.hidden
+    if att.kind == "gqa":
+        return h * (att.heads + 2 * att.kv_heads) * att.head_dim + att.heads * att.head_dim * h
+    q_out = att.heads * (att.head_dim + att.rope_head_dim)
+    q = h * q_out if att.q_lora_rank == 0 else h * att.q_lora_rank + att.q_lora_rank * q_out
+    return q + h * (att.kv_lora_rank + att.rope_head_dim) + att.kv_lora_rank * att.heads * 2 * att.head_dim + att.heads * att.head_dim * h
+
+
+def mhc_params(bb: Backbone) -> int:
+    """One block's mHC weights: per sublayer (attention, MLP) the projection of the flattened
+    hc_mult x hidden streams to the pre, post and residual mixing coefficients (n + n + n^2)."""
+    n = bb.hc_mult
+    return 0 if n == 1 else 2 * n * bb.hidden * (n * n + 2 * n)
+
+
+def kv_bytes_per_token(bb: Backbone) -> int:
+    """KV-cache bytes one token holds over all blocks. GQA: K and V of every KV head; MLA: the
+    compressed latent and the shared rotary key."""
     att = bb.attention
-    attention = bb.hidden * (att.heads + 2 * att.kv_heads) * att.head_dim + att.heads * att.head_dim * bb.hidden
+    per_block = 2 * att.kv_heads * att.head_dim if att.kind == "gqa" else att.kv_lora_rank + att.rope_head_dim
+    return int(bb.layers * per_block * DTYPE_BYTES[bb.dtype])
+
+
+def backbone_params(bb: Backbone) -> int:
+    """Weights of the backbone: per block the attention projections (`attention_params`), the mHC
+    mixing (`mhc_params`) and the dense MLP or the MoE (router, routed and shared experts), plus
+    untied embedding and LM head."""
+    attention = attention_params(bb) + mhc_params(bb)
     dense = 3 * bb.hidden * bb.intermediate
     moe = bb.moe
     dense_blocks = bb.layers if moe is None else min(bb.layers, moe.dense_layers)
@@ -68,7 +95,6 @@ def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Worklo
     """Bytes a pass keeps in HBM, by item (names are the keys of session.HBM_FIELDS)."""
     bb, engram = scenario.model.backbone, scenario.model.engram
     b = DTYPE_BYTES[bb.dtype]
-    att = bb.attention
     in_hbm = placement.bytes_per_tier().get(Tier.HBM, 0)
     offloaded = tables_bytes(tables) > in_hbm
     return {
@@ -77,7 +103,7 @@ def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Worklo
         "Engram tables in HBM": in_hbm,
         "Engram caches": cache_bytes(tables, cache.capacity_rows),
         "Engram staging buffers": staging_bytes(tables, engram, workload, prefetch) if offloaded else 0,
-        "KV cache (one longest sequence)": int(bb.layers * 2 * att.kv_heads * att.head_dim * b * longest_sequence(workload)),
+        "KV cache (one longest sequence)": kv_bytes_per_token(bb) * longest_sequence(workload),
     }
 
 

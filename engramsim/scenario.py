@@ -32,9 +32,17 @@ class Strict(BaseModel):
 
 
 class Attention(Strict):
+    """GQA (query heads sharing `kv_heads` K/V heads) or DeepSeek's MLA (multi-head latent
+    attention: each token caches one compressed KV latent of `kv_lora_rank` plus a shared rotary
+    key of `rope_head_dim`, which every head up-projects; `kv_heads` is then unused)."""
+
+    kind: Literal["gqa", "mla"] = "gqa"
     heads: PositiveInt = Field(default=32, le=1024)
-    kv_heads: PositiveInt = Field(default=8, le=1024)
-    head_dim: PositiveInt = Field(default=128, le=4096)
+    kv_heads: PositiveInt = Field(default=8, le=1024, description="gqa: K/V heads shared by the query heads")
+    head_dim: PositiveInt = Field(default=128, le=4096, description="gqa: q/k/v head dim; mla: the non-rotary q/k dim and the v dim")
+    kv_lora_rank: PositiveInt = Field(default=512, le=1 << 16, description="mla: width of the compressed KV latent cached per token")
+    rope_head_dim: PositiveInt = Field(default=64, le=4096, description="mla: rotary q/k dims per head; the key's is cached once per token")
+    q_lora_rank: NonNegativeInt = Field(default=0, le=1 << 16, description="mla: width of the compressed query; 0: q projected from the hidden state")
 
 
 class MoE(Strict):
@@ -59,6 +67,7 @@ class Backbone(Strict):
     moe: MoE | None = None
     vocab: PositiveInt = Field(default=129280, le=1 << 24)
     dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    hc_mult: PositiveInt = Field(default=1, le=64, description="mHC residual streams in every block (hyper-connections); 1: a plain residual")
 
 
 class Engram(Strict):
@@ -200,6 +209,8 @@ class Workload(Strict):
 
 
 class StrategyChoice(Strict):
+    """One plugin by its registered name, with its params (checked by the plugin's params model)."""
+
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -210,6 +221,7 @@ class StrategyChoice(Strict):
 
 
 class Strategies(Strict):
+    scheduler: StrategyChoice = StrategyChoice(name="nano-vllm")
     hashing: StrategyChoice = StrategyChoice(name="engram")
     placement: StrategyChoice = StrategyChoice(name="all-host")
     cache: StrategyChoice = StrategyChoice(name="none")

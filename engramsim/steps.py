@@ -60,15 +60,17 @@ class LayerLookup:
 
 @dataclass(frozen=True)
 class Step:
-    """One forward pass of the batch: prefill of whole prompts, or one decode token per sequence."""
+    """One forward pass of the batch: prefill (whole prompts, or prompt chunks), one decode token
+    per sequence, or both mixed (chunked prefill beside decodes)."""
 
     index: int
-    kind: Literal["prefill", "decode"]
+    kind: Literal["prefill", "decode", "mixed"]
     seq_ids: np.ndarray  # request ids in the batch, int64
     new_tokens: np.ndarray  # tokens each sequence feeds this step, int64
     context_lens: np.ndarray  # KV length of each sequence after this step, int64
     positions: np.ndarray = field(repr=False)  # flat index (into the workload's windows, end to end) of every token fed, int64
     lookups: Mapping[int, LayerLookup] = field(default_factory=dict, repr=False)  # by Engram layer; may be computed on first use
+    pad: int = 0  # rows the GPU computes beyond the tokens fed (a decode batch padded to a CUDA-graph size)
 
     @property
     def num_tokens(self) -> int:
@@ -77,3 +79,8 @@ class Step:
     @property
     def num_seqs(self) -> int:
         return int(self.seq_ids.size)
+
+    @property
+    def compute_tokens(self) -> int:
+        """Rows every GEMM of the step runs: the tokens fed plus the graph padding."""
+        return self.num_tokens + self.pad

@@ -43,6 +43,14 @@ class GPU(_Strict):
     roofline_exponent: float | None = Field(
         None, ge=1, description="how a kernel's compute and memory times combine: (tc^n + tm^n)^(1/n); "
         "null is max(tc, tm) (full overlap, GPUs), 1 their sum (no overlap)")
+    attention_efficiency: float | None = Field(
+        None, gt=0, le=1, description="achieved fraction of HBM peak when decode attention reads the paged KV cache; "
+        "null: memory_efficiency")
+    sms: PositiveInt | None = Field(
+        None, le=4096, description="streaming multiprocessors (compute units): a GEMM's output tiles run in waves of this many; "
+        "null: no wave quantisation (CPUs)")
+    gemm_tile_m: PositiveInt = Field(128, le=1024, description="rows (tokens) of one GEMM output tile, one thread block")
+    gemm_tile_n: PositiveInt = Field(128, le=1024, description="columns of one GEMM output tile")
     copy_engines: PositiveInt = 2
 
 
@@ -80,5 +88,7 @@ class HardwareProfile(_Strict):
     link: Link
     host: Host
     step_overhead_us: NonNegativeFloat = Field(description="per-step scheduler, sampling and launch cost outside the blocks, us")
+    step_overhead_per_seq_us: NonNegativeFloat = Field(
+        0.0, description="host cost per sequence in the step (input preparation, block tables, sampling bookkeeping), us")
     provenance: Provenance
     residuals: dict[str, Residual] = Field(default_factory=dict)
