@@ -147,9 +147,10 @@ class CudaDevice(Device):
         return view
 
     # ---- fetch stages (worker thread) ----------------------------------------------------------
-    def wait_reached(self, mark: Mark) -> None:
+    def wait_reached(self, mark: Mark) -> float:
         assert isinstance(mark, torch.cuda.Event)  # a compute-stream mark
         mark.synchronize()
+        return self.now()
 
     def h2d(self, dst: torch.Tensor, src: torch.Tensor) -> tuple[Mark, Mark]:
         start = self._event(self.copy_stream)

@@ -118,8 +118,9 @@ class Device:
         raise NotImplementedError
 
     # ---- fetch stages: called on the worker thread ----------------------------------------------
-    def wait_reached(self, mark: Mark) -> None:
-        """Block until the compute timeline has reached `mark` (the issuing block started)."""
+    def wait_reached(self, mark: Mark) -> float:
+        """Block until the compute timeline has reached `mark` (the issuing block started); the
+        host seconds at which this thread saw it reached."""
         raise NotImplementedError
 
     def gather(self, table: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> tuple[Mark, Mark]:

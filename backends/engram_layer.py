@@ -2,11 +2,14 @@
 
 The step's unique rows are assembled (fetched ones from the landing buffer, rows served from HBM
 from the resident table or cache), every token's per-head rows are mapped onto them with
-np.searchsorted on the sorted unique rows, and the real EngramModule runs. All tokens of a step
-go through it as one sequence [1, tokens, hc_mult, hidden], the residual copied into every mHC
-branch and the branch outputs averaged back: the short conv then runs across sequence boundaries
-and keeps no decode state between steps, which changes values, not the work. Calibration times
-this same function.
+np.searchsorted on the sorted unique rows, and the real EngramModule runs. All rows of a step
+go through it as one sequence [1, rows, hc_mult, hidden] (rows beyond the tokens are CUDA-graph
+padding: they read the step's first row, as every other GEMM of a padded step computes them). The
+branches are the backbone's mHC streams when it has `hc_mult` of them; otherwise the residual (the
+mean of the backbone's streams, if it has a different number) is copied into every branch and
+the branch outputs averaged back into it. The short conv then runs across sequence boundaries and
+keeps no decode state between steps, which changes values, not the work. Calibration times this
+same function.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ class LayerRows:
 
 
 def engram_forward(module: EngramModule, rows: LayerRows, engram: Engram, h: torch.Tensor) -> torch.Tensor:
-    """h + the Engram layer's output for the step's tokens (h: [tokens, hidden])."""
-    where, tokens = h.device, h.shape[0]
+    """h + the Engram layer's output for the step's rows (h: [rows, hidden], or mHC streams [rows, n, hidden])."""
+    where, computed = h.device, h.shape[0]
     unique = rows.landed.new_empty(rows.unique.size, rows.landed.shape[1])
     fetched_at = np.searchsorted(rows.unique, rows.fetched)
     if rows.fetched.size:
@@ -48,7 +51,11 @@ def engram_forward(module: EngramModule, rows: LayerRows, engram: Engram, h: tor
         in_hbm[fetched_at] = False
         unique.index_copy_(0, to_index(np.flatnonzero(in_hbm), where),
                            rows.resident.index_select(0, to_index(rows.resident_index, where)))
-    slots = np.searchsorted(rows.unique, rows.token_rows)
-    e = row_values(unique, engram, h.dtype).index_select(0, to_index(slots.reshape(-1), where))
-    branches = h.view(1, tokens, 1, -1).expand(1, tokens, engram.hc_mult, h.shape[-1])
-    return h + module(branches, e.view(1, tokens, engram.d_mem))[0].mean(dim=1)
+    slots = np.zeros((computed, rows.token_rows.shape[1]), dtype=np.int64)  # padding rows read the first row
+    slots[: rows.token_rows.shape[0]] = np.searchsorted(rows.unique, rows.token_rows)
+    e = row_values(unique, engram, h.dtype).index_select(0, to_index(slots.reshape(-1), where)).view(1, computed, engram.d_mem)
+    if h.dim() == 3 and h.shape[1] == engram.hc_mult:  # the backbone's streams are the branches
+        return h + module(h.unsqueeze(0), e)[0]
+    x = h if h.dim() == 2 else h.mean(dim=1)
+    y = module(x.view(1, computed, 1, -1).expand(1, computed, engram.hc_mult, x.shape[-1]), e)[0].mean(dim=1)
+    return h + (y if h.dim() == 2 else y.unsqueeze(1))

@@ -28,7 +28,7 @@ from engramsim.backends.engram_memory import CacheBuffer, LayerMemory
 from engramsim.backends.engram_module import EngramModule
 from engramsim.backends.fetch import Fetch, FetchWorker, Pending
 from engramsim.backends.memory import TABLE_FIELD, Footprint
-from engramsim.backends.standin import StandIn, block_shapes, nbytes, step_layout, step_limits
+from engramsim.backends.standin import StandIn, block_shapes, nbytes, step_limits
 from engramsim.backends.tables import fill_table, table_format
 from engramsim.errors import InputError
 from engramsim.hbm import engram_params, staging_bytes, staging_rows, staging_slots
@@ -81,7 +81,7 @@ class SessionLayout:
         self.prepared = prepared
         scenario = prepared.scenario
         att = scenario.model.backbone.attention
-        if att.heads % att.kv_heads:
+        if att.kind == "gqa" and att.heads % att.kv_heads:
             raise InputError(prepared.source, f"attention heads ({att.heads}) must be a multiple of kv_heads ({att.kv_heads})",
                              field="model.backbone.attention.kv_heads")
         _, cache, self.prefetch = strategies(prepared)
@@ -208,7 +208,7 @@ class RealSession:
             sample: bool = False) -> RunOutcome:
         """One measured pass over the workload; `sample` records hardware counters (CUDA: NVML)."""
         device = self.device
-        scheduler = Scheduler(self.prepared.workload)
+        scheduler = self.prepared.scheduler(engram)
         monitor = device.monitor() if sample else None
         with self._threads() as worker:
             device.start_clock()
@@ -220,7 +220,7 @@ class RealSession:
         ttft, tpot = scheduler.latencies()
         return RunOutcome(steps=records, spans=spans, events=0, link_busy_s=spans.link_s,
                           makespan_s=records[-1].end_s if records else 0.0, output_tokens=scheduler.output_tokens,
-                          prompt_tokens=scheduler.prompt_tokens, ttft_s=ttft, tpot_s=tpot)
+                          prompt_tokens=scheduler.prompt_tokens, ttft_s=ttft, tpot_s=tpot, serving=scheduler.serving())
 
     def _warm_up(self, placement: StrategyChoice | None) -> None:
         """Run the workload's first steps once, untimed, every request taken as arrived: first
@@ -228,7 +228,7 @@ class RealSession:
         would otherwise land on the first measured step."""
         with self._threads() as worker:
             self.device.start_clock()
-            self._loop(Scheduler(self.prepared.workload), planner(self.prepared, placement), worker, WARMUP_STEPS,
+            self._loop(self.prepared.scheduler(), planner(self.prepared, placement), worker, WARMUP_STEPS,
                        lambda: math.inf, None)
 
     @contextlib.contextmanager
@@ -282,7 +282,7 @@ class PassState:
         self.plan, self.start = plan, start
         self.pending: list[Pending] = []
         self.waits: list[tuple[Fetch, tuple[Mark, Mark] | None]] = []  # each Engram layer's fetch and its wait
-        self.layout = step_layout(step, device.torch_device, device.attention_groups)
+        self.layout = self.session.standin.layout(step, device.attention_groups)
         self.h = self.session.standin.input(self.layout)
         for segment in skeleton(plan, self.session.scenario.model.backbone.layers):
             self.handlers[type(segment)](segment)
@@ -343,10 +343,7 @@ class PassState:
             return None
         device = self.device
         waited_from = None if fetch.done.is_set() and fetch.error is None and device.landed(fetch.ready) else device.mark()
-        fetch.done.wait()
-        if fetch.error is not None:
-            raise fetch.error
-        device.wait_landed(fetch.ready)
+        fetch.land(device)
         return None if waited_from is None else (waited_from, device.mark())
 
     def _stall(self, fetch: Fetch, wait: tuple[Mark, Mark] | None) -> Span | None:

@@ -5,6 +5,13 @@ gather: index_select of the fetched rows into a host staging buffer; h2d: stagin
 buffer; zero_copy: rows straight into the landing buffer. Stage kinds dispatch through one
 handler table. Every stage returns device marks, turned into seconds after the step's
 synchronize (`Pending.resolve`).
+
+Span boundaries follow the simulator's (simulator/engine.py), so stage totals compare: a gather
+starts when the worker could take the fetch (handed over, its issuing block reached, the
+previous fetch done), its wake-up included, as the simulator starts a gather at its issue with
+its fixed cost inside; an h2d copy or a zero-copy read spans the transfer alone, and what comes
+before it (the hand-over between stages, the worker's wake-up for a zero-copy read) and after it
+(the waiting thread's wake-up) is the fixed latency the simulator pays outside the span.
 """
 
 from __future__ import annotations
@@ -57,9 +64,18 @@ class Fetch:
     plan: FetchPlan
     buffers: Buffers
     issued: Mark  # the issuing block's start
+    handed_s: float = 0.0  # host seconds when it was handed to the worker
     done: threading.Event = field(default_factory=threading.Event)
     ready: Mark | None = None  # the last stage's end
     error: BaseException | None = None
+
+    def land(self, device: Device) -> None:
+        """On the compute thread: block until the worker is done, then make the compute timeline
+        wait for the rows (the worker's failure is raised here)."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        device.wait_landed(self.ready)
 
 
 SPAN_OF = {StageKind.GATHER: SpanKind.GATHER, StageKind.H2D: SpanKind.H2D, StageKind.ZERO_COPY: SpanKind.ZERO_COPY}
@@ -74,7 +90,8 @@ class FetchWorker:
         self._spans: list[Pending] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="engram-fetch", daemon=True)
-        self._stages: dict[StageKind, Callable[[Buffers, torch.Tensor, int], tuple[Mark, Mark]]] = {
+        self._free_s = 0.0  # host seconds when the previous fetch's last stage was handed to the device
+        self._stages: dict[StageKind, Callable[[Buffers, torch.Tensor, int, float], tuple[Mark, Mark]]] = {
             StageKind.GATHER: self._gather, StageKind.H2D: self._h2d, StageKind.ZERO_COPY: self._zero_copy,
         }
 
@@ -87,6 +104,7 @@ class FetchWorker:
         self._thread.join()
 
     def submit(self, fetch: Fetch) -> None:
+        fetch.handed_s = self.device.now()
         self._jobs.put(fetch)
 
     def take_spans(self, step: int) -> list[Pending]:
@@ -107,26 +125,29 @@ class FetchWorker:
                 finally:
                     fetch.done.set()
 
-    def _gather(self, b: Buffers, index: torch.Tensor, n: int) -> tuple[Mark, Mark]:
+    def _gather(self, b: Buffers, index: torch.Tensor, n: int, takeable_s: float) -> tuple[Mark, Mark]:
+        """From when the worker could take the fetch to the last row packed."""
         assert b.staging is not None
-        return self.device.gather(b.table, index, b.staging[:n])
+        _, end = self.device.gather(b.table, index, b.staging[:n])
+        return takeable_s, end
 
-    def _h2d(self, b: Buffers, index: torch.Tensor, n: int) -> tuple[Mark, Mark]:
+    def _h2d(self, b: Buffers, index: torch.Tensor, n: int, takeable_s: float) -> tuple[Mark, Mark]:
         assert b.staging is not None
         return self.device.h2d(b.landing[:n], b.staging[:n])
 
-    def _zero_copy(self, b: Buffers, index: torch.Tensor, n: int) -> tuple[Mark, Mark]:
+    def _zero_copy(self, b: Buffers, index: torch.Tensor, n: int, takeable_s: float) -> tuple[Mark, Mark]:
         assert b.zero_copy is not None
         return self.device.zero_copy(b.zero_copy, index, b.landing[:n])
 
     def _run(self, fetch: Fetch) -> None:
         plan, n = fetch.plan, int(fetch.plan.fetch.size)
-        self.device.wait_reached(fetch.issued)
+        takeable_s = max(fetch.handed_s, self._free_s, self.device.wait_reached(fetch.issued))
         index = torch.from_numpy(plan.fetch)
         spans = []
         for stage in self.transport.stages(n, self.row_bytes):
-            start, end = self._stages[stage.kind](fetch.buffers, index, n)
+            start, end = self._stages[stage.kind](fetch.buffers, index, n, takeable_s)
             spans.append(Pending(kind=SPAN_OF[stage.kind], start=start, end=end, step=plan.step, layer=plan.layer, bytes=stage.bytes))
+        self._free_s = self.device.now()
         with self._lock:
             self._spans += spans
         fetch.ready = spans[-1].end

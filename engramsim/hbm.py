@@ -1,17 +1,23 @@
 """HBM is one budget: backbone weights, the KV cache, and whatever Engram keeps on the GPU (tables
 placed there, caches, the staging buffers fetched rows land in) come out of the same memory.
 
-`hbm_items` says what a pass keeps in HBM, item by item, so a scenario that does not fit is
-refused naming the item, and the results report what is left for the KV cache. The KV cache is
-counted at its minimum, one longest sequence: serving needs at least that to make progress, and
-everything above it is what the rest leaves free (`kv_free_bytes`).
+`hbm_items` says what a pass keeps in HBM besides the KV cache, item by item, so a scenario that
+does not fit is refused naming the item. The KV cache gets the rest, as nano-vLLM sizes it
+(`allocate_kv_cache`): gpu_memory_utilization x HBM, less memory outside the engine's tensors
+(CUDA context, library workspaces), less the peak the warm-up forward pass allocated (weights,
+Engram's HBM items and `activation_peak_bytes`), in whole blocks (`kv_blocks`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from engramsim.scenario import DTYPE_BYTES, Backbone, Engram, Scenario
 from engramsim.strategies import Cache, Placement, Prefetch, TableInfo, Tier, cache_bytes, tables_bytes
 from engramsim.workload import Workload
+
+if TYPE_CHECKING:
+    from engramsim.scenario import Workload as WorkloadConfig
 
 
 def attention_params(bb: Backbone) -> int:
@@ -90,23 +96,82 @@ def staging_bytes(tables: dict[int, TableInfo], engram: Engram, workload: Worklo
     return sum(staging_slots(prefetch) * staging_rows(t, engram, workload, prefetch) * t.row_bytes for t in tables.values())
 
 
-def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Workload, placement: Placement,
-              cache: Cache, prefetch: Prefetch) -> dict[str, int]:
-    """Bytes a pass keeps in HBM, by item (names are the keys of session.HBM_FIELDS)."""
-    bb, engram = scenario.model.backbone, scenario.model.engram
-    b = DTYPE_BYTES[bb.dtype]
-    in_hbm = placement.bytes_per_tier().get(Tier.HBM, 0)
-    offloaded = tables_bytes(tables) > in_hbm
+def warmup_batch(cfg: WorkloadConfig) -> tuple[int, int]:
+    """(sequences, tokens each) of nano-vLLM's warm-up pass (model_runner.py, `warmup_model`):
+    sequences of min(max_num_batched_tokens, max_model_len) tokens, as many as max_num_batched_tokens
+    holds, at most max_num_seqs; max_model_len is taken as the scenario's longest prompt + output
+    (a server configured for its workload)."""
+    budget = cfg.batching.max_num_batched_tokens
+    seq_len = min(budget, cfg.prompt_len.max + cfg.output_len.max)
+    return min(budget // seq_len, cfg.batching.max_num_seqs), seq_len
+
+
+def block_activation_width(bb: Backbone, engram: Engram | None) -> int:
+    """Values one token keeps live at the peak of its widest block during a prefill: the residual
+    stream (hc_mult streams), the sublayer's input and output, and the widest sublayer's
+    intermediates. Attention, GQA: q, k, v and the output; MLA: the query latent, the query, the
+    KV latent and rotary key, the latent up-projected to every head's key and value (the prefill's
+    non-absorbed form) and the output. MLP: gate and up, and their product; MoE: that for each
+    routed and shared expert a token visits, and the router's logits. Engram: the memory vector,
+    the fused value and per-branch key projections, and the normalised query, gated value and
+    convolution output of every branch (ENGRAM.md, the module)."""
+    att, hidden = bb.attention, bb.hidden
+    if att.kind == "gqa":
+        attention = (att.heads + 2 * att.kv_heads) * att.head_dim + att.heads * att.head_dim
+    else:
+        attention = (att.q_lora_rank + att.heads * (att.head_dim + att.rope_head_dim) + att.kv_lora_rank + att.rope_head_dim
+                     + 3 * att.heads * att.head_dim)
+    widths = [attention]
+    moe = bb.moe
+    if moe is None or moe.dense_layers > 0:
+        widths.append(3 * bb.intermediate)
+    if moe is not None and bb.layers > moe.dense_layers:
+        widths.append(3 * moe.expert_intermediate * (moe.top_k + moe.shared_experts) + moe.experts)
+    if engram is not None:
+        widths.append(engram.d_mem + (engram.hc_mult + 1) * hidden + 3 * engram.hc_mult * hidden)
+    return (bb.hc_mult + 2) * hidden + max(widths)
+
+
+def activation_peak_bytes(scenario: Scenario, engram: bool) -> int:
+    """The most bytes nano-vLLM's warm-up pass allocates beyond the weights (its
+    `allocate_kv_cache` subtracts that peak): the widest block's live activations over the
+    warm-up's tokens (`warmup_batch`, `block_activation_width`; with the Engram layers when the
+    pass has them) and the logits of each warm-up sequence's last token, in the model's dtype and
+    the fp32 copy the sampler takes. Activations are bf16 unless the model is fp32: fp8 GEMMs
+    take and give bf16 activations (DeepSeek-V3 technical report, section 3.3)."""
+    bb = scenario.model.backbone
+    seqs, seq_len = warmup_batch(scenario.workload)
+    act = 4 if bb.dtype == "fp32" else 2
+    width = block_activation_width(bb, scenario.model.engram if engram else None)
+    return seqs * seq_len * width * act + seqs * bb.vocab * (act + 4)
+
+
+def backbone_items(scenario: Scenario, reserved: int, engram: bool) -> dict[str, int]:
+    """Bytes of HBM a pass takes whatever Engram keeps there: the weights, the warm-up's activation
+    peak and the memory outside the engine's tensors (`reserved`)."""
     return {
-        "backbone weights": int(backbone_params(bb) * b),
-        "Engram modules": int(len(tables) * engram_params(engram, bb.hidden) * b),
-        "Engram tables in HBM": in_hbm,
-        "Engram caches": cache_bytes(tables, cache.capacity_rows),
-        "Engram staging buffers": staging_bytes(tables, engram, workload, prefetch) if offloaded else 0,
-        "KV cache (one longest sequence)": kv_bytes_per_token(bb) * longest_sequence(workload),
+        "backbone weights": int(backbone_params(scenario.model.backbone) * DTYPE_BYTES[scenario.model.backbone.dtype]),
+        "warm-up activations": activation_peak_bytes(scenario, engram),
+        "reserved (CUDA context, workspaces)": reserved,
     }
 
 
-def kv_free_bytes(items: dict[str, int], hbm_bytes: float) -> int:
-    """HBM left for the KV cache beyond its minimum, once everything else is placed."""
-    return int(hbm_bytes - sum(items.values()))
+def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Workload, placement: Placement,
+              cache: Cache, prefetch: Prefetch, reserved: int) -> dict[str, int]:
+    """Bytes a pass with Engram keeps in HBM besides the KV cache, by item (names are the keys of
+    session.HBM_FIELDS)."""
+    bb, engram = scenario.model.backbone, scenario.model.engram
+    in_hbm = placement.bytes_per_tier().get(Tier.HBM, 0)
+    offloaded = tables_bytes(tables) > in_hbm
+    return backbone_items(scenario, reserved, engram=True) | {
+        "Engram modules": int(len(tables) * engram_params(engram, bb.hidden) * DTYPE_BYTES[bb.dtype]),
+        "Engram tables in HBM": in_hbm,
+        "Engram caches": cache_bytes(tables, cache.capacity_rows),
+        "Engram staging buffers": staging_bytes(tables, engram, workload, prefetch) if offloaded else 0,
+    }
+
+
+def kv_blocks(usable_bytes: float, items: dict[str, int], block_bytes: int) -> int:
+    """Whole KV-cache blocks in what the items leave of the usable HBM (0 when they leave nothing),
+    as nano-vLLM's `allocate_kv_cache` counts them."""
+    return max(0, int(usable_bytes - sum(items.values())) // block_bytes)

@@ -2,34 +2,47 @@
 model and the calibration's fits, so what is fitted is exactly what is simulated.
 
 A step's GPU work is a list of kernels (a GEMM with the small ops fused around it, the attention
-core, ...), each a `Work`: FLOPs, HBM bytes and the weight elements its GEMMs multiply by, counted
-explicitly so tests can check them by hand and a calibration can fit the rates. `roofline` prices
-kernels; `gather_seconds`, `dma_seconds` and `zero_copy_seconds` price fetches. Every formula
-takes plain numbers or numpy arrays (the fits evaluate them over all samples at once).
+core, ...), each a `Work`: FLOPs, HBM bytes, the weight elements its GEMMs multiply by and the
+GEMMs' shapes, counted explicitly so tests can check them by hand and a calibration can fit the
+rates. `roofline` prices kernels (`wave_flops` gives a GEMM's FLOPs under wave quantisation);
+`gather_seconds`, `dma_seconds` and `zero_copy_seconds` price fetches. Every formula takes plain
+numbers or numpy arrays (the fits evaluate them over all samples at once).
 
-Modelled: the GEMMs of attention (q, k, v, o with grouped KV heads), the attention itself
-(causal query-key pairs, reading the KV cache), the dense SwiGLU MLP or an MoE layer (shared +
-top-k routed experts; weights read once per step for the experts the step touches), the Engram
-layer (HBM row gather, fused key/value projection, gating and short-conv traffic), embedding,
-final norm and LM head; activations are read and written once per kernel.
+Modelled: the GEMMs of attention, either GQA (q, k, v, o with grouped KV heads) or MLA (query,
+optionally through its latent; the KV down-projection to the cached latent + rotary key; decode
+sequences in the absorbed form, multi-token sequences up-projecting their context's latent), the
+attention itself (causal query-key pairs, reading the KV cache; decode sequences' KV reads kept
+apart as `attention_bytes`, which a GPU reads at its own rate), the dense SwiGLU MLP or an MoE
+layer (shared + top-k routed experts; weights read once per step for the experts the step
+touches), mHC residual streams (per sublayer: norm + mixing-coefficient GEMM + pre-mix, then the
+post/residual mix), the Engram layer (HBM row gather, fused key/value projection, gating and
+short-conv traffic), embedding, final norm and LM head; activations are read and written once
+per kernel. Every backbone kernel but the attention core runs over `Step.compute_tokens` rows (a
+CUDA graph replays at its padded batch size); the attention core, KV reads and writes, the
+Engram layer and the LM head (one row per sampled sequence) see only real tokens.
 
-Ignored: mHC branches in the backbone (only the Engram layer sees `hc_mult`), fp8 tensor-core
-speed-ups (every GEMM runs at the bf16 peak whatever the dtype), kernel fusion that saves
-activation traffic, caches (L2) that would save re-reads, the attention kernel re-reading K/V
-per query tile in long prefills (compute dominates there), MoE load imbalance, tensor/expert
-parallelism, and the Engram short-conv's decode state.
+Ignored: fp8 tensor-core speed-ups (every GEMM runs at the bf16 peak whatever the dtype), FLOPs
+of element-wise ops (norms, activations, mHC mixes, rotary embedding: their traffic is counted),
+the mHC stream expansion at the embedding and its reduction before the head, kernel fusion that
+saves activation traffic, caches (L2) that would save re-reads, the attention kernel re-reading
+K/V per query tile in long prefills (compute dominates there), GEMM libraries' choice of tile
+shape and stream-K (one tile shape for every GEMM; k split only when a launch has fewer tiles
+than SMs), MoE load imbalance, tensor/expert parallelism, and the Engram short-conv's decode
+state.
 
 Units: FLOPs, bytes, seconds, bytes/s, FLOP/s.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 import numpy as np
 
-from engramsim.scenario import DTYPE_BYTES, Model
+from engramsim.hbm import kv_bytes_per_token
+from engramsim.scenario import DTYPE_BYTES, Backbone, Model
 from engramsim.steps import Step
 
 LOGIT_BYTES = 4  # logits are written in fp32 and read once more by the sampler
@@ -43,33 +56,67 @@ Num = TypeVar("Num", float, np.ndarray)
 """Every pricing formula takes plain numbers or numpy arrays, and returns what it was given."""
 
 
+class Gemm(NamedTuple):
+    """One GEMM launch: `batch` products [m, k] @ [k, n] run as one grouped kernel (per-head
+    products, MoE experts). `m` and `batch` may be expectations (routed experts' rows)."""
+
+    m: float
+    n: int
+    k: int
+    batch: float = 1.0
+
+
 @dataclass(frozen=True)
 class Work:
-    """What a kernel group costs before the hardware is known: FLOPs, HBM bytes moved, and the
-    weight elements its GEMMs multiply by (what a GEMM's small-batch inefficiency scales with)."""
+    """What a kernel group costs before the hardware is known: FLOPs, HBM bytes moved (of which
+    `attention_bytes` are decode attention's KV-cache reads, which a GPU serves at its own rate),
+    the weight elements its GEMMs multiply by (what a GEMM's small-batch inefficiency scales with)
+    and the shapes of its GEMMs (what wave quantisation needs)."""
 
     flops: float = 0.0
     bytes: float = 0.0
     weights: float = 0.0
+    attention_bytes: float = 0.0
+    gemms: tuple[Gemm, ...] = ()
 
     def __add__(self, other: Work) -> Work:
-        return Work(self.flops + other.flops, self.bytes + other.bytes, self.weights + other.weights)
+        return Work(self.flops + other.flops, self.bytes + other.bytes, self.weights + other.weights,
+                    self.attention_bytes + other.attention_bytes, self.gemms + other.gemms)
 
 
 def total(kernels: list[Work]) -> Work:
     return sum(kernels, Work())
 
 
-def gemm(tokens: int, k: int, n: int, dtype_bytes: float, extra_elems: int = 0) -> Work:
-    """[tokens, k] @ [k, n]: weights read once, input read, output written, plus `extra_elems`
-    per token of small ops fused around it (norms, residual adds)."""
-    return Work(2.0 * tokens * k * n, (k * n + tokens * (k + n + extra_elems)) * dtype_bytes, gemm_weights(tokens, k * n))
+def gemm(tokens: float, k: int, n: int, dtype_bytes: float, extra_elems: int = 0, batch: int = 1) -> Work:
+    """`batch` products [tokens, k] @ [k, n] in one launch (`batch` > 1: one per head, the input
+    and output of a token being `batch` slices): weights read once, input read, output written,
+    plus `extra_elems` per token of small ops fused around it (norms, residual adds)."""
+    params = batch * k * n
+    return Work(2.0 * tokens * params, (params + tokens * (batch * (k + n) + extra_elems)) * dtype_bytes,
+                gemm_weights(tokens, params), gemms=(Gemm(tokens, n, k, batch),))
 
 
-def gemm_weights(rows: int, weights: float) -> float:
+def gemm_weights(rows: float, weights: float) -> float:
     """The weights a GEMM over `rows` rows pays the small-batch penalty on: none for one row,
     which libraries run as a matrix-vector product streaming the weights (no tiling to waste)."""
     return weights if rows > 1 else 0.0
+
+
+def wave_flops(work: Work, sms: int, tile_m: int, tile_n: int) -> float:
+    """The FLOPs `work`'s compute lasts as long as when each GEMM launch's output tiles run in
+    waves over `sms` SMs: ceil(tiles / sms) waves, each as long as one tile's 2·tile_m·tile_n·k
+    FLOPs on every SM, filled or not. A launch of fewer tiles than SMs splits k over
+    floor(sms / tiles) SMs per tile (split-K, which GEMM libraries pick for such shapes), its one
+    wave lasting k / splits. A one-row product is a matrix-vector product (no tiles) and keeps its
+    own FLOPs, as do the work's non-GEMM FLOPs."""
+    flops = work.flops
+    for m, n, k, batch in work.gemms:
+        if m > 1 and batch > 0:  # no launch: shared experts of a model without any
+            tiles = batch * math.ceil(m / tile_m) * math.ceil(n / tile_n)
+            waves = math.ceil(tiles / sms) if tiles >= sms else 1.0 / (sms // tiles)
+            flops += 2.0 * k * (waves * sms * tile_m * tile_n - m * n * batch)
+    return flops
 
 
 # ---- the kernels of a step ----------------------------------------------------------------------
@@ -88,29 +135,110 @@ def experts_touched(model: Model, tokens: int) -> float:
     return moe.shared_experts + e * (1.0 - (1.0 - k / e) ** tokens)
 
 
-def attention_kernels(model: Model, step: Step) -> list[Work]:
-    """[input RMSNorm + qkv GEMM, attention core, o GEMM + residual add].
+def residual_elems(bb: Backbone) -> int:
+    """Elements per token a sublayer's last GEMM adds for the plain residual add (read 2, write 1);
+    none under mHC, whose post/residual mix (`mhc_kernels`) does it."""
+    return 3 * bb.hidden if bb.hc_mult == 1 else 0
 
-    Query-key pairs per sequence with n new tokens and context c after the step:
-    n·(c-n) + n(n+1)/2 (prefill of a whole prompt: n(n+1)/2; decode: c). Each pair costs
-    4·head_dim FLOPs per head (QK^T and PV). The KV cache of c tokens is read once per
-    sequence and the n new tokens' K/V are written once.
+
+class Sequences(NamedTuple):
+    """A step's sequences as attention sees them: those feeding one token (decode) and the others
+    (prefills, prompt chunks), with their context (KV length after the step) and causal
+    query-key pairs (a sequence with n new tokens and context c: n·(c-n) + n(n+1)/2; decode: c)."""
+
+    decode: int
+    decode_ctx: float
+    multi_tokens: float
+    multi_ctx: float
+    multi_pairs: float
+
+    @property
+    def tokens(self) -> float:
+        return self.decode + self.multi_tokens
+
+
+def sequences(step: Step) -> Sequences:
+    """`Sequences` of the step: a few numpy reductions, whatever the batch size."""
+    new, ctx = step.new_tokens, step.context_lens
+    one = new == 1
+    decode = int(one.sum())
+    if decode == new.size:  # a decode step: no prompt tokens
+        return Sequences(decode, float(ctx.sum()), 0.0, 0.0, 0.0)
+    n, c = new[~one], ctx[~one]
+    pairs = n * (c - n) + n * (n + 1) // 2  # exact: n(n+1) is even
+    return Sequences(decode, float(ctx[one].sum()), float(n.sum()), float(c.sum()), float(pairs.sum()))
+
+
+def attention_kernels(model: Model, step: Step) -> list[Work]:
+    """The attention sublayer: GQA's [input RMSNorm + qkv GEMM, attention core, o GEMM + residual
+    add], or MLA's (`mla_kernels`).
+
+    GQA: each causal pair costs 4·head_dim FLOPs per head (QK^T and PV). The KV cache of c tokens
+    is read once per sequence (decode sequences' reads are the core's `attention_bytes`) and the
+    new tokens' K/V are written once.
     """
     bb = model.backbone
+    if bb.attention.kind == "mla":
+        return mla_kernels(bb, step)
     b = DTYPE_BYTES[bb.dtype]
     att, hidden = bb.attention, bb.hidden
-    tokens = step.num_tokens
-    new = step.new_tokens.astype(np.float64)
-    ctx = step.context_lens.astype(np.float64)
+    rows, seqs = step.compute_tokens, sequences(step)
+    tokens = seqs.tokens
     qkv_out = (att.heads + 2 * att.kv_heads) * att.head_dim
     o_in = att.heads * att.head_dim
-    pairs = float(np.sum(new * (ctx - new) + new * (new + 1.0) / 2.0))
-    kv_token_bytes = 2 * att.kv_heads * att.head_dim * b
-    qkv = gemm(tokens, hidden, qkv_out, b, extra_elems=2 * hidden)  # + RMSNorm read/write
-    core = Work(4.0 * att.heads * att.head_dim * pairs,
-                (float(ctx.sum()) + tokens) * kv_token_bytes + tokens * 2 * o_in * b)  # read q, write output
-    o = gemm(tokens, o_in, hidden, b, extra_elems=3 * hidden)  # + residual add: read 2, write 1
+    kv_token_bytes = kv_bytes_per_token(bb) / bb.layers
+    qkv = gemm(rows, hidden, qkv_out, b, extra_elems=2 * hidden)  # + RMSNorm read/write
+    core = Work(4.0 * att.heads * att.head_dim * (seqs.decode_ctx + seqs.multi_pairs),
+                (seqs.decode_ctx + seqs.multi_ctx + tokens) * kv_token_bytes + tokens * 2 * o_in * b,  # read q, write output
+                attention_bytes=seqs.decode_ctx * kv_token_bytes)
+    o = gemm(rows, o_in, hidden, b, extra_elems=residual_elems(bb))
     return [qkv, core, o]
+
+
+def mla_kernels(bb: Backbone, step: Step) -> list[Work]:
+    """Multi-head latent attention (H heads, d = head_dim, r = rope_head_dim, L = kv_lora_rank,
+    Q = q_lora_rank): [query GEMM(s), KV down GEMM + latent write, decode sequences' absorbed form,
+    multi-token sequences' up-projection + core, o GEMM + residual add].
+
+    Query: hidden -> H(d+r) (Q = 0; + the input RMSNorm), or hidden -> Q, RMSNorm, Q -> H(d+r).
+    KV down: hidden -> L + r, RMSNorm on the latent; each new token's L + r values written to the
+    cache. A sequence feeding one token (decode) absorbs W_UK into its query ([H, d] x [H, d, L],
+    one launch for all of them, weights read once), scores every head over the cached latent +
+    rotary key (2H(L+r) FLOPs per pair, reading ctx·(L+r) values once for all heads), sums values
+    in latent space (2HL per pair) and multiplies by W_UV ([H, L] x [H, L, d]). A sequence feeding
+    more tokens up-projects its whole context's latent ([ctx, L] x [L, 2Hd]: k_nope and v) and
+    attends like MHA (2H(d+r) + 2Hd FLOPs per pair, reading the up-projected K/V and the rotary
+    key). Graph padding rows are decode rows: they join the absorbed GEMMs, not the core.
+    """
+    att, hidden = bb.attention, bb.hidden
+    b = DTYPE_BYTES[bb.dtype]
+    h, d, r, lat = att.heads, att.head_dim, att.rope_head_dim, att.kv_lora_rank
+    rows, seqs = step.compute_tokens, sequences(step)
+    kv_token_bytes = kv_bytes_per_token(bb) / bb.layers  # the latent + the rotary key
+    q_out = h * (d + r)
+    if att.q_lora_rank == 0:
+        works = [gemm(rows, hidden, q_out, b, extra_elems=2 * hidden)]  # + input RMSNorm read/write
+    else:
+        works = [gemm(rows, hidden, att.q_lora_rank, b, extra_elems=2 * hidden),
+                 gemm(rows, att.q_lora_rank, q_out, b, extra_elems=2 * att.q_lora_rank)]  # + query-latent RMSNorm
+    works.append(gemm(rows, hidden, lat + r, b, extra_elems=2 * lat) + Work(0.0, seqs.tokens * kv_token_bytes))
+    if seqs.decode:
+        absorbed = seqs.decode + step.pad
+        works += [
+            gemm(absorbed, d, lat, b, batch=h),  # q_nope x W_UK
+            Work(seqs.decode_ctx * (2.0 * h * (lat + r) + 2.0 * h * lat),
+                 seqs.decode_ctx * kv_token_bytes + seqs.decode * h * ((lat + r) + lat) * b,  # read the cache and q, write the output
+                 attention_bytes=seqs.decode_ctx * kv_token_bytes),
+            gemm(absorbed, lat, d, b, batch=h),  # x W_UV
+        ]
+    if seqs.multi_tokens:
+        works += [
+            gemm(seqs.multi_ctx, lat, 2 * h * d, b),  # the context's latent -> k_nope, v
+            Work(seqs.multi_pairs * (2.0 * h * (d + r) + 2.0 * h * d),
+                 (seqs.multi_ctx * (2 * h * d + r) + seqs.multi_tokens * (h * (d + r) + h * d)) * b),  # read K/V + rotary key and q, write output
+        ]
+    works.append(gemm(rows, h * d, hidden, b, extra_elems=residual_elems(bb)))
+    return works
 
 
 def mlp_kernels(model: Model, step: Step) -> list[Work]:
@@ -119,11 +247,11 @@ def mlp_kernels(model: Model, step: Step) -> list[Work]:
     bb = model.backbone
     b = DTYPE_BYTES[bb.dtype]
     hidden, inter = bb.hidden, bb.intermediate
-    tokens = step.num_tokens
+    rows = step.compute_tokens
     return [
-        gemm(tokens, hidden, 2 * inter, b, extra_elems=2 * hidden),  # + post-attention RMSNorm
-        Work(0.0, tokens * 3 * inter * b),  # SiLU(gate) * up: read 2, write 1
-        gemm(tokens, inter, hidden, b, extra_elems=3 * hidden),  # + residual add
+        gemm(rows, hidden, 2 * inter, b, extra_elems=2 * hidden),  # + post-attention RMSNorm
+        Work(0.0, rows * 3 * inter * b),  # SiLU(gate) * up: read 2, write 1
+        gemm(rows, inter, hidden, b, extra_elems=residual_elems(bb)),
     ]
 
 
@@ -132,7 +260,8 @@ def moe_kernels(model: Model, step: Step) -> list[Work]:
     residual add (shared + top-k routed experts).
 
     FLOPs follow the tokens (each token runs shared + top_k experts); weight bytes follow the
-    distinct experts the step touches (`experts_touched`), each read once.
+    distinct experts the step touches (`experts_touched`), each read once. Each touched routed
+    expert sees tokens·top_k / (routed experts touched) rows, each shared expert every token.
     """
     bb = model.backbone
     b = DTYPE_BYTES[bb.dtype]
@@ -140,23 +269,47 @@ def moe_kernels(model: Model, step: Step) -> list[Work]:
     if moe is None:
         raise ValueError("the model has no MoE layers")
     hidden, inter = bb.hidden, moe.expert_intermediate
-    tokens = step.num_tokens
+    rows = step.compute_tokens
     paths = moe.shared_experts + moe.top_k  # experts each token runs through
-    touched = experts_touched(model, tokens)
-    router = gemm(tokens, hidden, moe.experts, b, extra_elems=2 * hidden)  # + post-attention RMSNorm
-    up = Work(2.0 * tokens * paths * hidden * 2 * inter,
-              (touched * hidden * 2 * inter + tokens * paths * (hidden + 2 * inter + 3 * inter)) * b,
-              gemm_weights(tokens, touched * hidden * 2 * inter))
-    down = Work(2.0 * tokens * paths * inter * hidden,
-                (touched * inter * hidden + tokens * (paths * (inter + hidden) + paths * hidden + hidden + 3 * hidden)) * b,
-                gemm_weights(tokens, touched * inter * hidden))
+    touched = experts_touched(model, rows)
+    routed = touched - moe.shared_experts
+    routed_rows = rows * moe.top_k / routed if routed > 0 else 0.0  # an empty step touches none
+
+    def shapes(n: int, k: int) -> tuple[Gemm, ...]:
+        return Gemm(rows, n, k, moe.shared_experts), Gemm(routed_rows, n, k, routed)
+
+    router = gemm(rows, hidden, moe.experts, b, extra_elems=2 * hidden)  # + post-attention RMSNorm
+    up = Work(2.0 * rows * paths * hidden * 2 * inter,
+              (touched * hidden * 2 * inter + rows * paths * (hidden + 2 * inter + 3 * inter)) * b,
+              gemm_weights(rows, touched * hidden * 2 * inter), gemms=shapes(2 * inter, hidden))
+    down = Work(2.0 * rows * paths * inter * hidden,
+                (touched * inter * hidden + rows * (paths * (inter + hidden) + paths * hidden + hidden + residual_elems(bb))) * b,
+                gemm_weights(rows, touched * inter * hidden), gemms=shapes(hidden, inter))
     return [router, up, down]
 
 
+def mhc_kernels(model: Model, step: Step) -> tuple[Work, Work]:
+    """mHC around one sublayer (n = hc_mult streams of C = hidden): [RMSNorm of the flattened
+    n·C stream + GEMM n·C -> n² + 2n mixing coefficients + pre-mix (read n·C, write C), post +
+    residual mix (read n·C + C, write n·C)] per token."""
+    bb = model.backbone
+    b = DTYPE_BYTES[bb.dtype]
+    n, c = bb.hc_mult, bb.hidden
+    rows = step.compute_tokens
+    pre = gemm(rows, n * c, n * n + 2 * n, b, extra_elems=2 * n * c + n * c + c)  # norm read + write, pre-mix
+    post = Work(0.0, rows * (n * c + c + n * c) * b)
+    return pre, post
+
+
 def block_kernels(model: Model, step: Step, block: int) -> list[Work]:
-    """The kernels of one transformer block (attention + MLP or MoE) for the step."""
+    """The kernels of one transformer block (attention + MLP or MoE) for the step, each sublayer
+    wrapped in its mHC kernels when the backbone has more than one residual stream."""
     mlp = moe_kernels(model, step) if block_kind(model, block) == "moe" else mlp_kernels(model, step)
-    return attention_kernels(model, step) + mlp
+    attention = attention_kernels(model, step)
+    if model.backbone.hc_mult == 1:
+        return attention + mlp
+    pre, post = mhc_kernels(model, step)
+    return [pre, *attention, post, pre, *mlp, post]
 
 
 def engram_kernels(model: Model, step: Step, rows: int) -> list[Work]:
@@ -165,7 +318,8 @@ def engram_kernels(model: Model, step: Step, rows: int) -> list[Work]:
 
     Gather: the step's `rows` unique rows read from device memory (from the table in HBM, or from
     the buffer the link filled: the same traffic either way, so offloading never makes this
-    cheaper), and the memory vector e_t written for every token.
+    cheaper), and the memory vector e_t written for every token (graph padding included, as every
+    kernel of a padded step).
     Fused projection d_mem -> (hc_mult+1)·hidden (the W_k per branch and the shared W_v).
     Gating, short conv and residual: `ENGRAM_ELEMENTWISE_PASSES` passes over
     [tokens, hc_mult, hidden] plus the depthwise conv's FLOPs.
@@ -173,26 +327,28 @@ def engram_kernels(model: Model, step: Step, rows: int) -> list[Work]:
     engram = model.engram
     b = DTYPE_BYTES[model.backbone.dtype]
     hidden, hc = model.backbone.hidden, engram.hc_mult
-    tokens = step.num_tokens
+    tokens = step.compute_tokens  # inside the padded CUDA graph; padding rows read the step's first row
     e_t = engram.heads_per_layer * engram.row_bytes  # one token's memory vector, bytes
     gather = Work(0.0, rows * engram.row_bytes + tokens * e_t)
     out = (hc + 1) * hidden
     params = engram.d_mem * out
-    projection = Work(2.0 * tokens * params, params * b + tokens * (e_t + out * b), gemm_weights(tokens, params))
+    projection = Work(2.0 * tokens * params, params * b + tokens * (e_t + out * b), gemm_weights(tokens, params),
+                      gemms=(Gemm(tokens, out, engram.d_mem),))
     branch_elems = tokens * hc * hidden
     elementwise = Work(2.0 * engram.kernel_size * branch_elems, ENGRAM_ELEMENTWISE_PASSES * branch_elems * b)
     return [gather, projection, elementwise]
 
 
 def head_kernels(model: Model, step: Step) -> list[Work]:
-    """[embedding lookup + final RMSNorm, LM head GEMM for one sampled token per sequence]."""
+    """[embedding lookup + final RMSNorm (graph-padded rows), LM head GEMM for one sampled token per
+    sequence]."""
     bb = model.backbone
     b = DTYPE_BYTES[bb.dtype]
-    tokens, seqs = step.num_tokens, step.num_seqs
-    lookup_norm = Work(0.0, 4.0 * tokens * bb.hidden * b)  # embedding read + write, norm read + write
+    seqs = step.num_seqs
+    lookup_norm = Work(0.0, 4.0 * step.compute_tokens * bb.hidden * b)  # embedding read + write, norm read + write
     params = bb.hidden * bb.vocab
     head = Work(2.0 * seqs * params, params * b + seqs * bb.hidden * b + 2.0 * seqs * bb.vocab * LOGIT_BYTES,
-                gemm_weights(seqs, params))
+                gemm_weights(seqs, params), gemms=(Gemm(seqs, bb.vocab, bb.hidden),))
     return [lookup_norm, head]
 
 
@@ -205,14 +361,17 @@ def _maximum(a: Num, b: Num) -> Num:
 
 
 def roofline(flops: Num, nbytes: Num, weights: Num, flops_s: float, bytes_s: float,
-             exponent: float | None = None, half_rows: float = 0.0) -> Num:
+             exponent: float | None = None, half_rows: float = 0.0,
+             attention_bytes: Num | float = 0.0, attention_bytes_s: float | None = None) -> Num:
     """Seconds of kernels at achieved compute and memory rates: the slower of the two, or their
     `exponent`-norm (tc^n + tm^n)^(1/n) (no fixed cost). A GEMM of M rows computes at
     M / (M + half_rows) of the peak (Hockney's half-performance length): as if it ran `half_rows`
     more rows, 2 FLOPs per weight each. A GPU overlaps memory traffic with math (the max, n =
-    infinity); one CPU core running a small-batch GEMM hardly does (n near 1, the sum)."""
+    infinity); one CPU core running a small-batch GEMM hardly does (n near 1, the sum). The
+    `attention_bytes` among `nbytes` (decode attention's paged KV reads) move at
+    `attention_bytes_s` when it is given, the rest at `bytes_s`."""
     tc = (flops + 2.0 * half_rows * weights) / flops_s
-    tm = nbytes / bytes_s
+    tm = nbytes / bytes_s if attention_bytes_s is None else (nbytes - attention_bytes) / bytes_s + attention_bytes / attention_bytes_s
     hi = _maximum(tc, tm)
     if exponent is None:
         return hi

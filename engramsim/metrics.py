@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from engramsim.records import RunOutcome, StepLog, StepRecord
+from engramsim.records import RunOutcome, ServingCounts, StepLog, StepRecord
 
-GROUPS = ("throughput", "overheads", "latencies", "stall", "link traffic", "rows", "run size")
+GROUPS = ("throughput", "overheads", "latencies", "stall", "link traffic", "rows", "serving", "run size")
 LAYER_COUNTS = ("rows_unique", "references", "rows_hbm", "rows_fetched", "bytes_fetched")
 SPLIT_COUNTS = ("rows_placed_hbm", "cache_hits", "rows_missed", "rows_speculative")
 
@@ -169,6 +169,14 @@ def _throughput(outcome: RunOutcome | None) -> float | None:
     return None if outcome is None else outcome.throughput_tok_s
 
 
+def _serving(name: str) -> Callable[[MetricContext], Value]:
+    """The compute function of one of the scheduler's counts (None for an outcome without them)."""
+    def compute(c: MetricContext) -> Value:
+        counts: ServingCounts | None = c.outcome.serving
+        return None if counts is None else getattr(counts, name)
+    return compute
+
+
 def _hit_rate(c: MetricContext) -> float | None:
     outside_hbm = c.total("cache_hits") + c.total("rows_missed")
     return c.total("cache_hits") / outside_hbm if outside_hbm else None
@@ -245,6 +253,21 @@ register(Metric(name="cache_hit_rate", unit="fraction", label="cache hit rate", 
 register(Metric(name="dedup_ratio", unit="refs/row", label="dedup ratio", group="rows", digits=3,
                 meaning="row references / unique rows (rows are deduplicated per step and layer)",
                 compute=lambda c: c.total("references") / max(1, c.total("rows_unique"))))
+register(Metric(name="kv_blocks_total", unit="blocks", label="KV-cache blocks", group="serving",
+                meaning="blocks of the paged KV cache (the scheduler's block_size tokens each)",
+                compute=_serving("kv_blocks")))
+register(Metric(name="kv_utilisation_mean", unit="fraction", label="KV cache in use, mean", group="serving", digits=4,
+                meaning="KV blocks in use while a step runs / blocks, mean over steps",
+                compute=_serving("kv_used_mean")))
+register(Metric(name="kv_utilisation_peak", unit="fraction", label="KV cache in use, peak", group="serving", digits=4,
+                meaning="the most KV blocks in use while a step runs / blocks",
+                compute=_serving("kv_used_peak")))
+register(Metric(name="preemptions", unit="sequences", label="preemptions", group="serving",
+                meaning="sequences preempted for want of a free KV block (blocks freed, prefilled again later)",
+                compute=_serving("preemptions")))
+register(Metric(name="recomputed_tokens", unit="tokens", label="recomputed tokens", group="serving",
+                meaning="tokens prefilled again after a preemption",
+                compute=_serving("recomputed_tokens")))
 register(Metric(name="steps", unit="steps", label="steps", group="run size",
                 meaning="steps executed",
                 compute=lambda c: len(c.outcome.steps)))
@@ -255,7 +278,7 @@ register(Metric(name="output_tokens", unit="tokens", label="output tokens", grou
                 meaning="tokens generated",
                 compute=lambda c: c.outcome.output_tokens))
 register(Metric(name="prompt_tokens", unit="tokens", label="prompt tokens", group="run size",
-                meaning="prompt tokens prefilled",
+                meaning="prompt tokens prefilled, each counted once (prefilled again after a preemption: recomputed_tokens)",
                 compute=lambda c: c.outcome.prompt_tokens))
 register(Metric(name="seed", unit="", label="seed",
                 meaning="the scenario's seed",

@@ -134,7 +134,7 @@ class StepRecord:
 
 
 # ---- compact storage --------------------------------------------------------------------------
-KINDS = ("prefill", "decode")  # StepRecord.kind, stored as its index here
+KINDS = ("prefill", "decode", "mixed")  # StepRecord.kind, stored as its index here (mixed: prompt chunks beside decodes)
 LAYER_FIELDS = tuple(f.name for f in fields(LayerRecord))
 # Counts of one step fit 32 bits (a value that does not raises OverflowError when stored); bytes and times take 64.
 LAYER_DTYPE = np.dtype([(f.name, "f8" if f.type == "float" else "i8" if f.name == "bytes_fetched" else "i4") for f in fields(LayerRecord)])
@@ -303,10 +303,22 @@ class Timeline:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServingCounts:
+    """What a pass's scheduler counted of its KV cache and preemptions (engramsim/scheduler.py)."""
+
+    kv_blocks: int  # blocks of the paged KV cache
+    kv_used_mean: float  # blocks in use while a step runs / kv_blocks, mean over steps
+    kv_used_peak: float  # the most blocks in use while a step runs / kv_blocks
+    preemptions: int  # sequences preempted (their blocks freed, to be prefilled again)
+    recomputed_tokens: int  # tokens fed again after a preemption
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunOutcome:
     """One executed pass: step and layer records, the timeline, and the request-level metrics
     its scheduler recorded. results.py turns it into files and metrics. Lists of records or of
-    spans are taken too, and stored as a `StepLog` and a `Timeline`."""
+    spans are taken too, and stored as a `StepLog` and a `Timeline`. `serving` is None for an
+    outcome built from records alone, without the scheduler that made the steps."""
 
     steps: StepLog
     spans: Timeline
@@ -317,6 +329,7 @@ class RunOutcome:
     prompt_tokens: int
     ttft_s: np.ndarray
     tpot_s: np.ndarray
+    serving: ServingCounts | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", StepLog.of(self.steps))

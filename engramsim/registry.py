@@ -14,15 +14,18 @@ from typing import Literal, TypeVar, overload
 
 from engramsim.errors import InputError
 from engramsim.scenario import StrategyChoice
+from engramsim.scheduler import Scheduler, SchedulerParams
 from engramsim.strategies import Cache, Hashing, HashingSetup, Params, Placement, Prefetch, SetupContext, Strategy, Transport
+from engramsim.workload import Workload
 
-BASES: dict[str, type] = {"hashing": Hashing, "placement": Placement, "cache": Cache, "prefetch": Prefetch, "transport": Transport}
+BASES: dict[str, type] = {"scheduler": Scheduler, "hashing": Hashing, "placement": Placement, "cache": Cache, "prefetch": Prefetch,
+                          "transport": Transport}
 KINDS = tuple(BASES)
 ENTRY_POINT_GROUP = "engramsim.plugins"
 
 _PLUGINS: dict[tuple[str, str], type] = {}
 _loaded = False
-T = TypeVar("T", bound=type[Strategy] | type[Hashing])
+T = TypeVar("T", bound=type[Strategy] | type[Hashing] | type[Scheduler])
 
 
 def register(kind: str, name: str) -> Callable[[T], T]:
@@ -31,8 +34,11 @@ def register(kind: str, name: str) -> Callable[[T], T]:
         raise ValueError(f"unknown plugin kind {kind!r}; expected one of {', '.join(KINDS)}")
 
     def decorate(cls: T) -> T:
-        if not issubclass(cls, BASES[kind]):
-            raise TypeError(f"{kind} plugin {name!r} ({cls.__name__}) must subclass engramsim.strategies.{BASES[kind].__name__}")
+        base = BASES[kind]
+        if not issubclass(cls, base):
+            raise TypeError(f"{kind} plugin {name!r} ({cls.__name__}) must subclass {base.__module__}.{base.__name__}")
+        if kind == "scheduler" and not issubclass(params_model(cls), SchedulerParams):
+            raise TypeError(f"scheduler plugin {name!r} ({cls.__name__}): its Params must subclass engramsim.scheduler.SchedulerParams")
         key = (kind, name)
         if key in _PLUGINS and _PLUGINS[key] is not cls:
             raise ValueError(f"{kind} plugin {name!r} is already registered by {_PLUGINS[key].__module__}")
@@ -122,6 +128,20 @@ def build(kind: str, choice: StrategyChoice, setup: SetupContext) -> Strategy:
     """
     cls = get(kind, choice.name)
     return cls(params_model(cls).model_validate(choice.params), setup)
+
+
+def scheduler_params(choice: StrategyChoice) -> SchedulerParams:
+    """The scheduler's params, validated by its plugin's model (see `build`)."""
+    model = params_model(get("scheduler", choice.name))
+    assert issubclass(model, SchedulerParams)  # register() checks every scheduler plugin's params
+    return model.model_validate(choice.params)
+
+
+def build_scheduler(choice: StrategyChoice, workload: Workload, kv_blocks: int) -> Scheduler:
+    """A fresh serving engine of the scenario's scheduler plugin over `workload`, with `kv_blocks` KV-cache blocks (see `build`)."""
+    cls = get("scheduler", choice.name)
+    assert issubclass(cls, Scheduler)  # register() checks every scheduler plugin's base
+    return cls(scheduler_params(choice), workload, kv_blocks)
 
 
 def build_hashing(choice: StrategyChoice, setup: HashingSetup) -> Hashing:

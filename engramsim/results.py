@@ -93,29 +93,39 @@ def latency_by_index(outcome: RunOutcome | None) -> np.ndarray:
     return latency
 
 
-def timeline_json(spans: Iterable[Span], title: str, counters: list[dict[str, Any]] | None = None) -> str:
-    """Chrome/Perfetto trace-event JSON: one thread per lane, times in microseconds; `counters`
-    are extra trace events appended as given (a CUDA run's NVML samples, "ph": "C"). A timeline
-    that kept the spans of its first steps only (`records.TIMELINE_STEPS`) says so in its title
-    and in `otherData`."""
+def timeline_events(spans: Iterable[Span], title: str, pid: int = 1) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One process of a Chrome/Perfetto trace (its name, one thread per lane, a complete event per
+    span, times in microseconds) and the `otherData` it needs. A timeline that kept the spans of
+    its first steps only (`records.TIMELINE_STEPS`) says so in its title and in `otherData`."""
     timeline = Timeline.of(spans)
     tids = {lane: i + 1 for i, lane in enumerate(LANES)}
-    document: dict[str, Any] = {}
+    other: dict[str, Any] = {}
     if timeline.dropped:
         title += f" (steps 0-{timeline.limit - 1} only: {timeline.dropped:,} later spans not drawn)"
-        document["otherData"] = {"spans_of_steps_below": timeline.limit, "spans_not_drawn": timeline.dropped}
-    events: list[dict[str, Any]] = [{"name": "process_name", "ph": "M", "pid": 1, "args": {"name": title}}]
-    events += [{"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": lane}} for lane, tid in tids.items()]
+        other = {"spans_of_steps_below": timeline.limit, "spans_not_drawn": timeline.dropped}
+    events: list[dict[str, Any]] = [{"name": "process_name", "ph": "M", "pid": pid, "args": {"name": title}}]
+    events += [{"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": lane}} for lane, tid in tids.items()]
     for span in timeline:
         args: dict[str, Any] = {"step": span.step}
         if span.layer is not None:
             args["layer"] = span.layer
         if span.bytes:
             args["bytes"] = span.bytes
-        events.append({"name": span.name, "ph": "X", "pid": 1, "tid": tids[span.kind.lane], "ts": round(span.start_s * 1e6, 3),
+        events.append({"name": span.name, "ph": "X", "pid": pid, "tid": tids[span.kind.lane], "ts": round(span.start_s * 1e6, 3),
                        "dur": round(span.seconds * 1e6, 3), "args": args})
-    events += counters or []
-    return json.dumps({"traceEvents": events, "displayTimeUnit": "ms", **document}, separators=(",", ":"))
+    return events, other
+
+
+def trace_json(events: list[dict[str, Any]], other: dict[str, Any] | None = None) -> str:
+    """A trace-event JSON document of `events` (times in microseconds, shown in ms)."""
+    return json.dumps({"traceEvents": events, "displayTimeUnit": "ms", **({"otherData": other} if other else {})}, separators=(",", ":"))
+
+
+def timeline_json(spans: Iterable[Span], title: str, counters: list[dict[str, Any]] | None = None) -> str:
+    """A run's timeline.json (`timeline_events`, one process); `counters` are extra trace events
+    appended as given (a CUDA run's NVML samples, "ph": "C")."""
+    events, other = timeline_events(spans, title)
+    return trace_json(events + (counters or []), other)
 
 
 def results_json(document: dict, path: Path) -> str:

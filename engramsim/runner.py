@@ -1,10 +1,14 @@
 """Run a scenario: resolve its names, build the workload once, execute, write the results.
 
-Every executor runs the scenario three times on the same steps: as configured, with every table
-in HBM (the baseline the overhead is measured against) and without Engram at all (the reference
-the paper's Table 4 uses). The simulator prices the passes (`run_sim`); the real backends execute
-them with torch on the CPU or a CUDA GPU and time them (`run_real_report`, imported lazily so a
-simulated run never loads torch).
+Every executor runs the scenario three times: as configured, with every table in HBM (the
+baseline the overhead is measured against) and without Engram at all (the reference the paper's
+Table 4 uses). Each pass has its own serving engine (`Prepared.scheduler`) and KV cache: the
+offloaded pass and the all-HBM baseline get the blocks the configured pass's HBM items leave, so
+they run the same steps and the baseline isolates the cost of fetching rows (its hypothetical
+all-HBM tables are not charged to the KV cache); the no-Engram pass gets the blocks a model
+without Engram would, so it may batch and preempt differently. The simulator prices the passes
+(`run_sim`); the real backends execute them with torch on the CPU or a CUDA GPU and time them
+(`run_real_report`, imported lazily so a simulated run never loads torch).
 """
 
 from __future__ import annotations
@@ -15,13 +19,11 @@ from functools import partial
 from pathlib import Path
 
 from engramsim.errors import InputError
-from engramsim.hbm import kv_free_bytes
 from engramsim.records import RunOutcome
 from engramsim.registry import build
 from engramsim.results import results_document, summarize, write_results
 from engramsim.scenario import Scenario, StrategyChoice
 from engramsim.scenario_io import dump_scenario
-from engramsim.scheduler import Scheduler
 from engramsim.session import ALL_HBM, GIB, Prepared, planner
 from engramsim.simulator.cost import RooflineCostModel
 from engramsim.simulator.engine import Engine, simulate
@@ -38,12 +40,12 @@ def simulate_run(prepared: Prepared, placement: StrategyChoice | None = None, en
         build("transport", scenario.strategies.transport, prepared.setup()),
         prepared.profile.gpu.copy_engines,
     )
-    scheduler = Scheduler(prepared.workload)
+    scheduler = prepared.scheduler(engram)
     steps, makespan = simulate(engine, scheduler, planner(prepared, placement, engram), scenario.run.max_steps, progress)
     ttft, tpot = scheduler.latencies()
     return RunOutcome(steps=steps, spans=engine.spans, events=engine.env.event_count, link_busy_s=engine.link.busy_s,
                       makespan_s=makespan, output_tokens=scheduler.output_tokens, prompt_tokens=scheduler.prompt_tokens,
-                      ttft_s=ttft, tpot_s=tpot)
+                      ttft_s=ttft, tpot_s=tpot, serving=scheduler.serving())
 
 
 @dataclass
@@ -94,9 +96,13 @@ def _report(prepared: Prepared, out_dir: Path, outcomes: list[RunOutcome], backe
 
 
 def hbm_report(prepared: Prepared) -> dict:
-    """What the configured pass keeps in HBM (bytes, by item) and what is left for more KV cache."""
-    return {"items_bytes": dict(prepared.hbm), "capacity_bytes": int(prepared.profile.gpu.hbm_gib * GIB),
-            "kv_free_bytes": kv_free_bytes(prepared.hbm, prepared.profile.gpu.hbm_gib * GIB)}
+    """What the configured pass keeps in HBM (bytes, by item), the part the engine may use, and the
+    KV cache each pass gets from the rest (blocks and bytes)."""
+    kv = prepared.kv
+    return {"capacity_bytes": int(prepared.profile.gpu.hbm_gib * GIB), "usable_bytes": kv.usable_bytes,
+            "items_bytes": dict(prepared.hbm), "kv_block_size": kv.block_size, "kv_block_bytes": kv.block_bytes,
+            "kv_blocks": kv.blocks, "kv_bytes": kv.blocks * kv.block_bytes,
+            "kv_blocks_without_engram": kv.blocks_without_engram}
 
 
 def run_sim(prepared: Prepared, out_dir: Path, progress_factory: Callable | None = None) -> RunReport:

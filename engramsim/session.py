@@ -1,6 +1,6 @@
 """Prepare a scenario once for any executor: resolve its names, build the hashing plugin and the
-workload, check that its placement and HBM budget fit the hardware, and make the planners of
-its passes.
+workload, check that its placement and HBM budget fit the hardware, size the KV cache, and make
+the schedulers and planners of its passes.
 
 Every check runs here, before a pass starts, so a scenario that cannot run fails with one
 `InputError` line naming the file and the field to change.
@@ -17,10 +17,11 @@ import numpy as np
 from engramsim.errors import InputError
 from engramsim.hardware.presets import load_profile
 from engramsim.hardware.profile import HardwareProfile
-from engramsim.hbm import hbm_items
+from engramsim.hbm import backbone_items, hbm_items, kv_blocks, kv_bytes_per_token, longest_sequence
 from engramsim.plan import Planner
-from engramsim.registry import build, build_hashing
+from engramsim.registry import build, build_hashing, build_scheduler, scheduler_params
 from engramsim.scenario import Scenario, StrategyChoice
+from engramsim.scheduler import Scheduler, SchedulerParams
 from engramsim.strategies import PRICED_TIERS, Cache, Hashing, HashingSetup, Placement, Prefetch, SetupContext, TableInfo, Tier
 from engramsim.tokenizer import compressed_vocab
 from engramsim.traces.format import load_trace
@@ -31,9 +32,23 @@ PAD_ID = 2  # raw id of the pad token before a sequence's start (ENGRAM.md step 
 ALL_HBM = StrategyChoice(name="all-hbm")
 
 
+@dataclass(frozen=True)
+class KvCache:
+    """The paged KV cache of each pass. The offloaded pass and the all-HBM baseline get what the
+    configured pass's HBM items leave (so the baseline differs only in where rows come from: its
+    hypothetical all-HBM tables are not charged to the KV cache); the no-Engram pass gets what a
+    model without Engram would (no Engram item at all). A `kv_blocks` param gives every pass that many."""
+
+    block_size: int  # tokens per block
+    block_bytes: int
+    blocks: int  # the offloaded pass and the all-HBM baseline
+    blocks_without_engram: int  # the no-Engram pass
+    usable_bytes: int  # gpu_memory_utilization x HBM
+
+
 @dataclass
 class Prepared:
-    """A scenario with every name resolved and the workload built, ready for any executor."""
+    """A scenario with every name resolved, the workload built and the KV cache sized, ready for any executor."""
 
     scenario: Scenario
     source: str
@@ -41,10 +56,17 @@ class Prepared:
     hashing: Hashing
     tables: dict[int, TableInfo]
     workload: Workload
-    hbm: dict[str, int]  # what the configured pass keeps in HBM, by item (see engramsim/hbm.py)
+    hbm: dict[str, int]  # what the configured pass keeps in HBM besides the KV cache, by item (see engramsim/hbm.py)
+    kv: KvCache
 
     def setup(self) -> SetupContext:
         return SetupContext(self.scenario, self.tables, self.profile, self.scenario.run.seed)
+
+    def scheduler(self, engram: bool = True) -> Scheduler:
+        """A fresh serving engine (the scenario's scheduler plugin) for one pass, with that pass's KV
+        cache: `engram=False` for the pass without Engram (see `KvCache`)."""
+        blocks = self.kv.blocks if engram else self.kv.blocks_without_engram
+        return build_scheduler(self.scenario.strategies.scheduler, self.workload, blocks)
 
 
 def engram_tables(scenario: Scenario, hashing: Hashing) -> dict[int, TableInfo]:
@@ -70,8 +92,13 @@ def check_tiers(source: str, placement: Placement, profile: HardwareProfile) -> 
 
 
 def check_hbm(source: str, items: dict[str, int], profile: HardwareProfile) -> None:
-    """One line naming what fills the GPU's HBM when the items do not fit, and the field of the biggest."""
+    """Refuse weights that alone exceed the GPU's HBM, then items that together do, in one line
+    naming what fills it and the field of the biggest."""
     capacity = profile.gpu.hbm_gib * GIB
+    weights = items["backbone weights"]
+    if weights > capacity:
+        raise InputError(source, f"the backbone weights alone need {weights / GIB:.2f} GiB of HBM, the {profile.gpu.name} "
+                         f"has {capacity / GIB:.2f} GiB", field="model.backbone")
     needed = sum(items.values())
     if needed <= capacity:
         return
@@ -82,10 +109,36 @@ def check_hbm(source: str, items: dict[str, int], profile: HardwareProfile) -> N
 
 
 HBM_FIELDS = {
-    "backbone weights": "model.backbone", "Engram modules": "model.engram", "Engram tables in HBM": "strategies.placement",
-    "Engram caches": "strategies.cache", "Engram staging buffers": "strategies.prefetch",
-    "KV cache (one longest sequence)": "workload.prompt_len",
+    "backbone weights": "model.backbone", "warm-up activations": "workload.batching.max_num_batched_tokens",
+    "reserved (CUDA context, workspaces)": "strategies.scheduler.params.reserved_gib", "Engram modules": "model.engram",
+    "Engram tables in HBM": "strategies.placement", "Engram caches": "strategies.cache", "Engram staging buffers": "strategies.prefetch",
 }
+
+
+def size_kv_cache(source: str, scenario: Scenario, items: dict[str, int], profile: HardwareProfile, params: SchedulerParams,
+                  workload: Workload) -> KvCache:
+    """The KV cache of each pass (`KvCache`), refused in one line when it cannot hold one sequence of
+    the longest prompt + output (the engine could not make progress), or when `kv_blocks` asks for
+    more blocks than fit."""
+    capacity = profile.gpu.hbm_gib * GIB
+    usable = params.gpu_memory_utilization * capacity
+    block_bytes = kv_bytes_per_token(scenario.model.backbone) * params.block_size
+    fit = kv_blocks(usable, items, block_bytes)
+    longest = longest_sequence(workload)
+    needed = -(-longest // params.block_size)
+    field = "strategies.scheduler.params." + ("gpu_memory_utilization" if params.kv_blocks is None else "kv_blocks")
+    found = (f"{params.gpu_memory_utilization:g} x {capacity / GIB:.2f} GiB of HBM less {sum(items.values()) / GIB:.2f} GiB "
+             f"(weights, Engram, warm-up activations, reserved) holds {fit:,} KV blocks of {params.block_size} tokens")
+    if params.kv_blocks is not None and params.kv_blocks > fit:
+        raise InputError(source, f"{params.kv_blocks:,} KV blocks asked for, but {found}", field=field)
+    blocks = fit if params.kv_blocks is None else params.kv_blocks
+    if blocks < needed:
+        have = found if params.kv_blocks is None else f"{blocks:,} KV blocks of {params.block_size} tokens"
+        raise InputError(source, f"{have}, but one sequence of the longest prompt + output ({longest:,} tokens) needs {needed:,}",
+                         field=field)
+    reserved = items["reserved (CUDA context, workspaces)"]
+    without = kv_blocks(usable, backbone_items(scenario, reserved, engram=False), block_bytes) if params.kv_blocks is None else blocks
+    return KvCache(params.block_size, block_bytes, blocks, without, int(usable))
 
 
 @contextlib.contextmanager
@@ -127,19 +180,24 @@ def prepare(scenario: Scenario, source: str) -> Prepared:
     hashing = build_hashing(scenario.strategies.hashing, HashingSetup(engram, vocab.size, int(vocab.table[PAD_ID])))
     workload = build_workload(scenario, trace, hashing, vocab)
     tables = engram_tables(scenario, hashing)
-    prepared = Prepared(scenario, source, profile, hashing, tables, workload, {})
-    placement, cache, prefetch = strategies(prepared)
+    placement, cache, prefetch = _strategies(SetupContext(scenario, tables, profile, scenario.run.seed))
     check_tiers(source, placement, profile)
-    prepared.hbm = hbm_items(scenario, tables, workload, placement, cache, prefetch)
-    check_hbm(source, prepared.hbm, profile)
-    return prepared
+    params = scheduler_params(scenario.strategies.scheduler)
+    items = hbm_items(scenario, tables, workload, placement, cache, prefetch, int(params.reserved_gib * GIB))
+    check_hbm(source, items, profile)
+    kv = size_kv_cache(source, scenario, items, profile, params, workload)
+    return Prepared(scenario, source, profile, hashing, tables, workload, items, kv)
+
+
+def _strategies(setup: SetupContext, placement: StrategyChoice | None = None) -> tuple[Placement, Cache, Prefetch]:
+    chosen = setup.scenario.strategies
+    return (build("placement", placement or chosen.placement, setup), build("cache", chosen.cache, setup),
+            build("prefetch", chosen.prefetch, setup))
 
 
 def strategies(prepared: Prepared, placement: StrategyChoice | None = None) -> tuple[Placement, Cache, Prefetch]:
     """Fresh placement, cache and prefetch strategies for one pass (caches start empty)."""
-    setup, chosen = prepared.setup(), prepared.scenario.strategies
-    return (build("placement", placement or chosen.placement, setup), build("cache", chosen.cache, setup),
-            build("prefetch", chosen.prefetch, setup))
+    return _strategies(prepared.setup(), placement)
 
 
 def planner(prepared: Prepared, placement: StrategyChoice | None = None, engram: bool = True) -> Planner:

@@ -1,7 +1,7 @@
 """Loading hardware profiles: shipped presets by name, or a user's YAML file.
 
 A profile file holds the `HardwareProfile` fields. Its `link` is either an inline mapping of the
-`Link` fields or the name of a link preset (so the PCIe numbers live in one file, not seven).
+`Link` fields or the name of a link preset (so the PCIe numbers live in one file, not in every profile).
 A link file holds `link:` (the `Link` fields) and `provenance:`. Every problem — unknown name,
 unreadable file, broken YAML, a bad or missing field — is one InputError line naming the file
 and the field, so the CLI can print it and exit 2.

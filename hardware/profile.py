@@ -39,18 +39,19 @@ class GPU(_Strict):
     engram_overhead_us: NonNegativeFloat | None = Field(
         None, description="fixed cost of one Engram layer per step (its many small kernels), us; null: layer_overhead_us")
     gemm_half_rows: NonNegativeFloat = Field(
-        0.0, description="half-performance length of a GEMM: over M rows it reaches M / (M + this) of the compute peak")
+        0.0, description="half-performance length of a GEMM: over M rows it reaches M / (M + this) of the compute peak; "
+        "ignored when sms is set (the wave model replaces it)")
     roofline_exponent: float | None = Field(
         None, ge=1, description="how a kernel's compute and memory times combine: (tc^n + tm^n)^(1/n); "
         "null is max(tc, tm) (full overlap, GPUs), 1 their sum (no overlap)")
     attention_efficiency: float | None = Field(
-        None, gt=0, le=1, description="achieved fraction of HBM peak when decode attention reads the paged KV cache; "
+        default=None, gt=0, le=1, description="achieved fraction of HBM peak when decode attention reads the paged KV cache; "
         "null: memory_efficiency")
     sms: PositiveInt | None = Field(
-        None, le=4096, description="streaming multiprocessors (compute units): a GEMM's output tiles run in waves of this many; "
+        default=None, le=4096, description="streaming multiprocessors (compute units): a GEMM's output tiles run in waves of this many; "
         "null: no wave quantisation (CPUs)")
-    gemm_tile_m: PositiveInt = Field(128, le=1024, description="rows (tokens) of one GEMM output tile, one thread block")
-    gemm_tile_n: PositiveInt = Field(128, le=1024, description="columns of one GEMM output tile")
+    gemm_tile_m: PositiveInt = Field(default=128, le=1024, description="rows (tokens) of one GEMM output tile, one thread block")
+    gemm_tile_n: PositiveInt = Field(default=128, le=1024, description="columns of one GEMM output tile")
     copy_engines: PositiveInt = 2
 
 
@@ -89,6 +90,6 @@ class HardwareProfile(_Strict):
     host: Host
     step_overhead_us: NonNegativeFloat = Field(description="per-step scheduler, sampling and launch cost outside the blocks, us")
     step_overhead_per_seq_us: NonNegativeFloat = Field(
-        0.0, description="host cost per sequence in the step (input preparation, block tables, sampling bookkeeping), us")
+        default=0.0, description="host cost per sequence in the step (input preparation, block tables, sampling bookkeeping), us")
     provenance: Provenance
     residuals: dict[str, Residual] = Field(default_factory=dict)

@@ -1,3 +1,3 @@
 """Built-in strategy plugins; importing this package registers them."""
 
-from engramsim.plugins import cache, hashing, placement, prefetch, transport  # noqa: F401
+from engramsim.plugins import cache, hashing, placement, prefetch, scheduler, transport  # noqa: F401

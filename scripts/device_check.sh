@@ -3,8 +3,10 @@
 #   1. install engramsim over the machine's own python and torch (torch is never reinstalled),
 #   2. the CUDA tests (pytest -m cuda),
 #   3. `engramsim hw --json`,
-#   4. `engramsim calibrate --backend cuda --quick` -> $OUT/h200.yaml (+ every timing in h200-samples.json),
-#   5. `engramsim validate --backend cuda` of scenarios/validation/*.yaml on that profile, in bf16,
+#   4. `engramsim calibrate --backend cuda --quick` -> $OUT/h200.yaml (+ every timing in h200-samples.json): fetches
+#      through the executor's fetch worker, dense and MoE stand-in blocks (the MoE's routed experts as grouped GEMMs
+#      where this torch has them: the log says), host time a + b x sequences from real passes at 3 batch sizes,
+#   5. `engramsim validate --backend cuda --repeats 1` of scenarios/validation/*.yaml on that profile, in bf16,
 #   6. scenarios/paper-table4-4b.yaml on --backend cuda, staged and zero-copy, shrunk to fit the time
 #      and the host memory (64 requests, outputs up to 256 tokens, 8M rows per head = a 20 GB table).
 # Every log lands in $OUT, eight files at most, none deeper than $OUT/FILE:
@@ -56,7 +58,7 @@ step() {
 }
 
 # ---- 1. install ----------------------------------------------------------------------------------
-say "python: $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available())' 2>&1)"
+say "python: $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available(), "grouped_mm", hasattr(torch.nn.functional, "grouped_mm"))' 2>&1)"
 if [ -n "${SKIP_INSTALL:-}" ]; then
   say "install skipped (SKIP_INSTALL)"
 elif compgen -G ".whl/*.whl" >/dev/null; then
@@ -79,12 +81,12 @@ if timeout 60 "${ES[@]}" hw --json >"$OUT/hw.json" 2>>"$LOG"; then say "done hw"
 timeout 60 "${ES[@]}" hw 2>&1 | tee -a "$LOG" >/dev/null
 
 # ---- 4. calibration ---------------------------------------------------------------------------------
-step "calibrate" 180 "$OUT/calibrate.log" "${ES[@]}" calibrate --backend cuda --quick --out "$OUT/h200.yaml" \
+step "calibrate" 210 "$OUT/calibrate.log" "${ES[@]}" calibrate --backend cuda --quick --out "$OUT/h200.yaml" \
   --samples "$OUT/h200-samples.json"
 
 # ---- 5. validation ----------------------------------------------------------------------------------
 if [ -f "$OUT/h200.yaml" ]; then
-  step "validate" 240 "$OUT/validate.log" "${ES[@]}" validate --backend cuda --profile "$OUT/h200.yaml" \
+  step "validate" 240 "$OUT/validate.log" "${ES[@]}" validate --backend cuda --repeats 1 --profile "$OUT/h200.yaml" \
     --set model.backbone.dtype=bf16 --set model.engram.dtype=bf16 --json "$OUT/validate.json"
 else
   FAILED=$((FAILED + 1))

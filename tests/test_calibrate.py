@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ import torch
 from engramsim.backends.calibration.budgets import BUDGETS, backbone_cases, make_step, shape_model
 from engramsim.backends.calibration.fits import (
     fit_gather,
+    fit_host,
     fit_latency_bandwidth,
     fit_roofline,
     fit_zero_copy,
@@ -34,7 +36,7 @@ from engramsim.kernels import Work, block_kernels, engram_kernels, head_kernels
 from engramsim.simulator.cost import RooflineCostModel
 
 NOISE = 0.03  # 3 % multiplicative noise on every synthetic timing
-UNIT_PROFILE = {
+UNIT_PROFILE: dict[str, Any] = {
     "name": "unit", "step_overhead_us": 0.0, "provenance": {"kind": "preset", "source": "calibration units"},
     "gpu": {"name": "unit", "bf16_tflops": 1.0, "hbm_gbps": 1.0, "hbm_gib": 1.0, "compute_efficiency": 1.0,
             "memory_efficiency": 1.0, "layer_overhead_us": 0.0},
@@ -100,15 +102,15 @@ def test_zero_copy_fit_recovers_transaction_size():
 def test_roofline_fit_recovers_peaks_exponent_and_overheads_on_cost_model_kernels(exponent, half_rows):
     """Kernels (FLOPs, bytes, weights) of real calibration cases from engramsim/kernels.py; times from a known profile."""
     rng = np.random.default_rng(4)
-    kernels, k = [], []
+    kernels, rows = [], []
     for shape, steps in backbone_cases("cpu", BUDGETS["quick"]):
         model = shape_model(shape, "fp32", 64, "fp32")
         for kind, new, ctx in steps:
             step = make_step(kind, new, ctx)
             for works, overhead in ((block_kernels(model, step, 0), [1.0, 0.0]), (head_kernels(model, step), [0.0, 1.0])):
                 kernels.append(as_array(works))
-                k.append(overhead)
-    k = np.array(k)
+                rows.append(overhead)
+    k = np.array(rows)
     peak, bandwidth, layer_o, step_o = 120e9, 9e9, 150e-6, 400e-6
     true = kernel_times(kernels, peak, bandwidth, exponent, half_rows) + k @ np.array([layer_o, step_o])
     fit = fit_roofline(kernels, noisy(true, rng), k)
@@ -120,7 +122,9 @@ def test_roofline_fit_recovers_peaks_exponent_and_overheads_on_cost_model_kernel
         assert fit.overheads_s[0] == pytest.approx(layer_o, rel=0.25)
         assert fit.overheads_s[1] == pytest.approx(step_o, rel=0.35)  # 20 head samples, a few ms each
         assert fit.bytes_s == pytest.approx(bandwidth, rel=0.05)
-        assert fit.exponent == pytest.approx(exponent, rel=0.3)
+        # the exponent through what it does: the norm of two equal times exceeds their max by 2^(1/n) (2.2 % at n = 32,
+        # where n itself is barely determined)
+        assert 2 ** (1 / fit.exponent) == pytest.approx(2 ** (1 / exponent), abs=0.04)
         assert fit.half_rows == pytest.approx(half_rows, rel=0.25, abs=1.0)  # 3 % noise: it trades off with the exponent
 
 
@@ -149,6 +153,32 @@ def test_fit_roofline_predicts_what_the_cost_model_prices():
     assert predicted == pytest.approx(seconds, rel=4 * NOISE)
 
 
+def test_host_fit_recovers_a_plus_b_per_sequence_despite_slow_steps():
+    rng = np.random.default_rng(6)
+    a, b = 180e-6, 4e-6
+    seqs = np.repeat([1, 2, 4, 8, 16, 32, 64], 12)
+    seconds = noisy(a + b * seqs, rng)
+    seconds[::9] *= rng.uniform(3, 10, size=seconds[::9].size)  # a descheduled thread now and then
+    fit_a, fit_b = fit_host(seqs, seconds)
+    assert fit_a == pytest.approx(a, rel=0.08) and fit_b == pytest.approx(b, rel=0.08)
+    assert fit_host([8] * 5, [2e-4] * 5) == pytest.approx((2e-4, 0.0)), "one batch size: all of it is the fixed part"
+    other = fit_host(seqs, noisy(a + 4 * b * seqs, rng))
+    assert other[1] > 3 * fit_b, "the check can fail: a steeper slope is seen"
+
+
+def test_moe_shapes_are_in_the_backbone_budget():
+    """Guards: MoE blocks priced with rates fitted on dense blocks only (the MoE's grouped GEMMs,
+    router and gather/scatter measured nowhere)."""
+    from engramsim.kernels import block_kind
+
+    for backend in ("cpu", "cuda"):
+        for budget in ("quick", "full"):
+            shapes = [shape for shape, _ in backbone_cases(backend, BUDGETS[budget])]
+            moe = [s for s in shapes if s.moe is not None]
+            assert moe and all(block_kind(shape_model(s, "fp32", 64, "fp32"), 0) == "moe" for s in moe), (backend, budget)
+            assert any(s.moe is None for s in shapes), "dense shapes too"
+
+
 def test_fits_import_without_torch():
     """A samples file can be refitted where torch is missing: the fits never import it."""
     code = ("import sys; import engramsim.backends.calibration.fits, engramsim.backends.calibration.machine; "
@@ -174,8 +204,10 @@ def synthetic_measurements(truth: HardwareProfile) -> Measurements:
             m.zero_copy.append({"rows": n, "row_bytes": rb, "seconds": cost.zero_copy_time(n, rb)})
     for size in (4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20):
         m.copy.append({"bytes": size, "seconds": cost.h2d_time(size)})
-    host_s = cost.host_time(None) or 100e-6  # a profile without a step overhead still had host work to time
-    m.host = [{"kind": "decode", "seqs": 8, "tokens": 8, "seconds": host_s} for _ in range(5)]
+    for seqs in (1, 2, 4, 8, 16, 32, 64):
+        step = make_step("decode", np.ones(seqs), np.full(seqs, 100))
+        host_s = cost.host_time(step) or 100e-6  # a profile without a step overhead still had host work to time
+        m.host += [{"kind": "decode", "seqs": seqs, "tokens": seqs, "seconds": host_s}] * 3
     for shape, steps in backbone_cases("cpu", BUDGETS["quick"]):
         shaped = RooflineCostModel(shape_model(shape, "fp32", 64, "fp32"), truth)
         for kind, new, ctx in steps:
@@ -193,7 +225,7 @@ def synthetic_measurements(truth: HardwareProfile) -> Measurements:
 
 def test_fit_profile_recovers_a_known_profile_exactly_as_the_simulator_prices_it():
     truth = HardwareProfile.model_validate({
-        **UNIT_PROFILE, "name": "truth", "step_overhead_us": 250.0,
+        **UNIT_PROFILE, "name": "truth", "step_overhead_us": 250.0, "step_overhead_per_seq_us": 3.5,
         "gpu": {**UNIT_PROFILE["gpu"], "bf16_tflops": 0.11, "hbm_gbps": 7.5, "layer_overhead_us": 90.0, "roofline_exponent": 1.6,
                 "engram_overhead_us": 300.0, "gemm_half_rows": 12.0},
         "link": {**UNIT_PROFILE["link"], "h2d_gbps": 14.0, "d2h_gbps": 14.0, "dma_latency_us": 3.0, "zero_copy_gbps": 5.0,
@@ -204,6 +236,7 @@ def test_fit_profile_recovers_a_known_profile_exactly_as_the_simulator_prices_it
     close = {
         "gpu.bf16_tflops": (fitted.gpu.bf16_tflops, 0.11), "gpu.hbm_gbps": (fitted.gpu.hbm_gbps, 7.5),
         "gpu.layer_overhead_us": (fitted.gpu.layer_overhead_us, 90.0), "step_overhead_us": (fitted.step_overhead_us, 250.0),
+        "step_overhead_per_seq_us": (fitted.step_overhead_per_seq_us, 3.5),
         "gpu.roofline_exponent": (fitted.gpu.roofline_exponent, 1.6), "gpu.engram_overhead_us": (fitted.gpu.engram_overhead_us, 300.0),
         "gpu.gemm_half_rows": (fitted.gpu.gemm_half_rows, 12.0),
         "link.h2d_gbps": (fitted.link.h2d_gbps, 14.0), "link.dma_latency_us": (fitted.link.dma_latency_us, 3.0),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any, Literal
 
 import numpy as np
 import pytest
 
-from engramsim import kernels
+from engramsim import hbm, kernels
 from engramsim.hardware.presets import load_profile
 from engramsim.hardware.profile import HardwareProfile
 from engramsim.kernels import Work
@@ -17,7 +18,7 @@ from engramsim.simulator.cost import CostModel, RooflineCostModel
 from engramsim.steps import Step
 
 # A profile with round numbers: 1e12 FLOP/s * 0.5 and 1 GB/s * 0.5 achieved.
-ROUND = {
+ROUND: dict[str, Any] = {
     "name": "round",
     "gpu": {"name": "g", "bf16_tflops": 1.0, "hbm_gbps": 1.0, "hbm_gib": 1.0, "compute_efficiency": 0.5,
             "memory_efficiency": 0.5, "layer_overhead_us": 2.0},
@@ -31,7 +32,7 @@ ROUND = {
 
 # One block: hidden 8, intermediate 16, 2 query heads, 1 KV head, head dim 4, vocab 32, bf16.
 # Engram at block 0: 2-/3-grams x 2 heads (4 heads/layer), head dim 4 bf16 (8 B rows), d_mem 16, hc_mult 2.
-TINY = {
+TINY: dict[str, Any] = {
     "backbone": {"layers": 1, "hidden": 8, "intermediate": 16, "vocab": 32, "dtype": "bf16",
                  "attention": {"heads": 2, "kv_heads": 1, "head_dim": 4}},
     "engram": {"layers": [0], "max_ngram": 3, "heads": 2, "head_dim": 4, "rows_per_head": 101, "dtype": "bf16",
@@ -45,15 +46,17 @@ DENSE_4B = {
 }
 
 
-def make_step(new: list[int], ctx: list[int], kind: str = "prefill", index: int = 0) -> Step:
+def make_step(new: list[int], ctx: list[int], kind: Literal["prefill", "decode", "mixed"] = "prefill", index: int = 0, pad: int = 0) -> Step:
     new_a, ctx_a = np.asarray(new, dtype=np.int64), np.asarray(ctx, dtype=np.int64)
     return Step(index, kind, np.arange(new_a.size, dtype=np.int64), new_a, ctx_a,
-                np.zeros(int(new_a.sum()), dtype=np.int64))
+                np.zeros(int(new_a.sum()), dtype=np.int64), pad=pad)
 
 
 def work(of, cost: RooflineCostModel, *args) -> Work:
-    """The summed work of the kernels `of` (an inventory function of engramsim/kernels.py) for `cost`'s model."""
-    return kernels.total(of(cost.model, *args))
+    """The summed FLOPs, bytes and weights of the kernels `of` (an inventory function of
+    engramsim/kernels.py) for `cost`'s model: the numbers these tests check by hand."""
+    summed = kernels.total(of(cost.model, *args))
+    return Work(summed.flops, summed.bytes, summed.weights)
 
 
 @pytest.fixture
@@ -175,7 +178,10 @@ def test_kernels_sum_to_the_work_and_each_pays_its_own_roofline(tiny):
     step = make_step([3], [3])
     works = kernels.block_kernels(tiny.model, step, 0)
     assert len(works) == 6  # qkv, attention core, o, gate/up, SwiGLU, down
-    assert sum(works, Work()) == work(kernels.block_kernels, tiny, step, 0)
+    summed = sum(works, Work())
+    assert Work(summed.flops, summed.bytes, summed.weights) == Work(3648.0, 2736.0, 576.0)
+    # GEMM shapes (m, n, k): qkv [3, 8] x [8, 16], o [3, 8] x [8, 8], gate/up [3, 8] x [8, 32], down [3, 16] x [16, 8]
+    assert summed.gemms == ((3, 16, 8, 1), (3, 8, 8, 1), (3, 32, 8, 1), (3, 8, 16, 1))
     # per kernel max(compute, memory) is never below the roofline of the sum
     assert tiny.kernels_time(works) >= tiny.roofline(work(kernels.block_kernels, tiny, step, 0)) * (1 - 1e-12)
     by_hand = sum(max(k.flops / 0.5e12, k.bytes / 0.5e9) for k in works)
@@ -203,6 +209,165 @@ def test_roofline_exponent_combines_compute_and_memory(n):
     assert cost.roofline(work) == pytest.approx(1e-6 * (3 ** n + 4 ** n) ** (1 / n))
     assert max(tc, tm) <= cost.roofline(work) <= tc + tm + 1e-18
     assert cost.roofline(Work(0.0, 2000.0)) == pytest.approx(tm)  # pure traffic: no compute term
+
+
+# ---- MLA ------------------------------------------------------------------------------------------
+# The tiny model with MLA: H 2 heads, d 4, rope r 2, KV latent L 6, no query latent; hidden C 8, bf16.
+# Cached per token and block: L + r = 8 values = 16 B. Weights: q 8*12 = 96, KV down 8*8 = 64,
+# up-projection 6*(2*2*4) = 96 (W_UK + W_UV, 48 each), o 8*8 = 64: 320.
+TINY_MLA = {**TINY, "backbone": {**TINY["backbone"], "attention": {"kind": "mla", "heads": 2, "head_dim": 4, "rope_head_dim": 2,
+                                                                   "kv_lora_rank": 6}}}
+
+
+def mla_cost(**attention) -> RooflineCostModel:
+    data = {**TINY_MLA, "backbone": {**TINY_MLA["backbone"], "attention": {**TINY_MLA["backbone"]["attention"], **attention}}}
+    return RooflineCostModel(Model.model_validate(data), HardwareProfile.model_validate(ROUND))
+
+
+def test_mla_decode_work_by_hand():
+    cost = mla_cost()
+    works = kernels.attention_kernels(cost.model, make_step([1, 1], [5, 9], "decode"))
+    # 2 decode sequences, contexts 5 + 9 = 14 cached tokens (pairs); 2 rows in every GEMM
+    # query 8 -> 12 + input norm 16: flops 2*2*96 = 384, bytes (96 + 2*(8+12+16))*2 = 336
+    # KV down 8 -> 8 + latent norm 12: flops 2*2*64 = 256, bytes (64 + 2*(8+8+12))*2 = 240, + 2 tokens * 16 B written = 272
+    # q_nope x W_UK, per head [2, 4] x [4, 6]: flops 2*2*48 = 192, bytes (48 + 2*2*(4+6))*2 = 176
+    # core: 14 pairs * (2*2*(6+2) + 2*2*6) = 14*56 = 784 FLOPs; cache 14*16 = 224 B + q 2*2*8*2 = 64 B + out 2*2*6*2 = 48 B
+    # x W_UV, per head [2, 6] x [6, 4]: flops 192, bytes 176
+    # o 8 -> 8 + residual 24: flops 2*2*64 = 256, bytes (64 + 2*(8+8+24))*2 = 288
+    assert [(w.flops, w.bytes, w.attention_bytes) for w in works] == [
+        (384.0, 336.0, 0.0), (256.0, 272.0, 0.0), (192.0, 176.0, 0.0), (784.0, 336.0, 224.0), (192.0, 176.0, 0.0), (256.0, 288.0, 0.0)]
+    assert work(kernels.attention_kernels, cost, make_step([1, 1], [5, 9], "decode")) == Work(2064.0, 1584.0, 320.0)
+    assert 320 == hbm.attention_params(cost.model.backbone)  # every weight read once
+    assert 224 == 14 * hbm.kv_bytes_per_token(cost.model.backbone)  # the one block's latent + rotary key per token
+
+
+def test_mla_prefill_work_by_hand():
+    cost = mla_cost()
+    works = kernels.attention_kernels(cost.model, make_step([3], [3]))
+    # one prompt of 3 tokens: 3 rows, 3 context tokens, 3*4/2 = 6 causal pairs
+    # query: flops 2*3*96 = 576, bytes (96 + 3*36)*2 = 408; KV down: 2*3*64 = 384, (64 + 3*28)*2 + 3*16 = 344
+    # up-projection [3, 6] x [6, 16]: flops 2*3*96 = 576, bytes (96 + 3*(6+16))*2 = 324
+    # core: 6 pairs * (2*2*(4+2) + 2*2*4) = 240 FLOPs; K/V 3*(16 + 2) + q 3*12 + out 3*8 = 114 elems = 228 B
+    # o: flops 384, bytes (64 + 3*40)*2 = 368
+    assert [(w.flops, w.bytes, w.attention_bytes) for w in works] == [
+        (576.0, 408.0, 0.0), (384.0, 344.0, 0.0), (576.0, 324.0, 0.0), (240.0, 228.0, 0.0), (384.0, 368.0, 0.0)]
+    assert work(kernels.attention_kernels, cost, make_step([3], [3])) == Work(2160.0, 1672.0, 320.0)
+
+
+def test_mla_mixed_step_runs_each_sequence_in_its_form():
+    cost = mla_cost()
+    mixed = kernels.attention_kernels(cost.model, make_step([1, 3], [5, 3], "mixed"))
+    decode = kernels.attention_kernels(cost.model, make_step([1], [5], "decode"))
+    prefill = kernels.attention_kernels(cost.model, make_step([3], [3]))
+    # [query, KV down, W_UK, decode core, W_UV, up-projection, prefill core, o]: the shared GEMMs over 4 rows
+    assert len(mixed) == 8
+    assert mixed[2:5] == decode[2:5] and mixed[5:7] == prefill[2:4]
+    assert mixed[0] == kernels.gemm(4, 8, 12, 2.0, extra_elems=16)
+
+
+def test_mla_query_latent_by_hand():
+    cost = mla_cost(q_lora_rank=4)
+    works = kernels.attention_kernels(cost.model, make_step([1, 1], [5, 9], "decode"))
+    # 8 -> 4 + input norm 16: flops 2*2*32 = 128, bytes (32 + 2*(8+4+16))*2 = 176
+    # 4 -> 12 + query-latent norm 8: flops 2*2*48 = 192, bytes (48 + 2*(4+12+8))*2 = 192
+    assert [(w.flops, w.bytes, w.weights) for w in works[:2]] == [(128.0, 176.0, 32.0), (192.0, 192.0, 48.0)]
+    assert work(kernels.attention_kernels, cost, make_step([1, 1], [5, 9], "decode")).weights == 304 == hbm.attention_params(cost.model.backbone)
+
+
+# ---- mHC ------------------------------------------------------------------------------------------
+def test_mhc_work_by_hand(tiny):
+    data = {**TINY, "backbone": {**TINY["backbone"], "hc_mult": 4}}
+    cost = RooflineCostModel(Model.model_validate(data), HardwareProfile.model_validate(ROUND))
+    step = make_step([3], [3])
+    pre, post = kernels.mhc_kernels(cost.model, step)
+    # n 4 streams of C 8, 3 tokens: GEMM 32 -> 16 + 8 = 24 coefficients, 768 weights: flops 2*3*768 = 4608
+    # per token: norm 64 (r+w of 32) + GEMM (32 + 24) + pre-mix (read 32, write 8) = 160 elems: bytes (768 + 3*160)*2 = 2496
+    assert (pre.flops, pre.bytes, pre.weights) == (4608.0, 2496.0, 768.0)
+    # post + residual mix: read 32 + 8, write 32 per token: 3*72*2 = 432 B
+    assert (post.flops, post.bytes) == (0.0, 432.0)
+    works = kernels.block_kernels(cost.model, step, 0)
+    assert len(works) == 10 and works[0] == works[5] == pre and works[4] == works[9] == post
+    # the plain block (3648, 2736, 576) + two sublayers' mHC, less the two residual adds (3 tokens * 24 elems * 2 B each)
+    assert work(kernels.block_kernels, cost, step, 0) == Work(3648.0 + 2 * 4608, 2736.0 + 2 * (2496 + 432) - 2 * 144, 576.0 + 2 * 768)
+    assert 2 * 768 == hbm.mhc_params(cost.model.backbone)
+    assert work(kernels.attention_kernels, tiny, step).bytes - work(kernels.attention_kernels, cost, step).bytes == 144
+
+
+# ---- GEMM waves -----------------------------------------------------------------------------------
+# 1e15 FLOP/s * 0.5 = 5e14 achieved; HBM fast enough that every GEMM below is compute-bound; 132 SMs, 128 x 128 tiles.
+WAVES = {**ROUND, "gpu": {**ROUND["gpu"], "bf16_tflops": 1000.0, "hbm_gbps": 1e9, "sms": 132}}
+
+
+def test_gemm_waves_by_hand():
+    cost = RooflineCostModel(Model.model_validate(TINY), HardwareProfile.model_validate(WAVES))
+    tile = 2 * 128 * 128  # FLOPs per unit of k of one tile
+    # [512, 2560] x [2560, 6144]: 4 * 48 = 192 tiles on 132 SMs: 2 waves, each one tile's time on every SM
+    assert cost.roofline(kernels.gemm(512, 2560, 6144, 2.0)) == pytest.approx(2 * 132 * tile * 2560 / 5e14)
+    # 11 * 12 = 132 tiles: exactly one wave, the plain roofline; one row more: 12 * 12 = 144 tiles, 2 waves
+    assert cost.roofline(kernels.gemm(1408, 2560, 1536, 2.0)) == pytest.approx(2 * 1408 * 1536 * 2560 / 5e14)
+    assert cost.roofline(kernels.gemm(1409, 2560, 1536, 2.0)) == pytest.approx(2 * 132 * tile * 2560 / 5e14)
+    # fewer tiles than SMs, split-K: [512, 10240] x [10240, 24]: 4 tiles, k split 132 // 4 = 33 ways: the 4 tiles' FLOPs
+    assert cost.roofline(kernels.gemm(512, 10240, 24, 2.0)) == pytest.approx(4 * tile * 10240 / 5e14)
+    # 10 * 10 = 100 tiles: 132 // 100 = 1 split, one whole wave
+    assert cost.roofline(kernels.gemm(1280, 2560, 1280, 2.0)) == pytest.approx(132 * tile * 2560 / 5e14)
+    # one row: a matrix-vector product, no tiles
+    assert cost.roofline(kernels.gemm(1, 2560, 6144, 2.0)) == pytest.approx(2 * 6144 * 2560 / 5e14)
+    # without the SM count: the plain roofline (Hockney with 0 half-rows)
+    plain = RooflineCostModel(Model.model_validate(TINY), HardwareProfile.model_validate({**WAVES, "gpu": {**WAVES["gpu"], "sms": None}}))
+    assert plain.roofline(kernels.gemm(512, 2560, 6144, 2.0)) == pytest.approx(2 * 512 * 6144 * 2560 / 5e14)
+
+
+def test_moe_expert_gemm_shapes():
+    cost = RooflineCostModel(moe_model(), HardwareProfile.model_validate(WAVES))
+    up = kernels.moe_kernels(cost.model, make_step([2], [2]))[1]
+    # 2 tokens: 1 shared expert sees both; 8 * (1 - 0.75^2) = 3.5 routed experts touched share 2 * 2 = 4 rows
+    assert [x for shape in up.gemms for x in shape] == pytest.approx([2, 8, 8, 1, 4 / 3.5, 8, 8, 3.5])
+    assert sum(2 * m * n * k * batch for m, n, k, batch in up.gemms) == pytest.approx(up.flops)  # 2 * 2 * 3 * 8 * 8 = 768
+    # fewer tiles than SMs, split-K: shared 1 tile over 132 SMs: 1/132 of a 128 x 128 x 8 wave;
+    # routed 3.5 tiles, 132 // 3.5 = 37 splits each: 1/37 of a wave
+    wave = 132 * 2 * 128 * 128 * 8
+    assert kernels.wave_flops(up, 132, 128, 128) == pytest.approx(wave / 132 + wave / 37)
+
+
+# ---- CUDA-graph padding, decode attention rate, host cost ---------------------------------------------
+def test_padding_runs_gemms_over_padded_rows_and_attention_over_real_tokens(tiny):
+    plain, padded = make_step([1] * 3, [5] * 3, "decode"), make_step([1] * 3, [5] * 3, "decode", pad=5)
+    a, b = kernels.attention_kernels(tiny.model, plain), kernels.attention_kernels(tiny.model, padded)
+    assert b[0] == kernels.gemm(8, 8, 16, 2.0, extra_elems=16)  # qkv over 3 + 5 rows: 2*8*128 = 2048 FLOPs
+    assert (a[0].flops, b[0].flops) == (768.0, 2048.0)
+    assert b[1] == a[1]  # core: 3 tokens, 15 cached tokens read
+    assert b[2] == kernels.gemm(8, 8, 8, 2.0, extra_elems=24)
+    assert kernels.mlp_kernels(tiny.model, padded)[1] == Work(0.0, 8 * 48 * 2)  # SwiGLU over the padded rows too
+    assert tiny.block_time(padded, 0) > tiny.block_time(plain, 0)
+    head_a, head_b = kernels.head_kernels(tiny.model, plain), kernels.head_kernels(tiny.model, padded)
+    assert head_b[1] == head_a[1]  # the LM head samples 3 sequences either way
+    mla = mla_cost()
+    a, b = (kernels.attention_kernels(mla.model, make_step([1, 1], [5, 9], "decode", pad=p)) for p in (0, 2))
+    assert b[2] == kernels.gemm(4, 4, 6, 2.0, batch=2) and b[4] == kernels.gemm(4, 6, 4, 2.0, batch=2)  # absorbed: 2 + 2 rows
+    assert b[3] == a[3]
+
+
+def test_attention_efficiency_prices_only_the_decode_kv_read(tiny):
+    slow = RooflineCostModel(tiny.model, HardwareProfile.model_validate({**ROUND, "gpu": {**ROUND["gpu"], "attention_efficiency": 0.25}}))
+    decode = make_step([1, 1], [5, 9], "decode")
+    qkv, core, o = kernels.attention_kernels(tiny.model, decode)
+    # core: 448 FLOPs; 320 B of which the cache read is 14 * 16 = 224 B at 0.25 GB/s, the other 96 B at 0.5 GB/s
+    assert (core.flops, core.bytes, core.attention_bytes) == (448.0, 320.0, 224.0)
+    assert slow.roofline(core) == pytest.approx(96 / 0.5e9 + 224 / 0.25e9)
+    assert tiny.roofline(core) == pytest.approx(320 / 0.5e9)
+    assert slow.roofline(qkv) == tiny.roofline(qkv) and slow.roofline(o) == tiny.roofline(o)
+    prefill = make_step([3], [3])  # no decode sequence: nothing read at the attention rate
+    assert slow.block_time(prefill, 0) == tiny.block_time(prefill, 0)
+    same = RooflineCostModel(tiny.model, HardwareProfile.model_validate({**ROUND, "gpu": {**ROUND["gpu"], "attention_efficiency": 0.5}}))
+    assert same.block_time(decode, 0) == pytest.approx(tiny.block_time(decode, 0), rel=1e-12)
+
+
+def test_host_time_is_a_fixed_part_plus_a_part_per_sequence(tiny):
+    per_seq = RooflineCostModel(tiny.model, HardwareProfile.model_validate({**ROUND, "step_overhead_per_seq_us": 3.0}))
+    four = make_step([1] * 4, [5] * 4, "decode")
+    assert per_seq.host_time(four) == pytest.approx((100 + 3 * 4) * 1e-6)
+    assert per_seq.host_time(make_step([7], [7])) == pytest.approx((100 + 3) * 1e-6)
+    assert tiny.host_time(four) == pytest.approx(100e-6)
 
 
 # ---- monotonicity and regimes on a real-sized model -------------------------------------------
@@ -233,8 +398,11 @@ def test_decode_is_memory_bound_and_prefill_compute_bound(dense4b_h800):
 
 def test_dense_4b_decode_step_on_h800(dense4b_h800, capsys):
     """Dense 4B-like model (36 blocks, hidden 2560, intermediate 9728, 32 heads, 8 KV heads,
-    head dim 128) on h800: one decode step of 256 sequences at context 600 takes ~13.0 ms when
-    this was written (about 0.33 ms of memory traffic per block: 202 MB weights + 629 MB KV)."""
+    head dim 128) on h800: one decode step of 256 sequences at context 600 takes ~16.6 ms when
+    this was written: 0.81 ms on the host (300 us + 2 us x 256 sequences), ~0.43 ms per block
+    (202 MB of weights at 80% of HBM, 629 MB of KV cache at the 60% decode-attention rate; the
+    qkv and gate/up GEMMs a little above their memory time, in 1 and 3 waves) and 0.41 ms for
+    the head."""
     cost = dense4b_h800
     step = make_step([1] * 256, [600] * 256, "decode")
     seconds = cost.host_time(step) + cost.blocks_time(step, 0, 36) + cost.head_time(step)
@@ -285,11 +453,12 @@ def test_roofline_cost_model_implements_the_engine_protocol(tiny):
 @pytest.mark.parametrize("n", [None, 1.0, 1.7, 32.0])
 def test_shared_formulas_price_arrays_as_the_cost_model_prices_floats(n):
     """The fits evaluate kernels.py on arrays, the simulator on one float at a time: same numbers."""
-    gpu = {**ROUND["gpu"], "roofline_exponent": n, "gemm_half_rows": 8.0}
+    gpu = {**ROUND["gpu"], "roofline_exponent": n, "gemm_half_rows": 8.0, "attention_efficiency": 0.25}
     cost = RooflineCostModel(Model.model_validate(TINY), HardwareProfile.model_validate({**ROUND, "gpu": gpu}))
-    works = [*kernels.block_kernels(cost.model, make_step([3, 5], [9, 5]), 0), Work(0.0, 0.0, 0.0), Work(0.0, 10.0), Work(10.0, 0.0)]
-    k = np.array([[w.flops, w.bytes, w.weights] for w in works])
-    as_array = kernels.roofline(k[:, 0], k[:, 1], k[:, 2], cost.flops_per_s, cost.hbm_bytes_per_s, n, 8.0)
+    works = [*kernels.block_kernels(cost.model, make_step([3, 1], [9, 5], "mixed"), 0), Work(0.0, 0.0, 0.0), Work(0.0, 10.0),
+             Work(10.0, 0.0)]
+    k = np.array([[w.flops, w.bytes, w.weights, w.attention_bytes] for w in works])
+    as_array = kernels.roofline(k[:, 0], k[:, 1], k[:, 2], cost.flops_per_s, cost.hbm_bytes_per_s, n, 8.0, k[:, 3], cost.attention_bytes_per_s)
     assert as_array == pytest.approx([cost.roofline(w) for w in works], rel=1e-14, abs=0.0)
     assert as_array[len(works) - 3] == 0.0 and cost.roofline(Work()) == 0.0
 

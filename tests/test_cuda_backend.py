@@ -8,10 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_backends import SAME_PER_STEP, TINY, _keys, _rows
+from test_backends import (
+    BACKBONES,
+    GQA,
+    MLA_MHC_MOE_CHUNKED,
+    SAME_PER_STEP,
+    STEPS,
+    TINY,
+    _keys,
+    _rows,
+    make_standin,
+    reference_attention,
+    standin_step,
+)
 
 from engramsim.cli import main
-from engramsim.runner import run_real
+from engramsim.runner import run_real, simulate_run
 from engramsim.scenario_io import load_scenario
 from engramsim.session import prepare
 
@@ -76,3 +88,35 @@ def test_layer_ahead_hides_what_on_demand_exposes_on_the_gpu(tiny):
 
     demand, ahead = stall("on-demand"), stall("layer-ahead")
     assert demand > 0 and ahead <= demand
+
+
+@pytest.mark.parametrize("step_name", list(STEPS))
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_standin_attention_on_the_gpu_equals_textbook_attention(backbone, step_name):
+    """The CUDA groups (up to 8 SDPA calls per kind) and kernels compute what the CPU's do."""
+    si = make_standin(BACKBONES[backbone], device="cuda")
+    step = standin_step(*STEPS[step_name])
+    layout = si.layout(step, max_groups=8)
+    x = torch.randn(step.compute_tokens, 128, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    got = si._attention(x, si.blocks[0], layout)
+    want = reference_attention(si, x, si.blocks[0], step, layout.cache_rows.cpu().numpy())
+    torch.testing.assert_close(got[: step.num_tokens], want[: step.num_tokens], atol=1e-3, rtol=1e-3)  # TF32 matmuls
+
+
+def test_experts_on_the_gpu_grouped_or_one_by_one_compute_the_same():
+    si = make_standin({**GQA, "moe": {"experts": 8, "top_k": 2, "shared_experts": 1, "expert_intermediate": 64, "dense_layers": 0}},
+                      device="cuda", dtype=torch.bfloat16)
+    w = si.blocks[0]
+    x = torch.randn(37, 128, device="cuda", dtype=torch.bfloat16)
+    counts = torch.tensor([5, 0, 9, 3, 0, 12, 4, 4], device="cuda")
+    looped = si._experts_looped(x, counts, w)
+    if si.grouped:
+        torch.testing.assert_close(si._experts_grouped(x, counts, w), looped, atol=0.05, rtol=0.05)
+    assert torch.isfinite(si._moe(x, w)).all()
+
+
+def test_an_mla_mhc_moe_scenario_runs_on_the_gpu_as_simulated(tiny):
+    prepared = prepare(load_scenario(tiny, MLA_MHC_MOE_CHUNKED), str(tiny))
+    real, sim = run_real(prepared, "cuda"), simulate_run(prepared)
+    assert [(s.kind, s.tokens, s.seqs) for s in real.steps] == [(s.kind, s.tokens, s.seqs) for s in sim.steps]
+    assert {"mixed", "decode"} <= {s.kind for s in real.steps}

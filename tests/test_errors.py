@@ -101,6 +101,11 @@ CASES: dict[str, Case] = {
                               ("strategies.prefetch.params.lead_blocks", "layer-ahead")),
     "infinite plugin param": Case(lambda d: _run(d, "strategies.prefetch.params.lead_blocks=.inf"),
                                   ("strategies.prefetch.params.lead_blocks",)),
+    "unknown scheduler": Case(lambda d: _run(d, "strategies.scheduler=sglang"), ("strategies.scheduler.name", "unknown scheduler plugin")),
+    "gpu_memory_utilization above 1": Case(lambda d: _run(d, "strategies.scheduler.params.gpu_memory_utilization=1.5"),
+                                           ("strategies.scheduler.params.gpu_memory_utilization", "less than or equal to 1")),
+    "gpu_memory_utilization zero": Case(lambda d: _run(d, "strategies.scheduler.params.gpu_memory_utilization=0"),
+                                        ("strategies.scheduler.params.gpu_memory_utilization", "greater than 0")),
     "--set without a value": Case(lambda d: _run(d, "workload"), ("expected KEY.PATH=VALUE",)),
     "--set of an unknown key": Case(lambda d: _run(d, "workload.nope=1"), ("workload.nope", "unknown key")),
     # files the scenario names
@@ -123,6 +128,14 @@ CASES: dict[str, Case] = {
     # capacities
     "tables larger than host DRAM": Case(lambda d: _run(d, "model.engram.rows_per_head=20000000000"),
                                          ("tiny.yaml", "strategies.placement", "host DRAM")),
+    "KV cache too small for one sequence": Case(lambda d: _run(d, "strategies.scheduler.params.gpu_memory_utilization=0.006"),
+                                                ("tiny.yaml", "strategies.scheduler.params.gpu_memory_utilization", "0 KV blocks",
+                                                 "longest prompt + output", "needs 1")),
+    "more KV blocks than fit": Case(lambda d: _run(d, "strategies.scheduler.params.kv_blocks=1000000000000"),
+                                    ("tiny.yaml", "strategies.scheduler.params.kv_blocks", "asked for", "holds")),
+    "fewer KV blocks than one sequence needs": Case(lambda d: _run(d, "strategies.scheduler.params={kv_blocks: 1, block_size: 4}"),
+                                                    ("tiny.yaml", "strategies.scheduler.params.kv_blocks", "1 KV blocks of 4 tokens",
+                                                     "needs")),
     "tables larger than HBM": Case(lambda d: _run(d, "model.engram.rows_per_head=1000000000", "strategies.placement=all-hbm"),
                                    ("tiny.yaml", "HBM")),
     # the output folder

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,7 +27,7 @@ from engramsim.metrics import (
     register,
     validated_metrics,
 )
-from engramsim.records import LayerRecord, RunOutcome, Span, SpanKind, StepRecord
+from engramsim.records import LayerRecord, RunOutcome, ServingCounts, Span, SpanKind, StepLog, StepRecord
 from engramsim.results import STEP_COLUMNS, steps_csv, summarize, timeline_json
 
 README = Path(__file__).parent.parent / "README.md"
@@ -121,6 +122,22 @@ def test_cache_hit_rate_is_none_when_every_row_is_in_hbm():
     step = StepRecord(index=0, kind="decode", start_s=0.0, end_s=0.001, tokens=1, seqs=1,
                       layers=[layer(1, 10, 10, 10, 0, 0, 0, 0, 0.0, 0.0, 0.0)])
     assert summarize(outcome(0.001, [step]), None, 0, 1.0)["cache_hit_rate"] is None
+
+
+def test_the_schedulers_counts_reach_the_summary():
+    counts = ServingCounts(kv_blocks=40, kv_used_mean=0.25, kv_used_peak=0.5, preemptions=3, recomputed_tokens=120)
+    s = summarize(replace(RUN, serving=counts), None, 7, 53.0)
+    keys = ("kv_blocks_total", "kv_utilisation_mean", "kv_utilisation_peak", "preemptions", "recomputed_tokens")
+    assert tuple(s[key] for key in keys) == (40, 0.25, 0.5, 3, 120)
+    assert all(summarize(RUN, None, 7, 53.0)[key] is None for key in keys), "an outcome built from records alone has none"
+
+
+def test_a_mixed_step_reads_back_and_reaches_steps_csv():
+    mixed = StepRecord(index=0, kind="mixed", start_s=0.0, end_s=0.002, tokens=9, seqs=3)
+    log = StepLog([mixed, *STEPS[1:]])
+    assert [record.kind for record in log] == ["mixed", "decode"]
+    rows = list(csv.DictReader(io.StringIO("".join(steps_csv(outcome(0.016, list(log)), None)))))
+    assert [r["kind"] for r in rows] == ["mixed", "decode"]
 
 
 def test_per_layer_and_steps_csv_carry_the_split_counts():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -11,7 +13,8 @@ from engramsim.errors import InputError
 from engramsim.hardware.presets import link_names, load_link, load_profile, profile_names
 from engramsim.hardware.profile import HardwareProfile
 
-PROFILES = ["a100", "gh200", "h100-pcie", "h100-sxm", "h200", "h800", "l40s"]
+PROFILES = ["a10", "a100", "b200", "gh200", "h100-pcie", "h100-sxm", "h20", "h200", "h800", "l4", "l40s", "mi300x", "rtx-3090",
+            "rtx-4090"]
 LINKS = ["cxl", "nvlink-c2c", "pcie-gen3-x16", "pcie-gen4-x16", "pcie-gen5-x16", "pcie-gen6-x16"]
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "hardware" / "profiles"
 
@@ -50,10 +53,33 @@ def test_every_link_loads_with_provenance(name):
 
 
 def test_natural_links():
+    gen4 = ["a10", "a100", "l4", "l40s", "rtx-3090", "rtx-4090"]
+    gen5 = ["b200", "h100-pcie", "h100-sxm", "h20", "h200", "h800", "mi300x"]
     assert {n: load_profile(n).link.name for n in PROFILES} == {
-        "a100": "PCIe Gen4 x16", "l40s": "PCIe Gen4 x16", "gh200": "NVLink-C2C",
-        "h100-sxm": "PCIe Gen5 x16", "h100-pcie": "PCIe Gen5 x16", "h200": "PCIe Gen5 x16", "h800": "PCIe Gen5 x16",
-    }
+        **dict.fromkeys(gen4, "PCIe Gen4 x16"), **dict.fromkeys(gen5, "PCIe Gen5 x16"), "gh200": "NVLink-C2C"}
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_preset_states_the_new_fields(name):
+    """Set in the file, not left to the schema's defaults, so each value carries its source."""
+    data = preset_dict(name)
+    assert {"attention_efficiency", "sms", "gemm_tile_m", "gemm_tile_n"} <= set(data["gpu"])
+    assert "step_overhead_per_seq_us" in data
+
+
+def test_hand_checked_values():
+    """Figures checked against the datasheets and whitepapers named in the files."""
+    gpus = {n: load_profile(n).gpu for n in PROFILES}
+    assert {n: g.sms for n, g in gpus.items()} == {
+        "a10": 72, "a100": 108, "b200": 148, "gh200": 132, "h100-pcie": 114, "h100-sxm": 132, "h20": 78, "h200": 132,
+        "h800": 132, "l4": 58, "l40s": 142, "mi300x": 304, "rtx-3090": 82, "rtx-4090": 128}
+    assert (gpus["h20"].bf16_tflops, gpus["h20"].hbm_gbps) == (148.0, 4000.0)
+    assert (gpus["b200"].bf16_tflops, gpus["b200"].hbm_gbps) == (2250.0, 8000.0)
+    assert gpus["rtx-4090"].bf16_tflops == 165.2  # bf16 with fp32 accumulate, not the fp16-accumulate 330.3
+    assert gpus["rtx-3090"].bf16_tflops == 71.0
+    assert (gpus["l4"].hbm_gbps, gpus["a10"].hbm_gbps, gpus["mi300x"].hbm_gbps) == (300.0, 600.0, 5300.0)
+    assert (gpus["mi300x"].bf16_tflops, gpus["mi300x"].gemm_tile_m, gpus["mi300x"].gemm_tile_n) == (1307.4, 256, 256)
+    assert all((g.gemm_tile_m, g.gemm_tile_n) == (128, 128) for n, g in gpus.items() if n != "mi300x")
 
 
 def test_pcie_generations_double():
@@ -178,13 +204,16 @@ def readme_rows(name: str) -> list[list[str]]:
 def test_readme_lists_every_profile_number(name):
     p = load_profile(name)
     gpu, host = p.gpu, p.host
-    numbers = [gpu.bf16_tflops, gpu.hbm_gbps, gpu.hbm_gib, gpu.compute_efficiency, gpu.memory_efficiency,
-               gpu.layer_overhead_us, host.dram_gbps, host.dram_gib, host.gather_rows_per_s, host.gather_threads,
-               host.gather_overhead_us, p.step_overhead_us]
+    assert gpu.attention_efficiency is not None and gpu.sms is not None
+    gpu_numbers = [gpu.bf16_tflops, gpu.hbm_gbps, gpu.hbm_gib, gpu.compute_efficiency, gpu.memory_efficiency,
+                   gpu.layer_overhead_us, gpu.attention_efficiency, gpu.sms]
+    host_numbers = [host.dram_gbps, host.dram_gib, host.gather_rows_per_s, host.gather_threads, host.gather_overhead_us,
+                    p.step_overhead_us, p.step_overhead_per_seq_us]
     rows = readme_rows(name)
     assert len(rows) == 2, f"{name} needs one GPU row and one host row in README.md"
-    assert rows[0][2:8] == [_g(x) for x in numbers[:6]]
-    assert rows[1][2:8] == [_g(x) for x in numbers[6:]]
+    assert rows[0][2:10] == [_g(x) for x in gpu_numbers]
+    assert rows[0][10] == f"{gpu.gemm_tile_m}x{gpu.gemm_tile_n}"
+    assert rows[1][2:9] == [_g(x) for x in host_numbers]
 
 
 @pytest.mark.parametrize("name", LINKS)
@@ -194,3 +223,43 @@ def test_readme_lists_every_link_number(name):
     numbers = [link.h2d_gbps, link.d2h_gbps, link.dma_latency_us, link.zero_copy_gbps, link.zero_copy_latency_us,
                link.transaction_bytes]
     assert row[1] == link.name and row[2:8] == [_g(x) for x in numbers]
+
+
+# ---- every number in a preset file says where it comes from ------------------------------------
+NUMBER_LINE = re.compile(r"^\s*(\w+):\s*([^\s#]+)\s*(?:#(.*))?$")
+PRESET_FILES = sorted(PRESETS_DIR.glob("*.yaml")) + sorted((PRESETS_DIR / "links").glob("*.yaml"))
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def numeric_leaves(node: Any) -> int:
+    if isinstance(node, dict):
+        return sum(numeric_leaves(value) for value in node.values())
+    return int(is_number(node))
+
+
+def numbers_and_bare(path: Path) -> tuple[int, list[str]]:
+    """How many numbers the file's lines hold, and those with no comment after them."""
+    found, bare = 0, []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        match = NUMBER_LINE.match(line)
+        if match is None or not is_number(yaml.safe_load(match[2])):
+            continue
+        found += 1
+        if not (match[3] or "").strip():
+            bare.append(f"{path.name}:{number} {match[1]}")
+    return found, bare
+
+
+@pytest.mark.parametrize("path", PRESET_FILES, ids=lambda path: path.name)
+def test_every_number_carries_a_source_comment(path):
+    found, bare = numbers_and_bare(path)
+    assert found == numeric_leaves(yaml.safe_load(path.read_text())), "a number the line scan did not see"
+    assert not bare, f"numbers without a source comment: {bare}"
+
+
+def test_a_bare_number_is_caught(tmp_path):
+    path = write(tmp_path, "gpu:\n  sms: 132  # whitepaper\n  gemm_tile_m: 128\n")
+    assert numbers_and_bare(path) == (2, ["mine.yaml:3 gemm_tile_m"])

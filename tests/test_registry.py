@@ -19,11 +19,13 @@ from engramsim import registry
 from engramsim.cli import main
 from engramsim.errors import InputError
 from engramsim.scenario import Engram, Scenario, StrategyChoice
+from engramsim.scheduler import Scheduler
 from engramsim.strategies import Cache, HashingSetup, Params, SetupContext, Stage, StageKind, StepView, TableInfo, Tier
 from tests.test_run import SMALL
 
 PLUGIN_PKG = Path(__file__).parent / "plugin_pkg"
 BUILTINS = {
+    "scheduler": ["nano-vllm", "vllm"],
     "hashing": ["engram"],
     "placement": ["all-hbm", "all-host"],
     "cache": ["none"],
@@ -69,9 +71,22 @@ def test_get_unknown_lists_known_names():
 
 def test_register_rejects_unknown_kind_and_duplicates():
     with pytest.raises(ValueError, match="unknown plugin kind"):
-        registry.register("scheduler", "x")
+        registry.register("sampler", "x")
     with pytest.raises(ValueError, match="already registered"):
         registry.register("cache", "none")(type("Other", (Cache,), {}))
+
+
+def test_a_scheduler_takes_the_engines_params():
+    """Every scheduler's params carry what the session sizes the KV cache with; bad values are refused."""
+    with pytest.raises(TypeError, match="must subclass engramsim.scheduler.Scheduler"):
+        registry.register("scheduler", "not-a-scheduler")(type("NotAScheduler", (Cache,), {}))
+    with pytest.raises(TypeError, match="Params must subclass engramsim.scheduler.SchedulerParams"):
+        registry.register("scheduler", "odd-params")(type("OddParams", (Scheduler,), {"Params": Params}))
+    assert registry.scheduler_params(StrategyChoice(name="nano-vllm")).block_size == 256
+    assert registry.scheduler_params(StrategyChoice(name="vllm")).block_size == 16
+    for bad in ({"gpu_memory_utilization": 0}, {"gpu_memory_utilization": 1.5}, {"kv_blocks": 0}, {"block_size": 0}, {"speed": 2}):
+        with pytest.raises(ValidationError):
+            registry.scheduler_params(StrategyChoice(name="vllm", params=bad))
 
 
 def test_build_validates_params(setup):

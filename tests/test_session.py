@@ -1,5 +1,6 @@
 """Honour or refuse: the scenario's hashing plugin is the one that runs, tiers no executor prices are
-refused, and HBM is one budget (weights, KV cache, Engram tables, caches, staging buffers)."""
+refused, and HBM is one budget (weights, Engram tables, caches, staging buffers, warm-up activations,
+reserved memory, and the KV cache in what they leave)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import pytest
 
 from engramsim.cli import main
 from engramsim.errors import InputError
-from engramsim.hbm import backbone_params
+from engramsim.hbm import activation_peak_bytes, backbone_params
 from engramsim.plugins.placement.single_tier import SingleTier
 from engramsim.registry import register
 from engramsim.runner import simulate_run
 from engramsim.scenario import Backbone
 from engramsim.scenario_io import load_scenario
-from engramsim.session import prepare
+from engramsim.session import ALL_HBM, prepare
 from engramsim.strategies import Placement, Tier
 from tests.test_run import SMALL
 
@@ -88,7 +89,8 @@ def test_weights_that_do_not_fit_are_refused(scenario, tmp_path, capsys):
 
 
 def test_hbm_is_one_budget(scenario, tmp_path):
-    """A bigger cache, or a prefetch that leads by a step (a second staging slot), leaves less for the KV cache."""
+    """The KV cache gets the whole blocks left of gpu_memory_utilization x HBM once everything else is
+    placed: a bigger cache, or a prefetch that leads by a step (a second staging slot), leaves fewer."""
     def hbm(*sets: str) -> dict:
         out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
         assert main(["run", str(scenario), "--out", str(out), "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
@@ -99,9 +101,54 @@ def test_hbm_is_one_budget(scenario, tmp_path):
     ahead = hbm("strategies.prefetch=demo-next-step")
     row = 64 * 2
     assert cached["items_bytes"]["Engram caches"] == 2 * 100_000 * row
-    assert plain["kv_free_bytes"] - cached["kv_free_bytes"] == 2 * 100_000 * row
     assert ahead["items_bytes"]["Engram staging buffers"] == 2 * plain["items_bytes"]["Engram staging buffers"]
-    assert plain["capacity_bytes"] == sum(plain["items_bytes"].values()) + plain["kv_free_bytes"]
+    block = 8 * 2 * 2 * 128 * 2 * 256  # layers x (K, V) x kv_heads x head_dim x bf16 bytes x 256 tokens
+    for report in (plain, cached, ahead):
+        assert report["kv_block_size"] == 256 and report["kv_block_bytes"] == block
+        assert report["usable_bytes"] == int(0.9 * report["capacity_bytes"])
+        assert report["kv_blocks"] == (report["usable_bytes"] - sum(report["items_bytes"].values())) // block
+        assert report["kv_bytes"] == report["kv_blocks"] * block
+    assert plain["kv_blocks"] - cached["kv_blocks"] in (2 * 100_000 * row // block, 2 * 100_000 * row // block + 1)
+    assert ahead["kv_blocks"] < plain["kv_blocks"] < plain["kv_blocks_without_engram"]
+    assert plain["items_bytes"]["reserved (CUDA context, workspaces)"] == 1 << 29
+
+
+def test_warm_up_activations_by_hand(scenario):
+    """nano-vLLM's warm-up runs max_num_batched_tokens (512) as sequences of the longest prompt + output
+    (96 + 24): 4 of 120 tokens. The widest block keeps the residual, the MLP's input and output and
+    its 3 x 2816 intermediates live per token (the MLP is wider than attention and the Engram layer);
+    each sequence's last token has logits in bf16 and fp32."""
+    s = load_scenario(scenario)
+    mlp_block = 3 * 1024 + 3 * 2816
+    assert activation_peak_bytes(s, engram=True) == 4 * 120 * mlp_block * 2 + 4 * 32000 * (2 + 4)
+    wide_engram = s.model_copy(update={"model": s.model.model_copy(update={"engram": s.model.engram.model_copy(update={"hc_mult": 4})})})
+    engram_block = 3 * 1024 + 2 * 8 * 64 + 5 * 1024 + 3 * 4 * 1024  # memory vector, value and 4 keys, 3 per branch
+    assert activation_peak_bytes(wide_engram, engram=True) == 4 * 120 * engram_block * 2 + 4 * 32000 * 6
+    assert activation_peak_bytes(wide_engram, engram=False) == 4 * 120 * mlp_block * 2 + 4 * 32000 * 6
+
+
+def test_each_pass_gets_its_kv_cache(scenario):
+    """The offloaded and all-HBM passes share the configured pass's blocks (so they run the same
+    steps); the no-Engram pass gets a model without Engram's. `kv_blocks` gives every pass that many."""
+    prepared = prepare(load_scenario(scenario), "s")
+    assert prepared.scheduler().blocks.total == prepared.kv.blocks < prepared.kv.blocks_without_engram
+    assert prepared.scheduler(engram=False).blocks.total == prepared.kv.blocks_without_engram
+    tight = prepare(load_scenario(scenario, ["strategies.scheduler.params={kv_blocks: 10, block_size: 16}"]), "s")
+    assert tight.kv.blocks == tight.kv.blocks_without_engram == 10
+    offloaded, baseline, no_engram = simulate_run(tight), simulate_run(tight, ALL_HBM), simulate_run(tight, engram=False)
+    assert offloaded.serving is not None and offloaded.serving.preemptions > 0 and offloaded.serving.kv_used_peak == 1.0
+    assert offloaded.serving == baseline.serving == no_engram.serving
+    assert [(s.kind, s.seqs, s.tokens) for s in offloaded.steps] == [(s.kind, s.seqs, s.tokens) for s in baseline.steps]
+
+
+def test_the_vllm_scheduler_runs_mixed_steps(scenario, tmp_path):
+    out = tmp_path / "vllm"
+    assert main(["run", str(scenario), "--out", str(out), "--quiet", "--set", "strategies.scheduler=vllm",
+                 "--set", "workload.batching.max_num_batched_tokens=100"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    kinds = {line.split(",")[1] for line in (out / "steps.csv").read_text().splitlines()[1:]}
+    assert {"prefill", "mixed", "decode"} <= kinds
+    assert doc["hbm"]["kv_block_size"] == 16 and doc["summary"]["kv_blocks_total"] == doc["hbm"]["kv_blocks"]
 
 
 def test_backbone_params_by_hand():

@@ -1,26 +1,34 @@
 """Validation: the shipped validation scenarios are valid and vary what they claim to; `engramsim
-validate` runs a scenario real and simulated and writes the documented JSON; bad profiles and a
-missing GPU are one line and exit 2."""
+validate` repeats each real run, counts the simulation's error against the median, and writes the
+documented JSON and a side-by-side trace; bad flags, outputs and profiles and a missing GPU are one
+line and exit 2, before any run."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from engramsim import validate
 from engramsim.backends.calibration.machine import machine_host
 from engramsim.cli import main
 from engramsim.metrics import METRICS as REGISTRY
-from engramsim.records import RunOutcome, Span, SpanKind
+from engramsim.records import LANES, RunOutcome, Span, SpanKind, StepLog, Timeline
+from engramsim.runner import simulate_run
 from engramsim.scenario_io import load_scenario
 from engramsim.validate import (
+    HEADLINE,
     METRICS,
+    Spread,
     default_scenarios,
     error_pct,
+    median_repetition,
     overrides,
     stage_totals_ms,
 )
@@ -44,7 +52,7 @@ run: {seed: 2}
 """
 
 # Round numbers of the size a CPU calibration gives; calibrated here, so no host warning.
-PROFILE = {
+PROFILE: dict[str, Any] = {
     "name": "tiny-cpu",
     "gpu": {"name": "cpu", "bf16_tflops": 0.1, "hbm_gbps": 10.0, "hbm_gib": 8.0, "compute_efficiency": 1.0,
             "memory_efficiency": 1.0, "layer_overhead_us": 100.0, "copy_engines": 1},
@@ -93,6 +101,11 @@ def test_validation_scenarios_vary_what_they_should():
     assert len(seen(lambda s: tuple(s.model.engram.layers))) >= 3
     assert seen(lambda s: s.strategies.prefetch.name) >= {"on-demand", "layer-ahead"}
     assert seen(lambda s: s.strategies.transport.name) >= {"staged", "zero-copy"}
+    assert seen(lambda s: s.strategies.scheduler.name) >= {"nano-vllm", "vllm"}
+    assert seen(lambda s: "kv_blocks" in s.strategies.scheduler.params) == {False, True}, "one scenario preempts"
+    assert seen(lambda s: s.model.backbone.moe is None) == {False, True}
+    assert seen(lambda s: (s.model.backbone.attention.kind, s.model.backbone.hc_mult)) >= {("gqa", 1), ("mla", 4)}
+    assert seen(lambda s: s.model.engram.max_ngram) >= {3, 4}
     for s in scenarios:  # CPU-sized, offline (the same steps real and simulated), no baseline passes
         assert s.model.backbone.layers <= 8 and s.model.backbone.hidden <= 1024 and s.model.backbone.dtype == "fp32"
         assert s.workload.arrival.kind == "offline" and s.run.max_steps is None
@@ -117,7 +130,7 @@ def test_stage_totals_sum_span_seconds_by_kind_and_errors():
         Span(kind=SpanKind.STALL, start_s=0.002, end_s=0.003, step=0, layer=1),
         Span(kind=SpanKind.ZERO_COPY, start_s=0.001, end_s=0.0035, step=0, layer=1, bytes=4096),
     ]
-    outcome = RunOutcome(steps=[], spans=spans, events=0, link_busy_s=0.0025, makespan_s=0.005, output_tokens=0, prompt_tokens=0,
+    outcome = RunOutcome(steps=StepLog(), spans=Timeline(spans), events=0, link_busy_s=0.0025, makespan_s=0.005, output_tokens=0, prompt_tokens=0,
                          ttft_s=np.array([]), tpot_s=np.array([]))
     totals = stage_totals_ms(outcome)
     assert list(totals) == [kind.value for kind in SpanKind]
@@ -127,26 +140,120 @@ def test_stage_totals_sum_span_seconds_by_kind_and_errors():
     assert error_pct(1.0, 0.0) is None and error_pct(None, 1.0) is None
 
 
+def test_spread_is_the_median_and_range_of_the_repetitions():
+    odd = Spread((3.0, 1.0, 2.0))
+    assert (odd.median, odd.low, odd.high, odd.spread_pct) == (2.0, 1.0, 3.0, 100.0)
+    assert odd.as_dict() == {"values": [3.0, 1.0, 2.0], "median": 2.0, "min": 1.0, "max": 3.0, "spread_pct": 100.0}
+    assert Spread((4.0, 1.0, 3.0, 2.0)).median == 2.5 and Spread((5.0,)).spread_pct == 0.0
+    assert Spread((0.0, 0.0)).spread_pct is None
+    assert median_repetition([3.0, 1.0, 2.0]) == 2
+    assert median_repetition([4.0, 1.0, 3.0, 2.0]) == 3, "even count: the lower middle value (2.0, index 3)"
+    assert median_repetition([7.0]) == 0
+
+
 # ---- the command ----------------------------------------------------------------------------------
-def test_validate_writes_the_documented_json(tiny, profile, tmp_path, capsys):
+FACTORS = (1.5, 0.9, 1.1)  # the fake real runs: the simulated run slowed down by these; median 1.1 (the third), mean 1.17
+
+
+def scaled(outcome: RunOutcome, factor: float) -> RunOutcome:
+    """`outcome` with every time multiplied by `factor`."""
+    steps = [replace(s, start_s=s.start_s * factor, end_s=s.end_s * factor,
+                     layers=[replace(r, issue_s=r.issue_s * factor, ready_s=r.ready_s * factor, stall_s=r.stall_s * factor)
+                             for r in s.layers]) for s in outcome.steps]
+    spans = [replace(s, start_s=s.start_s * factor, end_s=s.end_s * factor) for s in outcome.spans]
+    return RunOutcome(steps=StepLog(steps), spans=Timeline(spans), events=0, link_busy_s=outcome.link_busy_s * factor,
+                      makespan_s=outcome.makespan_s * factor, output_tokens=outcome.output_tokens,
+                      prompt_tokens=outcome.prompt_tokens, ttft_s=outcome.ttft_s * factor, tpot_s=outcome.tpot_s * factor)
+
+
+@pytest.fixture
+def fake_real(monkeypatch) -> list[int]:
+    """Real runs replaced by the simulated run scaled by FACTORS; returns the repeats each call asked for."""
+    calls: list[int] = []
+
+    def measure(prepared, backend, repeats, progress_factory=None):
+        calls.append(repeats)
+        return [scaled(simulate_run(prepared), f) for f in FACTORS[:repeats]]
+
+    monkeypatch.setattr(validate, "measure", measure)
+    return calls
+
+
+@pytest.fixture
+def no_run(monkeypatch) -> None:
+    """Any real run fails the test: for refusals that must come before any work."""
+    def measure(*args, **kwargs):
+        raise AssertionError("a real run started")
+
+    monkeypatch.setattr(validate, "measure", measure)
+
+
+def test_errors_are_against_the_median_of_the_repetitions(tiny, profile, tmp_path, fake_real):
     out = tmp_path / "validate.json"
-    assert main(["validate", "--backend", "cpu", "--profile", str(profile), str(tiny), str(tiny), "--json", str(out), "--quiet"]) == 0
+    assert main(["validate", "--backend", "cpu", "--profile", str(profile), str(tiny), "--json", str(out), "--quiet"]) == 0
+    assert fake_real == [3], "three repetitions by default"
+    doc = json.loads(out.read_text())
+    assert doc["repeats"] == 3
+    (entry,) = doc["scenarios"]
+    assert entry["repeats"] == 3 and entry["median_repetition"] == 2
+    for key in METRICS:
+        if entry["sim"][key] == 0:  # no stall simulated: no error to count
+            continue
+        power = -1 if key == "throughput_tok_s" else 1  # a slower run has the lower throughput
+        values = [entry["sim"][key] * f ** power for f in FACTORS]
+        real = entry["real"][key]
+        assert real["values"] == pytest.approx(values)
+        assert (real["median"], real["min"], real["max"]) == pytest.approx((values[2], min(values), max(values)))
+        assert real["spread_pct"] == pytest.approx((max(values) - min(values)) / values[2] * 100)
+        assert entry["error_pct"][key] == pytest.approx((1.1 ** -power - 1) * 100)
+    blocks = entry["stages_ms"]["real"]["blocks"]
+    assert blocks["values"] == pytest.approx([entry["stages_ms"]["sim"]["blocks"] * f for f in FACTORS])
+    assert entry["stage_error_pct"]["blocks"] == pytest.approx((1 / 1.1 - 1) * 100)
+    assert doc["median_abs_error_pct"] == doc["max_abs_error_pct"] == pytest.approx((1 - 1 / 1.1) * 100)
+
+
+def test_the_timeline_shows_each_scenarios_median_real_run_beside_its_simulation(tiny, profile, tmp_path, fake_real, capsys):
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY.replace("name: tiny-validation", "name: tiny-other"))
+    trace = tmp_path / "compare.json"
+    assert main(["validate", "--backend", "cpu", "--profile", str(profile), str(tiny), str(other), "--timeline", str(trace)]) == 0
+    assert f"wrote {trace}" in " ".join(capsys.readouterr().out.split())
+    events = json.loads(trace.read_text())["traceEvents"]
+    processes = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert processes == {1: "tiny-validation real", 2: "tiny-validation sim", 3: "tiny-other real", 4: "tiny-other sim"}
+    lanes = {pid: [e["args"]["name"] for e in events if e["name"] == "thread_name" and e["pid"] == pid] for pid in processes}
+    assert all(names == list(LANES) for names in lanes.values())
+    spans = {pid: [e for e in events if e["ph"] == "X" and e["pid"] == pid] for pid in processes}
+    assert {e["pid"] for e in events} == set(processes)
+    for real, sim in ((1, 2), (3, 4)):
+        assert sim and [(e["name"], e["tid"]) for e in spans[real]] == [(e["name"], e["tid"]) for e in spans[sim]]
+        assert [e["ts"] for e in spans[real]] == pytest.approx([e["ts"] * 1.1 for e in spans[sim]], abs=1e-2), \
+            "the real process draws the median repetition"
+
+
+def test_validate_runs_real_repetitions_and_writes_the_documented_json(tiny, profile, tmp_path, capsys):
+    out, trace = tmp_path / "validate.json", tmp_path / "trace.json"
+    assert main(["validate", "--backend", "cpu", "--profile", str(profile), str(tiny), str(tiny), "--repeats", "2",
+                 "--json", str(out), "--timeline", str(trace), "--quiet"]) == 0
     assert "warning" not in capsys.readouterr().err, "calibrated on this host: no warning"
     doc = json.loads(out.read_text())
-    assert {"scenarios", "median_abs_error_pct", "max_abs_error_pct"} <= set(doc)
+    assert {"scenarios", "median_abs_error_pct", "max_abs_error_pct"} <= set(doc) and doc["repeats"] == 2
     assert len(doc["scenarios"]) == 2
     for entry in doc["scenarios"]:
-        assert entry["name"] == "tiny-validation"
-        for side in ("real", "sim"):
-            assert set(entry[side]) == set(METRICS)
-            assert entry[side]["step_latency_ms_mean"] > 0 and entry[side]["throughput_tok_s"] > 0
-        assert set(entry["error_pct"]) == set(METRICS)
-        err = entry["error_pct"]["step_latency_ms_mean"]
-        assert err == pytest.approx((entry["sim"]["step_latency_ms_mean"] / entry["real"]["step_latency_ms_mean"] - 1) * 100)
-        assert entry["stages_ms"]["real"]["blocks"] > 0 and entry["stages_ms"]["sim"]["blocks"] > 0
-    errors = sorted(abs(e["error_pct"]["step_latency_ms_mean"]) for e in doc["scenarios"])
+        assert entry["name"] == "tiny-validation" and entry["median_repetition"] in (0, 1)
+        assert set(entry["real"]) == set(entry["sim"]) == set(entry["error_pct"]) == set(METRICS)
+        for key in ("step_latency_ms_mean", "throughput_tok_s"):
+            real = entry["real"][key]
+            assert len(real["values"]) == 2 and real["min"] <= real["median"] <= real["max"] and real["min"] > 0
+            assert entry["sim"][key] > 0
+        err = entry["error_pct"][HEADLINE]
+        assert err == pytest.approx((entry["sim"][HEADLINE] / entry["real"][HEADLINE]["median"] - 1) * 100)
+        assert entry["stages_ms"]["real"]["blocks"]["median"] > 0 and entry["stages_ms"]["sim"]["blocks"] > 0
+    errors = sorted(abs(e["error_pct"][HEADLINE]) for e in doc["scenarios"])
     assert doc["max_abs_error_pct"] == pytest.approx(errors[-1])
     assert doc["median_abs_error_pct"] == pytest.approx(sum(errors) / 2)
+    names = [e["args"]["name"] for e in json.loads(trace.read_text())["traceEvents"] if e["name"] == "process_name"]
+    assert names == ["tiny-validation real", "tiny-validation sim"] * 2
 
 
 def test_validate_warns_for_a_profile_calibrated_elsewhere(tiny, tmp_path, capsys):
@@ -174,6 +281,26 @@ def test_corrupt_profile_is_one_line(tiny, tmp_path, capsys, content, expect):
     out = tmp_path / "v.json"
     _fails(capsys, ["validate", "--backend", "cpu", "--profile", str(path), str(tiny), "--json", str(out)], expect)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("repeats", ["0", "-2"])
+def test_repeats_below_one_are_refused_in_one_line(tiny, profile, tmp_path, capsys, no_run, repeats):
+    out = tmp_path / "v.json"
+    _fails(capsys, ["validate", "--backend", "cpu", "--profile", str(profile), str(tiny), "--repeats", repeats, "--json", str(out)],
+           f"--repeats: expected an integer >= 1, got {repeats}")
+    assert not out.exists()
+
+
+def test_a_timeline_that_cannot_be_written_is_refused_before_any_run(tiny, profile, tmp_path, capsys, no_run):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = tmp_path / "v.json"
+    _fails(capsys, ["validate", "--backend", "cpu", "--profile", str(profile), str(tiny), "--json", str(out),
+                    "--timeline", str(blocker / "trace.json")], "is not a folder")
+    _fails(capsys, ["validate", "--backend", "cpu", "--profile", str(profile), str(tiny), "--json", str(out),
+                    "--timeline", str(tmp_path / "." / "v.json")], "is also the --json file")
+    _fails(capsys, ["validate", "--backend", "cpu", "--profile", str(profile), str(tiny), "--timeline", str(tiny)], "is also an input")
+    assert not out.exists() and tiny.read_text() == TINY
 
 
 def test_missing_profile_is_one_line(tiny, tmp_path, capsys):

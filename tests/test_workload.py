@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from engramsim import workload as workload_module
 from engramsim.errors import InputError
 from engramsim.plugins.hashing.engram import EngramHashing, EngramHashSpec
-from engramsim.scenario import Scenario
+from engramsim.registry import build_scheduler, scheduler_params
+from engramsim.scenario import Scenario, StrategyChoice
 from engramsim.scheduler import Scheduler
 from engramsim.steps import Requests, Step
 from engramsim.workload import StepLookups, Workload, build_workload, make_requests, unique_sorted, window_offsets
@@ -61,6 +62,13 @@ def make_workload(trace: FakeTrace | None = None, hashing: EngramHashing | None 
     return build_workload(scenario(**kwargs), trace or synthetic_trace(), hashing or tiny_hashing())
 
 
+def make_scheduler(w: Workload, name: str = "nano-vllm", kv_blocks: int | None = None, **params: Any) -> Scheduler:
+    """A fresh serving engine over `w`; by default with blocks for every window at once (it never preempts)."""
+    choice = StrategyChoice(name=name, params=params)
+    block = scheduler_params(choice).block_size
+    return build_scheduler(choice, w, kv_blocks or int(np.sum(-(-w.requests.window_len // block))))
+
+
 def window(w: Workload, request: int) -> np.ndarray:
     """The flat positions of one request's window."""
     return np.arange(w.window_offsets[request], w.window_offsets[request + 1])
@@ -89,7 +97,7 @@ def assert_same_lookups(a: Step, b: Step) -> None:
 
 def offline_steps(w: Workload) -> list[Step]:
     """Every step of an offline workload, in order (run at t = 0: timing cannot change them)."""
-    sched, steps = Scheduler(w), []
+    sched, steps = make_scheduler(w), []
     while not sched.done:
         step = sched.next_step(0.0)
         assert step is not None
@@ -188,7 +196,7 @@ def test_rows_stay_in_their_heads_range():
 
 def test_lookups_are_memoized_across_schedulers():
     w = make_workload(prompt=(3, 12), output=(2, 6), requests=10, max_num_seqs=4)
-    first, second = Scheduler(w), Scheduler(w)
+    first, second = make_scheduler(w), make_scheduler(w)
     for _ in range(5):
         a, b = first.next_step(0.0), second.next_step(0.0)
         assert a is not b and all(a.lookups[layer] is b.lookups[layer] for layer in a.lookups)
@@ -264,7 +272,7 @@ def test_trace_of_another_tokenizer_is_an_input_error(vocab, real_trace):
 def test_shared_arrays_are_read_only():
     """The offloaded, all-HBM and no-Engram passes share the workload: none may change it."""
     w = make_workload(prompt=(3, 12), output=(2, 6), requests=6)
-    step = Scheduler(w).next_step(0.0)
+    step = make_scheduler(w).next_step(0.0)
     shared = [w.trace_tokens, w.window_offsets, *columns_of(w.requests), *(lookup.rows for lookup in step.lookups.values())]
     for array in shared:
         with pytest.raises(ValueError, match="read-only"):

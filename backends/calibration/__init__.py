@@ -5,23 +5,26 @@ backend's own operations (the `Device` of backends/device.py, the stand-in block
 layer the real executor runs), then fits engramsim/kernels.py's formulas to the timings. Per group:
 what is measured -> the profile fields fitted, by which formula.
 
-- gather: `Device.gather` of sorted unique random rows vs rows and row bytes, each after a
-  stand-in decode step, handed to a waiting worker thread and timed until the computing thread
-  sees it done (what an Engram layer waiting for its rows pays) -> host.gather_rows_per_s,
+- gather: sorted unique random rows through the executor's fetch worker (backends/fetch.py), each
+  fetch after a stand-in decode step and waited for as an Engram layer waits; the gather span
+  from its hand-over to the worker to its last row, vs rows and row bytes -> host.gather_rows_per_s,
   gather_overhead_us, dram_gbps, by `gather_seconds`.
-- h2d: `Device.h2d` of 4 KiB .. 64 MiB under service load -> link.dma_latency_us, h2d_gbps
-  (d2h_gbps = h2d), by `dma_seconds`.
-- zero_copy: `Device.zero_copy` vs rows and row bytes under service load ->
-  link.zero_copy_latency_us, zero_copy_gbps, transaction_bytes, by `zero_copy_seconds`.
-- block: the stand-in blocks of a step (attention + SwiGLU MLP) vs prefill tokens and decode
-  batch x context, per block -> gpu.bf16_tflops, hbm_gbps, roofline_exponent, gemm_half_rows,
-  layer_overhead_us, by `roofline` summed over `block_kernels` + the layer overhead.
+- h2d: the same staged fetches, from the gather's end until the waiting thread resumed, vs bytes
+  -> link.dma_latency_us, h2d_gbps (d2h_gbps = h2d), by `dma_seconds`.
+- zero_copy: zero-copy fetches the same way, from the issue until the waiting thread resumed, vs
+  rows and row bytes -> link.zero_copy_latency_us, zero_copy_gbps, transaction_bytes, by
+  `zero_copy_seconds`.
+- block: the stand-in blocks of a step (attention + SwiGLU MLP, or MoE for the MoE shape) vs
+  prefill tokens and decode batch x context, per block -> gpu.bf16_tflops, hbm_gbps,
+  roofline_exponent, gemm_half_rows, layer_overhead_us, by `roofline` summed over `block_kernels`
+  + the layer overhead.
 - engram: the Engram layer as the executor runs it (`engram_forward`, rows from the landing
   buffer) -> gpu.engram_overhead_us (joint fit with block), over `engram_kernels`.
 - head: final norm + LM head + sampling -> its fixed cost (joint fit with block), over `head_kernels`.
 - host: the executor's per-step host work (plan, step layout, fetch hand-off), the HOST spans of
-  short real passes on a small built-in scenario -> step_overhead_us = median host time + the
-  head's fixed cost, paid at the start of every step.
+  short real passes on a small built-in scenario at several batch sizes -> step_overhead_us (a +
+  the head's fixed cost, paid at the start of every step) and step_overhead_per_seq_us (b), by
+  t = a + b x sequences.
 
 Copy/compute interference (a block timed while gathers loop on another thread) has no parameter
 in the cost model: its slowdown goes into the profile's description and into the residual

@@ -4,6 +4,7 @@ runs), timed by the harness the way a real step sees them."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
 import time
@@ -17,14 +18,19 @@ import torch
 from engramsim.backends.device import make_device
 from engramsim.backends.engram_layer import LayerRows, engram_forward
 from engramsim.backends.engram_module import EngramModule
-from engramsim.backends.standin import Limits, StandIn, step_layout
+from engramsim.backends.fetch import Buffers, FetchWorker
+from engramsim.backends.standin import Limits, StandIn
 from engramsim.backends.tables import fill_table
+from engramsim.hardware.presets import load_profile
 from engramsim.kernels import block_kernels, engram_kernels, head_kernels
+from engramsim.plan import FetchPlan
 from engramsim.records import SpanKind
-from engramsim.scenario import Engram, Model, Scenario
+from engramsim.registry import build
+from engramsim.scenario import Engram, Model, Scenario, StrategyChoice
+from engramsim.strategies import SetupContext
 
 from .budgets import Budget, Case, Shape, backbone_cases, host_scenario, make_step, shape_model
-from .harness import Harness, median
+from .harness import FetchTiming, Harness, median
 from .measurements import Measurements, kernel_fields
 
 GB = 1e9
@@ -41,6 +47,12 @@ def sorted_unique_rows(gen: np.random.Generator, total: int, n: int) -> np.ndarr
     while rows.size < n:
         rows = np.unique(np.concatenate([rows, gen.integers(0, total, size=n, dtype=np.int64)]))
     return np.sort(gen.choice(rows, size=n, replace=False))
+
+
+def calibration_setup() -> SetupContext:
+    """What a transport plugin is built from, for the fetch benchmarks (the built-in ones read none of it)."""
+    scenario = Scenario(name="calibration")
+    return SetupContext(scenario, {}, load_profile(scenario.hardware.profile), scenario.run.seed)
 
 
 def run_blocks(standin: StandIn, layers: int, layout: Any) -> torch.Tensor:
@@ -73,6 +85,8 @@ class Calibrator:
         self.m = Measurements(backend, budget.name, threads=self._gather_threads())
         self.harness = Harness(self.device, self.m.threads)
         self._table: torch.Tensor | None = None
+        self._decode: Callable[[], None] | None = None
+        self._fetches = 0  # fetches handed to a worker so far: each its own step index
         self.device.start_clock()
 
     def _gather_threads(self) -> int:
@@ -129,48 +143,83 @@ class Calibrator:
         spreads over all of them instead of biasing the first row size."""
         return [cases[i] for i in self.rng.permutation(len(cases))]
 
-    def service_steps(self) -> list[Callable[[], None]]:
-        """A decode and a prefill step of the first backbone shape (blocks, LM head, synchronize),
-        each a call that runs it on the calling thread: the compute the executor runs between fetches."""
-        dev = self.device
-        shape, steps = backbone_cases(self.backend, self.budget)[0]
-        decode = [s for s in steps if s[0] == "decode"]
-        prefill = [s for s in steps if s[0] == "prefill"]
-        picked = [decode[len(decode) // 2], prefill[len(prefill) // 2]]
-        model = shape_model(shape, self.dtype_name, self.engram_head_dim, self.dtype_name)
-        standin = StandIn(model.backbone, limits_of(picked), dev.torch_device, dev.compute_dtype(self.dtype_name),
-                          dev.generator(1), dev.linear())
-
-        def runner(kind: str, new: np.ndarray, ctx: np.ndarray) -> Callable[[], None]:
-            layout = step_layout(make_step(kind, new, ctx), dev.torch_device, dev.attention_groups)
+    def decode_step(self) -> Callable[[], None]:
+        """A decode step of the first backbone shape (blocks, LM head, synchronize) as a call that
+        runs it on the calling thread: the compute the executor runs between fetches."""
+        if self._decode is None:
+            dev = self.device
+            shape, steps = backbone_cases(self.backend, self.budget)[0]
+            decode = [s for s in steps if s[0] == "decode"]
+            case = decode[len(decode) // 2]
+            model = shape_model(shape, self.dtype_name, self.engram_head_dim, self.dtype_name)
+            standin = StandIn(model.backbone, limits_of([case]), dev.torch_device, dev.compute_dtype(self.dtype_name),
+                              dev.generator(1), dev.linear())
+            layout = standin.layout(make_step(*case), dev.attention_groups)
 
             def run() -> None:
                 standin.head(run_blocks(standin, shape.layers, layout), layout)
                 dev.synchronize()
-            return run
+            self._decode = run
+        return self._decode
 
-        return [runner(*case) for case in picked]
+    # ---- fetches -----------------------------------------------------------------------------------
+    def bench_fetches(self, transport: str) -> None:
+        """Fetches of sorted unique random rows through the executor's fetch worker, each after a
+        stand-in decode step and waited for as an Engram layer waits (`Harness.fetch_timer`).
+        staged: the gather span (from the hand-over) and the h2d stage (from the gather's end until
+        the waiting thread resumed); zero-copy: from the issue until the waiting thread resumed."""
+        b, dev = self.budget, self.device
+        flat = self.table()
+        cases = self._shuffled([(n, rb) for rb in b.row_bytes for n in b.gather_rows])
+        words = max(b.gather_rows) * max(b.row_bytes) // 4
+        staging = dev.staging(words, 1, torch.float32).view(-1) if transport == "staged" else None
+        landing = dev.landing(words, 1, torch.float32).view(-1)
+        choice = build("transport", StrategyChoice(name=transport), calibration_setup())
+        with contextlib.ExitStack() as stack:
+            timed = stack.enter_context(self.harness.fetch_timer(self.decode_step()))
+            workers = {rb: stack.enter_context(FetchWorker(dev, choice, rb)) for rb in b.row_bytes}
+            buffers = {}
+            for rb in b.row_bytes:
+                table = self.view_rows(flat, b.table_bytes // rb, rb)
+                buffers[rb] = Buffers(table, None if staging is None else self.view_rows(staging, max(b.gather_rows), rb),
+                                      self.view_rows(landing, max(b.gather_rows), rb),
+                                      dev.zero_copy_source(table) if transport == "zero-copy" else None)
+            for i, (n, rb) in enumerate(cases):
+                total = b.table_bytes // rb
+                timings = []
+                for _ in range(b.repeats + 1):  # the first one warms up
+                    rows = sorted_unique_rows(self.rng, total, n)
+                    self._fetches += 1
+                    plan = FetchPlan(step=self._fetches, layer=0, rows=rows, references=n, placed_hbm=0, cache_hits=0, fetch=rows,
+                                     misses=n, issue_step=self._fetches, issue_block=0)
+                    timings.append(timed(workers[rb], plan, buffers[rb]))
+                self._record_fetches(transport, n, rb, timings[1:])
+                self.progress("gather + h2d" if transport == "staged" else transport, i + 1, len(cases))
 
-    # ---- host gather -----------------------------------------------------------------------------
-    def bench_gather(self, service: bool = True) -> None:
-        """Gathers of sorted unique random rows; `service` (the fitted set): as an Engram layer that
-        waits for its rows sees them (`Harness.gather_timer` after a decode step); else back to
-        back on a quiet machine (`gather_alone`, for the description)."""
+    def _record_fetches(self, transport: str, n: int, rb: int, timings: list[FetchTiming]) -> None:
+        """The medians of one case's fetches, in the stages the simulator prices."""
+        if transport == "zero-copy":
+            self.m.zero_copy.append({"rows": n, "row_bytes": rb, "seconds": median([t.resumed_s - t.issued_s for t in timings])})
+            return
+        gathers = [next(s for s in t.spans if s.kind is SpanKind.GATHER) for t in timings]
+        self.m.gather.append({"rows": n, "row_bytes": rb, "seconds": median([g.seconds for g in gathers])})
+        self.m.copy.append({"bytes": n * rb, "seconds": median([t.resumed_s - g.end_s for t, g in zip(timings, gathers)])})
+
+    def bench_quiet_gather(self) -> None:
+        """Gathers back to back on a quiet machine (`gather_alone`, for the description)."""
         b = self.budget
         flat = self.table()
         cases = self._shuffled([(n, rb) for rb in b.row_bytes for n in b.gather_rows])
         staging = self.device.staging(max(b.gather_rows) * max(b.row_bytes) // 4, 1, torch.float32).view(-1)
-        samples = self.m.gather if service else self.m.gather_alone
-        label = "gather" if service else "gather (quiet)"
-        with self.harness.gather_timer(self.service_steps()[0] if service else None) as timed:
+        with self.harness.quiet_gather() as timed:
             for i, (n, rb) in enumerate(cases):
                 total = b.table_bytes // rb
                 table = self.view_rows(flat, total, rb)
                 out = self.view_rows(staging, n, rb)
                 self.device.gather(table, self._random_index(total, n), out)  # warm-up
                 times = [timed(table, self._random_index(total, n), out) for _ in range(b.repeats)]
-                samples.append({"rows": n, "row_bytes": rb, "seconds": median(times)})
-                self.progress(label, i + 1, len(cases))
+                self.m.gather_alone.append({"rows": n, "row_bytes": rb, "seconds": median(times)})
+                self.progress("gather (quiet)", i + 1, len(cases))
 
     def bench_stream(self) -> None:
         """Streaming copy bandwidth of host memory (read + write counted), the gather's DRAM ceiling."""
@@ -186,51 +235,6 @@ class Calibrator:
         self._fill()  # the copy overwrote half the table
         self.m.stream_gbps = 2 * half * 4 / min(times) / GB
         self.progress("host bandwidth", 1, 1)
-
-    # ---- link ----------------------------------------------------------------------------------------
-    def bench_h2d(self) -> None:
-        """Staging -> landing copies, under service load, each right after the gather that fills its
-        staging (as in the staged pipeline), so the source is as warm as it is in a real run."""
-        sizes = self.budget.copy_bytes
-        words = max(sizes) // 4
-        src = self.device.staging(words, 1, torch.float32).view(-1)
-        dst = self.device.landing(words, 1, torch.float32).view(-1)
-        src.fill_(1.0)
-        with self.harness.fetch_threads(), self.harness.service_load(self.service_steps()):
-            for i, size in enumerate(sizes):
-                k = size // 4
-                self.harness.timed(self.device.h2d(dst[:k], src[:k]))  # warm-up
-                times = []
-                for _ in range(self.budget.repeats):
-                    self.harness.idle()
-                    src[:k].add_(1.0)  # the gather just wrote the staging buffer
-                    times.append(self.harness.timed(self.device.h2d(dst[:k], src[:k])))
-                self.m.copy.append({"bytes": size, "seconds": median(times)})
-                self.progress("h2d", i + 1, len(sizes))
-
-    def bench_zero_copy(self) -> None:
-        """Zero-copy reads of sorted unique random rows, under service load; the row ids start on
-        the host, as the executor hands them over (CUDA moves them inside the timed interval)."""
-        b = self.budget
-        flat = self.table()
-        cases = self._shuffled([(n, rb) for rb in b.row_bytes for n in b.gather_rows])
-        landing = self.device.landing(max(b.gather_rows) * max(b.row_bytes) // 4, 1, torch.float32).view(-1)
-        with self.harness.fetch_threads(), self.harness.service_load(self.service_steps()):
-            sources: dict[int, torch.Tensor] = {}
-            for i, (n, rb) in enumerate(cases):
-                total = b.table_bytes // rb
-                if rb not in sources:
-                    sources[rb] = self.device.zero_copy_source(self.view_rows(flat, total, rb))
-                src = sources[rb]
-                out = self.view_rows(landing, n, rb)
-                self.harness.timed(self.device.zero_copy(src, self._random_index(total, n), out))  # warm-up
-                times = []
-                for _ in range(b.repeats):
-                    index = self._random_index(total, n)
-                    self.harness.idle()
-                    times.append(self.harness.timed(self.device.zero_copy(src, index, out)))
-                self.m.zero_copy.append({"rows": n, "row_bytes": rb, "seconds": median(times)})
-                self.progress("zero-copy", i + 1, len(cases))
 
     # ---- backbone ------------------------------------------------------------------------------------
     def bench_backbone(self) -> None:
@@ -255,7 +259,7 @@ class Calibrator:
                 landing.normal_()
                 for kind, new, ctx in steps:
                     step = make_step(kind, new, ctx)
-                    layout = step_layout(step, dev.torch_device, dev.attention_groups)
+                    layout = standin.layout(step, dev.attention_groups)
                     h = standin.input(layout)
                     tokens = int(new.sum())
                     rows = max(1, min(landing.shape[0], tokens * heads * 2 // 3))  # ~1.5 references per unique row
@@ -301,7 +305,7 @@ class Calibrator:
         picked = [steps[0], steps[-1], steps[len(steps) // 2]][: b.interference_cases]
         for kind, new, ctx in picked:
             step = make_step(kind, new, ctx)
-            blocks = partial(run_blocks, standin, shape.layers, step_layout(step, dev.torch_device, dev.attention_groups))
+            blocks = partial(run_blocks, standin, shape.layers, standin.layout(step, dev.attention_groups))
             stop = threading.Event()
             worker = threading.Thread(target=gather_loop, args=(stop,), daemon=True)
             worker.start()

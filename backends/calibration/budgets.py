@@ -22,9 +22,8 @@ class Budget:
 
     name: str
     table_bytes: int  # the gather's table: several times the last-level cache, like real Engram tables
-    gather_rows: tuple[int, ...]
+    gather_rows: tuple[int, ...]  # rows per fetch (staged: gathered, then copied; zero-copy: read)
     row_bytes: tuple[int, ...]
-    copy_bytes: tuple[int, ...]
     repeats: int  # timings per case; the median is the sample
     prefill_tokens: tuple[tuple[int, int], ...]  # (sequences, tokens each)
     decode_cases: tuple[tuple[int, int], ...]  # (batch, context)
@@ -43,16 +42,26 @@ def _geometric(lo: int, hi: int, factor: int) -> tuple[int, ...]:
 
 
 BUDGETS: dict[str, Budget] = {
-    "tiny": Budget("tiny", 64 * MIB, (64, 512, 4096, 16384), (128, 256), _geometric(4 * KIB, 4 * MIB, 8), 3,
-                   ((1, 16), (2, 64)), ((1, 64), (4, 128)), 1, 1, (2,), 6),
-    "quick": Budget("quick", 1 * GIB, _geometric(64, 65536, 4), (128, 160, 256, 512), _geometric(4 * KIB, 64 * MIB, 4), 7,
+    "tiny": Budget("tiny", 64 * MIB, (64, 512, 4096, 16384), (128, 256), 3,
+                   ((1, 16), (2, 64)), ((1, 64), (4, 128)), 1, 1, (2, 8), 6),
+    "quick": Budget("quick", 1 * GIB, _geometric(64, 65536, 4), (128, 160, 256, 512), 7,
                     ((1, 32), (1, 128), (2, 256), (4, 256), (8, 256)), ((1, 128), (2, 128), (4, 256), (8, 512), (16, 256), (32, 512)),
-                    2, 3, (4, 16), 40),
-    "full": Budget("full", 2 * GIB, _geometric(16, 262144, 2), (128, 160, 256, 512), _geometric(4 * KIB, 64 * MIB, 2), 9,
+                    3, 3, (2, 8, 32), 40),
+    "full": Budget("full", 2 * GIB, _geometric(16, 262144, 2), (128, 160, 256, 512), 9,
                    ((1, 16), (1, 64), (1, 256), (2, 256), (4, 256), (8, 256), (4, 512), (16, 128)),
-                   ((1, 64), (1, 1024), (2, 128), (4, 256), (8, 512), (16, 128), (16, 1024), (32, 256), (64, 512)), 3, 6,
-                   (2, 8, 32), 60),
+                   ((1, 64), (1, 1024), (2, 128), (4, 256), (8, 512), (16, 128), (16, 1024), (32, 256), (64, 512)), 4, 6,
+                   (1, 4, 16, 64), 60),
 }
+
+
+@dataclass(frozen=True)
+class Experts:
+    """The MoE of a measured shape (every block routed: dense_layers 0)."""
+
+    experts: int
+    top_k: int
+    shared: int
+    intermediate: int
 
 
 @dataclass(frozen=True)
@@ -67,16 +76,22 @@ class Shape:
     head_dim: int
     vocab: int
     layers: int  # distinct blocks cycled through, so the weights do not all sit in cache
+    moe: Experts | None = None
 
 
 # CPU: fp32, CPU-sized (like the CPU validation scenarios). CUDA: bf16, 4B/8B-class dense backbones and a small one.
+# Each list's second shape is an MoE (quick budgets and up measure it): the routed experts' grouped GEMMs, their
+# gather/scatter and the router are kernels of their own, whose rates the dense shapes alone would not show.
 CPU_SHAPES = (
     Shape("cpu-h512", 512, 1408, 8, 2, 64, 8192, 6),
+    Shape("cpu-moe-h512", 512, 1408, 8, 2, 64, 8192, 4, Experts(16, 2, 1, 512)),  # fine-grained experts, 1 shared + top-2 of 16
     Shape("cpu-h1024", 1024, 2816, 16, 4, 64, 16384, 4),
     Shape("cpu-h768", 768, 2048, 12, 4, 64, 12288, 4),
 )
 CUDA_SHAPES = (
     Shape("cuda-4b", 2560, 9728, 32, 8, 128, 151936, 4),
+    # DeepSeek-V2-Lite's MoE (hidden 2048, 64 routed experts of 1408, top-6, 2 shared; arXiv 2405.04434, table of configs)
+    Shape("cuda-moe-h2048", 2048, 10944, 16, 16, 128, 102400, 4, Experts(64, 6, 2, 1408)),
     Shape("cuda-h1024", 1024, 2816, 16, 4, 64, 16384, 8),  # launch-bound: the layer overhead's regime
     Shape("cuda-8b", 4096, 12288, 32, 8, 128, 151936, 4),
 )
@@ -101,9 +116,11 @@ def backbone_cases(backend: str, budget: Budget) -> list[tuple[Shape, list[Case]
 
 def shape_model(shape: Shape, dtype: str, engram_head_dim: int, engram_dtype: str) -> Model:
     """The scenario `Model` of a shape: its kernels are what the fit prices for the shape's cases."""
+    moe = shape.moe and {"experts": shape.moe.experts, "top_k": shape.moe.top_k, "shared_experts": shape.moe.shared,
+                         "expert_intermediate": shape.moe.intermediate, "dense_layers": 0}
     return Model.model_validate({
         "backbone": {"layers": shape.layers, "hidden": shape.hidden, "intermediate": shape.intermediate,
-                     "vocab": shape.vocab, "dtype": dtype,
+                     "vocab": shape.vocab, "dtype": dtype, "moe": moe,
                      "attention": {"heads": shape.heads, "kv_heads": shape.kv_heads, "head_dim": shape.head_dim}},
         "engram": {"layers": [0], "max_ngram": 3, "heads": 8, "head_dim": engram_head_dim, "rows_per_head": 1000,
                    "dtype": engram_dtype, "hc_mult": 1},
@@ -116,13 +133,14 @@ def make_step(kind: str, new: np.ndarray, ctx: np.ndarray, index: int = 0) -> St
 
 
 def host_scenario(shape: Shape, seqs: int, dtype: str, head_dim: int, steps: int) -> dict[str, Any]:
-    """The small scenario whose real passes time the per-step host work: two blocks of `shape`,
-    one Engram layer (16 heads x 20,000 rows of 256 B), the cpython-stdlib trace, batches of `seqs`.
+    """The small scenario whose real passes time the per-step host work: the blocks of `shape` (as
+    many as a step of that shape runs, so the host work finds its caches as cold as in a run), one
+    Engram layer (16 heads x 20,000 rows of 256 B), the cpython-stdlib trace, batches of `seqs`.
     Not a validation scenario: its own trace, shape and table."""
     return {
         "name": f"calibration-host-{seqs}",
         "model": {
-            "backbone": {"layers": 2, "hidden": shape.hidden, "intermediate": shape.intermediate, "vocab": shape.vocab,
+            "backbone": {"layers": shape.layers, "hidden": shape.hidden, "intermediate": shape.intermediate, "vocab": shape.vocab,
                          "dtype": dtype, "attention": {"heads": shape.heads, "kv_heads": shape.kv_heads, "head_dim": shape.head_dim}},
             "engram": {"layers": [1], "max_ngram": 3, "heads": 8, "head_dim": head_dim, "rows_per_head": 20_000,
                        "dtype": dtype, "hc_mult": 1},

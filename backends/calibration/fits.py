@@ -56,6 +56,22 @@ def fit_latency_bandwidth(nbytes: Sequence[float] | np.ndarray, seconds: Sequenc
     return float(latency), float(1.0 / inv_bw)
 
 
+def fit_host(seqs: Sequence[float] | np.ndarray, seconds: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """(a s, b s per sequence) of the per-step host time t = a + b * sequences, a, b >= 0.
+
+    Host spans are heavy-tailed (a descheduled thread, a page fault): the fit minimises a soft-L1
+    loss of the relative error, quadratic up to 10 % and linear beyond, so a few slow steps do
+    not drag the line. Samples of one batch size cannot tell a from b: all of it is a.
+    """
+    s, t = np.asarray(seqs, dtype=float), np.asarray(seconds, dtype=float)
+    t_us = float(np.median(t)) * 1e6
+    if np.ptp(s) == 0:
+        return t_us * 1e-6, 0.0
+    sol = least_squares(lambda p: (p[0] + p[1] * s) * 1e-6 / t - 1.0, np.array([t_us, 0.0]), bounds=([0.0, 0.0], [np.inf, np.inf]),
+                        loss="soft_l1", f_scale=0.1, x_scale=np.array([t_us, t_us / float(np.max(s))]))
+    return float(sol.x[0]) * 1e-6, float(sol.x[1]) * 1e-6
+
+
 def fit_gather(rows: Sequence[float] | np.ndarray, row_bytes: Sequence[float] | np.ndarray,
                seconds: Sequence[float] | np.ndarray, threads: int, dram_max: float) -> tuple[float, float, float]:
     """(rows/s per thread, overhead s, DRAM bytes/s) of `kernels.gather_seconds`, least squared

@@ -5,7 +5,6 @@ the residual of every group, a description of what was measured, the YAML file, 
 from __future__ import annotations
 
 import datetime as _dt
-import statistics
 import time
 from typing import Any
 
@@ -18,8 +17,7 @@ from engramsim.kernels import dma_seconds, gather_seconds, zero_copy_seconds
 
 from .bench import Calibrator, Progress
 from .budgets import BUDGETS, GIB, Budget
-from .fits import fit_gather, fit_latency_bandwidth, fit_roofline, fit_zero_copy, residual
-from .harness import FETCH_GAP_S
+from .fits import fit_gather, fit_host, fit_latency_bandwidth, fit_roofline, fit_zero_copy, residual
 from .machine import cpu_model, link_name, machine_host, memory_gib, require_backend, versions
 from .measurements import Measurements
 
@@ -40,8 +38,9 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
     """The profile whose cost model best reproduces `m`, with the residual of every group.
 
     The achieved rates are stored as the peaks with `compute_efficiency = memory_efficiency =
-    1.0` (no datasheet enters a calibrated profile). The head's fixed cost joins the per-step host
-    time in `step_overhead_us` (the cost model has no head overhead of its own).
+    1.0` (no datasheet enters a calibrated profile). The per-step host time is fitted as a + b *
+    sequences (`step_overhead_us`, `step_overhead_per_seq_us`); the head's fixed cost joins a
+    (the cost model has no head overhead of its own).
     """
     backend = m.backend
     g_rows, g_rb, g_t = _col(m.gather, "rows"), _col(m.gather, "row_bytes"), _col(m.gather, "seconds")
@@ -72,9 +71,10 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
     provenance = Provenance(kind="calibrated", source=f"engramsim calibrate --backend {backend}{flag}",
                             date=date or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
                             host=machine_host(), gpu=gpu_label if backend == "cuda" else None, versions=versions(backend))
-    host_s = float(statistics.median(r["seconds"] for r in m.host)) if m.host else 0.0
-    draft = HardwareProfile(name=name, gpu=gpu, link=link, host=host, step_overhead_us=(host_s + head_overhead) / US,
-                            provenance=provenance)
+    host_seqs, host_t = _col(m.host, "seqs"), _col(m.host, "seconds")
+    host_a, host_b = fit_host(host_seqs, host_t) if m.host else (0.0, 0.0)
+    draft = HardwareProfile(name=name, gpu=gpu, link=link, host=host, step_overhead_us=(host_a + head_overhead) / US,
+                            step_overhead_per_seq_us=host_b / US, provenance=provenance)
 
     res: dict[str, Residual] = {
         "gather": residual(gather_seconds(g_rows, g_rb, m.threads, rate, dram, g_overhead), g_t),
@@ -85,7 +85,7 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
         "head": residual(roof.kernel_times(_kernels(m.head)) + head_overhead, _col(m.head, "seconds")),
     }
     if m.host:
-        res["host"] = residual([host_s] * len(m.host), _col(m.host, "seconds"))
+        res["host"] = residual(host_a + host_b * host_seqs, host_t)
     if m.block_under_gather:
         res["block_under_gather"] = residual(roof.kernel_times(_kernels(m.block_under_gather)) + layer_overhead,
                                              _col(m.block_under_gather, "seconds"))
@@ -120,10 +120,11 @@ def describe(m: Measurements, p: HardwareProfile, dram: float) -> str:
         f"Calibrated with `engramsim calibrate --backend {m.backend}` (budget {m.budget}, {m.wall_s:.0f} s) on {p.provenance.host}.",
         (f"The {what} rates are achieved ones fitted on stand-in blocks: efficiencies are 1.0 and bf16_tflops / hbm_gbps hold "
          f"the achieved FLOP/s and bytes/s of the backbone's {'fp32' if m.backend == 'cpu' else 'bf16'} kernels (no datasheet)."),
-        ("Gathers are timed as a waiting Engram layer sees them: after a stand-in decode step, handed to a waiting worker "
-         "thread, until the computing thread sees them done (both threads' wake-ups included)."),
-        (f"Copies are timed under service load (a compute thread running stand-in steps, {FETCH_GAP_S * 1e3:.0f} ms idle "
-         f"before each), as the executor's fetch worker sees them."),
+        ("Fetches are timed through the executor's fetch worker, each after a stand-in decode step and waited for as an "
+         "Engram layer waits, in the simulator's stage boundaries: a gather from its hand-over to the worker (the worker's "
+         "wake-up included) to its last row; an h2d copy from the gather's end, a zero-copy read from its issue, until the "
+         "waiting thread resumed (its wake-up is the stage's latency)."),
+        "The per-step host time is fitted as a + b x sequences on the host spans of short real passes at several batch sizes.",
         f"Host streaming copy {m.stream_gbps:.1f} GB/s (read + write); the gather's fitted DRAM bound {dram / GB:.1f} GB/s.",
     ]
     if m.backend == "cpu":
@@ -151,11 +152,10 @@ def calibrate(backend: str, budget: str | Budget, name: str, progress: Progress 
     t0 = time.perf_counter()
     cal = Calibrator(backend, plan, progress, seed)
     try:
-        cal.bench_gather(service=True)
-        cal.bench_gather(service=False)
+        cal.bench_fetches("staged")
+        cal.bench_quiet_gather()
         cal.bench_stream()
-        cal.bench_h2d()
-        cal.bench_zero_copy()
+        cal.bench_fetches("zero-copy")
         cal.bench_backbone()
         cal.bench_host()
     finally:

@@ -21,7 +21,7 @@ from engramsim.errors import InputError
 from engramsim.files import check_output, write_text_atomic
 from engramsim.hardware.profile import HardwareProfile
 
-STAGES = ("gather", "gather (quiet)", "host bandwidth", "h2d", "zero-copy", "backbone", "host work")
+STAGES = ("gather + h2d", "gather (quiet)", "host bandwidth", "zero-copy", "backbone", "host work")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +76,8 @@ def print_profile(console: Console, profile: HardwareProfile, wall_s: float) -> 
         ("compute + memory", "max" if gpu.roofline_exponent is None else (f"roofline exponent {gpu.roofline_exponent:.2f} "
                                                                            f"(1: they add up, 32: their max)")),
         ("layer / Engram layer / step overhead",
-         f"{gpu.layer_overhead_us:,.1f} us / {engram_us:,.1f} us / {profile.step_overhead_us:,.1f} us"),
+         f"{gpu.layer_overhead_us:,.1f} us / {engram_us:,.1f} us / {profile.step_overhead_us:,.1f} us "
+         f"+ {profile.step_overhead_per_seq_us:,.2f} us per sequence"),
         ("GEMM half-performance rows", f"{gpu.gemm_half_rows:,.1f}"),
         ("gather", (f"{host.gather_rows_per_s / 1e6:,.2f} M rows/s per thread x {host.gather_threads}, "
                     f"overhead {host.gather_overhead_us:,.1f} us, DRAM bound {host.dram_gbps:,.1f} GB/s")),
