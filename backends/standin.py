@@ -36,6 +36,12 @@ Simplifications, each small next to the work kept:
   a GPU several groups keep the padded KV reads close to the real ones; on the CPU, where each
   call costs tens of microseconds of dispatch and the KV reads are small next to the weights,
   one group is closer to the single varlen attention kernel a serving engine runs.
+- MLA's attention calls get values as wide as their keys, because torch's fused (flash) attention
+  needs equal widths and its fallback materialises every score (2-3x slower on a 2-core CPU): the absorbed
+  form attends with the cached latent + rotary key as values and keeps the latent part of the
+  output (as FlashMLA reads values from the same cache), the non-absorbed form pads values with
+  zeros (as vLLM's MLA prefill does for FlashAttention 2). The padded part adds 2·H·rope_head_dim
+  FLOPs per query-key pair, which the cost model does not count.
 - No RMSNorm weights (they are ones); the mHC residual matrix takes one Sinkhorn iteration (the
   mHC paper, arXiv 2512.24880, runs 20 inside one fused kernel: here each would be two more
   dispatches of negligible work).
@@ -135,7 +141,7 @@ def nbytes(cfg: Backbone, limits: Limits, dtype_bytes: int) -> dict[str, int]:
         qkv = 3 * att.heads * (att.head_dim + att.rope_head_dim) + att.kv_lora_rank + att.heads * att.kv_lora_rank
         # non-absorbed: each multi-token sequence's context up-projected and padded into keys and values (whole
         # prompts: the step's tokens; a prompt chunk adds its cached context, at most one longest sequence)
-        context_rows = (limits.tokens + limits.context) * 2 * att.heads * (2 * att.head_dim + att.rope_head_dim)
+        context_rows = (limits.tokens + limits.context) * 2 * att.heads * 2 * (att.head_dim + att.rope_head_dim)  # keys, padded values
     per_token = 8 * cfg.hidden + 4 * qkv + 6 * mlp + (6 * n * cfg.hidden + 2 * mix_width(n) if n > 1 else 0)
     activations = (limits.tokens * per_token + context_rows) * b + limits.seqs * cfg.vocab * 4
     return {"stand-in weights": params * b, "KV buffer": kv, "activations": activations}
@@ -262,8 +268,8 @@ class StandIn:
                 rows = slice(g.slot, g.slot + g.size)  # single-token sequences come first, by slot
                 query = torch.cat((q_latent[rows], absorbed[rows, :, hd:]), dim=-1).unsqueeze(1)  # [size, 1, heads, rank + rope]
                 kv = self.kv[g.slot : g.slot + g.size, : g.length].unsqueeze(1)
-                o = F.scaled_dot_product_attention(query, kv, kv[..., :rank], attn_mask=g.mask, scale=(hd + rope) ** -0.5)
-                o_latent[rows] = o.squeeze(1)
+                o = F.scaled_dot_product_attention(query, kv, kv, attn_mask=g.mask, scale=(hd + rope) ** -0.5)  # values as wide as keys
+                o_latent[rows] = o.squeeze(1)[..., :rank]
             else:  # non-absorbed: the members' whole contexts up-projected to per-head keys and values
                 assert g.context is not None and g.context_dst is not None
                 ctx = cache.index_select(0, g.context)
@@ -271,10 +277,11 @@ class StandIn:
                 keys = q.new_zeros(g.size * g.length, heads, hd + rope)
                 keys[:, :, :hd].index_copy_(0, g.context_dst, kv_up[:, :, 0])
                 keys[:, :, hd:].index_copy_(0, g.context_dst, ctx[:, None, rank:].expand(-1, heads, -1))
-                values = q.new_zeros(g.size * g.length, heads, hd).index_copy_(0, g.context_dst, kv_up[:, :, 1])
+                values = q.new_zeros(g.size * g.length, heads, hd + rope)  # zero-padded to the keys' width
+                values[:, :, :hd].index_copy_(0, g.context_dst, kv_up[:, :, 1])
                 k, v = (t.view(g.size, g.length, heads, -1).transpose(1, 2) for t in (keys, values))
                 o = F.scaled_dot_product_attention(_pad(q, g), k, v, attn_mask=g.mask, is_causal=g.mask is None)
-                out.index_copy_(0, g.src, _unpad(o, g))
+                out.index_copy_(0, g.src, _unpad(o[..., :hd], g))
         o = torch.bmm(o_latent.transpose(0, 1), up[:, :, 1].transpose(0, 1))  # x W_UV: [heads, rows, head_dim]
         out.index_copy_(0, layout.absorbed, o.transpose(0, 1).reshape(-1, heads * hd))
 

@@ -51,17 +51,18 @@ STANDIN_FIRST_CALL_S = 0.7
 
 def default_cpu_profile() -> HardwareProfile:
     """The CPU profile when this machine has none calibrated: `engramsim calibrate --backend cpu
-    --quick` on the README's 2-core Xeon VM (2026-11-30), rounded, with this machine's names and
+    --quick` on the README's 2-core Xeon VM (2026-11-30, with its MLA + mHC and MoE shapes), rounded, with this machine's names and
     memory. One thread of another x86 core may well be 2x faster or slower."""
     cpu, gib = cpu_model(), memory_gib()
     return HardwareProfile(
         name="default-cpu",
-        gpu=GPU(name=cpu, bf16_tflops=0.1, hbm_gbps=10.0, hbm_gib=gib, compute_efficiency=1.0, memory_efficiency=1.0,
-                layer_overhead_us=540.0, engram_overhead_us=1400.0, gemm_half_rows=15.0, roofline_exponent=32.0, copy_engines=1),
-        link=Link(name=link_name("cpu"), h2d_gbps=11.5, d2h_gbps=11.5, dma_latency_us=2.3, zero_copy_gbps=1.8,
-                  zero_copy_latency_us=270.0, transaction_bytes=128),
-        host=Host(name=cpu, dram_gbps=3.6, dram_gib=gib, gather_rows_per_s=5.3e6, gather_threads=1, gather_overhead_us=1300.0),
-        step_overhead_us=260.0,
+        gpu=GPU(name=cpu, bf16_tflops=0.11, hbm_gbps=13.5, hbm_gib=gib, compute_efficiency=1.0, memory_efficiency=1.0,
+                layer_overhead_us=210.0, engram_overhead_us=950.0, kernel_overhead_us=105.0, gemm_half_rows=13.0,
+                grouped_gemm_half_rows=24.0, roofline_exponent=32.0, copy_engines=1),
+        link=Link(name=link_name("cpu"), h2d_gbps=6.0, d2h_gbps=6.0, dma_latency_us=93.0, zero_copy_gbps=3.2,
+                  zero_copy_latency_us=310.0, transaction_bytes=128),
+        host=Host(name=cpu, dram_gbps=7.5, dram_gib=gib, gather_rows_per_s=11e6, gather_threads=1, gather_overhead_us=180.0),
+        step_overhead_us=360.0, step_overhead_per_seq_us=2.9,
         provenance=Provenance(kind="preset", source="engramsim.estimate: a quick CPU calibration of a 2-core Xeon VM, rounded",
                               host=None),
     )

@@ -76,8 +76,9 @@ def step_tokens_limit(workload: Workload) -> int:
 
 
 def longest_sequence(workload: Workload) -> int:
-    """The most tokens any sequence holds in the KV cache: its prompt and all its output."""
-    return int(workload.requests.window_len.max())
+    """The most tokens any sequence holds in the KV cache: its prompt and its output but the last
+    token (sampled, never fed back)."""
+    return int(workload.requests.window_len.max(initial=1)) - 1
 
 
 def staging_rows(table: TableInfo, engram: Engram, workload: Workload, prefetch: Prefetch) -> int:

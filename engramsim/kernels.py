@@ -4,9 +4,11 @@ model and the calibration's fits, so what is fitted is exactly what is simulated
 A step's GPU work is a list of kernels (a GEMM with the small ops fused around it, the attention
 core, ...), each a `Work`: FLOPs, HBM bytes, the weight elements its GEMMs multiply by and the
 GEMMs' shapes, counted explicitly so tests can check them by hand and a calibration can fit the
-rates. `roofline` prices kernels (`wave_flops` gives a GEMM's FLOPs under wave quantisation);
-`gather_seconds`, `dma_seconds` and `zero_copy_seconds` price fetches. Every formula takes plain
-numbers or numpy arrays (the fits evaluate them over all samples at once).
+rates. Each `Work` is one kernel group, which a profile's `kernel_overhead_us` charges a fixed
+cost (the small ops and dispatches around its main kernel). `roofline` prices kernels
+(`wave_flops` gives a GEMM's FLOPs under wave quantisation, `grouped_weights` the weights of its
+grouped launches); `gather_seconds`, `dma_seconds` and `zero_copy_seconds` price fetches. Every
+formula takes plain numbers or numpy arrays (the fits evaluate them over all samples at once).
 
 Modelled: the GEMMs of attention, either GQA (q, k, v, o with grouped KV heads) or MLA (query,
 optionally through its latent; the KV down-projection to the cached latent + rotary key; decode
@@ -45,6 +47,8 @@ from engramsim.hbm import kv_bytes_per_token
 from engramsim.scenario import DTYPE_BYTES, Backbone, Model
 from engramsim.steps import Step
 
+MIN_TILE_M = 16
+"""The fewest rows a GEMM tile has: tensor-core MMA instructions work on 16-row fragments."""
 LOGIT_BYTES = 4  # logits are written in fp32 and read once more by the sampler
 ENGRAM_ELEMENTWISE_PASSES = 15
 """Reads/writes of a [tokens, hc_mult, hidden] tensor by the Engram layer's small kernels: key
@@ -103,19 +107,29 @@ def gemm_weights(rows: float, weights: float) -> float:
     return weights if rows > 1 else 0.0
 
 
+def grouped_weights(work: Work) -> float:
+    """Of `work.weights`, those its grouped launches multiply (GEMMs of `batch` != 1: per-head
+    products, routed experts): libraries run them as many small products, each reaching the compute
+    peak later than one GEMM over the same rows (`roofline`'s `grouped_half_rows`)."""
+    return sum(g.n * g.k * g.batch for g in work.gemms if g.batch != 1 and g.m > 1)
+
+
 def wave_flops(work: Work, sms: int, tile_m: int, tile_n: int) -> float:
     """The FLOPs `work`'s compute lasts as long as when each GEMM launch's output tiles run in
     waves over `sms` SMs: ceil(tiles / sms) waves, each as long as one tile's 2·tile_m·tile_n·k
     FLOPs on every SM, filled or not. A launch of fewer tiles than SMs splits k over
     floor(sms / tiles) SMs per tile (split-K, which GEMM libraries pick for such shapes), its one
     wave lasting k / splits. A one-row product is a matrix-vector product (no tiles) and keeps its
-    own FLOPs, as do the work's non-GEMM FLOPs."""
+    own FLOPs, as do the work's non-GEMM FLOPs. A GEMM of fewer rows than `tile_m` runs tiles of
+    the next power of two rows, at least `MIN_TILE_M` (libraries pick skinny tiles for skinny
+    GEMMs, fused-MoE kernels 16-row blocks for experts with few tokens)."""
     flops = work.flops
     for m, n, k, batch in work.gemms:
         if m > 1 and batch > 0:  # no launch: shared experts of a model without any
-            tiles = batch * math.ceil(m / tile_m) * math.ceil(n / tile_n)
+            rows_tile = min(tile_m, max(MIN_TILE_M, 1 << (math.ceil(m) - 1).bit_length()))
+            tiles = batch * math.ceil(m / rows_tile) * math.ceil(n / tile_n)
             waves = math.ceil(tiles / sms) if tiles >= sms else 1.0 / (sms // tiles)
-            flops += 2.0 * k * (waves * sms * tile_m * tile_n - m * n * batch)
+            flops += 2.0 * k * (waves * sms * rows_tile * tile_n - m * n * batch)
     return flops
 
 
@@ -259,8 +273,9 @@ def moe_kernels(model: Model, step: Step) -> list[Work]:
     """Norm + router, the experts' gate/up GEMMs + SwiGLU, their down GEMMs + weighted combine +
     residual add (shared + top-k routed experts).
 
-    FLOPs follow the tokens (each token runs shared + top_k experts); weight bytes follow the
-    distinct experts the step touches (`experts_touched`), each read once. Each touched routed
+    FLOPs follow the rows (each runs shared + top_k experts); weight bytes follow the distinct
+    experts the step touches (`experts_touched`, each read once; a graph's padding rows are
+    identical, so they route as one token). Each touched routed
     expert sees tokens·top_k / (routed experts touched) rows, each shared expert every token.
     """
     bb = model.backbone
@@ -271,7 +286,7 @@ def moe_kernels(model: Model, step: Step) -> list[Work]:
     hidden, inter = bb.hidden, moe.expert_intermediate
     rows = step.compute_tokens
     paths = moe.shared_experts + moe.top_k  # experts each token runs through
-    touched = experts_touched(model, rows)
+    touched = experts_touched(model, step.num_tokens + (1 if step.pad else 0))  # padding rows are alike: one routing among them
     routed = touched - moe.shared_experts
     routed_rows = rows * moe.top_k / routed if routed > 0 else 0.0  # an empty step touches none
 
@@ -362,15 +377,18 @@ def _maximum(a: Num, b: Num) -> Num:
 
 def roofline(flops: Num, nbytes: Num, weights: Num, flops_s: float, bytes_s: float,
              exponent: float | None = None, half_rows: float = 0.0,
-             attention_bytes: Num | float = 0.0, attention_bytes_s: float | None = None) -> Num:
+             attention_bytes: Num | float = 0.0, attention_bytes_s: float | None = None,
+             grouped: Num | float = 0.0, grouped_half_rows: float | None = None) -> Num:
     """Seconds of kernels at achieved compute and memory rates: the slower of the two, or their
     `exponent`-norm (tc^n + tm^n)^(1/n) (no fixed cost). A GEMM of M rows computes at
     M / (M + half_rows) of the peak (Hockney's half-performance length): as if it ran `half_rows`
-    more rows, 2 FLOPs per weight each. A GPU overlaps memory traffic with math (the max, n =
-    infinity); one CPU core running a small-batch GEMM hardly does (n near 1, the sum). The
-    `attention_bytes` among `nbytes` (decode attention's paged KV reads) move at
+    more rows, 2 FLOPs per weight each; the `grouped` weights among `weights` (`grouped_weights`)
+    take `grouped_half_rows` instead, when it is given. A GPU overlaps memory traffic with math
+    (the max, n = infinity); one CPU core running a small-batch GEMM hardly does (n near 1, the
+    sum). The `attention_bytes` among `nbytes` (decode attention's paged KV reads) move at
     `attention_bytes_s` when it is given, the rest at `bytes_s`."""
-    tc = (flops + 2.0 * half_rows * weights) / flops_s
+    grouped_extra = 0.0 if grouped_half_rows is None else 2.0 * (grouped_half_rows - half_rows) * grouped
+    tc = (flops + 2.0 * half_rows * weights + grouped_extra) / flops_s
     tm = nbytes / bytes_s if attention_bytes_s is None else (nbytes - attention_bytes) / bytes_s + attention_bytes / attention_bytes_s
     hi = _maximum(tc, tm)
     if exponent is None:

@@ -4,7 +4,7 @@ Every executor runs the scenario three times: as configured, with every table in
 baseline the overhead is measured against) and without Engram at all (the reference the paper's
 Table 4 uses). Each pass has its own serving engine (`Prepared.scheduler`) and KV cache: the
 offloaded pass and the all-HBM baseline get the blocks the configured pass's HBM items leave, so
-they run the same steps and the baseline isolates the cost of fetching rows (its hypothetical
+with offline arrivals they run the same steps and the baseline isolates the cost of fetching rows (its hypothetical
 all-HBM tables are not charged to the KV cache); the no-Engram pass gets the blocks a model
 without Engram would, so it may batch and preempt differently. The simulator prices the passes
 (`run_sim`); the real backends execute them with torch on the CPU or a CUDA GPU and time them

@@ -37,6 +37,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from engramsim.hbm import longest_sequence
 from engramsim.records import ServingCounts
 from engramsim.steps import Step
 from engramsim.strategies import Params, StepView
@@ -97,14 +98,16 @@ class BlockManager:
     def can_hold(self, seq: int, tokens: int) -> bool:
         return int(self.shortfall(seq, tokens)) <= self.free
 
-    def hold(self, seqs: int | np.ndarray, tokens: int | np.ndarray) -> None:
-        """Give each sequence the blocks it lacks for `tokens` tokens (an error when they are not free)."""
-        need = self.shortfall(seqs, tokens)
+    def hold(self, seqs: int | np.ndarray, tokens: int | np.ndarray, need: int | np.ndarray | None = None) -> None:
+        """Give each sequence the blocks it lacks for `tokens` tokens (an error when they are not
+        free); `need` is their `shortfall` when the caller has it already."""
+        need = self.shortfall(seqs, tokens) if need is None else need
         total = int(np.sum(need))
         if total > self.free:
             raise RuntimeError(f"{total} KV blocks needed, {self.free} free")
-        self.held[seqs] += need
-        self.free -= total
+        if total:  # most decode steps cross no block boundary
+            self.held[seqs] += need
+            self.free -= total
 
     def release(self, seqs: int | np.ndarray) -> None:
         self.free += int(np.sum(self.held[seqs]))
@@ -135,7 +138,7 @@ class Scheduler:
         self.max_num_batched_tokens = workload.max_num_batched_tokens
         self.arrival_s, self.prompt_len, self.output_len = reqs.arrival_s, reqs.prompt_len, reqs.output_len  # shared, read-only
         self.blocks = BlockManager(kv_blocks, params.block_size, len(reqs))
-        longest = int(reqs.window_len.max(initial=0))
+        longest = longest_sequence(workload)
         if self.blocks.blocks_for(longest) > kv_blocks:
             raise ValueError(f"{kv_blocks} KV blocks of {params.block_size} tokens cannot hold a sequence of {longest} tokens")
         self._window_start = workload.window_offsets[:-1]
@@ -232,7 +235,10 @@ class Scheduler:
         ids = np.asarray(seqs, dtype=np.int64)
         new = np.asarray(new_tokens, dtype=np.int64)
         first = self.computed[ids]
-        positions = np.arange(int(new.sum()), dtype=np.int64) + np.repeat(self._window_start[ids] + first - run_starts(new), new)
+        if kind == "decode":  # one token each: the fast path of the common step
+            positions = self._window_start[ids] + first
+        else:
+            positions = np.arange(int(new.sum()), dtype=np.int64) + np.repeat(self._window_start[ids] + first - run_starts(new), new)
         pad = self.graph_batch(ids.size) - ids.size if kind == "decode" and self.params.cuda_graphs else 0
         step = Step(self._index, kind, ids, new, first + new, positions, StepLookups(self.workload, positions), pad)
         self._index += 1
@@ -247,13 +253,18 @@ class Scheduler:
             raise RuntimeError(f"step {step.index} is not the step in flight")
         self._pending = None
         ids, context = step.seq_ids, step.context_lens
-        start, high = context - step.new_tokens, self._high[ids]
-        self.recomputed_tokens += int(np.clip(np.minimum(context, high) - start, 0, None).sum())
-        self.prompt_tokens += int(np.clip(np.minimum(context, self.prompt_len[ids]) - np.maximum(start, high), 0, None).sum())
-        self._high[ids] = np.maximum(high, context)
-        self.computed[ids] = context
-        sampled = ids[context == self.length(ids)]
-        self.first_token_s[sampled[self.generated[sampled] == 0]] = end_s
+        if step.kind == "decode":  # each sequence's last sampled token, never cached before: nothing recomputed, all sample
+            self._high[ids] = context
+            self.computed[ids] = context
+            sampled = ids
+        else:
+            start, high = context - step.new_tokens, self._high[ids]
+            self.recomputed_tokens += int(np.clip(np.minimum(context, high) - start, 0, None).sum())
+            self.prompt_tokens += int(np.clip(np.minimum(context, self.prompt_len[ids]) - np.maximum(start, high), 0, None).sum())
+            self._high[ids] = np.maximum(high, context)
+            self.computed[ids] = context
+            sampled = ids[context == self.length(ids)]
+            self.first_token_s[sampled[self.generated[sampled] == 0]] = end_s
         self.generated[sampled] += 1
         self.output_tokens += int(sampled.size)
         finished = sampled[self.generated[sampled] >= self.output_len[sampled]]
@@ -261,7 +272,7 @@ class Scheduler:
             self.finish_s[finished] = end_s
             self._finished += int(finished.size)
             self.blocks.release(finished)
-            self.running = self.running[~np.isin(self.running, finished)]
+            self.running = self.running[np.isnan(self.finish_s[self.running])]  # keeps the running order
 
     # ---- the future -------------------------------------------------------------------------
     def lookahead(self, k: int) -> list[Step]:

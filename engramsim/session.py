@@ -134,7 +134,7 @@ def size_kv_cache(source: str, scenario: Scenario, items: dict[str, int], profil
     blocks = fit if params.kv_blocks is None else params.kv_blocks
     if blocks < needed:
         have = found if params.kv_blocks is None else f"{blocks:,} KV blocks of {params.block_size} tokens"
-        raise InputError(source, f"{have}, but one sequence of the longest prompt + output ({longest:,} tokens) needs {needed:,}",
+        raise InputError(source, f"{have}, but the longest sequence ({longest:,} tokens cached: prompt + output - 1) needs {needed:,}",
                          field=field)
     reserved = items["reserved (CUDA context, workspaces)"]
     without = kv_blocks(usable, backbone_items(scenario, reserved, engram=False), block_bytes) if params.kv_blocks is None else blocks

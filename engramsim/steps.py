@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -72,8 +73,9 @@ class Step:
     lookups: Mapping[int, LayerLookup] = field(default_factory=dict, repr=False)  # by Engram layer; may be computed on first use
     pad: int = 0  # rows the GPU computes beyond the tokens fed (a decode batch padded to a CUDA-graph size)
 
-    @property
+    @cached_property
     def num_tokens(self) -> int:
+        """Tokens fed (remembered: every kernel of the step asks)."""
         return int(self.new_tokens.sum())
 
     @property

@@ -198,7 +198,7 @@ class Workload:
     """Requests, the trace their windows are cut from, and the lookups of any step over them.
 
     Built once per scenario (`build_workload`); every executor pass takes a fresh
-    `scheduler.Scheduler(workload)`. Its arrays and memoized lookups are read-only: all passes
+    serving engine (`Prepared.scheduler`). Its arrays and memoized lookups are read-only: all passes
     share them.
     """
 

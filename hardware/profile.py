@@ -38,9 +38,17 @@ class GPU(_Strict):
     layer_overhead_us: NonNegativeFloat = Field(description="fixed cost of one block per step (launches, norms, small kernels), us")
     engram_overhead_us: NonNegativeFloat | None = Field(
         None, description="fixed cost of one Engram layer per step (its many small kernels), us; null: layer_overhead_us")
+    kernel_overhead_us: NonNegativeFloat = Field(
+        0.0, description="fixed cost of each kernel of the inventory (each `kernels.Work`: a GEMM with the small ops fused "
+        "around it, an attention core, an mHC mix) per step, paid by blocks, Engram layers and the head on top of "
+        "layer_overhead_us and engram_overhead_us, us: dispatch and small ops, which grow with the kernels a block runs "
+        "(an MLA + mHC block runs 14 in a decode step, a GQA block 6); 0 keeps all fixed cost in those two")
     gemm_half_rows: NonNegativeFloat = Field(
         0.0, description="half-performance length of a GEMM: over M rows it reaches M / (M + this) of the compute peak; "
         "ignored when sms is set (the wave model replaces it)")
+    grouped_gemm_half_rows: NonNegativeFloat | None = Field(
+        None, description="gemm_half_rows of grouped launches (per-head products, routed MoE experts), which run as many "
+        "small products; null: gemm_half_rows; ignored when sms is set")
     roofline_exponent: float | None = Field(
         None, ge=1, description="how a kernel's compute and memory times combine: (tc^n + tm^n)^(1/n); "
         "null is max(tc, tm) (full overlap, GPUs), 1 their sum (no overlap)")

@@ -178,13 +178,13 @@ def breakdown(pairs: dict[str, Pair]) -> str:
     """Where the offloaded pass's extra time goes: the compute stream's time by kind, offloaded
     minus reference (they sum to the makespan difference: offline arrivals leave no idle time)."""
     kinds = [SpanKind.HOST, SpanKind.BLOCKS, SpanKind.ENGRAM, SpanKind.STALL, SpanKind.HEAD]
-    head = "| backbone | makespan ref -> offloaded | " + " | ".join(f"{k.value}" for k in kinds) + " | preemptions ref / off |"
+    head = "| backbone | makespan ref -> offloaded | " + " | ".join(f"{k.value}" for k in kinds) + " | preemptions (peak KV use) ref / off |"
     rows = [head, "|" + "---|" * (len(kinds) + 3)]
     for label, _, _ in SCENARIOS:
         pair = pairs[label]
         ref, off = pair.reference, pair.offloaded
         cells = [f"{1e3 * (off.spans.busy_s[k] - ref.spans.busy_s[k]):+,.0f} ms" for k in kinds]
-        preempt = f"{getattr(ref, 'preemptions', 0)} / {getattr(off, 'preemptions', 0)}"
+        preempt = " / ".join(f"{o.serving.preemptions} ({o.serving.kv_used_peak:.0%})" if o.serving else "-" for o in (ref, off))
         rows.append(f"| {label} | {ref.makespan_s:.2f} s -> {off.makespan_s:.2f} s | " + " | ".join(cells) + f" | {preempt} |")
     return "\n".join(rows)
 

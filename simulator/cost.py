@@ -4,15 +4,16 @@
 kernels of engramsim/kernels.py (the inventory the calibration fits on) with the profile's rates.
 GPU work is priced kernel by kernel with `kernels.roofline`: each kernel takes
 `max(flops / (peak * compute_efficiency), bytes / (hbm * memory_efficiency))`, or the profile's
-softer `(tc^n + tm^n)^(1/n)` (`gpu.roofline_exponent`); a block is the sum of its kernels plus a
-fixed per-block overhead. Decode attention's KV-cache reads move at `hbm * attention_efficiency`
-(null: memory_efficiency). A GEMM's compute follows its shape: with `gpu.sms` set, its output
-tiles (`gemm_tile_m` x `gemm_tile_n`) run in whole waves over the SMs, a launch of fewer tiles
-than SMs splitting k (`kernels.wave_flops`); without, GEMMs over few rows fall short of the peak
-by `gpu.gemm_half_rows` (Hockney; the wave model replaces it when `sms` is set). The host pays
-`step_overhead_us` per step plus `step_overhead_per_seq_us` per sequence. Fetches are priced by
-small latency + bandwidth formulas for the host's gather threads, the DMA copy engines and GPU
-zero-copy reads.
+softer `(tc^n + tm^n)^(1/n)` (`gpu.roofline_exponent`), plus a fixed cost per kernel
+(`gpu.kernel_overhead_us`); a block is the sum of its kernels plus a fixed per-block overhead.
+Decode attention's KV-cache reads move at `hbm * attention_efficiency` (null: memory_efficiency). A
+GEMM's compute follows its shape: with `gpu.sms` set, its output tiles (`gemm_tile_m` x
+`gemm_tile_n`) run in whole waves over the SMs, a launch of fewer tiles than SMs splitting k
+(`kernels.wave_flops`); without, GEMMs over few rows fall short of the peak by `gpu.gemm_half_rows`
+(Hockney; grouped launches, such as routed experts, by `gpu.grouped_gemm_half_rows`; the wave model
+replaces both when `sms` is set). The host pays `step_overhead_us` per step plus
+`step_overhead_per_seq_us` per sequence. Fetches are priced by small latency + bandwidth formulas
+for the host's gather threads, the DMA copy engines and GPU zero-copy reads.
 
 Units: GB/s = 1e9 B/s, TFLOP/s = 1e12 FLOP/s, `*_us` fields are microseconds; every method
 returns seconds.
@@ -87,9 +88,11 @@ class RooflineCostModel:
         self.hbm_bytes_per_s = gpu.hbm_gbps * GB * gpu.memory_efficiency
         self.attention_bytes_per_s = None if gpu.attention_efficiency is None else gpu.hbm_gbps * GB * gpu.attention_efficiency
         self.layer_overhead_s = gpu.layer_overhead_us * US
+        self.kernel_overhead_s = gpu.kernel_overhead_us * US
         self.engram_overhead_s = self.layer_overhead_s if gpu.engram_overhead_us is None else gpu.engram_overhead_us * US
         self.exponent = gpu.roofline_exponent
         self.half_rows = gpu.gemm_half_rows
+        self.grouped_half_rows = gpu.grouped_gemm_half_rows
         self.sms, self.tile_m, self.tile_n = gpu.sms, gpu.gemm_tile_m, gpu.gemm_tile_n
         self._cached_step: Step | None = None
         self._cache: dict[BlockKind, float] = {}
@@ -97,20 +100,21 @@ class RooflineCostModel:
     # ---- GPU ------------------------------------------------------------------------------------
     def roofline(self, work: Work) -> float:
         """Seconds of one kernel at the profile's achieved rates (`kernels.roofline`), its GEMMs
-        wave-quantised when the profile knows the SMs, else slowed by the Hockney half-rows."""
+        wave-quantised when the profile knows the SMs, else slowed by the Hockney half-rows (grouped
+        launches by their own)."""
         if self.sms is None:
-            flops, half_rows = work.flops, self.half_rows
+            flops, half_rows, grouped = work.flops, self.half_rows, kernels.grouped_weights(work)
         else:
-            flops, half_rows = kernels.wave_flops(work, self.sms, self.tile_m, self.tile_n), 0.0
-        return kernels.roofline(flops, work.bytes, work.weights, self.flops_per_s, self.hbm_bytes_per_s,
-                                self.exponent, half_rows, work.attention_bytes, self.attention_bytes_per_s)
+            flops, half_rows, grouped = kernels.wave_flops(work, self.sms, self.tile_m, self.tile_n), 0.0, 0.0
+        return kernels.roofline(flops, work.bytes, work.weights, self.flops_per_s, self.hbm_bytes_per_s, self.exponent,
+                                half_rows, work.attention_bytes, self.attention_bytes_per_s, grouped, self.grouped_half_rows)
 
     def kernels_time(self, works: list[Work]) -> float:
-        """Seconds of kernels run one after another."""
-        return sum(self.roofline(k) for k in works)
+        """Seconds of kernels run one after another, each its roofline + the profile's kernel overhead."""
+        return sum(self.roofline(k) for k in works) + self.kernel_overhead_s * len(works)
 
     def block_time(self, step: Step, block: int) -> float:
-        """Seconds of one block: its kernels' rooflines + the profile's layer overhead."""
+        """Seconds of one block: its kernels' times + the profile's layer overhead."""
         if self._cached_step is not step:
             self._cached_step, self._cache = step, {}
         kind = kernels.block_kind(self.model, block)

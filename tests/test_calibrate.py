@@ -23,6 +23,7 @@ from engramsim.backends.calibration.fits import (
     fit_latency_bandwidth,
     fit_roofline,
     fit_zero_copy,
+    fixed_costs,
     kernel_times,
     residual,
 )
@@ -48,7 +49,7 @@ UNIT_PROFILE: dict[str, Any] = {
 
 
 def as_array(works: list[Work]) -> np.ndarray:
-    return np.array([[w.flops, w.bytes, w.weights] for w in works])
+    return np.array(kernel_fields(works)["kernels"])
 
 
 def noisy(seconds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -98,34 +99,56 @@ def test_zero_copy_fit_recovers_transaction_size():
         assert gbps == pytest.approx(30e9, rel=0.05) and latency == pytest.approx(4e-6, rel=0.25)
 
 
-@pytest.mark.parametrize(("exponent", "half_rows"), [(1.0, 0.0), (2.5, 16.0), (32.0, 4.0)])
-def test_roofline_fit_recovers_peaks_exponent_and_overheads_on_cost_model_kernels(exponent, half_rows):
-    """Kernels (FLOPs, bytes, weights) of real calibration cases from engramsim/kernels.py; times from a known profile."""
+@pytest.mark.parametrize(("exponent", "half_rows", "grouped_half_rows"), [(1.0, 0.0, 0.0), (2.5, 16.0, 40.0), (32.0, 4.0, 24.0)])
+def test_roofline_fit_recovers_peaks_exponent_and_overheads_on_cost_model_kernels(exponent, half_rows, grouped_half_rows):
+    """Kernels of real calibration cases from engramsim/kernels.py (dense, MoE and MLA + mHC blocks, heads); times from
+    a known profile with a fixed cost per block, per step (the head's) and per kernel."""
     rng = np.random.default_rng(4)
-    kernels, rows = [], []
+    blocks, heads = [], []
     for shape, steps in backbone_cases("cpu", BUDGETS["quick"]):
         model = shape_model(shape, "fp32", 64, "fp32")
         for kind, new, ctx in steps:
             step = make_step(kind, new, ctx)
-            for works, overhead in ((block_kernels(model, step, 0), [1.0, 0.0]), (head_kernels(model, step), [0.0, 1.0])):
-                kernels.append(as_array(works))
-                rows.append(overhead)
-    k = np.array(rows)
-    peak, bandwidth, layer_o, step_o = 120e9, 9e9, 150e-6, 400e-6
-    true = kernel_times(kernels, peak, bandwidth, exponent, half_rows) + k @ np.array([layer_o, step_o])
+            blocks.append(as_array(block_kernels(model, step, 0)))
+            heads.append(as_array(head_kernels(model, step)))
+    kernels = blocks + heads
+    k = fixed_costs([len(blocks), len(heads)], [len(a) for a in kernels])
+    assert k.shape[1] == 3, "MLA + mHC blocks run more kernels than the others: the per-kernel cost is fitted"
+    peak, bandwidth, layer_o, step_o, kernel_o = 120e9, 9e9, 150e-6, 400e-6, 40e-6
+    true = kernel_times(kernels, peak, bandwidth, exponent, half_rows, grouped_half_rows) + k @ np.array([layer_o, step_o, kernel_o])
     fit = fit_roofline(kernels, noisy(true, rng), k)
-    predicted = kernel_times(kernels, fit.flops_s, fit.bytes_s, fit.exponent, fit.half_rows) + k @ fit.overheads_s
+    predicted = fit.kernel_times(kernels) + k @ fit.overheads_s
     assert np.max(np.abs(predicted / true - 1)) < 4 * NOISE
     if exponent > 1.0:  # at exponent 1 the half-rows term adds time in proportion to the weight bytes: bandwidth and
         # half-rows trade off exactly, only their combination (checked through `predicted`) is determined
         assert fit.flops_s == pytest.approx(peak, rel=0.05)
-        assert fit.overheads_s[0] == pytest.approx(layer_o, rel=0.25)
+        assert fit.overheads_s[0] + 6 * fit.overheads_s[2] == pytest.approx(layer_o + 6 * kernel_o, rel=0.1)  # a GQA block's fixed cost
+        assert fit.overheads_s[2] == pytest.approx(kernel_o, rel=0.25)
         assert fit.overheads_s[1] == pytest.approx(step_o, rel=0.35)  # 20 head samples, a few ms each
         assert fit.bytes_s == pytest.approx(bandwidth, rel=0.05)
         # the exponent through what it does: the norm of two equal times exceeds their max by 2^(1/n) (2.2 % at n = 32,
         # where n itself is barely determined)
         assert 2 ** (1 / fit.exponent) == pytest.approx(2 ** (1 / exponent), abs=0.04)
         assert fit.half_rows == pytest.approx(half_rows, rel=0.25, abs=1.0)  # 3 % noise: it trades off with the exponent
+        assert fit.grouped_half_rows == pytest.approx(grouped_half_rows, rel=0.25, abs=2.0)
+
+
+def test_fixed_costs_fit_a_per_kernel_cost_only_where_kernel_counts_tell_it_apart():
+    # blocks of 6 and 14 kernels, heads of 2: a column per group and one of kernel counts
+    assert fixed_costs([2, 1], [6, 14, 2]).tolist() == [[1, 0, 6], [1, 0, 14], [0, 1, 2]]
+    # every block 6 kernels, every head 2: the counts are a multiple of the groups' columns, no per-kernel cost
+    assert fixed_costs([2, 2], [6, 6, 2, 2]).tolist() == [[1, 0], [1, 0], [0, 1], [0, 1]]
+
+
+def test_samples_written_before_grouped_weights_refit():
+    """A samples file's kernels of three columns (no grouped weights) price as kernels of four with none."""
+    works = block_kernels(shape_model(backbone_cases("cpu", BUDGETS["quick"])[1][0], "fp32", 64, "fp32"), make_step(
+        "decode", np.ones(4, dtype=np.int64), np.full(4, 64, dtype=np.int64)), 0)
+    full = as_array(works)
+    assert full[:, 3].any(), "an MoE block has grouped weights"
+    old = [full[:, :3]]
+    assert kernel_times(old, 1e11, 1e10, 2.0, 8.0, 8.0) == pytest.approx(kernel_times([full], 1e11, 1e10, 2.0, 8.0, 8.0))
+    assert kernel_times([full], 1e11, 1e10, 2.0, 8.0, 30.0)[0] > kernel_times(old, 1e11, 1e10, 2.0, 8.0, 30.0)[0]
 
 
 def test_fit_roofline_predicts_what_the_cost_model_prices():
@@ -166,9 +189,10 @@ def test_host_fit_recovers_a_plus_b_per_sequence_despite_slow_steps():
     assert other[1] > 3 * fit_b, "the check can fail: a steeper slope is seen"
 
 
-def test_moe_shapes_are_in_the_backbone_budget():
+def test_moe_and_mla_mhc_shapes_are_in_the_backbone_budget():
     """Guards: MoE blocks priced with rates fitted on dense blocks only (the MoE's grouped GEMMs,
-    router and gather/scatter measured nowhere)."""
+    router and gather/scatter measured nowhere); MLA + mHC blocks priced with a fixed cost per block
+    fitted on blocks of 6 kernels (their 14 kernels' fixed costs measured nowhere)."""
     from engramsim.kernels import block_kind
 
     for backend in ("cpu", "cuda"):
@@ -177,6 +201,10 @@ def test_moe_shapes_are_in_the_backbone_budget():
             moe = [s for s in shapes if s.moe is not None]
             assert moe and all(block_kind(shape_model(s, "fp32", 64, "fp32"), 0) == "moe" for s in moe), (backend, budget)
             assert any(s.moe is None for s in shapes), "dense shapes too"
+            models = [shape_model(s, "fp32", 64, "fp32") for s in shapes if s.mla is not None and s.hc_mult > 1]
+            assert models, (backend, budget)
+            for model in models:
+                assert model.backbone.attention.kind == "mla" and model.engram.hc_mult == model.backbone.hc_mult, "a branch per stream"
 
 
 def test_fits_import_without_torch():
@@ -227,7 +255,7 @@ def test_fit_profile_recovers_a_known_profile_exactly_as_the_simulator_prices_it
     truth = HardwareProfile.model_validate({
         **UNIT_PROFILE, "name": "truth", "step_overhead_us": 250.0, "step_overhead_per_seq_us": 3.5,
         "gpu": {**UNIT_PROFILE["gpu"], "bf16_tflops": 0.11, "hbm_gbps": 7.5, "layer_overhead_us": 90.0, "roofline_exponent": 1.6,
-                "engram_overhead_us": 300.0, "gemm_half_rows": 12.0},
+                "engram_overhead_us": 300.0, "kernel_overhead_us": 25.0, "gemm_half_rows": 12.0, "grouped_gemm_half_rows": 30.0},
         "link": {**UNIT_PROFILE["link"], "h2d_gbps": 14.0, "d2h_gbps": 14.0, "dma_latency_us": 3.0, "zero_copy_gbps": 5.0,
                  "zero_copy_latency_us": 9.0, "transaction_bytes": 64},
         "host": {**UNIT_PROFILE["host"], "dram_gbps": 9.0, "gather_rows_per_s": 18e6, "gather_threads": 1, "gather_overhead_us": 11.0},
@@ -238,7 +266,8 @@ def test_fit_profile_recovers_a_known_profile_exactly_as_the_simulator_prices_it
         "gpu.layer_overhead_us": (fitted.gpu.layer_overhead_us, 90.0), "step_overhead_us": (fitted.step_overhead_us, 250.0),
         "step_overhead_per_seq_us": (fitted.step_overhead_per_seq_us, 3.5),
         "gpu.roofline_exponent": (fitted.gpu.roofline_exponent, 1.6), "gpu.engram_overhead_us": (fitted.gpu.engram_overhead_us, 300.0),
-        "gpu.gemm_half_rows": (fitted.gpu.gemm_half_rows, 12.0),
+        "gpu.gemm_half_rows": (fitted.gpu.gemm_half_rows, 12.0), "gpu.kernel_overhead_us": (fitted.gpu.kernel_overhead_us, 25.0),
+        "gpu.grouped_gemm_half_rows": (fitted.gpu.grouped_gemm_half_rows, 30.0),
         "link.h2d_gbps": (fitted.link.h2d_gbps, 14.0), "link.dma_latency_us": (fitted.link.dma_latency_us, 3.0),
         "link.zero_copy_gbps": (fitted.link.zero_copy_gbps, 5.0), "link.zero_copy_latency_us": (fitted.link.zero_copy_latency_us, 9.0),
         "host.gather_rows_per_s": (fitted.host.gather_rows_per_s, 18e6), "host.gather_overhead_us": (fitted.host.gather_overhead_us, 11.0),

@@ -200,6 +200,48 @@ def test_gemm_half_rows_slow_small_gemms_but_not_a_single_row():
     assert cost.roofline(kernels.head_kernels(cost.model, one)[1]) == pytest.approx(2 * 256 / 5e5)
 
 
+TINY_MHC = {**TINY, "backbone": {**TINY["backbone"], "hc_mult": 4}}
+
+
+def test_every_kernel_pays_the_kernel_overhead_on_top_of_the_layer_and_engram_overheads():
+    """A fixed cost per kernel of the inventory (blocks, Engram layer and head alike); 0, the default,
+    leaves every price as it was."""
+    gpu = {**ROUND["gpu"], "kernel_overhead_us": 3.0, "engram_overhead_us": 5.0}
+    cost = RooflineCostModel(Model.model_validate(TINY_MHC), HardwareProfile.model_validate({**ROUND, "gpu": gpu}))
+    plain = RooflineCostModel(Model.model_validate(TINY_MHC),
+                              HardwareProfile.model_validate({**ROUND, "gpu": {**gpu, "kernel_overhead_us": 0.0}}))
+    step = make_step([1, 1], [4, 6], "decode")
+    blocks = kernels.block_kernels(cost.model, step, 0)
+    assert len(blocks) == 10  # mHC pre + qkv, core, o + mHC post, mHC pre + gate/up, SwiGLU, down + mHC post
+    assert cost.block_time(step, 0) == pytest.approx(sum(cost.roofline(w) for w in blocks) + 10 * 3e-6 + 2e-6, rel=1e-12)
+    assert cost.block_time(step, 0) - plain.block_time(step, 0) == pytest.approx(10 * 3e-6, rel=1e-9)
+    assert cost.engram_time(step, 7) - plain.engram_time(step, 7) == pytest.approx(3 * 3e-6, rel=1e-9)  # gather, projection, gating
+    assert cost.head_time(step) - plain.head_time(step) == pytest.approx(2 * 3e-6, rel=1e-9)  # lookup + norm, LM head
+    assert HardwareProfile.model_validate(ROUND).gpu.kernel_overhead_us == 0.0
+
+
+def test_grouped_launches_take_their_own_half_rows_and_nothing_else_does():
+    """Routed experts and per-head products (GEMMs of batch != 1 over more than one row) pay
+    `grouped_gemm_half_rows`; shared experts and plain GEMMs `gemm_half_rows`; null: one for all."""
+    moe = moe_model()
+    up = kernels.moe_kernels(moe, make_step([2], [2]))[1]
+    # 2 tokens: shared expert (batch 1) 2 rows; 3.5 routed experts of 8 x 8 each, 4 / 3.5 rows each: 3.5 * 64 weights grouped
+    assert kernels.grouped_weights(up) == pytest.approx(3.5 * 64) and up.weights == pytest.approx(4.5 * 64)
+    assert kernels.grouped_weights(kernels.moe_kernels(moe, make_step([1], [1], "decode"))[1]) == 0.0  # one row per expert
+    assert all(kernels.grouped_weights(w) == 0.0 for w in kernels.block_kernels(moe, make_step([5], [5]), 0))  # dense
+    absorbed = kernels.attention_kernels(mla_cost().model, make_step([1, 1], [5, 9], "decode"))[2]
+    assert kernels.grouped_weights(absorbed) == absorbed.weights == 48  # q_nope x W_UK: 2 heads x [4, 6]
+
+    def priced(grouped_half_rows: float | None, sms: int | None = None) -> float:
+        gpu = {**ROUND["gpu"], "bf16_tflops": 1e-6, "gemm_half_rows": 8.0, "grouped_gemm_half_rows": grouped_half_rows, "sms": sms}
+        return RooflineCostModel(moe, HardwareProfile.model_validate({**ROUND, "gpu": gpu})).roofline(up)
+
+    # compute-bound at 5e5 FLOP/s: 768 FLOPs + 2 * 8 half-rows * 64 shared weights + 2 * h * 224 routed weights
+    assert priced(20.0) == pytest.approx((768 + 2 * 8 * 64 + 2 * 20 * 224) / 5e5)
+    assert priced(None) == pytest.approx((768 + 2 * 8 * 288) / 5e5)
+    assert priced(20.0, sms=132) == priced(None, sms=132)  # the wave model replaces both
+
+
 @pytest.mark.parametrize("n", [1.0, 2.0, 64.0])
 def test_roofline_exponent_combines_compute_and_memory(n):
     profile = HardwareProfile.model_validate({**ROUND, "gpu": {**ROUND["gpu"], "roofline_exponent": n}})
@@ -310,6 +352,8 @@ def test_gemm_waves_by_hand():
     assert cost.roofline(kernels.gemm(512, 10240, 24, 2.0)) == pytest.approx(4 * tile * 10240 / 5e14)
     # 10 * 10 = 100 tiles: 132 // 100 = 1 split, one whole wave
     assert cost.roofline(kernels.gemm(1280, 2560, 1280, 2.0)) == pytest.approx(132 * tile * 2560 / 5e14)
+    # 40 rows: 64-row tiles (the next power of two), 1 * 48 = 48 tiles, 132 // 48 = 2 splits: half a wave
+    assert cost.roofline(kernels.gemm(40, 2560, 6144, 2.0)) == pytest.approx(0.5 * 132 * 2 * 64 * 128 * 2560 / 5e14)
     # one row: a matrix-vector product, no tiles
     assert cost.roofline(kernels.gemm(1, 2560, 6144, 2.0)) == pytest.approx(2 * 6144 * 2560 / 5e14)
     # without the SM count: the plain roofline (Hockney with 0 half-rows)
@@ -323,10 +367,13 @@ def test_moe_expert_gemm_shapes():
     # 2 tokens: 1 shared expert sees both; 8 * (1 - 0.75^2) = 3.5 routed experts touched share 2 * 2 = 4 rows
     assert [x for shape in up.gemms for x in shape] == pytest.approx([2, 8, 8, 1, 4 / 3.5, 8, 8, 3.5])
     assert sum(2 * m * n * k * batch for m, n, k, batch in up.gemms) == pytest.approx(up.flops)  # 2 * 2 * 3 * 8 * 8 = 768
-    # fewer tiles than SMs, split-K: shared 1 tile over 132 SMs: 1/132 of a 128 x 128 x 8 wave;
-    # routed 3.5 tiles, 132 // 3.5 = 37 splits each: 1/37 of a wave
-    wave = 132 * 2 * 128 * 128 * 8
+    # skinny GEMMs run 16-row tiles; fewer tiles than SMs, split-K: shared 1 tile over 132 SMs: 1/132 of
+    # a 16 x 128 x 8 wave; routed 3.5 tiles, 132 // 3.5 = 37 splits each: 1/37 of a wave
+    wave = 132 * 2 * 16 * 128 * 8
     assert kernels.wave_flops(up, 132, 128, 128) == pytest.approx(wave / 132 + wave / 37)
+    # padding rows are alike: a decode of 2 sequences padded to 4 touches the experts of 3 tokens, not 4
+    padded = kernels.moe_kernels(cost.model, make_step([1, 1], [3, 3], "decode", pad=2))[1]
+    assert padded.gemms[1].batch == pytest.approx(8 * (1 - 0.75 ** 3))
 
 
 # ---- CUDA-graph padding, decode attention rate, host cost ---------------------------------------------
@@ -453,12 +500,14 @@ def test_roofline_cost_model_implements_the_engine_protocol(tiny):
 @pytest.mark.parametrize("n", [None, 1.0, 1.7, 32.0])
 def test_shared_formulas_price_arrays_as_the_cost_model_prices_floats(n):
     """The fits evaluate kernels.py on arrays, the simulator on one float at a time: same numbers."""
-    gpu = {**ROUND["gpu"], "roofline_exponent": n, "gemm_half_rows": 8.0, "attention_efficiency": 0.25}
-    cost = RooflineCostModel(Model.model_validate(TINY), HardwareProfile.model_validate({**ROUND, "gpu": gpu}))
-    works = [*kernels.block_kernels(cost.model, make_step([3, 1], [9, 5], "mixed"), 0), Work(0.0, 0.0, 0.0), Work(0.0, 10.0),
+    gpu = {**ROUND["gpu"], "roofline_exponent": n, "gemm_half_rows": 8.0, "grouped_gemm_half_rows": 20.0, "attention_efficiency": 0.25}
+    cost = RooflineCostModel(moe_model(), HardwareProfile.model_validate({**ROUND, "gpu": gpu}))
+    works = [*kernels.block_kernels(cost.model, make_step([3, 1], [9, 5], "mixed"), 1), Work(0.0, 0.0, 0.0), Work(0.0, 10.0),
              Work(10.0, 0.0)]
-    k = np.array([[w.flops, w.bytes, w.weights, w.attention_bytes] for w in works])
-    as_array = kernels.roofline(k[:, 0], k[:, 1], k[:, 2], cost.flops_per_s, cost.hbm_bytes_per_s, n, 8.0, k[:, 3], cost.attention_bytes_per_s)
+    k = np.array([[w.flops, w.bytes, w.weights, w.attention_bytes, kernels.grouped_weights(w)] for w in works])
+    assert k[:, 4].any(), "routed experts: grouped weights priced"
+    as_array = kernels.roofline(k[:, 0], k[:, 1], k[:, 2], cost.flops_per_s, cost.hbm_bytes_per_s, n, 8.0, k[:, 3], cost.attention_bytes_per_s,
+                                k[:, 4], 20.0)
     assert as_array == pytest.approx([cost.roofline(w) for w in works], rel=1e-14, abs=0.0)
     assert as_array[len(works) - 3] == 0.0 and cost.roofline(Work()) == 0.0
 

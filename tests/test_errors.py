@@ -130,7 +130,7 @@ CASES: dict[str, Case] = {
                                          ("tiny.yaml", "strategies.placement", "host DRAM")),
     "KV cache too small for one sequence": Case(lambda d: _run(d, "strategies.scheduler.params.gpu_memory_utilization=0.006"),
                                                 ("tiny.yaml", "strategies.scheduler.params.gpu_memory_utilization", "0 KV blocks",
-                                                 "longest prompt + output", "needs 1")),
+                                                 "longest sequence", "prompt + output - 1", "needs 1")),
     "more KV blocks than fit": Case(lambda d: _run(d, "strategies.scheduler.params.kv_blocks=1000000000000"),
                                     ("tiny.yaml", "strategies.scheduler.params.kv_blocks", "asked for", "holds")),
     "fewer KV blocks than one sequence needs": Case(lambda d: _run(d, "strategies.scheduler.params={kv_blocks: 1, block_size: 4}"),

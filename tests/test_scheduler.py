@@ -268,10 +268,14 @@ def test_lookahead_equals_the_steps_that_then_run(name, kv_blocks, arrival):
 
 
 def test_too_few_blocks_for_the_longest_sequence_is_refused():
-    w = make_workload(prompt=4, output=5, requests=2)  # 9 tokens: 3 blocks of 4
+    w = make_workload(prompt=4, output=6, requests=2)  # 4 + 6 - 1 = 9 tokens cached (the last is never fed): 3 blocks of 4
     with pytest.raises(ValueError, match="cannot hold a sequence of 9 tokens"):
         make_scheduler(w, kv_blocks=2, block_size=4)
     assert make_scheduler(w, kv_blocks=3, block_size=4).blocks.total == 3
+    # 4 + 5 - 1 = 8 tokens cached: 2 blocks hold it, and the run completes in them
+    sched = make_scheduler(make_workload(prompt=4, output=5, requests=2), kv_blocks=2, block_size=4)
+    steps = run(sched)
+    assert sched.done and sched.output_tokens == 10 and len(steps) > 5
 
 
 def test_misuse_is_an_error():

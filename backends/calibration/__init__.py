@@ -14,10 +14,11 @@ what is measured -> the profile fields fitted, by which formula.
 - zero_copy: zero-copy fetches the same way, from the issue until the waiting thread resumed, vs
   rows and row bytes -> link.zero_copy_latency_us, zero_copy_gbps, transaction_bytes, by
   `zero_copy_seconds`.
-- block: the stand-in blocks of a step (attention + SwiGLU MLP, or MoE for the MoE shape) vs
-  prefill tokens and decode batch x context, per block -> gpu.bf16_tflops, hbm_gbps,
-  roofline_exponent, gemm_half_rows, layer_overhead_us, by `roofline` summed over `block_kernels`
-  + the layer overhead.
+- block: the stand-in blocks of a step (GQA attention + SwiGLU MLP; MoE for the MoE shape; MLA
+  with mHC streams for the MLA shape) vs prefill tokens and decode batch x context, per block ->
+  gpu.bf16_tflops, hbm_gbps, roofline_exponent, gemm_half_rows, layer_overhead_us and
+  kernel_overhead_us, by `roofline` + the kernel overhead summed over `block_kernels` + the layer
+  overhead (the shapes' different kernel counts tell the two fixed costs apart).
 - engram: the Engram layer as the executor runs it (`engram_forward`, rows from the landing
   buffer) -> gpu.engram_overhead_us (joint fit with block), over `engram_kernels`.
 - head: final norm + LM head + sampling -> its fixed cost (joint fit with block), over `head_kernels`.

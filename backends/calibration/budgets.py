@@ -46,10 +46,10 @@ BUDGETS: dict[str, Budget] = {
                    ((1, 16), (2, 64)), ((1, 64), (4, 128)), 1, 1, (2, 8), 6),
     "quick": Budget("quick", 1 * GIB, _geometric(64, 65536, 4), (128, 160, 256, 512), 7,
                     ((1, 32), (1, 128), (2, 256), (4, 256), (8, 256)), ((1, 128), (2, 128), (4, 256), (8, 512), (16, 256), (32, 512)),
-                    3, 3, (2, 8, 32), 40),
+                    4, 3, (2, 8, 32), 40),
     "full": Budget("full", 2 * GIB, _geometric(16, 262144, 2), (128, 160, 256, 512), 9,
                    ((1, 16), (1, 64), (1, 256), (2, 256), (4, 256), (8, 256), (4, 512), (16, 128)),
-                   ((1, 64), (1, 1024), (2, 128), (4, 256), (8, 512), (16, 128), (16, 1024), (32, 256), (64, 512)), 4, 6,
+                   ((1, 64), (1, 1024), (2, 128), (4, 256), (8, 512), (16, 128), (16, 1024), (32, 256), (64, 512)), 5, 6,
                    (1, 4, 16, 64), 60),
 }
 
@@ -65,6 +65,15 @@ class Experts:
 
 
 @dataclass(frozen=True)
+class Latent:
+    """The multi-head latent attention of a measured shape (its heads and head_dim are the shape's)."""
+
+    kv_lora_rank: int
+    rope_head_dim: int
+    q_lora_rank: int
+
+
+@dataclass(frozen=True)
 class Shape:
     """A stand-in backbone measured by the calibration (blocks cycled like a real step)."""
 
@@ -77,14 +86,32 @@ class Shape:
     vocab: int
     layers: int  # distinct blocks cycled through, so the weights do not all sit in cache
     moe: Experts | None = None
+    mla: Latent | None = None
+    hc_mult: int = 1  # mHC residual streams
+
+    def backbone(self, dtype: str) -> dict[str, Any]:
+        """The scenario's `model.backbone` section of this shape."""
+        attention: dict[str, Any] = {"heads": self.heads, "kv_heads": self.kv_heads, "head_dim": self.head_dim}
+        if self.mla is not None:
+            attention |= {"kind": "mla", "kv_lora_rank": self.mla.kv_lora_rank, "rope_head_dim": self.mla.rope_head_dim,
+                          "q_lora_rank": self.mla.q_lora_rank}
+        moe = self.moe and {"experts": self.moe.experts, "top_k": self.moe.top_k, "shared_experts": self.moe.shared,
+                            "expert_intermediate": self.moe.intermediate, "dense_layers": 0}
+        return {"layers": self.layers, "hidden": self.hidden, "intermediate": self.intermediate, "vocab": self.vocab,
+                "dtype": dtype, "moe": moe, "attention": attention, "hc_mult": self.hc_mult}
 
 
 # CPU: fp32, CPU-sized (like the CPU validation scenarios). CUDA: bf16, 4B/8B-class dense backbones and a small one.
-# Each list's second shape is an MoE (quick budgets and up measure it): the routed experts' grouped GEMMs, their
-# gather/scatter and the router are kernels of their own, whose rates the dense shapes alone would not show.
+# Each list's second shape is an MoE and its third MLA with mHC (quick budgets and up measure both): the routed
+# experts' grouped GEMMs, their gather/scatter and the router are kernels of their own, whose rates the dense shapes
+# alone would not show; MLA + mHC blocks run more than twice the kernels of a GQA block (14 in a decode step, 6 for
+# GQA), which is what separates the fixed cost per kernel from the fixed cost per block.
+# MLA + mHC: DeepSeek-V3's MLA proportions (config.json: kv_lora_rank 512 = 4 x the nope head dim 128, rope head dim
+# 64 = half of it, a query latent) with 4 mHC streams, as the Engram paper's 27B/40B models (../shared/ENGRAM.md).
 CPU_SHAPES = (
     Shape("cpu-h512", 512, 1408, 8, 2, 64, 8192, 6),
     Shape("cpu-moe-h512", 512, 1408, 8, 2, 64, 8192, 4, Experts(16, 2, 1, 512)),  # fine-grained experts, 1 shared + top-2 of 16
+    Shape("cpu-mla-mhc-h640", 640, 1792, 10, 10, 64, 10240, 4, mla=Latent(256, 32, 320), hc_mult=4),  # query latent hidden / 2
     Shape("cpu-h1024", 1024, 2816, 16, 4, 64, 16384, 4),
     Shape("cpu-h768", 768, 2048, 12, 4, 64, 12288, 4),
 )
@@ -92,6 +119,8 @@ CUDA_SHAPES = (
     Shape("cuda-4b", 2560, 9728, 32, 8, 128, 151936, 4),
     # DeepSeek-V2-Lite's MoE (hidden 2048, 64 routed experts of 1408, top-6, 2 shared; arXiv 2405.04434, table of configs)
     Shape("cuda-moe-h2048", 2048, 10944, 16, 16, 128, 102400, 4, Experts(64, 6, 2, 1408)),
+    # DeepSeek-V2-Lite's attention (16 heads, nope 128, rope 64, KV latent 512, no query latent; same table) and dense MLP
+    Shape("cuda-mla-mhc-h2048", 2048, 10944, 16, 16, 128, 102400, 4, mla=Latent(512, 64, 0), hc_mult=4),
     Shape("cuda-h1024", 1024, 2816, 16, 4, 64, 16384, 8),  # launch-bound: the layer overhead's regime
     Shape("cuda-8b", 4096, 12288, 32, 8, 128, 151936, 4),
 )
@@ -115,15 +144,12 @@ def backbone_cases(backend: str, budget: Budget) -> list[tuple[Shape, list[Case]
 
 
 def shape_model(shape: Shape, dtype: str, engram_head_dim: int, engram_dtype: str) -> Model:
-    """The scenario `Model` of a shape: its kernels are what the fit prices for the shape's cases."""
-    moe = shape.moe and {"experts": shape.moe.experts, "top_k": shape.moe.top_k, "shared_experts": shape.moe.shared,
-                         "expert_intermediate": shape.moe.intermediate, "dense_layers": 0}
+    """The scenario `Model` of a shape: its kernels are what the fit prices for the shape's cases. Its
+    Engram layer has a branch per mHC stream of the backbone (the Engram paper's layout)."""
     return Model.model_validate({
-        "backbone": {"layers": shape.layers, "hidden": shape.hidden, "intermediate": shape.intermediate,
-                     "vocab": shape.vocab, "dtype": dtype, "moe": moe,
-                     "attention": {"heads": shape.heads, "kv_heads": shape.kv_heads, "head_dim": shape.head_dim}},
+        "backbone": shape.backbone(dtype),
         "engram": {"layers": [0], "max_ngram": 3, "heads": 8, "head_dim": engram_head_dim, "rows_per_head": 1000,
-                   "dtype": engram_dtype, "hc_mult": 1},
+                   "dtype": engram_dtype, "hc_mult": shape.hc_mult},
     })
 
 
@@ -140,8 +166,7 @@ def host_scenario(shape: Shape, seqs: int, dtype: str, head_dim: int, steps: int
     return {
         "name": f"calibration-host-{seqs}",
         "model": {
-            "backbone": {"layers": shape.layers, "hidden": shape.hidden, "intermediate": shape.intermediate, "vocab": shape.vocab,
-                         "dtype": dtype, "attention": {"heads": shape.heads, "kv_heads": shape.kv_heads, "head_dim": shape.head_dim}},
+            "backbone": shape.backbone(dtype),
             "engram": {"layers": [1], "max_ngram": 3, "heads": 8, "head_dim": head_dim, "rows_per_head": 20_000,
                        "dtype": dtype, "hc_mult": 1},
         },

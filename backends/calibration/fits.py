@@ -117,15 +117,35 @@ def fit_zero_copy(rows: Sequence[float] | np.ndarray, row_bytes: Sequence[float]
     return best[1], best[2], best[3]
 
 
+def kernel_rows(kernels: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each sample's kernels as an array [kernels, (flops, bytes, weights, grouped weights)]
+    (`measurements.kernel_fields`); rows of three, from samples files written before grouped
+    weights were recorded, have none."""
+    rows = [np.asarray(k, dtype=float) for k in kernels]
+    return [np.pad(r, ((0, 0), (0, 4 - r.shape[1]))) for r in (r.reshape(len(r), -1) for r in rows)]
+
+
 def kernel_times(kernels: Sequence[np.ndarray], flops_s: float, bytes_s: float, exponent: float | None,
-                 half_rows: float = 0.0) -> np.ndarray:
-    """Seconds of each sample's kernels (an array [kernels, (flops, bytes, weights)] per sample),
-    each priced by `kernels.roofline`, summed per sample."""
-    arrays = [np.asarray(k, dtype=float).reshape(-1, 3) for k in kernels]
+                 half_rows: float = 0.0, grouped_half_rows: float | None = None) -> np.ndarray:
+    """Seconds of each sample's kernels (`kernel_rows`), each priced by `kernels.roofline`, summed
+    per sample."""
+    arrays = kernel_rows(kernels)
     stacked = np.concatenate(arrays)
     owner = np.repeat(np.arange(len(arrays)), [a.shape[0] for a in arrays])
-    per_kernel = roofline(stacked[:, 0], stacked[:, 1], stacked[:, 2], flops_s, bytes_s, exponent, half_rows)
+    per_kernel = roofline(stacked[:, 0], stacked[:, 1], stacked[:, 2], flops_s, bytes_s, exponent, half_rows,
+                          grouped=stacked[:, 3], grouped_half_rows=grouped_half_rows)
     return np.bincount(owner, weights=per_kernel, minlength=len(arrays))
+
+
+def fixed_costs(group_sizes: Sequence[int], kernel_counts: Sequence[int]) -> np.ndarray:
+    """The fixed-cost matrix of samples laid out group after group (`group_sizes`): one column per
+    group (its own fixed cost), then a column of each sample's kernel count (the fixed cost per
+    kernel) when it adds information. Where every group's samples run the same number of kernels
+    the per-kernel cost is indistinguishable from the groups' own: the column is left out (no
+    per-kernel cost is fitted)."""
+    groups = np.repeat(np.eye(len(group_sizes)), group_sizes, axis=0)
+    with_counts = np.column_stack([groups, np.asarray(kernel_counts, dtype=float)])
+    return with_counts if np.linalg.matrix_rank(with_counts) > np.linalg.matrix_rank(groups) else groups
 
 
 @dataclass(frozen=True)
@@ -134,54 +154,56 @@ class RooflineFit:
     bytes_s: float
     exponent: float
     half_rows: float
+    grouped_half_rows: float | None  # None: no sample has grouped GEMMs to tell it
     overheads_s: np.ndarray
 
     def kernel_times(self, kernels: Sequence[np.ndarray]) -> np.ndarray:
         """Seconds of each sample's kernels at the fitted rates (no fixed cost)."""
-        return kernel_times(kernels, self.flops_s, self.bytes_s, self.exponent, self.half_rows)
+        return kernel_times(kernels, self.flops_s, self.bytes_s, self.exponent, self.half_rows, self.grouped_half_rows)
 
 
 def fit_roofline(kernels: Sequence[np.ndarray], seconds: Sequence[float] | np.ndarray,
                  overheads: np.ndarray | Sequence[Sequence[float]] | None = None) -> RooflineFit:
-    """The rates, exponent n, GEMM half-rows and fixed costs of t = sum over the sample's kernels
-    of `kernels.roofline` + K . overheads, least squared log error.
+    """The rates, exponent n, GEMM half-rows (plain and grouped) and fixed costs of t = sum over
+    the sample's kernels of `kernels.roofline` + K . overheads, least squared log error.
 
-    `kernels` holds one array [kernels, (flops, bytes, weights)] per sample. `overheads` is K, one
-    row per sample and one column per fixed cost (e.g. [1, 0] for a block, which pays one layer
-    overhead, [0, 1] for the head, which pays its own fixed cost); default one column of ones. The
-    exponent runs from 1 (compute and memory time add up) to EXPONENT_MAX (practically their max),
-    the half-rows from 0 to HALF_ROWS_MAX. Each peak is bounded by `RATE_CEILING` x the highest
-    rate a sample reached. The problem is not convex: several starts, the best kept.
+    `kernels` holds one array per sample (`kernel_rows`). `overheads` is K, one row per sample and
+    one column per fixed cost (e.g. [1, 0] for a block, which pays one layer overhead, [0, 1] for
+    the head, which pays its own fixed cost); default one column of ones. The exponent runs from 1
+    (compute and memory time add up) to EXPONENT_MAX (practically their max), the half-rows from 0
+    to HALF_ROWS_MAX. Each peak is bounded by `RATE_CEILING` x the highest rate a sample reached.
+    The problem is not convex: several starts, the best kept.
     """
     t = np.asarray(seconds, dtype=float)
-    arrays = [np.asarray(k, dtype=float).reshape(-1, 3) for k in kernels]
+    arrays = kernel_rows(kernels)
     f = np.array([a[:, 0].sum() for a in arrays])
     by = np.array([a[:, 1].sum() for a in arrays])
+    grouped = any(a[:, 3].any() for a in arrays)
     k = np.ones((t.size, 1)) if overheads is None else np.asarray(overheads, dtype=float).reshape(t.size, -1)
     m = k.shape[1]
 
     def res(p: np.ndarray) -> np.ndarray:
-        pred = kernel_times(arrays, math.exp(p[0]), math.exp(p[1]), 1.0 + math.exp(p[2]), p[3]) + k @ p[4:] * 1e-6
+        pred = kernel_times(arrays, math.exp(p[0]), math.exp(p[1]), 1.0 + math.exp(p[2]), p[3], p[4]) + k @ p[5:] * 1e-6
         return np.log(pred / t)
 
     # No extrapolation: a rate may not exceed RATE_CEILING x the highest one any sample reached
     # (where no sample is bound by it, e.g. none is memory-bound, the fit would run it to infinity).
     f_hi, b_hi = float(np.max(f / t)), float(np.max(by / t))
     n_lo, n_hi = math.log(1e-3), math.log(EXPONENT_MAX - 1.0)
-    lower = np.r_[math.log(f_hi / 100), math.log(b_hi / 100), n_lo, 0.0, np.zeros(m)]
-    upper = np.r_[math.log(f_hi * RATE_CEILING), math.log(b_hi * RATE_CEILING), n_hi, HALF_ROWS_MAX, np.full(m, np.inf)]
+    lower = np.r_[math.log(f_hi / 100), math.log(b_hi / 100), n_lo, 0.0, 0.0, np.zeros(m)]
+    upper = np.r_[math.log(f_hi * RATE_CEILING), math.log(b_hi * RATE_CEILING), n_hi, HALF_ROWS_MAX, HALF_ROWS_MAX, np.full(m, np.inf)]
     o0 = float(np.min(t)) * 1e6
     best = None
     for fs in (1.0, RATE_CEILING * 0.99):
         for bs in (0.3, 1.0, RATE_CEILING * 0.99):
             for n0 in (n_lo + 0.1, n_hi - 0.1):
                 for h0 in (0.0, 16.0):
-                    p0 = np.concatenate([[math.log(f_hi * fs), math.log(b_hi * bs), n0, h0], np.full(m, o0 * 0.1)])
+                    p0 = np.concatenate([[math.log(f_hi * fs), math.log(b_hi * bs), n0, h0, h0], np.full(m, o0 * 0.1)])
                     sol = least_squares(res, p0, bounds=(lower, upper),
-                                        x_scale=np.r_[1.0, 1.0, 1.0, 8.0, np.full(m, max(1.0, o0))])
+                                        x_scale=np.r_[1.0, 1.0, 1.0, 8.0, 8.0, np.full(m, max(1.0, o0))])
                     if best is None or sol.cost < best.cost:
                         best = sol
     assert best is not None
     x = best.x
-    return RooflineFit(math.exp(x[0]), math.exp(x[1]), 1.0 + math.exp(x[2]), float(x[3]), x[4:] * 1e-6)
-
+    return RooflineFit(math.exp(x[0]), math.exp(x[1]), 1.0 + math.exp(x[2]), float(x[3]), float(x[4]) if grouped else None,
+                       x[5:] * 1e-6)

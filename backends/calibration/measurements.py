@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engramsim.kernels import Work
+from engramsim.kernels import Work, grouped_weights
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Measurements:
 
 
 def kernel_fields(kernels: list[Work]) -> dict[str, Any]:
-    """A sample's cost-model work: the totals (for reading) and the kernels (what the fit prices)."""
+    """A sample's cost-model work: the totals (for reading) and the kernels (what the fit prices: one
+    row [flops, bytes, weights, grouped weights] per kernel)."""
     return {"flops": sum(k.flops for k in kernels), "bytes": sum(k.bytes for k in kernels),
-            "kernels": [[k.flops, k.bytes, k.weights] for k in kernels]}
+            "kernels": [[k.flops, k.bytes, k.weights, grouped_weights(k)] for k in kernels]}

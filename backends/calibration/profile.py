@@ -17,7 +17,7 @@ from engramsim.kernels import dma_seconds, gather_seconds, zero_copy_seconds
 
 from .bench import Calibrator, Progress
 from .budgets import BUDGETS, GIB, Budget
-from .fits import fit_gather, fit_host, fit_latency_bandwidth, fit_roofline, fit_zero_copy, residual
+from .fits import fit_gather, fit_host, fit_latency_bandwidth, fit_roofline, fit_zero_copy, fixed_costs, residual
 from .machine import cpu_model, link_name, machine_host, memory_gib, require_backend, versions
 from .measurements import Measurements
 
@@ -38,7 +38,9 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
     """The profile whose cost model best reproduces `m`, with the residual of every group.
 
     The achieved rates are stored as the peaks with `compute_efficiency = memory_efficiency =
-    1.0` (no datasheet enters a calibrated profile). The per-step host time is fitted as a + b *
+    1.0` (no datasheet enters a calibrated profile). The fixed costs are fitted jointly: one per
+    block, per Engram layer and per step (the head's), and one per kernel where the samples' kernel
+    counts tell it apart from those (`fits.fixed_costs`). The per-step host time is fitted as a + b *
     sequences (`step_overhead_us`, `step_overhead_per_seq_us`); the head's fixed cost joins a
     (the cost model has no head overhead of its own).
     """
@@ -49,10 +51,13 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
     latency, h2d = fit_latency_bandwidth(c_bytes, c_t)
     zc_rows, zc_rb, zc_t = _col(m.zero_copy, "rows"), _col(m.zero_copy, "row_bytes"), _col(m.zero_copy, "seconds")
     zc_latency, zc_bw, tx = fit_zero_copy(zc_rows, zc_rb, zc_t)
-    gpu_rows = m.block + m.engram + m.head  # each group pays its own fixed cost: layer, Engram layer, step
-    k = np.repeat(np.eye(3), [len(m.block), len(m.engram), len(m.head)], axis=0)
+    gpu_rows = m.block + m.engram + m.head  # each group pays its own fixed cost (layer, Engram layer, step) and each kernel its own
+    k = fixed_costs([len(m.block), len(m.engram), len(m.head)], [len(r["kernels"]) for r in gpu_rows])
     roof = fit_roofline(_kernels(gpu_rows), _col(gpu_rows, "seconds"), k)
-    layer_overhead, engram_overhead, head_overhead = roof.overheads_s
+    layer_overhead, engram_overhead, head_overhead = roof.overheads_s[:3]
+    kernel_overhead = roof.overheads_s[3] if k.shape[1] > 3 else 0.0
+    gpu_predicted = roof.kernel_times(_kernels(gpu_rows)) + k @ roof.overheads_s
+    block_predicted, engram_predicted, head_predicted = np.split(gpu_predicted, [len(m.block), len(m.block) + len(m.engram)])
 
     if backend == "cuda":
         gpu_label = torch.cuda.get_device_name(0)
@@ -61,8 +66,8 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
         gpu_label, hbm_gib = cpu_model(), memory_gib()
     gpu = GPU(name=gpu_label, bf16_tflops=roof.flops_s / TFLOP, hbm_gbps=roof.bytes_s / GB, hbm_gib=hbm_gib,
               compute_efficiency=1.0, memory_efficiency=1.0, layer_overhead_us=layer_overhead / US,
-              engram_overhead_us=engram_overhead / US, roofline_exponent=roof.exponent, gemm_half_rows=roof.half_rows,
-              copy_engines=1)
+              engram_overhead_us=engram_overhead / US, kernel_overhead_us=kernel_overhead / US, roofline_exponent=roof.exponent,
+              gemm_half_rows=roof.half_rows, grouped_gemm_half_rows=roof.grouped_half_rows, copy_engines=1)
     link = Link(name=link_name(backend), h2d_gbps=h2d / GB, d2h_gbps=h2d / GB, dma_latency_us=latency / US,
                 zero_copy_gbps=zc_bw / GB, zero_copy_latency_us=zc_latency / US, transaction_bytes=tx)
     host = Host(name=cpu_model(), dram_gbps=dram / GB, dram_gib=memory_gib(), gather_rows_per_s=rate,
@@ -80,14 +85,15 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
         "gather": residual(gather_seconds(g_rows, g_rb, m.threads, rate, dram, g_overhead), g_t),
         "h2d": residual(dma_seconds(c_bytes, latency, h2d), c_t),
         "zero_copy": residual(zero_copy_seconds(zc_rows, zc_rb, zc_latency, zc_bw, tx), zc_t),
-        "block": residual(roof.kernel_times(_kernels(m.block)) + layer_overhead, _col(m.block, "seconds")),
-        "engram": residual(roof.kernel_times(_kernels(m.engram)) + engram_overhead, _col(m.engram, "seconds")),
-        "head": residual(roof.kernel_times(_kernels(m.head)) + head_overhead, _col(m.head, "seconds")),
+        "block": residual(block_predicted, _col(m.block, "seconds")),
+        "engram": residual(engram_predicted, _col(m.engram, "seconds")),
+        "head": residual(head_predicted, _col(m.head, "seconds")),
     }
     if m.host:
         res["host"] = residual(host_a + host_b * host_seqs, host_t)
     if m.block_under_gather:
-        res["block_under_gather"] = residual(roof.kernel_times(_kernels(m.block_under_gather)) + layer_overhead,
+        under = _kernels(m.block_under_gather)
+        res["block_under_gather"] = residual(roof.kernel_times(under) + layer_overhead + kernel_overhead * np.array([len(u) for u in under]),
                                              _col(m.block_under_gather, "seconds"))
     if m.gather_alone:
         quiet = m.gather_alone

@@ -79,6 +79,8 @@ def print_profile(console: Console, profile: HardwareProfile, wall_s: float) -> 
          f"{gpu.layer_overhead_us:,.1f} us / {engram_us:,.1f} us / {profile.step_overhead_us:,.1f} us "
          f"+ {profile.step_overhead_per_seq_us:,.2f} us per sequence"),
         ("GEMM half-performance rows", f"{gpu.gemm_half_rows:,.1f}"),
+        ("kernel overhead / grouped GEMM half-rows", f"{gpu.kernel_overhead_us:,.1f} us / "
+         + ("-" if gpu.grouped_gemm_half_rows is None else f"{gpu.grouped_gemm_half_rows:,.1f}")),
         ("gather", (f"{host.gather_rows_per_s / 1e6:,.2f} M rows/s per thread x {host.gather_threads}, "
                     f"overhead {host.gather_overhead_us:,.1f} us, DRAM bound {host.dram_gbps:,.1f} GB/s")),
         ("h2d", f"{link.h2d_gbps:,.2f} GB/s, latency {link.dma_latency_us:,.2f} us"),

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     profile = load_checked_profile(args.profile)  # a missing or corrupt profile: one line, exit 2, before any run
     require_backend(args.backend)
     scenarios = list(args.scenarios) or default_scenarios()
-    for path in scenarios:  # a bad scenario fails before the first real run, not after the others
+    for path in scenarios:  # a scenario that does not load fails before the first real run
         load_scenario(path, [*args.overrides, *overrides(args.profile, args.backend)])
     console = Console(quiet=args.quiet)
     warning = warn_profile_host(profile)

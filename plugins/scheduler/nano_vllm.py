@@ -70,9 +70,10 @@ class NanoVllm(Scheduler):
             return None
         batch = self.running[: self.max_num_seqs].copy()
         lengths = self.length(batch)
-        if int(np.sum(self.blocks.shortfall(batch, lengths))) > self.blocks.free:
+        need = self.blocks.shortfall(batch, lengths)
+        if int(np.sum(need)) > self.blocks.free:
             return self._decode_preempting()
-        self.blocks.hold(batch, lengths)
+        self.blocks.hold(batch, lengths, need)
         return self.make_step("decode", batch, np.ones(batch.size, dtype=np.int64))
 
     def _decode_preempting(self) -> Step | None:
