@@ -37,6 +37,7 @@ Units: FLOPs, bytes, seconds, bytes/s, FLOP/s.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, TypeVar
@@ -123,14 +124,20 @@ def wave_flops(work: Work, sms: int, tile_m: int, tile_n: int) -> float:
     own FLOPs, as do the work's non-GEMM FLOPs. A GEMM of fewer rows than `tile_m` runs tiles of
     the next power of two rows, at least `MIN_TILE_M` (libraries pick skinny tiles for skinny
     GEMMs, fused-MoE kernels 16-row blocks for experts with few tokens)."""
-    flops = work.flops
-    for m, n, k, batch in work.gemms:
-        if m > 1 and batch > 0:  # no launch: shared experts of a model without any
-            rows_tile = min(tile_m, max(MIN_TILE_M, 1 << (math.ceil(m) - 1).bit_length()))
-            tiles = batch * math.ceil(m / rows_tile) * math.ceil(n / tile_n)
-            waves = math.ceil(tiles / sms) if tiles >= sms else 1.0 / (sms // tiles)
-            flops += 2.0 * k * (waves * sms * rows_tile * tile_n - m * n * batch)
-    return flops
+    return work.flops + sum(_wave_excess(*shape, sms, tile_m, tile_n) for shape in work.gemms)
+
+
+@functools.lru_cache(maxsize=1024)
+def _wave_excess(m: float, n: int, k: int, batch: float, sms: int, tile_m: int, tile_n: int) -> float:
+    """The FLOPs one GEMM launch's waves last beyond its own (`wave_flops`); remembered, since a
+    run's steps repeat a few shapes (graph-padded decode batches); bounded, so memory does not
+    grow with the steps."""
+    if m <= 1 or batch <= 0:  # a matrix-vector product, or no launch (shared experts of a model without any)
+        return 0.0
+    rows_tile = min(tile_m, max(MIN_TILE_M, 1 << (math.ceil(m) - 1).bit_length()))
+    tiles = batch * math.ceil(m / rows_tile) * math.ceil(n / tile_n)
+    waves = math.ceil(tiles / sms) if tiles >= sms else 1.0 / (sms // tiles)
+    return 2.0 * k * (waves * sms * rows_tile * tile_n - m * n * batch)
 
 
 # ---- the kernels of a step ----------------------------------------------------------------------
