@@ -137,11 +137,16 @@ def scheduler_params(choice: StrategyChoice) -> SchedulerParams:
     return model.model_validate(choice.params)
 
 
-def build_scheduler(choice: StrategyChoice, workload: Workload, kv_blocks: int) -> Scheduler:
-    """A fresh serving engine of the scenario's scheduler plugin over `workload`, with `kv_blocks` KV-cache blocks (see `build`)."""
+def scheduler_class(choice: StrategyChoice) -> type[Scheduler]:
+    """The scenario's scheduler plugin class."""
     cls = get("scheduler", choice.name)
     assert issubclass(cls, Scheduler)  # register() checks every scheduler plugin's base
-    return cls(scheduler_params(choice), workload, kv_blocks)
+    return cls
+
+
+def build_scheduler(choice: StrategyChoice, workload: Workload, kv_blocks: int) -> Scheduler:
+    """A fresh serving engine of the scenario's scheduler plugin over `workload`, with `kv_blocks` KV-cache blocks (see `build`)."""
+    return scheduler_class(choice)(scheduler_params(choice), workload, kv_blocks)
 
 
 def build_hashing(choice: StrategyChoice, setup: HashingSetup) -> Hashing:

@@ -197,16 +197,6 @@ class Workload(Strict):
     wrap_trace: bool = Field(default=False, description="let a request's window run past the trace's end and continue "
                              "from its start; otherwise a trace shorter than the longest prompt + output is refused")
 
-    @model_validator(mode="after")
-    def _prompt_fits_a_batch(self) -> Workload:
-        if self.prompt_len.max > self.batching.max_num_batched_tokens:
-            raise field_error(
-                ("prompt_len", "value" if self.prompt_len.dist == "fixed" else "high"), self.prompt_len.max,
-                f"prompts up to {self.prompt_len.max} tokens cannot fit max_num_batched_tokens "
-                f"{self.batching.max_num_batched_tokens}",
-            )
-        return self
-
 
 class StrategyChoice(Strict):
     """One plugin by its registered name, with its params (checked by the plugin's params model)."""

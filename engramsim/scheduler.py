@@ -129,6 +129,7 @@ class Scheduler:
     kind: ClassVar[str]
     name: ClassVar[str]
     Params: ClassVar[type[SchedulerParams]] = SchedulerParams
+    chunks_prompts: ClassVar[bool] = False  # splits a prompt over steps, so a prompt may exceed max_num_batched_tokens
 
     def __init__(self, params: SchedulerParams, workload: Workload, kv_blocks: int) -> None:
         self.params = params

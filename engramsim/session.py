@@ -19,7 +19,7 @@ from engramsim.hardware.presets import load_profile
 from engramsim.hardware.profile import HardwareProfile
 from engramsim.hbm import backbone_items, hbm_items, kv_blocks, kv_bytes_per_token, longest_sequence
 from engramsim.plan import Planner
-from engramsim.registry import build, build_hashing, build_scheduler, scheduler_params
+from engramsim.registry import build, build_hashing, build_scheduler, scheduler_class, scheduler_params
 from engramsim.scenario import Scenario, StrategyChoice
 from engramsim.scheduler import Scheduler, SchedulerParams
 from engramsim.strategies import PRICED_TIERS, Cache, Hashing, HashingSetup, Placement, Prefetch, SetupContext, TableInfo, Tier
@@ -167,8 +167,19 @@ def check_trace(source: str, scenario: Scenario, tokens: np.ndarray, vocab_ids: 
                          "use a longer trace, shorter lengths, or workload.wrap_trace: true", field="workload.trace")
 
 
+def check_prompts_fit(source: str, scenario: Scenario) -> None:
+    """A scheduler that prefills whole prompts cannot serve one longer than its token budget."""
+    cfg = scenario.workload
+    if cfg.prompt_len.max > cfg.batching.max_num_batched_tokens and not scheduler_class(scenario.strategies.scheduler).chunks_prompts:
+        raise InputError(source, f"prompts up to {cfg.prompt_len.max} tokens cannot fit max_num_batched_tokens "
+                         f"{cfg.batching.max_num_batched_tokens} (the {scenario.strategies.scheduler.name} scheduler prefills "
+                         "whole prompts; the vllm one chunks them)",
+                         field="workload.prompt_len." + ("value" if cfg.prompt_len.dist == "fixed" else "high"))
+
+
 def prepare(scenario: Scenario, source: str) -> Prepared:
     engram = scenario.model.engram
+    check_prompts_fit(source, scenario)
     with located(source, "hardware"):
         profile = load_profile(scenario.hardware.profile, scenario.hardware.link)
     with located(source, "workload.trace"):

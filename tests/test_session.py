@@ -151,6 +151,21 @@ def test_the_vllm_scheduler_runs_mixed_steps(scenario, tmp_path):
     assert doc["hbm"]["kv_block_size"] == 16 and doc["summary"]["kv_blocks_total"] == doc["hbm"]["kv_blocks"]
 
 
+def test_only_a_chunking_scheduler_takes_prompts_longer_than_the_token_budget(scenario, tmp_path):
+    sets = ["workload.prompt_len={dist: fixed, value: 150}", "workload.batching.max_num_batched_tokens=100"]
+    with pytest.raises(InputError, match="the nano-vllm scheduler prefills whole prompts") as refused:
+        prepare(load_scenario(scenario, sets), "s")
+    assert refused.value.field == "workload.prompt_len.value"
+    out = tmp_path / "long"
+    assert main(["run", str(scenario), "--out", str(out), "--quiet", "--set", "strategies.scheduler=vllm"]
+                + [a for item in sets for a in ("--set", item)]) == 0
+    rows = (out / "steps.csv").read_text().splitlines()
+    tokens = [int(r.split(",")[rows[0].split(",").index("tokens")]) for r in rows[1:]]
+    assert max(tokens) <= 100  # every 150-token prompt went in chunks within the budget
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["summary"]["prompt_tokens"] == 150 * doc["scenario"]["workload"]["requests"]
+
+
 def test_backbone_params_by_hand():
     bb = Backbone(layers=2, hidden=8, intermediate=16, vocab=10, attention={"heads": 2, "kv_heads": 1, "head_dim": 4})
     attention = 8 * (2 + 2) * 4 + 2 * 4 * 8

@@ -44,6 +44,7 @@ class Vllm(Scheduler):
     """vLLM v1: decodes and prompt chunks share one token budget per step (chunked prefill); preempts the newest sequence."""
 
     Params = VllmParams
+    chunks_prompts = True
 
     def schedule(self) -> Step | None:
         seqs, tokens, budget, preempted = self._running_first()
