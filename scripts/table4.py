@@ -193,7 +193,7 @@ def sensitivity(pairs: dict[str, Pair]) -> str:
     """Overhead vs no Engram with each knob at the ends of its range, then the combinations; the
     paper's numbers head the columns they would have to reach."""
     short = [label.split(" ")[0] for label, _, _ in SCENARIOS]
-    head = "| parameter | range | source | " + " | ".join(f"{name} (paper {-paper_pct(size):.2f}%)" for name, (_, size, _) in
+    head = "| parameter | range | source | " + " | ".join(f"{name} overhead (paper {paper_pct(size):.2f}%)" for name, (_, size, _) in
                                                           zip(short, SCENARIOS)) + " |"
     rows = [head, "|---|---|---|" + "---|" * len(SCENARIOS)]
     rows.append("| (presets as shipped) | | | " + " | ".join(f"{pairs[label].overhead_pct:.2f}%" for label, _, _ in SCENARIOS) + " |")
