@@ -18,6 +18,7 @@ import torch
 
 from engramsim.backends.calibration.budgets import BUDGETS, backbone_cases, make_step, shape_model
 from engramsim.backends.calibration.fits import (
+    ATTENTION_RSE_MAX,
     fit_gather,
     fit_host,
     fit_latency_bandwidth,
@@ -46,6 +47,10 @@ UNIT_PROFILE: dict[str, Any] = {
     "host": {"name": "unit", "dram_gbps": 1.0, "dram_gib": 1.0, "gather_rows_per_s": 1.0, "gather_threads": 1,
              "gather_overhead_us": 0.0},
 }
+
+ATTENTION_TRUTH = HardwareProfile.model_validate({  # decode KV reads at 0.3 x the memory rate
+    **UNIT_PROFILE, "gpu": {**UNIT_PROFILE["gpu"], "bf16_tflops": 0.1, "hbm_gbps": 12.0, "layer_overhead_us": 80.0, "kernel_overhead_us": 20.0,
+                            "roofline_exponent": 4.0, "gemm_half_rows": 10.0, "attention_efficiency": 0.3}})
 
 
 def as_array(works: list[Work]) -> np.ndarray:
@@ -99,20 +104,25 @@ def test_zero_copy_fit_recovers_transaction_size():
         assert gbps == pytest.approx(30e9, rel=0.05) and latency == pytest.approx(4e-6, rel=0.25)
 
 
-@pytest.mark.parametrize(("exponent", "half_rows", "grouped_half_rows"), [(1.0, 0.0, 0.0), (2.5, 16.0, 40.0), (32.0, 4.0, 24.0)])
-def test_roofline_fit_recovers_peaks_exponent_and_overheads_on_cost_model_kernels(exponent, half_rows, grouped_half_rows):
-    """Kernels of real calibration cases from engramsim/kernels.py (dense, MoE and MLA + mHC blocks, heads); times from
-    a known profile with a fixed cost per block, per step (the head's) and per kernel."""
-    rng = np.random.default_rng(4)
+def cost_model_samples(budget: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """The kernels of every block and head a calibration of `budget` measures, and their fixed-cost matrix."""
     blocks, heads = [], []
-    for shape, steps in backbone_cases("cpu", BUDGETS["quick"]):
+    for shape, steps in backbone_cases("cpu", BUDGETS[budget]):
         model = shape_model(shape, "fp32", 64, "fp32")
         for kind, new, ctx in steps:
             step = make_step(kind, new, ctx)
             blocks.append(as_array(block_kernels(model, step, 0)))
             heads.append(as_array(head_kernels(model, step)))
     kernels = blocks + heads
-    k = fixed_costs([len(blocks), len(heads)], [len(a) for a in kernels])
+    return kernels, fixed_costs([len(blocks), len(heads)], [len(a) for a in kernels])
+
+
+@pytest.mark.parametrize(("exponent", "half_rows", "grouped_half_rows"), [(1.0, 0.0, 0.0), (2.5, 16.0, 40.0), (32.0, 4.0, 24.0)])
+def test_roofline_fit_recovers_peaks_exponent_and_overheads_on_cost_model_kernels(exponent, half_rows, grouped_half_rows):
+    """Kernels of real calibration cases from engramsim/kernels.py (dense, MoE and MLA + mHC blocks, heads); times from
+    a known profile with a fixed cost per block, per step (the head's) and per kernel."""
+    rng = np.random.default_rng(4)
+    kernels, k = cost_model_samples("quick")
     assert k.shape[1] == 3, "MLA + mHC blocks run more kernels than the others: the per-kernel cost is fitted"
     peak, bandwidth, layer_o, step_o, kernel_o = 120e9, 9e9, 150e-6, 400e-6, 40e-6
     true = kernel_times(kernels, peak, bandwidth, exponent, half_rows, grouped_half_rows) + k @ np.array([layer_o, step_o, kernel_o])
@@ -133,6 +143,31 @@ def test_roofline_fit_recovers_peaks_exponent_and_overheads_on_cost_model_kernel
         assert fit.grouped_half_rows == pytest.approx(grouped_half_rows, rel=0.25, abs=2.0)
 
 
+@pytest.mark.parametrize(("exponent", "efficiency"), [(1.6, 0.3), (32.0, 0.7)])
+def test_roofline_fit_recovers_the_decode_attention_rate(exponent, efficiency):
+    """Decode attention's KV reads at their own rate (a fraction of the memory rate): the quick budget's decode steps,
+    one batch at several contexts, tell that rate apart from the weights' and activations'."""
+    kernels, k = cost_model_samples("quick")
+    bandwidth = 9e9
+    true = kernel_times(kernels, 120e9, bandwidth, exponent, 16.0, 40.0, efficiency * bandwidth) + k @ np.array([150e-6, 400e-6, 40e-6])
+    fit = fit_roofline(kernels, noisy(true, np.random.default_rng(7)), k)
+    assert fit.attention_bytes_s is not None and fit.attention_rse is not None and fit.attention_rse <= ATTENTION_RSE_MAX
+    assert fit.attention_bytes_s / fit.bytes_s == pytest.approx(efficiency, rel=0.1)
+    assert fit.bytes_s == pytest.approx(bandwidth, rel=0.05)
+    assert np.max(np.abs(fit.kernel_times(kernels) + k @ fit.overheads_s - true) / true) < 4 * NOISE
+
+
+def test_roofline_fit_leaves_an_unidentified_attention_rate_out():
+    """The tiny budget's two short decode steps: KV reads are under 1 % of a block's bytes, their rate is not
+    determined, and the fit prices them at the memory rate rather than report noise."""
+    kernels, k = cost_model_samples("tiny")
+    true = kernel_times(kernels, 120e9, 9e9, 1.6, 16.0, 40.0, 0.3 * 9e9) + k @ np.full(k.shape[1], 150e-6)
+    fit = fit_roofline(kernels, noisy(true, np.random.default_rng(8)), k)
+    assert fit.attention_bytes_s is None and fit.attention_rse is not None and fit.attention_rse > ATTENTION_RSE_MAX
+    prefills = [a for a in kernels if not a[:, 4].any()]  # prefill blocks and every head
+    assert fit_roofline(prefills, np.full(len(prefills), 1e-3)).attention_rse is None, "no KV reads in decode: nothing to tell"
+
+
 def test_fixed_costs_fit_a_per_kernel_cost_only_where_kernel_counts_tell_it_apart():
     # blocks of 6 and 14 kernels, heads of 2: a column per group and one of kernel counts
     assert fixed_costs([2, 1], [6, 14, 2]).tolist() == [[1, 0, 6], [1, 0, 14], [0, 1, 2]]
@@ -140,15 +175,24 @@ def test_fixed_costs_fit_a_per_kernel_cost_only_where_kernel_counts_tell_it_apar
     assert fixed_costs([2, 2], [6, 6, 2, 2]).tolist() == [[1, 0], [1, 0], [0, 1], [0, 1]]
 
 
-def test_samples_written_before_grouped_weights_refit():
-    """A samples file's kernels of three columns (no grouped weights) price as kernels of four with none."""
+def test_samples_written_before_grouped_weights_or_attention_bytes_refit():
+    """A samples file's kernels of three columns (no grouped weights) or four (no attention bytes) price as kernels of
+    five with none of them, and refit to a profile whose attention_efficiency is null, saying why."""
     works = block_kernels(shape_model(backbone_cases("cpu", BUDGETS["quick"])[1][0], "fp32", 64, "fp32"), make_step(
         "decode", np.ones(4, dtype=np.int64), np.full(4, 64, dtype=np.int64)), 0)
     full = as_array(works)
-    assert full[:, 3].any(), "an MoE block has grouped weights"
-    old = [full[:, :3]]
-    assert kernel_times(old, 1e11, 1e10, 2.0, 8.0, 8.0) == pytest.approx(kernel_times([full], 1e11, 1e10, 2.0, 8.0, 8.0))
-    assert kernel_times([full], 1e11, 1e10, 2.0, 8.0, 30.0)[0] > kernel_times(old, 1e11, 1e10, 2.0, 8.0, 30.0)[0]
+    assert full[:, 3].any() and full[:, 4].any(), "an MoE block has grouped weights, a decode step KV reads"
+    three, four = [full[:, :3]], [full[:, :4]]
+    assert kernel_times(three, 1e11, 1e10, 2.0, 8.0, 8.0) == pytest.approx(kernel_times([full], 1e11, 1e10, 2.0, 8.0, 8.0))
+    assert kernel_times([full], 1e11, 1e10, 2.0, 8.0, 30.0)[0] > kernel_times(three, 1e11, 1e10, 2.0, 8.0, 30.0)[0]
+    assert kernel_times(four, 1e11, 1e10, 2.0, 8.0, 30.0, 2e9) == pytest.approx(kernel_times([full[:, :4]], 1e11, 1e10, 2.0, 8.0, 30.0))
+    assert kernel_times([full], 1e11, 1e10, 2.0, 8.0, 30.0, 2e9)[0] > kernel_times(four, 1e11, 1e10, 2.0, 8.0, 30.0, 2e9)[0]
+    m = synthetic_measurements(ATTENTION_TRUTH)
+    for row in m.block + m.engram + m.head:
+        row["kernels"] = [kernel[:4] for kernel in row["kernels"]]
+    old = fit_profile(m, "old")
+    assert old.gpu.attention_efficiency is None and "decode_attention" not in old.residuals
+    assert "attention_efficiency is null: no sample records decode attention's KV reads" in (old.description or "")
 
 
 def test_fit_roofline_predicts_what_the_cost_model_prices():
@@ -156,7 +200,7 @@ def test_fit_roofline_predicts_what_the_cost_model_prices():
     fit predicted them (same kernels, same formula, only unit conversions between them)."""
     truth = HardwareProfile.model_validate({**UNIT_PROFILE, "gpu": {**UNIT_PROFILE["gpu"], "bf16_tflops": 0.2, "hbm_gbps": 12.0,
                                                                     "layer_overhead_us": 40.0, "roofline_exponent": 1.7,
-                                                                    "gemm_half_rows": 8.0}})
+                                                                    "gemm_half_rows": 8.0, "attention_efficiency": 0.5}})
     shape, steps = backbone_cases("cpu", BUDGETS["quick"])[0]
     truth_cost = RooflineCostModel(shape_model(shape, "fp32", 64, "fp32"), truth)
     cases = [make_step(kind, new, ctx) for kind, new, ctx in steps]
@@ -168,10 +212,12 @@ def test_fit_roofline_predicts_what_the_cost_model_prices():
     fitted = HardwareProfile.model_validate({**UNIT_PROFILE, "gpu": {**UNIT_PROFILE["gpu"], "bf16_tflops": fit.flops_s / 1e12,
                                                                      "hbm_gbps": fit.bytes_s / 1e9,
                                                                      "layer_overhead_us": fit.overheads_s[0] * 1e6,
-                                                                     "roofline_exponent": fit.exponent, "gemm_half_rows": fit.half_rows}})
+                                                                     "roofline_exponent": fit.exponent, "gemm_half_rows": fit.half_rows,
+                                                                     "attention_efficiency": (fit.attention_bytes_s or fit.bytes_s) / fit.bytes_s}})
     cost = RooflineCostModel(shape_model(shape, "fp32", 64, "fp32"), fitted)
     predicted = fit.kernel_times(kernels) + k @ fit.overheads_s
     priced = [cost.block_time(step, 0) for step in cases] + [cost.head_time(step) + fit.overheads_s[1] for step in cases]
+    assert fit.attention_bytes_s is not None, "the decode KV reads' rate is part of what the cost model prices"
     assert predicted == pytest.approx(priced, rel=1e-12)
     assert predicted == pytest.approx(seconds, rel=4 * NOISE)
 
@@ -255,7 +301,8 @@ def test_fit_profile_recovers_a_known_profile_exactly_as_the_simulator_prices_it
     truth = HardwareProfile.model_validate({
         **UNIT_PROFILE, "name": "truth", "step_overhead_us": 250.0, "step_overhead_per_seq_us": 3.5,
         "gpu": {**UNIT_PROFILE["gpu"], "bf16_tflops": 0.11, "hbm_gbps": 7.5, "layer_overhead_us": 90.0, "roofline_exponent": 1.6,
-                "engram_overhead_us": 300.0, "kernel_overhead_us": 25.0, "gemm_half_rows": 12.0, "grouped_gemm_half_rows": 30.0},
+                "engram_overhead_us": 300.0, "kernel_overhead_us": 25.0, "gemm_half_rows": 12.0, "grouped_gemm_half_rows": 30.0,
+                "attention_efficiency": 0.45},
         "link": {**UNIT_PROFILE["link"], "h2d_gbps": 14.0, "d2h_gbps": 14.0, "dma_latency_us": 3.0, "zero_copy_gbps": 5.0,
                  "zero_copy_latency_us": 9.0, "transaction_bytes": 64},
         "host": {**UNIT_PROFILE["host"], "dram_gbps": 9.0, "gather_rows_per_s": 18e6, "gather_threads": 1, "gather_overhead_us": 11.0},
@@ -268,6 +315,7 @@ def test_fit_profile_recovers_a_known_profile_exactly_as_the_simulator_prices_it
         "gpu.roofline_exponent": (fitted.gpu.roofline_exponent, 1.6), "gpu.engram_overhead_us": (fitted.gpu.engram_overhead_us, 300.0),
         "gpu.gemm_half_rows": (fitted.gpu.gemm_half_rows, 12.0), "gpu.kernel_overhead_us": (fitted.gpu.kernel_overhead_us, 25.0),
         "gpu.grouped_gemm_half_rows": (fitted.gpu.grouped_gemm_half_rows, 30.0),
+        "gpu.attention_efficiency": (fitted.gpu.attention_efficiency, 0.45),
         "link.h2d_gbps": (fitted.link.h2d_gbps, 14.0), "link.dma_latency_us": (fitted.link.dma_latency_us, 3.0),
         "link.zero_copy_gbps": (fitted.link.zero_copy_gbps, 5.0), "link.zero_copy_latency_us": (fitted.link.zero_copy_latency_us, 9.0),
         "host.gather_rows_per_s": (fitted.host.gather_rows_per_s, 18e6), "host.gather_overhead_us": (fitted.host.gather_overhead_us, 11.0),
@@ -277,8 +325,26 @@ def test_fit_profile_recovers_a_known_profile_exactly_as_the_simulator_prices_it
         assert got == pytest.approx(want, rel=0.02), key
     assert fitted.link.transaction_bytes == 64
     assert fitted.gpu.compute_efficiency == fitted.gpu.memory_efficiency == 1.0
-    for key in ("gather", "h2d", "zero_copy", "block", "engram", "head", "host"):
+    for key in ("gather", "h2d", "zero_copy", "block", "engram", "head", "host", "decode_attention"):
         assert fitted.residuals[key].rel_error_p95 < 0.01, key  # noiseless: the model fits itself
+    assert "Decode attention reads the KV cache at 3.38 GB/s, 0.45 x the memory rate" in (fitted.description or "")
+
+
+def test_fitted_profile_prices_decode_steps_as_the_simulator_would():
+    """Decode steps no calibration case ran (larger batches, longer contexts, every shape: GQA, MoE, MLA + mHC),
+    priced on a profile fitted from synthetic samples, cost what the truth's cost model says; without the attention
+    rate they would not (the check can fail)."""
+    truth = ATTENTION_TRUTH
+    fitted = fit_profile(synthetic_measurements(truth), "fitted")
+    assert fitted.gpu.attention_efficiency == pytest.approx(0.3, rel=0.02)
+    blind = fitted.model_copy(update={"gpu": fitted.gpu.model_copy(update={"attention_efficiency": None})})
+    for shape, _ in backbone_cases("cpu", BUDGETS["quick"]):
+        model = shape_model(shape, "fp32", 64, "fp32")
+        for batch, context in ((24, 1024), (64, 2048)):
+            step = make_step("decode", np.ones(batch), np.full(batch, context))
+            want = RooflineCostModel(model, truth).blocks_time(step, 0, model.backbone.layers)
+            assert RooflineCostModel(model, fitted).blocks_time(step, 0, model.backbone.layers) == pytest.approx(want, rel=0.02), shape.name
+            assert RooflineCostModel(model, blind).blocks_time(step, 0, model.backbone.layers) < 0.8 * want, shape.name
 
 
 # ---- provenance and the host check --------------------------------------------------------------------
@@ -321,6 +387,7 @@ def test_tiny_calibration_writes_a_profile_that_loads(tmp_path, capsys):
     assert 0.01 < link.zero_copy_gbps < 10_000 and link.transaction_bytes in (32, 64, 128)
     assert 1e-4 < gpu.bf16_tflops < 100 and 0.05 < gpu.hbm_gbps < 10_000 and gpu.compute_efficiency == 1.0
     assert profile.description and "Calibrated" in profile.description
+    assert (gpu.attention_efficiency is None) == ("attention_efficiency is null" in profile.description), "a null rate says why"
     assert check_profile_host(profile) is None
 
 

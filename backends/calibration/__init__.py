@@ -18,7 +18,9 @@ what is measured -> the profile fields fitted, by which formula.
   with mHC streams for the MLA shape) vs prefill tokens and decode batch x context, per block ->
   gpu.bf16_tflops, hbm_gbps, roofline_exponent, gemm_half_rows, layer_overhead_us and
   kernel_overhead_us, by `roofline` + the kernel overhead summed over `block_kernels` + the layer
-  overhead (the shapes' different kernel counts tell the two fixed costs apart).
+  overhead (the shapes' different kernel counts tell the two fixed costs apart); and
+  attention_efficiency, the decode KV reads' rate over the memory rate, where decode steps of one
+  batch at several contexts tell it apart (else null, the reason in the description).
 - engram: the Engram layer as the executor runs it (`engram_forward`, rows from the landing
   buffer) -> gpu.engram_overhead_us (joint fit with block), over `engram_kernels`.
 - head: final norm + LM head + sampling -> its fixed cost (joint fit with block), over `head_kernels`.

@@ -26,7 +26,7 @@ class Budget:
     row_bytes: tuple[int, ...]
     repeats: int  # timings per case; the median is the sample
     prefill_tokens: tuple[tuple[int, int], ...]  # (sequences, tokens each)
-    decode_cases: tuple[tuple[int, int], ...]  # (batch, context)
+    decode_cases: tuple[tuple[int, int], ...]  # (batch, context); a batch at several contexts tells the KV reads' rate apart
     shapes: int  # how many backbone shapes of the backend's list
     interference_cases: int
     host_batches: tuple[int, ...]  # max_num_seqs of the short real passes that time the per-step host work
@@ -45,7 +45,8 @@ BUDGETS: dict[str, Budget] = {
     "tiny": Budget("tiny", 64 * MIB, (64, 512, 4096, 16384), (128, 256), 3,
                    ((1, 16), (2, 64)), ((1, 64), (4, 128)), 1, 1, (2, 8), 6),
     "quick": Budget("quick", 1 * GIB, _geometric(64, 65536, 4), (128, 160, 256, 512), 7,
-                    ((1, 32), (1, 128), (2, 256), (4, 256), (8, 256)), ((1, 128), (2, 128), (4, 256), (8, 512), (16, 256), (32, 512)),
+                    ((1, 32), (1, 128), (2, 256), (4, 256), (8, 256)),
+                    ((1, 128), (2, 128), (4, 256), (8, 128), (8, 512), (16, 256), (32, 128), (32, 512)),
                     4, 3, (2, 8, 32), 40),
     "full": Budget("full", 2 * GIB, _geometric(16, 262144, 2), (128, 160, 256, 512), 9,
                    ((1, 16), (1, 64), (1, 256), (2, 256), (4, 256), (8, 256), (4, 512), (16, 128)),

@@ -10,6 +10,11 @@ overestimate cost as much as a 2x underestimate.
 
 Residuals: `rel_error_mean` is the signed mean of (model - measured) / measured (the bias),
 `rel_error_p95` the 95th percentile of its absolute value (the band).
+
+Decode attention's KV-cache reads get a rate of their own only where the samples determine it:
+its ratio to the memory rate is fitted jointly with the rest, and kept when its standard error
+(from the fit's Jacobian) is at most `ATTENTION_RSE_MAX`; otherwise those bytes are priced at the
+memory rate, as a profile with a null `attention_efficiency` prices them.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares, lsq_linear
+from scipy.optimize import OptimizeResult, least_squares, lsq_linear
 
 from engramsim.hardware.profile import Residual
 from engramsim.kernels import gather_seconds, roofline, wire_bytes, zero_copy_seconds
@@ -27,6 +32,12 @@ from engramsim.kernels import gather_seconds, roofline, wire_bytes, zero_copy_se
 RATE_CEILING = 3.0  # a fitted peak is at most this many times the highest rate any sample reached
 EXPONENT_MAX = 32.0  # the roofline exponent's upper bound: (a^32 + b^32)^(1/32) is within 2.2% of max(a, b)
 HALF_ROWS_MAX = 256.0  # a GEMM's half-performance length is at most this many rows
+ATTENTION_EFFICIENCY_MIN = 1e-2  # decode attention reads at least 1 % of the memory rate (as the rates' own lower bound, 1/100)
+# A fitted attention / memory ratio is kept when its standard error is at most 20 %: its 95 % band, exp(+-1.96 x 0.2), stays
+# within a factor 1.5 either way; a looser one would write a number the samples do not support.
+ATTENTION_RSE_MAX = 0.2
+KERNEL_COLUMNS = 5  # flops, bytes, weights, grouped weights, attention bytes (`measurements.kernel_fields`)
+ATTENTION = 5  # where log(attention rate / memory rate) sits among the joint roofline fit's parameters
 
 
 def rel_errors(predicted: Sequence[float] | np.ndarray, measured: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -118,21 +129,22 @@ def fit_zero_copy(rows: Sequence[float] | np.ndarray, row_bytes: Sequence[float]
 
 
 def kernel_rows(kernels: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Each sample's kernels as an array [kernels, (flops, bytes, weights, grouped weights)]
-    (`measurements.kernel_fields`); rows of three, from samples files written before grouped
-    weights were recorded, have none."""
+    """Each sample's kernels as an array [kernels, (flops, bytes, weights, grouped weights, attention
+    bytes)] (`measurements.kernel_fields`); rows from samples files written before the last columns
+    were recorded (three: no grouped weights, four: no attention bytes) have none of them."""
     rows = [np.asarray(k, dtype=float) for k in kernels]
-    return [np.pad(r, ((0, 0), (0, 4 - r.shape[1]))) for r in (r.reshape(len(r), -1) for r in rows)]
+    return [np.pad(r, ((0, 0), (0, KERNEL_COLUMNS - r.shape[1]))) for r in (r.reshape(len(r), -1) for r in rows)]
 
 
 def kernel_times(kernels: Sequence[np.ndarray], flops_s: float, bytes_s: float, exponent: float | None,
-                 half_rows: float = 0.0, grouped_half_rows: float | None = None) -> np.ndarray:
+                 half_rows: float = 0.0, grouped_half_rows: float | None = None, attention_bytes_s: float | None = None) -> np.ndarray:
     """Seconds of each sample's kernels (`kernel_rows`), each priced by `kernels.roofline`, summed
     per sample."""
     arrays = kernel_rows(kernels)
     stacked = np.concatenate(arrays)
     owner = np.repeat(np.arange(len(arrays)), [a.shape[0] for a in arrays])
     per_kernel = roofline(stacked[:, 0], stacked[:, 1], stacked[:, 2], flops_s, bytes_s, exponent, half_rows,
+                          attention_bytes=stacked[:, 4], attention_bytes_s=attention_bytes_s,
                           grouped=stacked[:, 3], grouped_half_rows=grouped_half_rows)
     return np.bincount(owner, weights=per_kernel, minlength=len(arrays))
 
@@ -156,23 +168,47 @@ class RooflineFit:
     half_rows: float
     grouped_half_rows: float | None  # None: no sample has grouped GEMMs to tell it
     overheads_s: np.ndarray
+    attention_bytes_s: float | None  # decode attention's KV-read rate; None: those bytes move at bytes_s
+    attention_rse: float | None  # standard error of log(attention / memory rate); None: no sample reads a KV cache in decode
 
     def kernel_times(self, kernels: Sequence[np.ndarray]) -> np.ndarray:
         """Seconds of each sample's kernels at the fitted rates (no fixed cost)."""
-        return kernel_times(kernels, self.flops_s, self.bytes_s, self.exponent, self.half_rows, self.grouped_half_rows)
+        return kernel_times(kernels, self.flops_s, self.bytes_s, self.exponent, self.half_rows, self.grouped_half_rows,
+                            self.attention_bytes_s)
+
+
+def log_parameter_error(sol: OptimizeResult, index: int) -> float:
+    """Standard error of parameter `index` of a least-squares solution, from its Jacobian: the
+    covariance s^2 (J^T J)^-1 with s^2 the residuals' variance, parameters at a bound held fixed
+    (columns normalised first, so parameters in microseconds and in logs invert alike)."""
+    free = sol.active_mask == 0
+    free[index] = True
+    jac = sol.jac[:, free]
+    dof = jac.shape[0] - jac.shape[1]
+    if dof <= 0:
+        return math.inf
+    norms = np.linalg.norm(jac, axis=0)
+    norms[norms == 0] = 1.0
+    cov = np.linalg.pinv((jac / norms).T @ (jac / norms)) / np.outer(norms, norms) * (2.0 * sol.cost / dof)
+    at = int(free[:index].sum())  # the parameter's column among the free ones
+    return float(math.sqrt(max(0.0, cov[at, at])))
 
 
 def fit_roofline(kernels: Sequence[np.ndarray], seconds: Sequence[float] | np.ndarray,
                  overheads: np.ndarray | Sequence[Sequence[float]] | None = None) -> RooflineFit:
-    """The rates, exponent n, GEMM half-rows (plain and grouped) and fixed costs of t = sum over
-    the sample's kernels of `kernels.roofline` + K . overheads, least squared log error.
+    """The rates, exponent n, GEMM half-rows (plain and grouped), decode attention's KV-read rate
+    and fixed costs of t = sum over the sample's kernels of `kernels.roofline` + K . overheads,
+    least squared log error.
 
     `kernels` holds one array per sample (`kernel_rows`). `overheads` is K, one row per sample and
     one column per fixed cost (e.g. [1, 0] for a block, which pays one layer overhead, [0, 1] for
     the head, which pays its own fixed cost); default one column of ones. The exponent runs from 1
     (compute and memory time add up) to EXPONENT_MAX (practically their max), the half-rows from 0
     to HALF_ROWS_MAX. Each peak is bounded by `RATE_CEILING` x the highest rate a sample reached.
-    The problem is not convex: several starts, the best kept.
+    The problem is not convex: several starts, the best kept. Where samples carry attention bytes,
+    their rate is a parameter too, from `ATTENTION_EFFICIENCY_MIN` x the memory rate to the memory
+    rate, kept if its ratio to the memory rate has a standard error of at most `ATTENTION_RSE_MAX`;
+    otherwise the fit is redone with those bytes at the memory rate.
     """
     t = np.asarray(seconds, dtype=float)
     arrays = kernel_rows(kernels)
@@ -183,8 +219,11 @@ def fit_roofline(kernels: Sequence[np.ndarray], seconds: Sequence[float] | np.nd
     m = k.shape[1]
 
     def res(p: np.ndarray) -> np.ndarray:
-        pred = kernel_times(arrays, math.exp(p[0]), math.exp(p[1]), 1.0 + math.exp(p[2]), p[3], p[4]) + k @ p[5:] * 1e-6
-        return np.log(pred / t)
+        """Log errors at [log rates, log(n - 1), half-rows, overheads], the attention ratio's log at ATTENTION when fitted."""
+        attention = p.size > ATTENTION + m
+        attention_s = math.exp(p[1] + p[ATTENTION]) if attention else None
+        pred = kernel_times(arrays, math.exp(p[0]), math.exp(p[1]), 1.0 + math.exp(p[2]), p[3], p[4], attention_s)
+        return np.log((pred + k @ p[ATTENTION + int(attention) :] * 1e-6) / t)
 
     # No extrapolation: a rate may not exceed RATE_CEILING x the highest one any sample reached
     # (where no sample is bound by it, e.g. none is memory-bound, the fit would run it to infinity).
@@ -193,17 +232,34 @@ def fit_roofline(kernels: Sequence[np.ndarray], seconds: Sequence[float] | np.nd
     lower = np.r_[math.log(f_hi / 100), math.log(b_hi / 100), n_lo, 0.0, 0.0, np.zeros(m)]
     upper = np.r_[math.log(f_hi * RATE_CEILING), math.log(b_hi * RATE_CEILING), n_hi, HALF_ROWS_MAX, HALF_ROWS_MAX, np.full(m, np.inf)]
     o0 = float(np.min(t)) * 1e6
-    best = None
-    for fs in (1.0, RATE_CEILING * 0.99):
-        for bs in (0.3, 1.0, RATE_CEILING * 0.99):
-            for n0 in (n_lo + 0.1, n_hi - 0.1):
-                for h0 in (0.0, 16.0):
-                    p0 = np.concatenate([[math.log(f_hi * fs), math.log(b_hi * bs), n0, h0, h0], np.full(m, o0 * 0.1)])
-                    sol = least_squares(res, p0, bounds=(lower, upper),
-                                        x_scale=np.r_[1.0, 1.0, 1.0, 8.0, 8.0, np.full(m, max(1.0, o0))])
-                    if best is None or sol.cost < best.cost:
-                        best = sol
-    assert best is not None
-    x = best.x
+    x_scale = np.r_[1.0, 1.0, 1.0, 8.0, 8.0, np.full(m, max(1.0, o0))]
+
+    def solve(attention: bool) -> OptimizeResult:
+        """The best of several starts; with the attention ratio (starting at 1/2) when `attention`."""
+        lo, hi, scale = lower, upper, x_scale
+        if attention:
+            lo, hi = np.insert(lower, ATTENTION, math.log(ATTENTION_EFFICIENCY_MIN)), np.insert(upper, ATTENTION, 0.0)
+            scale = np.insert(x_scale, ATTENTION, 1.0)
+        best = None
+        for fs in (1.0, RATE_CEILING * 0.99):
+            for bs in (0.3, 1.0, RATE_CEILING * 0.99):
+                for n0 in (n_lo + 0.1, n_hi - 0.1):
+                    for h0 in (0.0, 16.0):
+                        p0 = np.concatenate([[math.log(f_hi * fs), math.log(b_hi * bs), n0, h0, h0], [math.log(0.5)] if attention else [],
+                                             np.full(m, o0 * 0.1)])
+                        sol = least_squares(res, p0, bounds=(lo, hi), x_scale=scale)
+                        if best is None or sol.cost < best.cost:
+                            best = sol
+        assert best is not None
+        return best
+
+    rse, attention_s = None, None
+    if any(a[:, 4].any() for a in arrays):
+        joint = solve(attention=True)
+        rse = log_parameter_error(joint, ATTENTION)
+        if rse <= ATTENTION_RSE_MAX:
+            x, attention_s = np.delete(joint.x, ATTENTION), math.exp(joint.x[1] + joint.x[ATTENTION])
+    if attention_s is None:
+        x = solve(attention=False).x
     return RooflineFit(math.exp(x[0]), math.exp(x[1]), 1.0 + math.exp(x[2]), float(x[3]), float(x[4]) if grouped else None,
-                       x[5:] * 1e-6)
+                       x[5:] * 1e-6, attention_s, rse)

@@ -34,6 +34,6 @@ class Measurements:
 
 def kernel_fields(kernels: list[Work]) -> dict[str, Any]:
     """A sample's cost-model work: the totals (for reading) and the kernels (what the fit prices: one
-    row [flops, bytes, weights, grouped weights] per kernel)."""
+    row [flops, bytes, weights, grouped weights, attention bytes] per kernel, `fits.kernel_rows`)."""
     return {"flops": sum(k.flops for k in kernels), "bytes": sum(k.bytes for k in kernels),
-            "kernels": [[k.flops, k.bytes, k.weights, grouped_weights(k)] for k in kernels]}
+            "kernels": [[k.flops, k.bytes, k.weights, grouped_weights(k), k.attention_bytes] for k in kernels]}

@@ -17,7 +17,7 @@ from engramsim.kernels import dma_seconds, gather_seconds, zero_copy_seconds
 
 from .bench import Calibrator, Progress
 from .budgets import BUDGETS, GIB, Budget
-from .fits import fit_gather, fit_host, fit_latency_bandwidth, fit_roofline, fit_zero_copy, fixed_costs, residual
+from .fits import ATTENTION_RSE_MAX, fit_gather, fit_host, fit_latency_bandwidth, fit_roofline, fit_zero_copy, fixed_costs, kernel_rows, residual
 from .machine import cpu_model, link_name, machine_host, memory_gib, require_backend, versions
 from .measurements import Measurements
 
@@ -57,6 +57,7 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
     layer_overhead, engram_overhead, head_overhead = roof.overheads_s[:3]
     kernel_overhead = roof.overheads_s[3] if k.shape[1] > 3 else 0.0
     gpu_predicted = roof.kernel_times(_kernels(gpu_rows)) + k @ roof.overheads_s
+    attention_efficiency = None if roof.attention_bytes_s is None else min(1.0, roof.attention_bytes_s / roof.bytes_s)
     block_predicted, engram_predicted, head_predicted = np.split(gpu_predicted, [len(m.block), len(m.block) + len(m.engram)])
 
     if backend == "cuda":
@@ -67,7 +68,8 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
     gpu = GPU(name=gpu_label, bf16_tflops=roof.flops_s / TFLOP, hbm_gbps=roof.bytes_s / GB, hbm_gib=hbm_gib,
               compute_efficiency=1.0, memory_efficiency=1.0, layer_overhead_us=layer_overhead / US,
               engram_overhead_us=engram_overhead / US, kernel_overhead_us=kernel_overhead / US, roofline_exponent=roof.exponent,
-              gemm_half_rows=roof.half_rows, grouped_gemm_half_rows=roof.grouped_half_rows, copy_engines=1)
+              gemm_half_rows=roof.half_rows, grouped_gemm_half_rows=roof.grouped_half_rows,
+              attention_efficiency=attention_efficiency, copy_engines=1)
     link = Link(name=link_name(backend), h2d_gbps=h2d / GB, d2h_gbps=h2d / GB, dma_latency_us=latency / US,
                 zero_copy_gbps=zc_bw / GB, zero_copy_latency_us=zc_latency / US, transaction_bytes=tx)
     host = Host(name=cpu_model(), dram_gbps=dram / GB, dram_gib=memory_gib(), gather_rows_per_s=rate,
@@ -89,6 +91,9 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
         "engram": residual(engram_predicted, _col(m.engram, "seconds")),
         "head": residual(head_predicted, _col(m.head, "seconds")),
     }
+    decode = np.array([a[:, 4].any() for a in kernel_rows(_kernels(m.block))], dtype=bool)
+    if decode.any():  # the blocks whose KV reads the attention rate prices
+        res["decode_attention"] = residual(block_predicted[decode], _col(m.block, "seconds")[decode])
     if m.host:
         res["host"] = residual(host_a + host_b * host_seqs, host_t)
     if m.block_under_gather:
@@ -99,7 +104,7 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
         quiet = m.gather_alone
         res["gather_alone"] = residual(gather_seconds(_col(quiet, "rows"), _col(quiet, "row_bytes"), m.threads, rate, dram,
                                                       g_overhead), _col(quiet, "seconds"))
-    return draft.model_copy(update={"description": describe(m, draft, dram), "residuals": res})
+    return draft.model_copy(update={"description": describe(m, draft, dram, roof.attention_rse), "residuals": res})
 
 
 def interference(m: Measurements) -> tuple[float | None, float | None]:
@@ -118,8 +123,24 @@ def interference(m: Measurements) -> tuple[float | None, float | None]:
     return block, gather
 
 
-def describe(m: Measurements, p: HardwareProfile, dram: float) -> str:
-    """The profile's description: how it was measured, and the interference the cost model lacks."""
+def attention_sentence(p: HardwareProfile, rse: float | None) -> str:
+    """What the fit found for decode attention's KV reads (`fits.fit_roofline`): their own rate, or why there is none."""
+    eff = p.gpu.attention_efficiency
+    if eff is not None and rse is not None:
+        return (f"Decode attention reads the KV cache at {p.gpu.hbm_gbps * eff:.2f} GB/s, {eff:.2f} x the memory rate "
+                f"(attention_efficiency, fitted jointly on decode steps at several contexts; standard error {rse:.0%}; "
+                f"residual decode_attention).")
+    if rse is None:
+        return ("attention_efficiency is null: no sample records decode attention's KV reads (no decode steps, or a samples "
+                "file written before they were recorded), so they are priced at the memory rate.")
+    return (f"attention_efficiency is null: these samples do not identify a rate of its own for decode attention's KV reads "
+            f"(standard error {rse:.0%} of the fitted ratio to the memory rate, over the {ATTENTION_RSE_MAX:.0%} kept), so "
+            f"they are priced at the memory rate.")
+
+
+def describe(m: Measurements, p: HardwareProfile, dram: float, attention_rse: float | None) -> str:
+    """The profile's description: how it was measured, what the attention fit found, and the
+    interference the cost model lacks."""
     block, gather = interference(m)
     what = "CPU" if m.backend == "cpu" else "GPU"
     parts = [
@@ -131,6 +152,7 @@ def describe(m: Measurements, p: HardwareProfile, dram: float) -> str:
          "wake-up included) to its last row; an h2d copy from the gather's end, a zero-copy read from its issue, until the "
          "waiting thread resumed (its wake-up is the stage's latency)."),
         "The per-step host time is fitted as a + b x sequences on the host spans of short real passes at several batch sizes.",
+        attention_sentence(p, attention_rse),
         f"Host streaming copy {m.stream_gbps:.1f} GB/s (read + write); the gather's fitted DRAM bound {dram / GB:.1f} GB/s.",
     ]
     if m.backend == "cpu":

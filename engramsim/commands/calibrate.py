@@ -73,6 +73,8 @@ def print_profile(console: Console, profile: HardwareProfile, wall_s: float) -> 
     rows = [
         ("compute (achieved)", f"{gpu.bf16_tflops * 1e3:,.1f} GFLOP/s ({gpu.name})"),
         ("memory (achieved)", f"{gpu.hbm_gbps:,.2f} GB/s"),
+        ("decode attention (achieved)", "- (not identified: see the description)" if gpu.attention_efficiency is None
+         else f"{gpu.hbm_gbps * gpu.attention_efficiency:,.2f} GB/s ({gpu.attention_efficiency:.2f} x memory)"),
         ("compute + memory", "max" if gpu.roofline_exponent is None else (f"roofline exponent {gpu.roofline_exponent:.2f} "
                                                                            f"(1: they add up, 32: their max)")),
         ("layer / Engram layer / step overhead",
