@@ -98,7 +98,7 @@ def test_build_validates_params(setup):
     with pytest.raises(ValidationError):
         registry.build("transport", StrategyChoice(name="staged", params={"threads": 4}), setup)
     with pytest.raises(KeyError):
-        registry.build("cache", StrategyChoice(name="lru"), setup)
+        registry.build("cache", StrategyChoice(name="no-such-cache"), setup)
     hashing = registry.build_hashing(StrategyChoice(name="engram"), HashingSetup(Engram(layers=[1], rows_per_head=1000), 500, 0))
     assert hashing.rows_per_layer[1] == int(hashing.head_sizes[1].sum()) and hashing.head_sizes[1].min() > 1000
     with pytest.raises(ValidationError):

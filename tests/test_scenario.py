@@ -29,7 +29,7 @@ MALFORMED = [
      "model.backbone.attention.heds", "did you mean 'heads'?"),
     ("unknown-key-no-match", "name: x\nrun: {zzz: 1}", [], "run.zzz", "valid keys: backend, seed"),
     ("unknown-plugin", "name: x\nstrategies: {placement: all-hots}", [], "strategies.placement.name", "did you mean 'all-host'?"),
-    ("unknown-plugin-far", "name: x\nstrategies: {cache: {name: belady-xl}}", [], "strategies.cache.name", "cache plugin 'belady-xl'; known: "),
+    ("unknown-plugin-far", "name: x\nstrategies: {cache: {name: qwertyuiop}}", [], "strategies.cache.name", "cache plugin 'qwertyuiop'; known: "),
     ("bad-plugin-param-value", "name: x\nstrategies: {prefetch: {name: layer-ahead, params: {lead_blocks: 0}}}", [],
      "strategies.prefetch.params.lead_blocks", "got 0"),
     ("bad-plugin-param-key", "name: x\nstrategies: {transport: {name: staged, params: {threads: 4}}}", [],

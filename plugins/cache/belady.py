@@ -1,0 +1,57 @@
+"""Belady/OPT with a lookahead: an oracle bound, not a policy a server could run (it reads the future).
+
+Each step keeps, of the rows held and the step's misses, the `rows` next needed soonest within
+`horizon` steps, so a miss needed later than every row it would evict is not admitted (OPT with
+bypass). Rows not needed within the horizon go first, least recent first: with no known future
+(requests still arriving) that is exactly LRU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import PositiveInt
+
+from engramsim.plugins.cache.held import HeldRows, ranked
+from engramsim.registry import register
+from engramsim.strategies import Params, StepView
+
+NEVER = np.iinfo(np.int64).max  # next use of a row not seen within the horizon
+
+
+class BeladyParams(Params):
+    rows: PositiveInt  # capacity per Engram layer, in rows
+    horizon: PositiveInt = 64  # steps of `StepView.future` looked at
+
+
+@register("cache", "belady")
+class Belady(HeldRows):
+    """Oracle bound: keeps the rows next used soonest in `view.future(horizon)`, unused ones evicted first; no known future (timed arrivals): LRU."""
+
+    Params = BeladyParams
+    params: BeladyParams
+
+    def capacity_rows(self, layer: int) -> int:
+        return self.params.rows
+
+    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, view: StepView, now: int) -> tuple[np.ndarray, np.ndarray]:
+        held, stamps = self._rows[layer], self._stamps[layer].copy()
+        stamps[hit_at] = now
+        candidates = np.concatenate([held, rows[~hit]])
+        all_stamps = np.concatenate([stamps, np.full(candidates.size - held.size, now, dtype=np.int64)])
+        was_held = np.arange(candidates.size) < held.size
+        keep = ranked(candidates, all_stamps, was_held, np.zeros(candidates.size, dtype=np.int64),
+                      self._next_use(layer, candidates, view), self.params.rows)
+        order = np.argsort(candidates[keep], kind="stable")
+        return candidates[keep][order], all_stamps[keep][order]
+
+    def _next_use(self, layer: int, candidates: np.ndarray, view: StepView) -> np.ndarray:
+        """Steps until each candidate is next needed (NEVER if not within the horizon)."""
+        future = [s.lookups[layer].rows for s in view.future(self.params.horizon)]
+        if not future:
+            return np.full(candidates.size, NEVER, dtype=np.int64)
+        needed = np.concatenate(future)
+        distance = np.repeat(np.arange(1, len(future) + 1, dtype=np.int64), [f.size for f in future])
+        seen, first = np.unique(needed, return_index=True)
+        at = np.minimum(np.searchsorted(seen, candidates), max(seen.size - 1, 0))
+        found = seen[at] == candidates if seen.size else np.zeros(candidates.size, dtype=bool)
+        return np.where(found, distance[first[at]] if seen.size else NEVER, NEVER)
