@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from engramsim.strategies import Cache, SetupContext, StepView, _BaseParams
@@ -68,3 +70,20 @@ def ranked(rows: np.ndarray, stamps: np.ndarray, was_held: np.ndarray, groups: n
     sorted_groups = groups[order]
     rank = np.arange(order.size) - np.searchsorted(sorted_groups, sorted_groups)
     return np.sort(order[rank < limit])
+
+
+def reranked(held: np.ndarray, stamps: np.ndarray, misses: np.ndarray, now: int, groups: Callable[[np.ndarray], np.ndarray],
+             first: Callable[[np.ndarray], np.ndarray], limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held rows (their stamps already refreshed) and a step's misses ranked together
+    (`ranked`, with `groups` and `first` of the candidates): the kept rows sorted, and their stamps."""
+    candidates = np.concatenate([held, misses])
+    all_stamps = np.concatenate([stamps, np.full(misses.size, now, dtype=np.int64)])
+    was_held = np.arange(candidates.size) < held.size
+    keep = ranked(candidates, all_stamps, was_held, groups(candidates), first(candidates), limit)
+    order = np.argsort(candidates[keep], kind="stable")
+    return candidates[keep][order], all_stamps[keep][order]
+
+
+def no_groups(candidates: np.ndarray) -> np.ndarray:
+    """One group for every candidate (a fully associative cache), or no ranking key of its own."""
+    return np.zeros(candidates.size, dtype=np.int64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import PositiveInt
 
-from engramsim.plugins.cache.held import HeldRows, ranked
+from engramsim.plugins.cache.held import HeldRows, no_groups, reranked
 from engramsim.registry import register
 from engramsim.strategies import Params, StepView
 
@@ -26,11 +26,6 @@ class SetAssocLRU(HeldRows):
         return self.params.sets * self.params.ways
 
     def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, view: StepView, now: int) -> tuple[np.ndarray, np.ndarray]:
-        held, stamps = self._rows[layer], self._stamps[layer].copy()
+        stamps = self._stamps[layer].copy()
         stamps[hit_at] = now
-        candidates = np.concatenate([held, rows[~hit]])
-        all_stamps = np.concatenate([stamps, np.full(candidates.size - held.size, now, dtype=np.int64)])
-        was_held = np.arange(candidates.size) < held.size
-        keep = ranked(candidates, all_stamps, was_held, candidates % self.params.sets, np.zeros(candidates.size, dtype=np.int64), self.params.ways)
-        order = np.argsort(candidates[keep], kind="stable")
-        return candidates[keep][order], all_stamps[keep][order]
+        return reranked(self._rows[layer], stamps, rows[~hit], now, lambda c: c % self.params.sets, no_groups, self.params.ways)
