@@ -33,9 +33,8 @@ class Belady(HeldRows):
     def capacity_rows(self, layer: int) -> int:
         return self.params.rows
 
-    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, view: StepView, now: int) -> tuple[np.ndarray, np.ndarray]:
-        stamps = self._stamps[layer].copy()
-        stamps[hit_at] = now
+    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, stamps: np.ndarray, view: StepView,
+                now: int) -> tuple[np.ndarray, np.ndarray]:
         return reranked(self._rows[layer], stamps, rows[~hit], now, no_groups, lambda c: self._next_use(layer, c, view),
                         self.params.rows)
 

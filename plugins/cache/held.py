@@ -23,8 +23,8 @@ def oldest(stamps: np.ndarray, count: int) -> np.ndarray:
 class HeldRows(Cache):
     """Base of the vectorised caches: arrays, never per-row Python, so millions of rows stay cheap.
 
-    Each lookup advances the layer's clock; `_update` returns the rows to hold after it (sorted)
-    and their stamps. Arrays are replaced, never written in place, so `contents` can hand them out.
+    Each lookup advances the layer's clock and stamps the hits with it; `_update` returns the rows
+    to hold after it (sorted) and their stamps. Arrays are replaced, never written in place, so `contents` can hand them out.
     """
 
     def __init__(self, params: _BaseParams, setup: SetupContext) -> None:
@@ -38,13 +38,18 @@ class HeldRows(Cache):
         pos = np.searchsorted(held, rows)
         hit = held[np.minimum(pos, held.size - 1)] == rows if held.size else np.zeros(rows.shape, dtype=bool)
         self._clock[layer] += 1
-        kept, stamps = self._update(layer, rows, hit, pos[hit], view, self._clock[layer])
+        hit_at, now = pos[hit], self._clock[layer]
+        stamps = self._stamps[layer].copy()
+        stamps[hit_at] = now
+        kept, stamps = self._update(layer, rows, hit, hit_at, stamps, view, now)
         kept.flags.writeable = False
         self._rows[layer], self._stamps[layer] = kept, stamps
         return hit
 
-    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, view: StepView, now: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows held after this lookup, sorted; their stamps). `hit_at`: where the hits sit in the held rows."""
+    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, stamps: np.ndarray, view: StepView,
+                now: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows held after this lookup, sorted; their stamps). `hit_at`: where the hits sit in the
+        held rows; `stamps`: the held rows' stamps, the hits' already `now` (a copy, the caller's to change)."""
         raise NotImplementedError
 
     def contents(self, layer: int) -> np.ndarray:

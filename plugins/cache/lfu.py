@@ -29,10 +29,10 @@ class LFU(HeldRows):
     def capacity_rows(self, layer: int) -> int:
         return self.params.rows
 
-    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, view: StepView, now: int) -> tuple[np.ndarray, np.ndarray]:
-        held, stamps = self._rows[layer], self._stamps[layer].copy()
+    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, stamps: np.ndarray, view: StepView,
+                now: int) -> tuple[np.ndarray, np.ndarray]:
+        held = self._rows[layer]
         counts = self._counts[layer] * self.params.decay
-        stamps[hit_at] = now
         counts[hit_at] += 1.0
         misses = rows[~hit][: self.params.rows - hit_at.size]  # a hit is never evicted by its own step's misses
         over = held.size + misses.size - self.params.rows

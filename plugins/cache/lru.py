@@ -24,9 +24,9 @@ class LRU(HeldRows):
     def capacity_rows(self, layer: int) -> int:
         return self.params.rows
 
-    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, view: StepView, now: int) -> tuple[np.ndarray, np.ndarray]:
-        held, stamps = self._rows[layer], self._stamps[layer].copy()
-        stamps[hit_at] = now
+    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, stamps: np.ndarray, view: StepView,
+                now: int) -> tuple[np.ndarray, np.ndarray]:
+        held = self._rows[layer]
         misses = rows[~hit]
         cap = self.params.rows
         misses = misses[: cap - hit_at.size]  # hits are the most recent: they stay

@@ -25,7 +25,6 @@ class SetAssocLRU(HeldRows):
     def capacity_rows(self, layer: int) -> int:
         return self.params.sets * self.params.ways
 
-    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, view: StepView, now: int) -> tuple[np.ndarray, np.ndarray]:
-        stamps = self._stamps[layer].copy()
-        stamps[hit_at] = now
+    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, stamps: np.ndarray, view: StepView,
+                now: int) -> tuple[np.ndarray, np.ndarray]:
         return reranked(self._rows[layer], stamps, rows[~hit], now, lambda c: c % self.params.sets, no_groups, self.params.ways)

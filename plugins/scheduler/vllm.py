@@ -88,15 +88,13 @@ class Vllm(Scheduler):
         running = self.running.tolist()
         cached = self.computed[self.running].tolist()
         todo = (self.length(self.running) - self.computed[self.running]).tolist()
-        held = self.blocks.held[self.running].tolist()
-        size = self.blocks.block_size
         seqs: list[int] = []
         tokens: list[int] = []
         budget, taken, back, preempted = self.max_num_batched_tokens, 0, len(running), False  # `taken` blocks are promised
         while len(seqs) < back and budget > 0:
             at = len(seqs)
             chunk = min(todo[at], budget)
-            blocks = max(0, -(-(cached[at] + chunk) // size) - held[at])
+            blocks = int(self.blocks.shortfall(running[at], cached[at] + chunk))
             while blocks > self.blocks.free - taken:
                 back -= 1
                 self.preempt(running[back])
