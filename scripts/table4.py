@@ -58,20 +58,15 @@ def load(path: str, overrides: tuple[str, ...] = ()) -> Prepared:
 
 
 # ---- sensitivity ------------------------------------------------------------------------------------
-def _gpu(**update: object) -> Callable[[HardwareProfile], HardwareProfile]:
-    return lambda p: p.model_copy(update={"gpu": p.gpu.model_copy(update=update)})
+def _edit(section: str | None, **update: object) -> Callable[[HardwareProfile], HardwareProfile]:
+    """The profile with `update` applied to one of its sections ("gpu", "link", "host"), or to itself (None)."""
 
+    def change(p: HardwareProfile) -> HardwareProfile:
+        if section is None:
+            return p.model_copy(update=update)
+        return p.model_copy(update={section: getattr(p, section).model_copy(update=update)})
 
-def _link(**update: object) -> Callable[[HardwareProfile], HardwareProfile]:
-    return lambda p: p.model_copy(update={"link": p.link.model_copy(update=update)})
-
-
-def _host(**update: object) -> Callable[[HardwareProfile], HardwareProfile]:
-    return lambda p: p.model_copy(update={"host": p.host.model_copy(update=update)})
-
-
-def _profile(**update: object) -> Callable[[HardwareProfile], HardwareProfile]:
-    return lambda p: p.model_copy(update=update)
+    return change
 
 
 Change = Callable[[HardwareProfile], HardwareProfile] | tuple[str, ...]
@@ -101,27 +96,27 @@ class Combination:
 
 KNOBS = [
     Knob("compute_efficiency", "0.6", "0.8", "0.8: bf16 GEMM reaches 790 of 990 TFLOP/s on an H200 (ENGRAM.md); 0.6: serving shapes",
-         _gpu(compute_efficiency=0.6), _gpu(compute_efficiency=0.8)),
+         _edit("gpu", compute_efficiency=0.6), _edit("gpu", compute_efficiency=0.8)),
     Knob("memory_efficiency", "0.7", "0.9", "0.9: device copy reaches 4.3 of 4.8 TB/s on an H200 (ENGRAM.md)",
-         _gpu(memory_efficiency=0.7), _gpu(memory_efficiency=0.9)),
+         _edit("gpu", memory_efficiency=0.7), _edit("gpu", memory_efficiency=0.9)),
     Knob("attention_efficiency", "0.4", "0.8", "paged decode attention at short contexts (hardware/profiles/README.md)",
-         _gpu(attention_efficiency=0.4), _gpu(attention_efficiency=0.8)),
+         _edit("gpu", attention_efficiency=0.4), _edit("gpu", attention_efficiency=0.8)),
     Knob("layer_overhead_us", "5", "30", "launch-bound small kernels per block: ~3 us per async launch (ENGRAM.md), 2-10 per block",
-         _gpu(layer_overhead_us=5.0), _gpu(layer_overhead_us=30.0)),
+         _edit("gpu", layer_overhead_us=5.0), _edit("gpu", layer_overhead_us=30.0)),
     Knob("engram_overhead_us", "10", "200", "the Engram layer's ~15 small kernels (kernels.ENGRAM_ELEMENTWISE_PASSES) + its sync, eager",
-         _gpu(engram_overhead_us=10.0), _gpu(engram_overhead_us=200.0)),
+         _edit("gpu", engram_overhead_us=10.0), _edit("gpu", engram_overhead_us=200.0)),
     Knob("step_overhead_us", "100", "1000", "a Python engine's per-step scheduling, input copy and sampling",
-         _profile(step_overhead_us=100.0), _profile(step_overhead_us=1000.0)),
+         _edit(None, step_overhead_us=100.0), _edit(None, step_overhead_us=1000.0)),
     Knob("step_overhead_per_seq_us", "0", "20", "per-sequence Python bookkeeping (lists, block tables, postprocess)",
-         _profile(step_overhead_per_seq_us=0.0), _profile(step_overhead_per_seq_us=20.0)),
+         _edit(None, step_overhead_per_seq_us=0.0), _edit(None, step_overhead_per_seq_us=20.0)),
     Knob("link h2d_gbps", "25", "53", "measured host->device: PCIe Gen4 ~25, Gen5 ~53 GB/s (ENGRAM.md)",
-         _link(h2d_gbps=25.0), _link(h2d_gbps=53.0)),
+         _edit("link", h2d_gbps=25.0), _edit("link", h2d_gbps=53.0)),
     Knob("dma_latency_us", "6.5", "30", "~6-7 us per cudaMemcpy (ENGRAM.md); 30: a copy behind a host sync",
-         _link(dma_latency_us=6.5), _link(dma_latency_us=30.0)),
+         _edit("link", dma_latency_us=6.5), _edit("link", dma_latency_us=30.0)),
     Knob("gather rows/s per thread", "5e6", "46e6", "9.5 M rows/s numpy.take .. 46 M rows/s index_select on 2 cores (ENGRAM.md)",
-         _host(gather_rows_per_s=5e6), _host(gather_rows_per_s=46e6)),
+         _edit("host", gather_rows_per_s=5e6), _edit("host", gather_rows_per_s=46e6)),
     Knob("gather_threads", "1", "8", "a Python harness gathers on one thread; the preset assumes 8",
-         _host(gather_threads=1), _host(gather_threads=8)),
+         _edit("host", gather_threads=1), _edit("host", gather_threads=8)),
     Knob("gpu_memory_utilization", "0.8", "0.95", "nano-vLLM's default is 0.9",
          ("strategies.scheduler.params.gpu_memory_utilization=0.8",),
          ("strategies.scheduler.params.gpu_memory_utilization=0.95",)),
@@ -132,11 +127,11 @@ KNOBS = [
 
 COMBINATIONS = [
     Combination("a Python harness's gather: 1 thread at 9.5 M rows/s", "numpy.take's measured rate (ENGRAM.md)",
-                (_host(gather_threads=1, gather_rows_per_s=9.5e6),)),
+                (_edit("host", gather_threads=1, gather_rows_per_s=9.5e6),)),
     Combination("... and no overlap (on-demand fetch)", "the fetch issued when the Engram layer needs it",
-                (_host(gather_threads=1, gather_rows_per_s=9.5e6), ("strategies.prefetch=on-demand",))),
+                (_edit("host", gather_threads=1, gather_rows_per_s=9.5e6), ("strategies.prefetch=on-demand",))),
     Combination("eager Engram layer (200 us) + 1 gather thread at 9.5 M rows/s", "the two largest single effects together",
-                (_gpu(engram_overhead_us=200.0), _host(gather_threads=1, gather_rows_per_s=9.5e6))),
+                (_edit("gpu", engram_overhead_us=200.0), _edit("host", gather_threads=1, gather_rows_per_s=9.5e6))),
 ]
 
 
