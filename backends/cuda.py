@@ -17,14 +17,22 @@ async copy staging -> landing buffer on the copy stream, between two events.
 Zero-copy. With unified virtual addressing a page-locked host address is valid on the GPU, so a
 CUDA tensor over the table's host pointer (made through __cuda_array_interface__) lets torch's
 CUDA index_select kernel read the rows over PCIe straight into the landing buffer, on the copy
-stream. This assumes the device can use the host pointer of registered memory (true on x86-64
-Linux with current drivers); setup reads rows back once and refuses zero-copy if they differ.
+stream. The rows are viewed as the widest integer that divides a row (int64 for every row size
+the presets use), so the kernel moves 8 bytes a load, as a production gather does, not one bf16
+element. The copy stream waits on the issuing block's event rather than the worker thread on the
+host, so the read starts when the GPU gets there, with no host wake-up in between. This assumes
+the device can use the host pointer of registered memory (true on x86-64 Linux with current
+drivers); setup reads rows back once and refuses zero-copy if they differ.
+
+Index uploads (row ids, positions) go from pinned host memory without blocking the host, so
+the host keeps running ahead of the GPU (backends/device.py `to_index`).
 
 Overlap and stalls. Before an Engram layer the compute stream waits on the fetch's last event;
 the stall is the time between two compute-stream events around that wait, counted only when the
 rows landed after the compute stream got there, so it is time the GPU really sat idle. Each step
 ends with a synchronize (a real server syncs to sample), after which every event is resolved
-against the pass's reference event.
+against the pass's reference event through an `EventClock` (float32 milliseconds lose
+microseconds after a few seconds otherwise).
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from typing import Any
 
 import torch
 
-from engramsim.backends.device import TORCH_DTYPES, Device, Mark
+from engramsim.backends.device import TORCH_DTYPES, Device, Mark, to_index
+from engramsim.backends.event_clock import EventClock
 from engramsim.backends.memory import Footprint, check_fits, host_memory
 from engramsim.backends.nvml import Sampler
 from engramsim.errors import InputError
@@ -45,9 +54,23 @@ from engramsim.errors import InputError
 HOST_REGISTER_PORTABLE_MAPPED = 0x01 | 0x02  # cudaHostRegisterPortable | cudaHostRegisterMapped
 
 
+WORDS = {8: (torch.int64, "<i8"), 4: (torch.int32, "<i4"), 2: (torch.int16, "<i2"), 1: (torch.uint8, "|u1")}
+
+
+def word_bytes(row_bytes: int) -> int:
+    """The widest integer word (8, 4, 2 or 1 bytes) a row of `row_bytes` divides into."""
+    return next(w for w in WORDS if row_bytes % w == 0)
+
+
+def as_words(rows: torch.Tensor) -> torch.Tensor:
+    """A [rows, width] tensor with contiguous rows, viewed as [rows, row_bytes / w] words of w bytes."""
+    return rows.view(WORDS[word_bytes(rows.shape[1] * rows.element_size())][0])
+
+
 class _HostPages:
-    """A page-locked host [rows, width] tensor exposed to torch as CUDA bytes (__cuda_array_interface__;
-    bytes because the interface's numpy type strings have no bfloat16)."""
+    """A page-locked host [rows, width] tensor exposed to torch as CUDA words (__cuda_array_interface__;
+    integer words because the interface's numpy type strings have no bfloat16, and wide ones so a
+    gather moves 8 bytes a load)."""
 
     def __init__(self, table: torch.Tensor) -> None:
         if table.dim() != 2 or table.stride(1) != 1:
@@ -57,8 +80,9 @@ class _HostPages:
     @property
     def __cuda_array_interface__(self) -> dict[str, Any]:
         t, size = self.table, self.table.element_size()
-        return {"shape": (t.shape[0], t.shape[1] * size), "typestr": "|u1", "data": (t.data_ptr(), False),
-                "strides": (t.stride(0) * size, 1), "version": 3}
+        word = word_bytes(t.shape[1] * size)
+        return {"shape": (t.shape[0], t.shape[1] * size // word), "typestr": WORDS[word][1], "data": (t.data_ptr(), False),
+                "strides": (t.stride(0) * size, word), "version": 3}
 
 
 def require_gpu(source: str) -> None:
@@ -71,6 +95,7 @@ class CudaDevice(Device):
     kind = "cuda"
     resident_copies = True
     attention_groups = 8
+    warmup_s = 0.5  # idle SM clocks (~345 MHz on an H200) take some 100 ms of load to reach boost
 
     def __init__(self, source: str) -> None:
         super().__init__(source)
@@ -80,14 +105,15 @@ class CudaDevice(Device):
         self.copy_stream = torch.cuda.Stream(self.torch_device)
         self.gather_threads = max(1, (os.cpu_count() or 2) - 1)  # one core left for the launching thread
         self._registered: list[torch.Tensor] = []
-        self._ref: torch.cuda.Event | None = None
+        self._clock: EventClock | None = None
 
     # ---- clock -------------------------------------------------------------------------------
     def start_clock(self) -> None:
         torch.cuda.synchronize(self.torch_device)
-        self._ref = self._event(self.compute_stream)
-        self._ref.synchronize()
+        reference = self._event(self.compute_stream)
+        reference.synchronize()
         self._t0 = time.perf_counter()
+        self._clock = EventClock(reference)
 
     def _event(self, stream: torch.cuda.Stream) -> torch.cuda.Event:
         event = torch.cuda.Event(enable_timing=True)
@@ -100,8 +126,8 @@ class CudaDevice(Device):
     def seconds(self, mark: Mark) -> float:
         if isinstance(mark, float):
             return mark
-        assert self._ref is not None
-        return self._ref.elapsed_time(mark) / 1e3
+        assert self._clock is not None
+        return self._clock.seconds(mark)
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.torch_device)
@@ -139,9 +165,10 @@ class CudaDevice(Device):
         return table.to(self.torch_device)
 
     def zero_copy_source(self, table: torch.Tensor) -> torch.Tensor:
-        view = torch.as_tensor(_HostPages(table), device=self.torch_device).view(table.dtype)
+        """The table as GPU-addressable words (`as_words`)."""
+        view = torch.as_tensor(_HostPages(table), device=self.torch_device)
         probe = torch.tensor([0, table.shape[0] - 1])
-        if not torch.equal(view.index_select(0, probe.to(self.torch_device)).cpu(), table.index_select(0, probe)):
+        if not torch.equal(view.index_select(0, probe.to(self.torch_device)).cpu(), as_words(table.index_select(0, probe))):
             raise InputError(self.source, "this GPU cannot read page-locked host memory through its host address; "
                              "use the staged transport", field="strategies.transport")
         return view
@@ -152,6 +179,10 @@ class CudaDevice(Device):
         mark.synchronize()
         return self.now()
 
+    def queue_after(self, mark: Mark) -> None:
+        assert isinstance(mark, torch.cuda.Event)
+        self.copy_stream.wait_event(mark)
+
     def h2d(self, dst: torch.Tensor, src: torch.Tensor) -> tuple[Mark, Mark]:
         start = self._event(self.copy_stream)
         with torch.cuda.stream(self.copy_stream):
@@ -159,10 +190,11 @@ class CudaDevice(Device):
         return start, self._event(self.copy_stream)
 
     def zero_copy(self, src: torch.Tensor, index: torch.Tensor, dst: torch.Tensor) -> tuple[Mark, Mark]:
-        """The row ids cross the link too (the hashing runs on the host), inside the timed interval."""
+        """The row ids cross the link too (the hashing runs on the host), inside the timed interval;
+        `src` is `zero_copy_source`'s word view, so `dst` is viewed as the same words."""
         start = self._event(self.copy_stream)
         with torch.cuda.stream(self.copy_stream):
-            torch.index_select(src, 0, index.to(self.torch_device, non_blocking=True), out=dst)
+            torch.index_select(src, 0, to_index(index.numpy(), self.torch_device), out=dst.view(src.dtype))
         return start, self._event(self.copy_stream)
 
     # ---- compute thread ------------------------------------------------------------------------

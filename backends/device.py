@@ -28,8 +28,13 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 
 
 def to_index(values: np.ndarray, device: torch.device) -> torch.Tensor:
-    """An int64 index tensor on `device` from host row ids or positions."""
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
+    """An int64 index tensor on `device` from host row ids or positions. A GPU gets it from
+    pinned memory on the current stream without blocking the host (torch's pinned allocator keeps
+    the buffer until the copy has run), so no bubble opens on the GPU while the host uploads."""
+    host = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
+    if device.type == "cpu":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Device:
     kind: ClassVar[str]
     resident_copies: ClassVar[bool]  # does `resident` copy a table (into GPU memory)?
     attention_groups: ClassVar[int]  # most padded SDPA calls per attention (backends/standin.py)
+    warmup_s: ClassVar[float] = 0.0  # least wall time of untimed steps before each pass (clocks to ramp up)
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -122,6 +128,10 @@ class Device:
         """Block until the compute timeline has reached `mark` (the issuing block started); the
         host seconds at which this thread saw it reached."""
         raise NotImplementedError
+
+    def queue_after(self, mark: Mark) -> None:
+        """Make the device stages enqueued next start no earlier than `mark` (the issuing block
+        started) without blocking this thread; nothing to do where marks are already past."""
 
     def gather(self, table: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> tuple[Mark, Mark]:
         """CPU gather of table rows into `out`: both backends gather on the host, timed there."""

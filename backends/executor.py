@@ -142,7 +142,7 @@ class RealSession:
 
     Every check runs before the first allocation (`SessionLayout`, then the device's memory
     check); a refusal is one InputError line. `setup_progress` follows the tables' fill and the
-    stand-in weights. Construction ends with an untimed warm-up.
+    stand-in weights. Each pass warms itself up first (`_warm_up`).
     """
 
     def __init__(self, prepared: Prepared, backend: str, placements: Sequence[StrategyChoice | None] = (None,),
@@ -164,7 +164,6 @@ class RealSession:
                 self.standin = StandIn(scenario.model.backbone, layout.limits, device.torch_device, self.dtype,
                                        device.generator(scenario.run.seed), device.linear())
                 advance(weights)
-            self._warm_up(placements[0] if placements else None)
         except BaseException:
             device.close()
             raise
@@ -173,7 +172,13 @@ class RealSession:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.device.close()
+        """Release the device; when a failure is already unwinding, a second one from the release
+        (a CUDA error is sticky: the synchronize in close raises it again) must not replace it."""
+        try:
+            self.device.close()
+        except Exception:
+            if exc is None:
+                raise
 
     def footprint(self, resident: bool) -> Footprint:
         return self.layout.footprint(self.device, resident)
@@ -211,6 +216,7 @@ class RealSession:
         scheduler = self.prepared.scheduler(engram)
         monitor = device.monitor() if sample else None
         with self._threads() as worker:
+            self._warm_up(worker, placement, engram)
             device.start_clock()
             with monitor or contextlib.nullcontext():
                 records, spans = self._loop(scheduler, planner(self.prepared, placement, engram), worker,
@@ -222,22 +228,35 @@ class RealSession:
                           makespan_s=records[-1].end_s if records else 0.0, output_tokens=scheduler.output_tokens,
                           prompt_tokens=scheduler.prompt_tokens, ttft_s=ttft, tpot_s=tpot, serving=scheduler.serving())
 
-    def _warm_up(self, placement: StrategyChoice | None) -> None:
-        """Run the workload's first steps once, untimed, every request taken as arrived: first
-        calls pay one-off costs (kernel selection, allocator growth, lazy initialisation) that
-        would otherwise land on the first measured step."""
-        with self._threads() as worker:
+    def _warm_up(self, worker: FetchWorker, placement: StrategyChoice | None, engram: bool) -> None:
+        """The pass's own first steps, untimed, every request taken as arrived, on the threads the
+        pass will use (the worker's OpenMP pool is per thread), repeated for at least the device's
+        `warmup_s` (GPU clocks ramp up under load): first calls pay one-off costs (kernel
+        selection, allocator growth, lazy initialisation) that would otherwise land on the first
+        measured steps. The pass then starts with empty caches and a fresh worker clock."""
+        until = time.perf_counter() + self.device.warmup_s
+        while True:
+            self._empty_caches()  # each repetition plans from empty caches
             self.device.start_clock()
-            self._loop(self.prepared.scheduler(), planner(self.prepared, placement), worker, WARMUP_STEPS,
+            self._loop(self.prepared.scheduler(engram), planner(self.prepared, placement, engram), worker, WARMUP_STEPS,
                        lambda: math.inf, None)
+            if time.perf_counter() >= until:
+                break
+        self.device.synchronize()
+        worker.restart()
+        self._empty_caches()
 
-    @contextlib.contextmanager
-    def _threads(self) -> Iterator[FetchWorker]:
-        """The compute thread's context and a running fetch worker, for one pass; caches start empty."""
+    def _empty_caches(self) -> None:
         engram = self.scenario.model.engram
         dtype, width = table_format(engram)
         for layer, mem in self.layers.items():
             mem.cache = CacheBuffer(self.cache_rows[layer], width, dtype, self.device) if self.cache_rows[layer] else None
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[FetchWorker]:
+        """The compute thread's context and a running fetch worker, for one pass."""
+        self._empty_caches()
+        engram = self.scenario.model.engram
         with self.device.compute(), torch.no_grad(), FetchWorker(self.device, self.transport, engram.row_bytes) as worker:
             yield worker
 
@@ -262,6 +281,7 @@ class RealSession:
             records.append(record)
             if progress is not None:
                 progress(step)
+        run.drain()
         return records, spans
 
 
@@ -275,6 +295,16 @@ class PassState:
         self.handlers: dict[type, Callable[[Segment], None]] = {
             Host: self._host, Issue: self._issue, EngramLayer: self._engram_layer, Blocks: self._blocks, Head: self._head,
         }
+
+    def drain(self) -> None:
+        """Wait for the fetches issued for steps that were never run (the pass stopped at
+        `max_steps`), so none is in flight when the pass ends; a failed one raises here."""
+        for fetch in self.fetches.values():
+            if fetch.plan.fetch.size:
+                fetch.done.wait()
+                if fetch.error is not None:
+                    raise fetch.error
+        self.fetches.clear()
 
     def step(self, start: Mark, plan: StepPlan, spans: Timeline) -> StepRecord:
         """Run one step; `start` was marked before it was planned (planning is host work)."""

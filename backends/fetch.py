@@ -10,8 +10,10 @@ Span boundaries follow the simulator's (simulator/engine.py), so stage totals co
 starts when the worker could take the fetch (handed over, its issuing block reached, the
 previous fetch done), its wake-up included, as the simulator starts a gather at its issue with
 its fixed cost inside; an h2d copy or a zero-copy read spans the transfer alone, and what comes
-before it (the hand-over between stages, the worker's wake-up for a zero-copy read) and after it
-(the waiting thread's wake-up) is the fixed latency the simulator pays outside the span.
+before it (the hand-over between stages) and after it (the waiting thread's wake-up) is the fixed
+latency the simulator pays outside the span. A fetch whose first stage runs on the device (a
+zero-copy read) does not wait on the host for its issuing block: the device orders it after that
+block (`Device.queue_after`), so no host wake-up sits between the block's start and the read.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Fetch:
         device.wait_landed(self.ready)
 
 
+HOST_STAGES = {StageKind.GATHER}  # stages the worker runs on the host; the others it enqueues on the device
 SPAN_OF = {StageKind.GATHER: SpanKind.GATHER, StageKind.H2D: SpanKind.H2D, StageKind.ZERO_COPY: SpanKind.ZERO_COPY}
 
 
@@ -102,6 +105,13 @@ class FetchWorker:
     def __exit__(self, *exc: object) -> None:
         self._jobs.put(None)
         self._thread.join()
+
+    def restart(self) -> None:
+        """Forget the finished stages and the last fetch's end (after an untimed warm-up, before
+        the pass's clock starts again)."""
+        with self._lock:
+            self._spans = []
+        self._free_s = 0.0
 
     def submit(self, fetch: Fetch) -> None:
         fetch.handed_s = self.device.now()
@@ -141,10 +151,15 @@ class FetchWorker:
 
     def _run(self, fetch: Fetch) -> None:
         plan, n = fetch.plan, int(fetch.plan.fetch.size)
-        takeable_s = max(fetch.handed_s, self._free_s, self.device.wait_reached(fetch.issued))
+        stages = self.transport.stages(n, self.row_bytes)
+        if stages[0].kind in HOST_STAGES:
+            takeable_s = max(fetch.handed_s, self._free_s, self.device.wait_reached(fetch.issued))
+        else:
+            self.device.queue_after(fetch.issued)
+            takeable_s = max(fetch.handed_s, self._free_s)
         index = torch.from_numpy(plan.fetch)
         spans = []
-        for stage in self.transport.stages(n, self.row_bytes):
+        for stage in stages:
             start, end = self._stages[stage.kind](fetch.buffers, index, n, takeable_s)
             spans.append(Pending(kind=SPAN_OF[stage.kind], start=start, end=end, step=plan.step, layer=plan.layer, bytes=stage.bytes))
         self._free_s = self.device.now()

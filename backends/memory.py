@@ -3,11 +3,14 @@
 Engram tables reach hundreds of GiB. A run that cannot fit must fail in a second with one line
 naming the field to change, not be killed by the OOM killer after minutes of filling a table.
 Host memory is read from /proc/meminfo (MemAvailable: what can be allocated without swapping),
-so psutil is not a dependency; GPU memory from torch.cuda.mem_get_info.
+so psutil is not a dependency; GPU memory from torch.cuda.mem_get_info. A VM whose memory grows
+as it is used (a Firecracker microVM with hot-plugged memory) reports far less than it can give:
+there `ENGRAMSIM_HOST_MEMORY_GIB` states what is available instead.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +33,17 @@ def meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, int]:
 
 
 def host_memory() -> tuple[int, int]:
-    """(total, available) host memory in bytes; InputError where /proc/meminfo is missing."""
+    """(total, available) host memory in bytes, available as `ENGRAMSIM_HOST_MEMORY_GIB` states
+    where it is set; InputError where /proc/meminfo is missing or the variable is not a number."""
+    stated = os.environ.get(HOST_MEMORY_ENV)
+    if stated:
+        try:
+            gib = float(stated)
+        except ValueError:
+            gib = -1.0
+        if not gib > 0:
+            raise InputError(f"environment variable {HOST_MEMORY_ENV}", f"expected a positive number of GiB, got {stated!r}")
+        return int(gib * GIB), int(gib * GIB)
     try:
         info = meminfo()
     except OSError as exc:
@@ -39,6 +52,7 @@ def host_memory() -> tuple[int, int]:
 
 
 TABLE_FIELD = "model.engram.rows_per_head"
+HOST_MEMORY_ENV = "ENGRAMSIM_HOST_MEMORY_GIB"
 
 
 @dataclass
@@ -71,6 +85,7 @@ def check_fits(source: str, where: str, items: dict[str, int], available: int,
     raise InputError(
         source,
         f"the run needs {needed / GIB:.2f} GiB of {where} ({parts} GiB), {available / GIB:.2f} GiB available "
-        f"(keeping {margin(available) / GIB:.2f} GiB free)",
+        f"(keeping {margin(available) / GIB:.2f} GiB free)"
+        + (f"; where host memory grows as it is used, set {HOST_MEMORY_ENV}" if where == "host memory" else ""),
         field=field,
     )

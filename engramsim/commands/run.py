@@ -92,7 +92,8 @@ def print_report(console: Console, report: RunReport, wall_s: float) -> None:
     nvml = report.document.get("nvml")
     if nvml is not None:
         table.add_row("NVML", f"{nvml['samples']} samples, PCIe host->GPU {_fmt(nvml.get('pcie_rx_gbps_mean'), 3)} GB/s mean, "
-                              f"SM {_fmt(nvml.get('sm_util_pct_mean'), 0)} %" + (f" ({nvml['error']})" if nvml["error"] else ""))
+                              f"SM {_fmt(nvml.get('sm_util_pct_mean'), 0)} %"
+                      + "".join(f" ({why})" for why in [nvml["error"], *nvml.get("errors", {}).values()] if why))
     console.print(table)
     layers = Table(title="per Engram layer")
     for col in ("layer", "stall ms", "steps stalled", "rows fetched", "cache hits", "bytes", "dedup"):

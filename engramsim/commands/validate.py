@@ -117,10 +117,12 @@ def run(args: argparse.Namespace) -> int:
         result = validate_scenario(path, args.backend, args.profile, factory, args.overrides, args.repeats)
         results.append(result)
         print_result(console, result)
+        if args.json_out is not None:  # after every scenario, so a run cut short keeps what it measured
+            doc = document(results, args.backend, args.profile, args.repeats, warning, planned=len(scenarios))
+            write_text_atomic(args.json_out, json.dumps(doc, indent=2) + "\n")
     median, worst = aggregate(results)
     print_summary(console, results, median, worst, args.repeats)
     if args.json_out is not None:
-        write_text_atomic(args.json_out, json.dumps(document(results, args.backend, args.profile, args.repeats, warning), indent=2) + "\n")
         console.print(f"wrote {args.json_out}")
     if args.timeline is not None:
         write_text_atomic(args.timeline, comparison_trace(results))
