@@ -95,6 +95,12 @@ class CudaDevice(Device):
     kind = "cuda"
     resident_copies = True
     attention_groups = 8
+    # The whole pass, untimed, first: every step shape it meets (each decode batch size, each
+    # prompt length) loads its kernels lazily and grows the allocators on first use, at up to
+    # hundreds of ms a step; measured on an H200, two warm-up steps left the first scenario of a
+    # validation 9x slower than the same scenario run after it. Serving engines pay this once at
+    # start-up (nano-vLLM's warm-up and graph capture of every batch size).
+    warmup_steps = None
     warmup_s = 0.5  # idle SM clocks (~345 MHz on an H200) take some 100 ms of load to reach boost
 
     def __init__(self, source: str) -> None:

@@ -56,7 +56,8 @@ class Device:
     kind: ClassVar[str]
     resident_copies: ClassVar[bool]  # does `resident` copy a table (into GPU memory)?
     attention_groups: ClassVar[int]  # most padded SDPA calls per attention (backends/standin.py)
-    warmup_s: ClassVar[float] = 0.0  # least wall time of untimed steps before each pass (clocks to ramp up)
+    warmup_steps: ClassVar[int | None] = 2  # steps of each untimed warm-up round before a pass (None: the whole pass)
+    warmup_s: ClassVar[float] = 0.0  # least wall time of those rounds (clocks to ramp up)
 
     def __init__(self, source: str) -> None:
         self.source = source

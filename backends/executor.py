@@ -42,7 +42,6 @@ from engramsim.skeleton import Blocks, EngramLayer, Head, Host, Issue, Segment, 
 from engramsim.strategies import StageKind, Tier, Transport, cache_bytes, tables_bytes
 
 PIPELINES = {(StageKind.GATHER, StageKind.H2D), (StageKind.ZERO_COPY,)}  # stage sequences a real device can execute
-WARMUP_STEPS = 2  # the first prefill and the first decode, before any pass is measured
 
 
 def engram_activation_bytes(prepared: Prepared, tokens: int, dtype_bytes: int) -> int:
@@ -229,17 +228,19 @@ class RealSession:
                           prompt_tokens=scheduler.prompt_tokens, ttft_s=ttft, tpot_s=tpot, serving=scheduler.serving())
 
     def _warm_up(self, worker: FetchWorker, placement: StrategyChoice | None, engram: bool) -> None:
-        """The pass's own first steps, untimed, every request taken as arrived, on the threads the
-        pass will use (the worker's OpenMP pool is per thread), repeated for at least the device's
-        `warmup_s` (GPU clocks ramp up under load): first calls pay one-off costs (kernel
-        selection, allocator growth, lazy initialisation) that would otherwise land on the first
-        measured steps. The pass then starts with empty caches and a fresh worker clock."""
+        """The pass's own first steps (`device.warmup_steps`; None: all of them), untimed, every
+        request taken as arrived, on the threads the pass will use (the worker's OpenMP pool is
+        per thread), repeated for at least the device's `warmup_s` (GPU clocks ramp up under
+        load): first calls pay one-off costs (kernel loading and selection, allocator growth, lazy
+        initialisation) that would otherwise land on the measured steps. The pass then starts
+        with empty caches and a fresh worker clock."""
         until = time.perf_counter() + self.device.warmup_s
         while True:
             self._empty_caches()  # each repetition plans from empty caches
             self.device.start_clock()
-            self._loop(self.prepared.scheduler(engram), planner(self.prepared, placement, engram), worker, WARMUP_STEPS,
-                       lambda: math.inf, None)
+            steps = self.device.warmup_steps
+            self._loop(self.prepared.scheduler(engram), planner(self.prepared, placement, engram), worker,
+                       self.scenario.run.max_steps if steps is None else steps, lambda: math.inf, None)
             if time.perf_counter() >= until:
                 break
         self.device.synchronize()

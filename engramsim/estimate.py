@@ -98,11 +98,11 @@ def pricing_profile(prepared: Prepared, backend: str) -> tuple[HardwareProfile, 
     return prepared.profile, f"{prepared.profile.name} (the scenario's {kind} profile, not calibrated for {backend} on this machine)"
 
 
-def simulate_passes(prepared: Prepared, profile: HardwareProfile, warm_up_steps: int,
+def simulate_passes(prepared: Prepared, profile: HardwareProfile, warm_up_steps: int | None,
                     warm_up_min_s: float = 0.0) -> tuple[dict[str, float], float, str | None]:
     """Simulated seconds of every pass on `profile`, those of the passes' warm-ups (each pass's first
-    steps, repeated for at least `warm_up_min_s`), and how a pass longer than SIM_MAX_STEPS was
-    extrapolated (by output tokens, up to the scenario's max_steps)."""
+    `warm_up_steps`, None: the whole pass, repeated for at least `warm_up_min_s`), and how a pass
+    longer than SIM_MAX_STEPS was extrapolated (by output tokens, up to the scenario's max_steps)."""
     run = prepared.scenario.run
     cap = min(run.max_steps or SIM_MAX_STEPS, SIM_MAX_STEPS)
     capped = replace(prepared, profile=profile,
@@ -112,14 +112,15 @@ def simulate_passes(prepared: Prepared, profile: HardwareProfile, warm_up_steps:
     warm_up, note = 0.0, None
     for label, kwargs in passes(prepared.scenario):
         outcome = simulate_run(capped, **kwargs)
-        first = sum(outcome.steps[i].latency_s for i in range(min(warm_up_steps, len(outcome.steps))))
-        warm_up += first * max(1, math.ceil(warm_up_min_s / first)) if first > 0 else warm_up_min_s
         factor = 1.0
         cut_short = len(outcome.steps) == cap and cap != run.max_steps  # by SIM_MAX_STEPS, not by the scenario
         if cut_short and outcome.output_tokens < total:
             factor = min(total / outcome.output_tokens, run.max_steps / cap if run.max_steps else math.inf)
             note = f"passes extrapolated from their first {cap:,} simulated steps by output tokens"
         seconds[label] = outcome.makespan_s * factor
+        first = (seconds[label] if warm_up_steps is None else
+                 sum(outcome.steps[i].latency_s for i in range(min(warm_up_steps, len(outcome.steps)))))
+        warm_up += first * max(1, math.ceil(warm_up_min_s / first)) if first > 0 else warm_up_min_s
     return seconds, warm_up, note
 
 
@@ -185,7 +186,7 @@ def estimate_real_run(prepared: Prepared, backend: str) -> RunEstimate:
     """What `runner.run_real_report(prepared, backend, ...)` will take, before it allocates
     anything (the device is made and closed again: on CUDA that initialises its context)."""
     from engramsim.backends.device import make_device
-    from engramsim.backends.executor import WARMUP_STEPS, SessionLayout
+    from engramsim.backends.executor import SessionLayout
 
     scenario = prepared.scenario
     layout = SessionLayout(prepared, real_placements(scenario))
@@ -196,7 +197,7 @@ def estimate_real_run(prepared: Prepared, backend: str) -> RunEstimate:
     finally:
         device.close()
     profile, label = pricing_profile(prepared, backend)
-    seconds, warm_up, note = simulate_passes(prepared, profile, WARMUP_STEPS, device.warmup_s)
+    seconds, warm_up, note = simulate_passes(prepared, profile, device.warmup_steps, device.warmup_s)
     setup = {"Engram tables": footprint.host["Engram tables"] / FILL_BYTES_PER_S}
     if backend == "cpu":
         setup["stand-in weights"] = STANDIN_FIRST_CALL_S + footprint.device["stand-in weights"] / itemsize / STANDIN_PARAMS_PER_S

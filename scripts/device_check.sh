@@ -22,6 +22,8 @@
 # Dry run of the plumbing on a machine without a GPU:  BACKEND=cpu SKIP_WHEELS=1 OUT=/tmp/dc bash scripts/device_check.sh
 # (the CPU backend everywhere, the tiny calibration budget, a much smaller paper-shaped run, one
 # validation scenario). PYTHON picks the interpreter (default python3, the one holding CUDA torch);
+# ONLY="paper calibrate" runs only those groups (smoke hw tests paper calibrate validate);
+# PAPER_REQUESTS, PAPER_ROWS and PAPER_LIMIT resize the paper-shaped runs.
 # SKIP_WHEELS=1 skips the wheels (this python has those packages); SKIP_INSTALL=1 also uses an
 # engramsim already importable by it.
 #
@@ -43,7 +45,8 @@ T0=$(date +%s)
 
 if [ "$BACKEND" = cuda ]; then
   BUDGET=quick
-  PAPER=(--set workload.requests=64 --set workload.output_len.high=256 --set model.engram.rows_per_head=4000000)
+  PAPER=(--set "workload.requests=${PAPER_REQUESTS:-64}" --set workload.output_len.high=256
+         --set "model.engram.rows_per_head=${PAPER_ROWS:-4000000}")
   VALIDATE=(scenarios/validation/v01-base.yaml scenarios/validation/v07-on-demand.yaml scenarios/validation/v08-zero-copy.yaml
             scenarios/validation/v11-moe.yaml scenarios/validation/v13-mhc-mla.yaml)
   DTYPE=(--set model.backbone.dtype=bf16 --set model.engram.dtype=bf16)
@@ -59,6 +62,9 @@ else
 fi
 
 say() { echo "== [$(($(date +%s) - T0)) s] $*" | tee -a "$LOG"; }
+
+# wanted GROUP: is GROUP (smoke hw tests paper calibrate validate) among $ONLY (default: all)?
+wanted() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 # step NAME LIMIT CMD...: CMD under min(LIMIT, time left), its output in the log; count failures.
 step() {
@@ -100,7 +106,7 @@ else
       || exit 99
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  step "install" 60 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/engramsim . || exit 99
+  step "install" 60 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/engramsim . || exit 99
   export PYTHONPATH=/tmp/engramsim${PYTHONPATH:+:$PYTHONPATH}
   # the checkout's engramsim/ holds only part of the package (setuptools maps the rest in): keep
   # the current folder off sys.path so the installed package is the one imported
@@ -109,34 +115,37 @@ fi
 ES=("$PY" -m engramsim)
 
 # ---- 1. smoke ---------------------------------------------------------------------------------------
-step "smoke" 60 "$PY" scripts/device_smoke.py "$OUT/smoke.json" --backend "$BACKEND" || { say "smoke failed: stopping"; exit 98; }
-avail=$("$PY" -c "import json; print(int(json.load(open('$OUT/smoke.json'))['meminfo_gib']['MemAvailable']))")
+if wanted smoke; then
+  step "smoke" 60 "$PY" scripts/device_smoke.py "$OUT/smoke.json" --backend "$BACKEND" || { say "smoke failed: stopping"; exit 98; }
+fi
 if [ "$BACKEND" = cuda ] && [ -z "${ENGRAMSIM_HOST_MEMORY_GIB:-}" ]; then
   export ENGRAMSIM_HOST_MEMORY_GIB=100  # the VM's memory grows as it is used: KINDS.md gives 128 GiB
-  say "MemAvailable ${avail} GiB now; runs are sized against ENGRAMSIM_HOST_MEMORY_GIB=$ENGRAMSIM_HOST_MEMORY_GIB"
+  say "MemAvailable $(grep MemAvailable /proc/meminfo); runs are sized against ENGRAMSIM_HOST_MEMORY_GIB=$ENGRAMSIM_HOST_MEMORY_GIB"
 fi
 
 # ---- 2. hardware ------------------------------------------------------------------------------------
-say "start hw"
-if timeout 30 "${ES[@]}" hw --json >"$OUT/hw.json" 2>>"$LOG"; then say "done hw"; else FAILED=$((FAILED + 1)); say "FAILED hw"; fi
+wanted hw && say "start hw" && if timeout 30 "${ES[@]}" hw --json >"$OUT/hw.json" 2>>"$LOG"; then say "done hw"; else FAILED=$((FAILED + 1)); say "FAILED hw"; fi
 
 # ---- 3. CUDA tests ----------------------------------------------------------------------------------
 # the checkout last on the path: `tests` (a namespace package) importable, engramsim still the installed one
-step "pytest -m cuda" 100 env PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" "$PY" -m pytest -q -m cuda -p no:cacheprovider -p no:benchmark tests/test_cuda_backend.py \
+wanted tests && step "pytest -m cuda" 100 env PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" "$PY" -m pytest -q -m cuda -p no:cacheprovider -p no:benchmark tests/test_cuda_backend.py \
   tests/test_calibrate.py tests/test_engram_module.py tests/test_hashing.py tests/test_validate.py
 
 # ---- 4. the paper's Table 4 (4B), shrunk ------------------------------------------------------------
 for transport in staged zero-copy; do
-  step "paper-table4-4b $transport" 75 "${ES[@]}" run scenarios/paper-table4-4b.yaml --backend "$BACKEND" "${PAPER[@]}" \
-    --set "strategies.transport=$transport" --out "/tmp/paper4b-$transport" --force --yes --quiet \
+  wanted paper || break
+  step "paper-table4-4b $transport" "${PAPER_LIMIT:-75}" "${ES[@]}" run scenarios/paper-table4-4b.yaml --backend "$BACKEND" "${PAPER[@]}" \
+    --set "strategies.transport=$transport" --out "/tmp/paper4b-$transport" --force --yes \
     && cp "/tmp/paper4b-$transport/results.json" "$OUT/paper4b-$transport.json"
 done
 
 # ---- 5. calibration ---------------------------------------------------------------------------------
-step "calibrate" 170 "${ES[@]}" calibrate --backend "$BACKEND" --budget "$BUDGET" --out "$OUT/h200.yaml" --samples "$OUT/h200-samples.json"
+wanted calibrate && step "calibrate" 170 "${ES[@]}" calibrate --backend "$BACKEND" --budget "$BUDGET" --out "$OUT/h200.yaml" --samples "$OUT/h200-samples.json"
 
 # ---- 6. validation ----------------------------------------------------------------------------------
-if [ -f "$OUT/h200.yaml" ]; then
+if ! wanted validate; then
+  :
+elif [ -f "$OUT/h200.yaml" ]; then
   step "validate" 150 "${ES[@]}" validate "${VALIDATE[@]}" --backend "$BACKEND" --repeats 1 --profile "$OUT/h200.yaml" \
     "${DTYPE[@]}" --json "$OUT/validate.json" --quiet
 else
