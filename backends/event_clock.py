@@ -11,13 +11,13 @@ to each other.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 REBASE_S = 0.5
 
 
 class TimedEvent(Protocol):
-    def elapsed_time(self, end_event: TimedEvent) -> float:
+    def elapsed_time(self, end_event: Any) -> Any:
         """Milliseconds from this event to `end_event` (float32 precision, either sign)."""
         ...
 

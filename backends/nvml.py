@@ -91,10 +91,13 @@ class _Pcie:
     def __init__(self, nvml: Any, handle: Any) -> None:
         self.nvml, self.handle = nvml, handle
         self._last: tuple[int, int, int] | None = None  # (timestamp us, rx bytes, tx bytes)
+        self.backwards = 0  # windows dropped because a counter went down
         fields = [getattr(nvml, "NVML_FI_DEV_PCIE_COUNT_RX_BYTES", None), getattr(nvml, "NVML_FI_DEV_PCIE_COUNT_TX_BYTES", None)]
         self.fields = None if None in fields else fields
-        if self.fields and self._counters() is None:
-            self.fields = None
+        if self.fields:
+            self._last = self._counters()  # the first window starts here
+            if self._last is None:
+                self.fields = None
         self.source = ("byte counters (RX and TX in one window)" if self.fields else
                        "nvmlDeviceGetPcieThroughput (RX and TX in successive ~20 ms windows)")
 
@@ -108,7 +111,7 @@ class _Pcie:
         return int(rx.timestamp), int(rx.value.ullVal), int(tx.value.ullVal)
 
     def read(self) -> tuple[float | None, float | None]:
-        """(rx, tx) GB/s; None before a window exists (the first counter read)."""
+        """(rx, tx) GB/s over the window since the previous read; None where there is no rate."""
         if not self.fields:
             rx = self.nvml.nvmlDeviceGetPcieThroughput(self.handle, self.nvml.NVML_PCIE_UTIL_RX_BYTES)
             tx = self.nvml.nvmlDeviceGetPcieThroughput(self.handle, self.nvml.NVML_PCIE_UTIL_TX_BYTES)
@@ -118,6 +121,9 @@ class _Pcie:
             raise self.nvml.NVMLError(self.nvml.NVML_ERROR_UNKNOWN)
         last, self._last = self._last, now
         if last is None or now[0] <= last[0]:
+            return None, None
+        if now[1] < last[1] or now[2] < last[2]:  # seen on an H200 (driver 580.159.04): not a rate, drop the window
+            self.backwards += 1
             return None, None
         seconds = (now[0] - last[0]) / 1e6
         return (now[1] - last[1]) / seconds / 1e9, (now[2] - last[2]) / seconds / 1e9
@@ -190,6 +196,7 @@ class Sampler:
         gaps = [b.t_s - a.t_s for a, b in zip(s, s[1:])]
         out: dict[str, Any] = {"samples": len(s), "interval_ms": sum(gaps) / len(gaps) * 1e3 if gaps else None,
                                "interval_target_ms": self.interval_s * 1e3, "pcie_source": self.pcie_source,
+                               "pcie_windows_dropped": self._pcie.backwards if self._thread is not None else 0,
                                "error": self.error, "errors": dict(self.errors)}
 
         def values(key: str) -> list[float]:

@@ -233,7 +233,24 @@ def test_nvml_reads_both_directions_in_one_window_and_reports_the_real_interval(
     assert summary["samples"] >= 5 and summary["pcie_source"].startswith("byte counters")
     assert summary["pcie_rx_gbps_mean"] == pytest.approx(1.0) and summary["pcie_tx_gbps_mean"] == pytest.approx(0.5)
     assert summary["interval_ms"] == pytest.approx(10, rel=0.8) and summary["interval_target_ms"] == 10
-    assert sampler.samples[0].rx_gbps is None, "no window before the second counter read"
+    assert summary["pcie_windows_dropped"] == 0
+
+
+def test_nvml_drops_a_window_whose_counter_went_down():
+    """Seen on an H200: counter deltas below zero, which are no rate; such windows are dropped and counted."""
+    nvml = FakeNvml()
+    reads = iter([(20_000, 100, 100), (40_000, 50, 200), (60_000, 1_000_050, 500_200)])
+
+    def values(handle, fields):
+        t, rx, tx = next(reads)
+        return [SimpleNamespace(nvmlReturn=0, timestamp=t, value=SimpleNamespace(ullVal=v)) for v in (rx, tx)]
+
+    nvml.nvmlDeviceGetFieldValues = values
+    from engramsim.backends.nvml import _Pcie
+
+    pcie = _Pcie(nvml, "gpu0")  # its probe takes the first read
+    assert pcie.read() == (None, None) and pcie.backwards == 1
+    assert pcie.read() == (pytest.approx(50.0), pytest.approx(25.0))
 
 
 def test_nvml_one_unsupported_quantity_does_not_stop_the_others():
