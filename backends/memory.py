@@ -33,8 +33,9 @@ def meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, int]:
 
 
 def host_memory() -> tuple[int, int]:
-    """(total, available) host memory in bytes, available as `ENGRAMSIM_HOST_MEMORY_GIB` states
-    where it is set; InputError where /proc/meminfo is missing or the variable is not a number."""
+    """(total, available) host memory in bytes (/proc/meminfo's MemTotal, and MemAvailable or what
+    `ENGRAMSIM_HOST_MEMORY_GIB` states where it is set); InputError where neither can be read or
+    the variable is not a number."""
     stated = os.environ.get(HOST_MEMORY_ENV)
     if stated:
         try:
@@ -43,12 +44,13 @@ def host_memory() -> tuple[int, int]:
             gib = -1.0
         if not gib > 0:
             raise InputError(f"environment variable {HOST_MEMORY_ENV}", f"expected a positive number of GiB, got {stated!r}")
-        return int(gib * GIB), int(gib * GIB)
     try:
         info = meminfo()
     except OSError as exc:
+        if stated:
+            return int(gib * GIB), int(gib * GIB)
         raise InputError("/proc/meminfo", f"cannot read host memory size ({exc.strerror or exc}); real backends need Linux") from None
-    return info["MemTotal"], info.get("MemAvailable", info.get("MemFree", 0))
+    return info["MemTotal"], int(gib * GIB) if stated else info.get("MemAvailable", info.get("MemFree", 0))
 
 
 TABLE_FIELD = "model.engram.rows_per_head"
