@@ -237,7 +237,7 @@ def test_validate_runs_real_repetitions_and_writes_the_documented_json(tiny, pro
                  "--json", str(out), "--timeline", str(trace), "--quiet"]) == 0
     assert "warning" not in capsys.readouterr().err, "calibrated on this host: no warning"
     doc = json.loads(out.read_text())
-    assert {"scenarios", "median_abs_error_pct", "max_abs_error_pct"} <= set(doc) and doc["repeats"] == 2
+    assert {"scenarios", "median_abs_error_pct", "max_abs_error_pct"} <= set(doc) and doc["repeats"] == 2 and doc["complete"] is True
     assert len(doc["scenarios"]) == 2
     for entry in doc["scenarios"]:
         assert entry["name"] == "tiny-validation" and entry["median_repetition"] in (0, 1)
@@ -254,6 +254,25 @@ def test_validate_runs_real_repetitions_and_writes_the_documented_json(tiny, pro
     assert doc["median_abs_error_pct"] == pytest.approx(sum(errors) / 2)
     names = [e["args"]["name"] for e in json.loads(trace.read_text())["traceEvents"] if e["name"] == "process_name"]
     assert names == ["tiny-validation real", "tiny-validation sim"] * 2
+
+
+def test_validate_keeps_the_scenarios_measured_before_one_that_fails(tiny, profile, tmp_path, monkeypatch):
+    """--json is rewritten after every scenario (complete: false until the last), so a run cut short
+    by a failure or a time limit keeps what it measured."""
+    out = tmp_path / "validate.json"
+    real = validate.validate_scenario
+    calls = []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(validate, "validate_scenario", second_fails)
+    assert main(["validate", "--backend", "cpu", "--profile", str(profile), str(tiny), str(tiny), "--json", str(out), "--quiet"]) == 130
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False and len(doc["scenarios"]) == 1
 
 
 def test_validate_warns_for_a_profile_calibrated_elsewhere(tiny, tmp_path, capsys):
