@@ -7,19 +7,28 @@ The numpy path is the fast one: int64 `%` costs ~20-30 ns an element, so each re
 computed exactly in float64 instead (see `_float_remainder`), in cache-sized chunks on a small
 thread pool. The torch path uses integer `torch.remainder` and runs on CPU and CUDA tensors;
 tests pin the two to identical output.
+
+`NgramHashing` (the windows, chunks and threads) and the step helpers (`suffix_windows`,
+`order_mixes`, `split_mix`, `remainder_into`) are shared with the alternative schemes of this
+folder, which differ from the reference only in how a mix becomes a head's row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engramsim.plugins.hashing.primes import next_prime
 from engramsim.registry import register
 from engramsim.strategies import Hashing, HashingSetup, Params
+
+if TYPE_CHECKING:
+    from engramsim.scenario import Engram
 
 _LAYER_SEED_PRIME = 10007
 _CHUNK = 32768
@@ -58,6 +67,11 @@ class EngramHashSpec:
     def heads_per_layer(self) -> int:
         return (self.max_ngram - 1) * self.heads
 
+    @classmethod
+    def from_engram(cls, e: Engram) -> EngramHashSpec:
+        """The spec of a scenario's `model.engram` section."""
+        return cls(tuple(e.layers), e.rows_per_order, e.max_ngram, e.heads, e.seed)
+
 
 def layer_primes(spec: EngramHashSpec) -> dict[int, np.ndarray]:
     """Per layer, the prime table size of every head, order-major (ENGRAM.md step 5)."""
@@ -75,12 +89,22 @@ def layer_primes(spec: EngramHashSpec) -> dict[int, np.ndarray]:
     return primes
 
 
+def multiplier_half(compressed_vocab_size: int) -> int:
+    """Multipliers are 2r + 1 with r drawn from [0, half) (ENGRAM.md step 3)."""
+    return max(1, (np.iinfo(np.int64).max // compressed_vocab_size) // 2)
+
+
+def layer_generator(seed: int, layer: int) -> np.random.Generator:
+    """The generator a layer's multipliers are drawn from (ENGRAM.md step 3)."""
+    return np.random.default_rng(seed + _LAYER_SEED_PRIME * layer)
+
+
 def layer_multipliers(spec: EngramHashSpec, compressed_vocab_size: int) -> dict[int, np.ndarray]:
     """Per layer, max_ngram odd int64 multipliers (ENGRAM.md step 3)."""
-    half = max(1, (np.iinfo(np.int64).max // compressed_vocab_size) // 2)
+    half = multiplier_half(compressed_vocab_size)
     out = {}
     for layer in spec.layer_ids:
-        rng = np.random.default_rng(spec.seed + _LAYER_SEED_PRIME * layer)
+        rng = layer_generator(spec.seed, layer)
         r = rng.integers(0, half, size=spec.max_ngram, dtype=np.int64)
         out[layer] = r * 2 + 1
     return out
@@ -127,66 +151,65 @@ class _Remainder:
         return self._mod(t, scratch)
 
 
-@register("hashing", "engram")
-class EngramHashing(Hashing):
-    """DeepSeek Engram multi-head n-gram hashing (XOR of odd multipliers, distinct prime heads)."""
+def remainder_table(primes: Sequence[int] | np.ndarray) -> list[_Remainder | None]:
+    """One exact float remainder per prime, None where the prime is too large for it."""
+    return [_Remainder(int(p)) if p < _FLOAT_EXACT_LIMIT else None for p in primes]
+
+
+def split_mix(mix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hi, lo) of int64 values as float64, the input of `_Remainder`."""
+    return ((mix >> 32) + (1 << 31)).astype(np.float64), (mix & 0xFFFFFFFF).astype(np.float64)
+
+
+def remainder_into(out: np.ndarray, mix: np.ndarray, p: int, rem: _Remainder | None, hi: np.ndarray, lo: np.ndarray,
+                   t: np.ndarray, scratch: np.ndarray) -> None:
+    """out = mix mod p (floor remainder), by the float path when `rem` is given (hi, lo: `split_mix(mix)`)."""
+    if rem is None:
+        np.remainder(mix, p, out=out)
+    else:
+        out[:] = rem(hi, lo, t, scratch)
+
+
+def suffix_windows(ids: np.ndarray, starts: np.ndarray, max_ngram: int, pad_id: int) -> list[np.ndarray]:
+    """x_{t-k} for k < max_ngram over flat `ids`; positions before a sequence's start hold the pad (ENGRAM.md step 2)."""
+    index = np.arange(ids.size)
+    position = index - np.repeat(starts, np.diff(np.append(starts, ids.size)))
+    out = [ids]
+    for k in range(1, max_ngram):
+        shifted = np.empty_like(ids)
+        shifted[k:] = ids[:-k] if k < ids.size else ids[:0]
+        shifted[position < k] = pad_id
+        out.append(shifted)
+    return out
+
+
+def order_mixes(xs: Sequence[np.ndarray], multipliers: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(n, mix_n) for n = 2..len(xs), mix_n = XOR_k<n x_{t-k} * m[k] (ENGRAM.md step 4).
+
+    One array is updated in place from order to order: use each mix before asking for the next.
+    """
+    mix = xs[0] * multipliers[0]
+    for order in range(2, len(xs) + 1):
+        mix ^= xs[order - 1] * multipliers[order - 1]
+        yield order, mix
+
+
+class NgramHashing(Hashing):
+    """Engram's windows and chunked, threaded hashing; a subclass turns the windows of a chunk into
+    rows (`_hash_chunk`), usually through `order_mixes`. The reference and its alternatives share it."""
 
     def __init__(self, spec: EngramHashSpec, compressed_vocab_size: int, pad_id: int) -> None:
         """`pad_id` is the already-compressed pad id."""
         self.spec = spec
         self.pad_id = int(pad_id)
         self.multipliers = layer_multipliers(spec, compressed_vocab_size)
-        self.primes = layer_primes(spec)
-
-    @classmethod
-    def from_setup(cls, params: Params, setup: HashingSetup) -> EngramHashing:
-        e = setup.engram
-        return cls(EngramHashSpec(tuple(e.layers), e.rows_per_order, e.max_ngram, e.heads, e.seed), setup.vocab_size, setup.pad_id)
-
-    @property
-    def head_sizes(self) -> dict[int, np.ndarray]:
-        return self.primes
-
-    @cached_property
-    def _remainders(self) -> dict[int, list[_Remainder | None]]:
-        return {
-            layer: [_Remainder(int(p)) if p < _FLOAT_EXACT_LIMIT else None for p in primes]
-            for layer, primes in self.primes.items()
-        }
-
-    # ---- numpy ---------------------------------------------------------------------------
-    def _shifted(self, ids: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
-        """x_{t-k} for k < max_ngram over flat `ids`; positions before a sequence's start hold the pad."""
-        index = np.arange(ids.size)
-        position = index - np.repeat(starts, np.diff(np.append(starts, ids.size)))
-        out = [ids]
-        for k in range(1, self.spec.max_ngram):
-            shifted = np.empty_like(ids)
-            shifted[k:] = ids[:-k] if k < ids.size else ids[:0]
-            shifted[position < k] = self.pad_id
-            out.append(shifted)
-        return out
 
     def _hash_chunk(self, shifted: list[np.ndarray], start: int, stop: int, out: dict[int, np.ndarray]) -> None:
-        n = stop - start
-        t, scratch = np.empty(n), np.empty(n)
-        block = np.empty((self.spec.heads_per_layer, n), dtype=np.int64)
-        xs = [s[start:stop] for s in shifted]
-        for layer, mult in self.multipliers.items():
-            mix = xs[0] * mult[0]
-            head = 0
-            for order in range(2, self.spec.max_ngram + 1):
-                mix ^= xs[order - 1] * mult[order - 1]
-                hi = ((mix >> 32) + (1 << 31)).astype(np.float64)
-                lo = (mix & 0xFFFFFFFF).astype(np.float64)
-                for _ in range(self.spec.heads):
-                    rem = self._remainders[layer][head]
-                    if rem is None:
-                        np.remainder(mix, self.primes[layer][head], out=block[head])
-                    else:
-                        block[head] = rem(hi, lo, t, scratch)
-                    head += 1
-            out[layer][start:stop] = block.T
+        """Write rows [stop - start, heads_per_layer] of positions start..stop into out[layer][start:stop]."""
+        raise NotImplementedError
+
+    def _shifted(self, ids: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
+        return suffix_windows(ids, starts, self.spec.max_ngram, self.pad_id)
 
     def hash(self, compressed_ids: np.ndarray, threads: int = 2) -> dict[int, np.ndarray]:
         """Row index per head (before table offsets) for every layer: [..., T, heads_per_layer].
@@ -218,6 +241,43 @@ class EngramHashing(Hashing):
             for b in bounds:
                 self._hash_chunk(shifted, b[0], b[1], out)
         return out
+
+
+@register("hashing", "engram")
+class EngramHashing(NgramHashing):
+    """DeepSeek Engram multi-head n-gram hashing (XOR of odd multipliers, distinct prime heads)."""
+
+    def __init__(self, spec: EngramHashSpec, compressed_vocab_size: int, pad_id: int) -> None:
+        """`pad_id` is the already-compressed pad id."""
+        super().__init__(spec, compressed_vocab_size, pad_id)
+        self.primes = layer_primes(spec)
+
+    @classmethod
+    def from_setup(cls, params: Params, setup: HashingSetup) -> EngramHashing:
+        return cls(EngramHashSpec.from_engram(setup.engram), setup.vocab_size, setup.pad_id)
+
+    @property
+    def head_sizes(self) -> dict[int, np.ndarray]:
+        return self.primes
+
+    @cached_property
+    def _remainders(self) -> dict[int, list[_Remainder | None]]:
+        return {layer: remainder_table(primes) for layer, primes in self.primes.items()}
+
+    # ---- numpy ---------------------------------------------------------------------------
+    def _hash_chunk(self, shifted: list[np.ndarray], start: int, stop: int, out: dict[int, np.ndarray]) -> None:
+        n = stop - start
+        t, scratch = np.empty(n), np.empty(n)
+        block = np.empty((self.spec.heads_per_layer, n), dtype=np.int64)
+        xs = [s[start:stop] for s in shifted]
+        for layer, mult in self.multipliers.items():
+            head = 0
+            for _, mix in order_mixes(xs, mult):
+                hi, lo = split_mix(mix)
+                for _ in range(self.spec.heads):
+                    remainder_into(block[head], mix, int(self.primes[layer][head]), self._remainders[layer][head], hi, lo, t, scratch)
+                    head += 1
+            out[layer][start:stop] = block.T
 
     # ---- torch ---------------------------------------------------------------------------
     def hash_torch(self, compressed_ids):
