@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import engramsim
 from engramsim.errors import InputError, Terminated, forget_signals, raise_if_signalled, signalled
 
-COMMANDS = ("hash", "trace", "collisions", "check", "schema", "plugins", "run", "diff", "hw", "calibrate", "validate")
+COMMANDS = ("hash", "trace", "collisions", "quality", "check", "schema", "plugins", "run", "compare", "diff", "hw", "calibrate", "validate")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -37,11 +37,13 @@ def _missing_parents(path: Path) -> list[Path]:
     return missing[::-1]
 
 
-def check_output(path: str | Path, *, folder: bool = False, force: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+def check_output(path: str | Path, *, folder: bool = False, force: bool = False, inputs: Sequence[str | Path] = (),
+                 marker: str = "results.json") -> Path:
     """Refuse an output path that cannot be written, before any work is done.
 
     A file path must not be a folder; a run folder (`folder`) must not exist unless `force`
-    replaces it whole, and `force` replaces only a run folder (one holding results.json) that is
+    replaces it whole, and `force` replaces only a run folder (one holding `marker`: results.json,
+    or compare.json for `engramsim compare`) that is
     neither the current folder nor above it. The nearest existing ancestor must be a writable folder,
     and the path must not be one of the command's `inputs`.
     """
@@ -55,8 +57,8 @@ def check_output(path: str | Path, *, folder: bool = False, force: bool = False,
             raise InputError(path, "run folder exists; choose another --out or pass --force to replace it whole")
         if folder and (path == Path.cwd() or path in Path.cwd().parents or path.is_mount()):
             raise InputError(path, "--force will not replace the current folder, one above it, or a mount point")
-        if folder and not (path / "results.json").is_file():
-            raise InputError(path, "--force replaces run folders only, and this one holds no results.json")
+        if folder and not (path / marker).is_file():
+            raise InputError(path, f"--force replaces run folders only, and this one holds no {marker}")
         if not folder and path.is_dir():
             raise InputError(path, "is a folder; expected a file path")
     missing = _missing_parents(path)
@@ -130,11 +132,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+def staged_folder(path: str | Path, *, force: bool = False, marker: str = "results.json") -> Iterator[Path]:
     """Yield an empty hidden folder beside `path`; when the block succeeds, rename it to `path`
     (replacing an existing folder only with `force`). An error or interrupt removes it and any
     parent folders it created, so a run leaves a complete folder or nothing."""
-    path = check_output(path, folder=True, force=force)
+    path = check_output(path, folder=True, force=force, marker=marker)
 
     def publish(staging: Path) -> None:
         _set_modes(staging)

@@ -70,7 +70,8 @@ def real_placements(scenario: Scenario) -> list[StrategyChoice | None]:
     return [kwargs.get("placement") for _, kwargs in passes(scenario) if kwargs.get("engram", True)]
 
 
-def _run_passes(prepared: Prepared, execute: Callable[..., RunOutcome], progress_factory: Callable | None) -> list[RunOutcome]:
+def run_passes(prepared: Prepared, execute: Callable[..., RunOutcome], progress_factory: Callable | None) -> list[RunOutcome]:
+    """Every pass of `passes`, executed by `execute(**kwargs)` (under a progress bar each, if asked)."""
     outcomes = []
     for label, kwargs in passes(prepared.scenario):
         if progress_factory is None:
@@ -81,13 +82,23 @@ def _run_passes(prepared: Prepared, execute: Callable[..., RunOutcome], progress
     return outcomes
 
 
+def split_passes(prepared: Prepared, outcomes: list[RunOutcome]) -> tuple[RunOutcome, RunOutcome | None, RunOutcome | None]:
+    """(offloaded, all-HBM baseline, no-Engram reference) of `run_passes`' outcomes."""
+    return (outcomes[0], outcomes[1], outcomes[2]) if prepared.scenario.run.baseline else (outcomes[0], None, None)
+
+
+def summarize_passes(prepared: Prepared, outcomes: list[RunOutcome]) -> dict:
+    """The results' summary metrics of `run_passes`' outcomes."""
+    outcome, baseline, no_engram = split_passes(prepared, outcomes)
+    return summarize(outcome, baseline, prepared.scenario.run.seed, prepared.profile.link.h2d_gbps, no_engram=no_engram)
+
+
 def _report(prepared: Prepared, out_dir: Path, outcomes: list[RunOutcome], backend: str,
             extra: dict | None = None, counters: list[dict] | None = None) -> RunReport:
     """Summary, results document and files of the passes; `extra` adds top-level keys (CUDA: nvml)."""
     scenario = prepared.scenario
-    outcome = outcomes[0]
-    baseline, no_engram = (outcomes[1], outcomes[2]) if scenario.run.baseline else (None, None)
-    summary = summarize(outcome, baseline, scenario.run.seed, prepared.profile.link.h2d_gbps, no_engram=no_engram)
+    outcome, baseline, no_engram = split_passes(prepared, outcomes)
+    summary = summarize_passes(prepared, outcomes)
     document = results_document(summary, outcome, dump_scenario(scenario), prepared.profile.model_dump(mode="json"), backend)
     document["hbm"] = hbm_report(prepared)
     document |= extra or {}
@@ -106,7 +117,7 @@ def hbm_report(prepared: Prepared) -> dict:
 
 
 def run_sim(prepared: Prepared, out_dir: Path, progress_factory: Callable | None = None) -> RunReport:
-    return _report(prepared, out_dir, _run_passes(prepared, partial(simulate_run, prepared), progress_factory), "sim")
+    return _report(prepared, out_dir, run_passes(prepared, partial(simulate_run, prepared), progress_factory), "sim")
 
 
 def run_real(prepared: Prepared, backend: str, placement: StrategyChoice | None = None, engram: bool = True,
@@ -128,7 +139,7 @@ def run_real_report(prepared: Prepared, backend: str, out_dir: Path, progress_fa
 
     placements = real_placements(prepared.scenario)
     with RealSession(prepared, backend, placements, setup_progress) as session:
-        outcomes = _run_passes(prepared, lambda **kwargs: session.run(sample=session.sampler is None, **kwargs), progress_factory)
+        outcomes = run_passes(prepared, lambda **kwargs: session.run(sample=session.sampler is None, **kwargs), progress_factory)
     sampler = session.sampler
     if sampler is None:
         return _report(prepared, out_dir, outcomes, backend)

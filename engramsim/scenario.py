@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # one path component: no '/', no '..', no leading '.' or '-'
-DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
+DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0}
+SCALE_BYTES = {"fp8": 1, "int8": 2}  # Engram rows: one scale per 32 values (fp8: a ue8m0 byte; int8: a bf16)
 
 
 def field_error(loc: str | tuple[str, ...], value: Any, message: str) -> ValidationError:
@@ -77,7 +78,8 @@ class Engram(Strict):
     head_dim: PositiveInt = Field(default=80, le=1024)
     rows_per_head: list[Annotated[int, Field(gt=0, le=1 << 36)]] = Field(
         default_factory=lambda: [2_262_400], description="one value, or one per order 2..max_ngram")
-    dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    dtype: Literal["bf16", "fp16", "fp8", "int8", "fp32"] = Field(
+        default="bf16", description="table rows; fp8: e4m3 values + a ue8m0 scale per 32; int8: int8 values + a bf16 scale per 32")
     hc_mult: PositiveInt = Field(default=4, le=64, description="mHC branches")
     kernel_size: PositiveInt = Field(default=4, le=64)
     seed: NonNegativeInt = Field(default=0, le=(1 << 32) - 1)
@@ -115,8 +117,8 @@ class Engram(Strict):
 
     @property
     def row_bytes(self) -> int:
-        """Bytes of one head's row; fp8 rows carry one e8m0 scale byte per 32 values."""
-        scale = -(-self.head_dim // 32) if self.dtype == "fp8" else 0
+        """Bytes of one head's row; quantised rows carry one scale per 32 values (backends/quantize.py)."""
+        scale = -(-self.head_dim // 32) * SCALE_BYTES.get(self.dtype, 0)
         return int(self.head_dim * DTYPE_BYTES[self.dtype]) + scale
 
     @property
