@@ -45,6 +45,7 @@ class FetchPlan:
     issue_block: int  # ... at the start of this block
     admitted: np.ndarray = field(default_factory=lambda: EMPTY)  # rows the cache took in with this lookup (each one a miss)
     evicted: np.ndarray = field(default_factory=lambda: EMPTY)  # rows the cache dropped with this lookup
+    guessed: int = 0  # of the misses, rows the previous step's fetch of this layer carried as speculative rows
 
     @property
     def speculative(self) -> int:
@@ -81,6 +82,8 @@ class Planner:
         self._planned: dict[int, dict[int, FetchPlan]] = {}  # steps planned ahead of their turn
         self._issues: dict[int, dict[int, list[FetchPlan]]] = {}  # issuing step -> block -> fetches
         self._next = 0  # the next step index not yet planned
+        self._held = {layer: cache.size(layer) for layer in self.layers}  # rows each layer's cache holds, by its reports
+        self._speculated = {layer: EMPTY for layer in self.layers}  # the speculative rows of each layer's last fetch
 
     def plan(self, view: StepView) -> StepPlan:
         """The plan of `view.step`; plans the steps the prefetch policy leads into on the way."""
@@ -116,20 +119,46 @@ class Planner:
             raise ValueError(f"placement {self.placement.name!r} put rows of layer {layer} in tier "
                              f"{Tier(int(tiers.max())).name}, which no executor prices yet")
         outside = rows[tiers != HBM]
-        hit, admitted, evicted = self._cache_lookup(layer, outside, view)
-        misses = outside[~hit] if hit.any() else outside
+        misses, admitted, evicted = self._cache_lookup(layer, outside, view)
         extra = self._speculative(layer, view, rows)
+        before, self._speculated[layer] = self._speculated[layer], extra
+        guessed = int(np.count_nonzero(np.isin(misses, before, assume_unique=True))) if before.size and misses.size else 0
         lead = min(max(0, int(self.prefetch.lead_steps(layer, view))), step.index - issuing)
         block = min(max(0, int(self.prefetch.issue_layer(layer, view))), layer if lead == 0 else self.blocks - 1)
         return FetchPlan(
             step=step.index, layer=layer, rows=rows, references=references, placed_hbm=int(rows.size - outside.size),
-            cache_hits=int(hit.sum()), fetch=np.concatenate([misses, extra]) if extra.size else misses, misses=int(misses.size),
-            issue_step=step.index - lead, issue_block=block, admitted=admitted, evicted=evicted,
+            cache_hits=int(outside.size - misses.size), fetch=np.concatenate([misses, extra]) if extra.size else misses, misses=int(misses.size),
+            issue_step=step.index - lead, issue_block=block, admitted=admitted, evicted=evicted, guessed=guessed,
         )
 
     def _cache_lookup(self, layer: int, outside: np.ndarray, view: StepView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(hit mask, rows admitted, rows evicted) of one lookup, checked against the cache's
-        capacity and against fetching what it admits."""
+        """(misses, rows admitted, rows evicted) of one lookup, checked against the
+        cache's capacity and against fetching what it admits: in O(rows looked up) when the cache
+        says what it changed, else by diffing its contents."""
+        cache = self.cache
+        report = cache.lookup_changes(layer, outside, view)
+        if report is None:
+            hit, admitted, evicted = self._diffed_lookup(layer, outside, view)
+            return outside[~hit] if hit.any() else outside, admitted, evicted
+        hit, admit, evicted = np.asarray(report.hit, dtype=bool), np.asarray(report.admitted, dtype=np.int64), report.evicted
+        if hit.shape != outside.shape:
+            raise RuntimeError(f"cache {cache.name!r} answered a lookup of {outside.size} rows of layer {layer} with {hit.size} hits or misses")
+        if admit.size and (admit[0] < 0 or admit[-1] >= outside.size or (admit.size > 1 and (np.diff(admit) <= 0).any()) or hit[admit].any()):
+            raise RuntimeError(f"cache {cache.name!r} admitted rows of layer {layer} that this step does not fetch")
+        held = self._held[layer] + admit.size - evicted.size
+        if held > cache.capacity_rows(layer):
+            raise RuntimeError(f"cache {cache.name!r} holds {held} rows of layer {layer}, over its capacity of {cache.capacity_rows(layer)}")
+        if held != cache.size(layer):
+            raise RuntimeError(f"cache {cache.name!r} holds {cache.size(layer)} rows of layer {layer}, but its lookups admitted and evicted "
+                               f"{held} in all")
+        self._held[layer] = held
+        if admit.size == outside.size - np.count_nonzero(hit):  # distinct misses, as many as there are: every miss
+            misses = outside[admit]
+            return misses, misses, evicted
+        return outside[~hit], outside[admit], evicted
+
+    def _diffed_lookup(self, layer: int, outside: np.ndarray, view: StepView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`_cache_lookup` for a cache that does not say what it changed: its contents before and after."""
         cache = self.cache
         before = cache.contents(layer)
         hit = np.asarray(cache.lookup(layer, outside, view), dtype=bool)
@@ -156,5 +185,6 @@ class Planner:
             raise ValueError(f"prefetch {self.prefetch.name!r} guessed rows outside layer {layer}'s table of {self.table_rows[layer]} rows")
         _, first = np.unique(guess, return_index=True)
         guess = guess[np.sort(first)]
-        guess = guess[~np.isin(guess, rows) & ~np.isin(guess, self.cache.contents(layer))]
+        guess = guess[~np.isin(guess, rows)]
+        guess = guess[~np.asarray(self.cache.holds(layer, guess), dtype=bool)]
         return guess[self.placement.tier_of(layer, guess) != HBM][:budget]

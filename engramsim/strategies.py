@@ -163,12 +163,25 @@ class Placement(Strategy):
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class CacheLookup:
+    """What one cache lookup found and changed, in the lookup's own terms (O(rows looked up))."""
+
+    hit: np.ndarray  # bool, one per row looked up: held before this lookup
+    admitted: np.ndarray  # where the rows taken in sit among the rows looked up: sorted int64 indices, misses only
+    evicted: np.ndarray  # the rows this lookup dropped, sorted int64 (each held before it)
+
+
 class Cache(Strategy):
     """An HBM cache in front of the rows placed outside HBM; lives for the whole run.
 
     Its capacity is reserved in HBM (and counted against it). The planner checks after every
-    lookup that `contents` stays within `capacity_rows` and that only rows the step fetches are
+    lookup that the cache stays within `capacity_rows` and that only rows the step fetches are
     admitted; a real backend mirrors the contents in a buffer of `capacity_rows` rows.
+
+    A cache that implements `lookup_changes` says what each lookup admitted and evicted, and the
+    planner's checks cost O(rows looked up); otherwise the planner diffs `contents` before and
+    after each `lookup`, which costs O(capacity) a step (fine for a few thousand rows).
     """
 
     def capacity_rows(self, layer: int) -> int:
@@ -179,9 +192,22 @@ class Cache(Strategy):
         (and evict others) as a side effect."""
         return np.zeros(rows.shape, dtype=bool)
 
+    def lookup_changes(self, layer: int, rows: np.ndarray, view: StepView) -> CacheLookup | None:
+        """`lookup`, also saying what it admitted and evicted; None (the default, and nothing
+        looked up): this cache does not say, and the planner calls `lookup` instead."""
+        return None
+
     def contents(self, layer: int) -> np.ndarray:
         """The rows of `layer` the cache holds now, sorted int64."""
         return np.empty(0, dtype=np.int64)
+
+    def size(self, layer: int) -> int:
+        """How many rows of `layer` the cache holds now."""
+        return int(self.contents(layer).size)
+
+    def holds(self, layer: int, rows: np.ndarray) -> np.ndarray:
+        """Mask of the `rows` the cache holds now (any order)."""
+        return np.isin(rows, self.contents(layer))
 
 
 class Prefetch(Strategy):

@@ -1,94 +1,174 @@
-"""Shared state of the row caches: per Engram layer, the rows held (sorted) and when each was last used."""
+"""Shared state of the row caches: per Engram layer, the rows held in a `RowTable` (each with the
+lookup that last used it), and the recency order the LRU-like caches evict from.
+
+Every lookup costs O(rows looked up + rows evicted), never O(rows held): the caches report what
+each lookup admitted and evicted (`Cache.lookup_changes`), so the planner's checks need not
+diff the contents either.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
 
-from engramsim.strategies import Cache, SetupContext, StepView, _BaseParams
+from engramsim.plugins.cache.rowtable import RowTable
+from engramsim.strategies import Cache, CacheLookup, SetupContext, StepView, _BaseParams
 
 EMPTY = np.empty(0, dtype=np.int64)
 EMPTY.flags.writeable = False
-
-
-def oldest(stamps: np.ndarray, count: int) -> np.ndarray:
-    """Mask of the `count` (>= 1) smallest stamps, ties to the lowest index (row), in linear time."""
-    cut = np.partition(stamps, count - 1)[count - 1]
-    out = stamps < cut
-    out[np.flatnonzero(stamps == cut)[: count - int(out.sum())]] = True
-    return out
+COMPACT_SLACK = 65536  # an order structure is compacted past 2 x rows held + this many entries
 
 
 class HeldRows(Cache):
-    """Base of the vectorised caches: arrays, never per-row Python, so millions of rows stay cheap.
-
-    Each lookup advances the layer's clock and stamps the hits with it; `_update` returns the rows
-    to hold after it (sorted) and their stamps. Arrays are replaced, never written in place, so `contents` can hand them out.
-    """
+    """Base of the built-in caches: `lookup_changes` per layer with its own clock (one tick per
+    lookup); `lookup` is its hit mask. The rows handed to a lookup may be kept without a copy
+    (`Recency`'s log): callers must not change them afterwards (the planner never does)."""
 
     def __init__(self, params: _BaseParams, setup: SetupContext) -> None:
         super().__init__(params, setup)
-        self._rows = {layer: EMPTY for layer in setup.tables}
-        self._stamps = {layer: EMPTY for layer in setup.tables}
         self._clock = dict.fromkeys(setup.tables, 0)
 
     def lookup(self, layer: int, rows: np.ndarray, view: StepView) -> np.ndarray:
-        held = self._rows[layer]
-        pos = np.searchsorted(held, rows)
-        hit = held[np.minimum(pos, held.size - 1)] == rows if held.size else np.zeros(rows.shape, dtype=bool)
-        self._clock[layer] += 1
-        hit_at, now = pos[hit], self._clock[layer]
-        stamps = self._stamps[layer].copy()
-        stamps[hit_at] = now
-        kept, stamps = self._update(layer, rows, hit, hit_at, stamps, view, now)
-        kept.flags.writeable = False
-        self._rows[layer], self._stamps[layer] = kept, stamps
-        return hit
+        return self.lookup_changes(layer, rows, view).hit
 
-    def _update(self, layer: int, rows: np.ndarray, hit: np.ndarray, hit_at: np.ndarray, stamps: np.ndarray, view: StepView,
-                now: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows held after this lookup, sorted; their stamps). `hit_at`: where the hits sit in the
-        held rows; `stamps`: the held rows' stamps, the hits' already `now` (a copy, the caller's to change)."""
+    def lookup_changes(self, layer: int, rows: np.ndarray, view: StepView) -> CacheLookup:
+        self._clock[layer] += 1
+        return self._lookup(layer, np.ascontiguousarray(rows, dtype=np.int64), view, self._clock[layer])
+
+    def _lookup(self, layer: int, rows: np.ndarray, view: StepView, now: int) -> CacheLookup:
         raise NotImplementedError
 
+
+class TableRows(HeldRows):
+    """A fully associative cache on a `RowTable` per layer (with a count per row if `counts`)."""
+
+    counts = False  # a count per row (LFU)
+    positions = False  # the cache keeps rows' positions in the table (set-associative)
+
+    def __init__(self, params: _BaseParams, setup: SetupContext) -> None:
+        super().__init__(params, setup)
+        self._tables = {layer: RowTable(table.rows, self.capacity_rows(layer), self.counts, self.positions)
+                        for layer, table in setup.tables.items()}
+
     def contents(self, layer: int) -> np.ndarray:
-        return self._rows[layer]
+        table = self._tables[layer]
+        return np.sort(table.keys[table.held()].astype(np.int64))
+
+    def size(self, layer: int) -> int:
+        return self._tables[layer].live
+
+    def holds(self, layer: int, rows: np.ndarray) -> np.ndarray:
+        return self._tables[layer].find(rows)[0]
 
 
-def merged(held: np.ndarray, stamps: np.ndarray, keep: np.ndarray | None, new: np.ndarray, fill: float) -> tuple[np.ndarray, np.ndarray]:
-    """Held rows (those in `keep`, all if None) and a column aligned to them, with the sorted `new` rows added (their column `fill`)."""
-    if keep is not None:
-        held, stamps = held[keep], stamps[keep]
-    if not new.size:
-        return held, stamps
-    at = np.searchsorted(held, new)
-    return np.insert(held, at, new), np.insert(stamps, at, fill)
+class Recency:
+    """A table's held rows from least to most recently used (ties: lowest row first).
 
+    Until the cache first evicts nothing needs the order, so the cache writes no stamps for its
+    hits and this only logs each lookup's used rows (references, no copies); the log is replayed
+    into the table's stamps when it outgrows `log_limit` rows and when the cache first evicts
+    (`start`), which also builds the queue from the table. From then on the cache stamps its hits
+    (`stamping`) and each lookup's used rows are pushed onto the queue: one sorted array of rows
+    per stamp, oldest first. An entry whose row was used again or evicted since no longer matches
+    the table's stamp and is dropped when reached (lazy deletion); the queue is compacted when
+    such entries outnumber the rows held.
+    """
 
-def ranked(rows: np.ndarray, stamps: np.ndarray, was_held: np.ndarray, groups: np.ndarray, first: np.ndarray, limit: int) -> np.ndarray:
-    """Indices of the `limit` candidates to keep in each group (sorted by row), ranked by `first`
-    (lowest first), then the most recent stamp, then held rows before new ones; equal held rows
-    keep the highest row (the lowest is evicted), equal new ones the lowest (admitted first)."""
-    tie = np.where(was_held, -rows, rows)
-    order = np.lexsort((tie, ~was_held, -stamps, first, groups))
-    sorted_groups = groups[order]
-    rank = np.arange(order.size) - np.searchsorted(sorted_groups, sorted_groups)
-    return np.sort(order[rank < limit])
+    def __init__(self, table: RowTable, log_limit: int) -> None:
+        self._table = table
+        self._log_limit = log_limit
+        self._log: list[tuple[int, np.ndarray]] = []
+        self._queue: deque[tuple[int, np.ndarray]] | None = None
+        self._entries = 0  # rows in the log, or in the queue
 
+    @property
+    def stamping(self) -> bool:
+        """Whether the cache stamps its hits (it has evicted)."""
+        return self._queue is not None
 
-def reranked(held: np.ndarray, stamps: np.ndarray, misses: np.ndarray, now: int, groups: Callable[[np.ndarray], np.ndarray],
-             first: Callable[[np.ndarray], np.ndarray], limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """The held rows (their stamps already refreshed) and a step's misses ranked together
-    (`ranked`, with `groups` and `first` of the candidates): the kept rows sorted, and their stamps."""
-    candidates = np.concatenate([held, misses])
-    all_stamps = np.concatenate([stamps, np.full(misses.size, now, dtype=np.int64)])
-    was_held = np.arange(candidates.size) < held.size
-    keep = ranked(candidates, all_stamps, was_held, groups(candidates), first(candidates), limit)
-    order = np.argsort(candidates[keep], kind="stable")
-    return candidates[keep][order], all_stamps[keep][order]
+    def start(self, now: int, hits_at: np.ndarray) -> None:
+        """Before the first eviction, in the lookup at stamp `now` whose hits sit at `hits_at`:
+        replay the log, stamp the hits, and queue the rows used before `now`."""
+        self._replay()
+        self._table.stamps[hits_at] = now
+        self._build(before=now)
 
+    def push(self, stamp: int, rows: np.ndarray) -> None:
+        """`rows` (sorted; left unchanged by the caller) were used by the lookup at `stamp`, the latest so far."""
+        if not rows.size:
+            return
+        self._entries += rows.size
+        if self._queue is None:
+            self._log.append((stamp, rows))
+            if self._entries > self._log_limit:
+                self._replay()
+            return
+        self._queue.append((stamp, rows))
+        if self._entries > 2 * self._table.live + COMPACT_SLACK:
+            self._compact()
 
-def no_groups(candidates: np.ndarray) -> np.ndarray:
-    """One group for every candidate (a fully associative cache), or no ranking key of its own."""
-    return np.zeros(candidates.size, dtype=np.int64)
+    def _replay(self) -> None:
+        table = self._table
+        for stamp, rows in self._log:
+            held, at, _ = table.find(rows)
+            table.stamps[at[held]] = stamp
+        self._log, self._entries = [], 0
+
+    def pop(self, count: int, protected: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, positions) of the `count` least recently used rows held, or all of them if fewer;
+        rows `protected` (a mask of a sorted array) are skipped and keep their place."""
+        table, queue, taken_rows, taken_at = self._table, self._queue, [], []
+        assert queue is not None, "pop before start"
+        kept: list[tuple[int, np.ndarray]] = []  # protected entries passed over, in queue order
+        while count > 0 and queue:
+            stamp, rows = queue.popleft()
+            chunk = rows[: max(2 * count, 1024)]
+            valid, at, _ = table.find(chunk)
+            valid[valid] = table.stamps[at[valid]] == stamp
+            shield = protected(chunk) & valid if protected is not None else None
+            take = np.flatnonzero(valid & ~shield if shield is not None else valid)[:count]
+            end = int(take[-1]) + 1 if take.size == count else chunk.size
+            taken_rows.append(chunk[take])
+            taken_at.append(at[take])
+            count -= take.size
+            passed = chunk[:end][shield[:end]] if shield is not None else EMPTY
+            if passed.size:
+                kept.append((stamp, passed))
+            if end < rows.size:
+                queue.appendleft((stamp, rows[end:]))
+            self._entries -= end - passed.size
+        for stamp, rows in reversed(kept):
+            if queue and queue[0][0] == stamp:
+                rows = np.concatenate([rows, queue.popleft()[1]])
+            queue.appendleft((stamp, rows))
+        if not taken_rows:
+            return EMPTY, EMPTY
+        return np.concatenate(taken_rows), np.concatenate(taken_at)
+
+    def _compact(self) -> None:
+        """Drop the entries no longer current: O(entries), once per at least as many pushes."""
+        table, queue = self._table, self._queue
+        assert queue is not None
+        stamps = np.repeat(np.array([stamp for stamp, _ in queue], dtype=np.int64), [rows.size for _, rows in queue])
+        rows = np.concatenate([rows for _, rows in queue]) if queue else EMPTY
+        current, at, _ = table.find(rows)
+        current[current] = table.stamps[at[current]] == stamps[current]
+        self._split(stamps[current], rows[current])
+
+    def _build(self, before: int) -> None:
+        """The queue of the rows held last used before stamp `before`: a sort, O(rows held log rows held), once."""
+        table = self._table
+        at = table.held()
+        at = at[table.stamps[at] < before]
+        rows, stamps = table.keys[at].astype(np.int64), table.stamps[at]
+        order = np.lexsort((rows, stamps))
+        self._split(stamps[order], rows[order])
+
+    def _split(self, stamps: np.ndarray, rows: np.ndarray) -> None:
+        """Queue `rows` (sorted by stamp, then row) as one array per stamp."""
+        cuts = np.flatnonzero(np.diff(stamps)) + 1
+        firsts = stamps[np.concatenate([[0], cuts])].tolist() if rows.size else []
+        self._queue = deque(zip(firsts, np.split(rows, cuts) if rows.size else [], strict=True))
+        self._entries = rows.size
