@@ -86,9 +86,10 @@ class SessionLayout:
         _, cache, self.prefetch = strategies(prepared)
         self.transport: Transport = build("transport", scenario.strategies.transport, prepared.setup())
         self.stages = tuple(s.kind for s in self.transport.stages(1, scenario.model.engram.row_bytes))
-        if self.stages not in PIPELINES:
-            raise InputError(prepared.source, f"the real backends run a gather then an h2d copy, or a zero-copy gather; "
-                             f"transport {scenario.strategies.transport.name!r} has stages {[k.value for k in self.stages]}",
+        if self.stages not in PIPELINES or self.transport.batches_layers:
+            raise InputError(prepared.source, f"the real backends run a gather then an h2d copy, or a zero-copy gather, per fetch; "
+                             f"transport {scenario.strategies.transport.name!r} has stages {[k.value for k in self.stages]}"
+                             + (" for fetches batched together" if self.transport.batches_layers else ""),
                              field="strategies.transport")
         in_hbm = [self._resident(p) for p in placements]
         self.resident, self.offloaded = any(in_hbm), not all(in_hbm)
@@ -99,6 +100,10 @@ class SessionLayout:
         """Does a pass with this placement read rows placed in HBM? Only whole tables can be: a
         placement that splits a table between tiers is refused."""
         chosen, _, _ = strategies(self.prepared, placement)
+        beyond = [tier.name for tier, size in chosen.bytes_per_tier().items() if size > 0 and tier not in (Tier.HBM, Tier.HOST)]
+        if beyond:
+            raise InputError(self.prepared.source, f"placement {chosen.name!r} puts rows in {', '.join(beyond)}; the real backends "
+                             "hold tables in HBM or host memory only (simulate it: --backend sim)", field="strategies.placement")
         in_hbm = chosen.bytes_per_tier().get(Tier.HBM, 0)
         total = tables_bytes(self.prepared.tables)
         if 0 < in_hbm < total:

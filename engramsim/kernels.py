@@ -426,3 +426,48 @@ def zero_copy_seconds(rows: Num, row_bytes: Num, latency_s: float, bytes_s: floa
     """A GPU kernel reading rows from pinned host memory: launch + first round trip, then the
     transaction-rounded bytes at the zero-copy bandwidth."""
     return latency_s + wire_bytes(rows, row_bytes, transaction_bytes) / bytes_s
+
+
+def cxl_gather_seconds(rows: Num, row_bytes: Num, threads: int, rows_in_flight: float, load_latency_s: float,
+                       cxl_bytes_s: float, overhead_s: float) -> Num:
+    """Host CPU gather of `rows` random rows from CXL memory: overhead + the slower of the load
+    latency (rows x latency / the loads in flight over all threads) and the expanders' bandwidth."""
+    return overhead_s + _maximum(rows * load_latency_s / (threads * rows_in_flight), rows * row_bytes / cxl_bytes_s)
+
+
+def nvme_pages(rows: np.ndarray, row_bytes: int, page_bytes: int) -> int:
+    """Pages a read of these row ids (within one table, laid out in row order on the drives)
+    touches: rows packed whole into pages share one read; a row larger than a page costs its
+    pages alone."""
+    if row_bytes > page_bytes:
+        return int(rows.size) * -(-row_bytes // page_bytes)
+    per_page = page_bytes // row_bytes
+    pages = rows // per_page
+    if pages.size > 1 and not bool((np.diff(pages) >= 0).all()):
+        pages = np.sort(pages)
+    return int(np.count_nonzero(np.diff(pages)) + 1) if pages.size else 0
+
+
+def nvme_iops(read_iops: float, queue_depth: int, latency_s: float) -> float:
+    """One drive's random-read rate at a queue depth: Little's law (queue_depth / latency) up to
+    the datasheet's IOPS."""
+    return min(read_iops, queue_depth / latency_s)
+
+
+def nvme_read_seconds(pages: Num, page_bytes: int, drives: int, iops: float, drive_bytes_s: float, latency_s: float) -> Num:
+    """`pages` random page reads striped over `drives`: the first read's latency, then the pages
+    at the slower of the drives' IOPS and their bandwidth."""
+    return latency_s + _maximum(pages / (drives * iops), pages * page_bytes / (drives * drive_bytes_s))
+
+
+ZERO_COPY_GATHER_SMS = 16
+"""SMs a zero-copy gather kernel is assumed to hold while it runs when the profile does not give
+`gpu.zero_copy_slowdown` (an assumption; compute keeps sms - 16 of them)."""
+
+
+def sm_share_slowdown(sms: int | None, held_sms: int) -> float:
+    """How much longer compute takes when a kernel beside it holds `held_sms` of the GPU's `sms`
+    (compute keeps the rest); 1 when the SMs are unknown or too few."""
+    if sms is None or sms <= held_sms:
+        return 1.0
+    return sms / (sms - held_sms)

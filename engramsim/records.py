@@ -35,6 +35,9 @@ class SpanKind(Enum):
     GATHER = "gather"  # host threads packing rows into staging
     H2D = "h2d"  # a DMA copy over the link
     ZERO_COPY = "zero-copy"  # a GPU kernel reading rows over the link
+    CXL_GATHER = "cxl-gather"  # host threads packing rows from CXL memory into staging
+    NVME_READ = "nvme-read"  # SSDs reading the pages that hold rows into host memory
+    NVME_DIRECT = "nvme-direct"  # SSDs writing those pages straight into HBM over the link
 
     @property
     def lane(self) -> str:
@@ -47,14 +50,15 @@ class SpanKind(Enum):
     @property
     def on_link(self) -> bool:
         """Spans whose bytes cross the host-device link (the link's busy time is their sum)."""
-        return self in (SpanKind.H2D, SpanKind.ZERO_COPY)
+        return self in (SpanKind.H2D, SpanKind.ZERO_COPY, SpanKind.NVME_DIRECT)
 
 
 LANE_OF = {
     SpanKind.HOST: "compute", SpanKind.BLOCKS: "compute", SpanKind.ENGRAM: "compute", SpanKind.HEAD: "compute",
     SpanKind.STALL: "stall", SpanKind.GATHER: "gather", SpanKind.H2D: "copy", SpanKind.ZERO_COPY: "zero-copy",
+    SpanKind.CXL_GATHER: "gather", SpanKind.NVME_READ: "storage", SpanKind.NVME_DIRECT: "copy",
 }
-LANES = ("compute", "stall", "gather", "copy", "zero-copy")
+LANES = ("compute", "stall", "gather", "copy", "zero-copy", "storage")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

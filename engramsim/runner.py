@@ -24,7 +24,7 @@ from engramsim.registry import build
 from engramsim.results import results_document, summarize, write_results
 from engramsim.scenario import Scenario, StrategyChoice
 from engramsim.scenario_io import dump_scenario
-from engramsim.session import ALL_HBM, GIB, Prepared, planner
+from engramsim.session import ALL_HBM, GIB, Prepared, planner, strategies
 from engramsim.simulator.cost import RooflineCostModel
 from engramsim.simulator.engine import Engine, simulate
 
@@ -39,6 +39,7 @@ def simulate_run(prepared: Prepared, placement: StrategyChoice | None = None, en
         scenario.model.backbone.layers,
         build("transport", scenario.strategies.transport, prepared.setup()),
         prepared.profile.gpu.copy_engines,
+        strategies(prepared, placement)[0] if engram else None,
     )
     scheduler = prepared.scheduler(engram)
     steps, makespan = simulate(engine, scheduler, planner(prepared, placement, engram), scenario.run.max_steps, progress)

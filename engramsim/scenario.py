@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # one path component: no '/', no '..', no leading '.' or '-'
@@ -141,14 +152,31 @@ class Model(Strict):
         return self
 
 
+TierRef = str | dict[str, Any]
+
+
 class Hardware(Strict):
     profile: str = Field(default="h800", description="preset name or profile YAML path")
     link: str | None = Field(default=None, description="link preset or file replacing the profile's link")
+    cxl: TierRef | None = Field(default=None, description="CXL memory tier adding to or replacing the profile's: a tier "
+                                "preset (cxl-...), a tier file, or a mapping of CXL fields with an optional 'preset' they override")
+    nvme: TierRef | None = Field(default=None, description="NVMe tier adding to or replacing the profile's: a tier preset "
+                                 "(nvme-...), a tier file, or a mapping of NVMe fields with an optional 'preset' they override "
+                                 "(e.g. {preset: nvme-gen5-9550, drives: 4})")
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return {"profile": value} if isinstance(value, str) else value
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_tiers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Unset tiers are left out, so scenarios without them dump as they did before tiers existed."""
+        data: dict[str, Any] = handler(self)
+        for key in ("cxl", "nvme"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class Distribution(Strict):

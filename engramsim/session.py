@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from engramsim.errors import InputError
-from engramsim.hardware.presets import load_profile
+from engramsim.hardware.presets import load_profile, tier_names
 from engramsim.hardware.profile import HardwareProfile
 from engramsim.hbm import backbone_items, hbm_items, kv_blocks, kv_bytes_per_token, longest_sequence
 from engramsim.plan import Planner
 from engramsim.registry import build, build_hashing, build_scheduler, scheduler_class, scheduler_params
 from engramsim.scenario import Scenario, StrategyChoice
 from engramsim.scheduler import Scheduler, SchedulerParams
-from engramsim.strategies import PRICED_TIERS, Cache, Hashing, HashingSetup, Placement, Prefetch, SetupContext, TableInfo, Tier
+from engramsim.strategies import PRICED_TIERS, Cache, Hashing, HashingSetup, Placement, Prefetch, SetupContext, TableInfo, Tier, Transport
 from engramsim.tokenizer import compressed_vocab
 from engramsim.traces.format import load_trace
 from engramsim.workload import Workload, build_workload
@@ -77,18 +77,67 @@ def engram_tables(scenario: Scenario, hashing: Hashing) -> dict[int, TableInfo]:
     }
 
 
-def check_tiers(source: str, placement: Placement, profile: HardwareProfile) -> None:
-    """Refuse a placement that uses a tier no executor prices, or puts more in host DRAM than
-    the host has (HBM is checked with everything else that lives there, `check_hbm`)."""
+TIER_FIELD = {Tier.CXL: "hardware.cxl", Tier.NVME: "hardware.nvme"}
+
+
+def _size(nbytes: float) -> str:
+    """Bytes as GiB, or MiB below a tenth of one (a small table is not '0.0 GiB')."""
+    return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB / 10 else f"{nbytes / (1 << 20):.2f} MiB"
+
+
+def tier_capacity(profile: HardwareProfile, tier: Tier) -> float | None:
+    """Bytes a tier of this hardware holds; None for a CXL or NVMe tier it does not have."""
+    if tier == Tier.HBM:
+        return profile.gpu.hbm_gib * GIB
+    if tier == Tier.HOST:
+        return profile.host.dram_gib * GIB
+    found = profile.cxl if tier == Tier.CXL else profile.nvme
+    return None if found is None else found.capacity_bytes
+
+
+def _tier_name(profile: HardwareProfile, tier: Tier) -> str:
+    return {Tier.HBM: f"the HBM of the {profile.gpu.name}", Tier.HOST: f"the host DRAM of {profile.host.name}",
+            Tier.CXL: f"the CXL tier ({profile.cxl.name if profile.cxl else 'none'})",
+            Tier.NVME: f"the NVMe tier ({profile.nvme.name if profile.nvme else 'none'})"}[tier]
+
+
+def check_tiers(source: str, placement: Placement, profile: HardwareProfile, transport: Transport | None = None) -> None:
+    """Refuse a placement whose params do not fit the scenario or ask more of a tier than it
+    holds, one that uses a tier no executor prices or the hardware lacks, one that puts more in a
+    tier than it holds (HBM is checked with everything else that lives there, `check_hbm`), and a
+    transport that cannot reach a tier rows are placed in."""
+    refused = placement.refusal()
+    if refused is not None:
+        raise InputError(source, refused[1], field=f"strategies.placement.params.{refused[0]}")
+    for tier, (param, size) in placement.tier_budgets().items():
+        capacity = tier_capacity(profile, tier)
+        if capacity is None or size > capacity:
+            holds = "which the hardware does not have" if capacity is None else f"which holds {_size(capacity)}"
+            raise InputError(source, f"asks for {_size(size)} of {_tier_name(profile, tier)}, {holds}",
+                             field=f"strategies.placement.params.{param}")
     used = placement.bytes_per_tier()
     unpriced = [tier.name for tier, size in used.items() if size > 0 and tier not in PRICED_TIERS]
     if unpriced:
         raise InputError(source, f"placement {placement.name!r} puts rows in {', '.join(unpriced)}, which no executor "
                          f"prices yet; supported tiers: {', '.join(t.name for t in PRICED_TIERS)}", field="strategies.placement")
-    dram = profile.host.dram_gib * GIB
-    if used.get(Tier.HOST, 0) > dram:
-        raise InputError(source, f"Engram tables need {used[Tier.HOST] / GIB:.1f} GiB in the host DRAM of "
-                         f"{profile.host.name}, which holds {dram / GIB:.1f} GiB", field="strategies.placement")
+    for tier in (Tier.CXL, Tier.NVME):
+        if used.get(tier, 0) > 0 and tier_capacity(profile, tier) is None:
+            presets = ", ".join(tier_names("cxl" if tier == Tier.CXL else "nvme"))
+            raise InputError(source, f"placement {placement.name!r} puts {_size(used[tier])} in {tier.name}, but hardware "
+                             f"{profile.name!r} has no {tier.name} tier; set {TIER_FIELD[tier]} (presets: {presets})",
+                             field="strategies.placement")
+    for tier in (Tier.HOST, Tier.CXL, Tier.NVME):
+        capacity = tier_capacity(profile, tier)
+        if capacity is not None and used.get(tier, 0) > capacity:
+            raise InputError(source, f"Engram tables need {_size(used[tier])} in {_tier_name(profile, tier)}, which holds "
+                             f"{_size(capacity)}", field="strategies.placement")
+    if transport is not None:
+        unreached = [tier for tier, size in used.items() if size > 0 and tier != Tier.HBM and tier not in transport.reaches]
+        if unreached:
+            names = ", ".join(t.name for t in unreached)
+            raise InputError(source, f"transport {transport.name!r} cannot reach rows in {names} (placement {placement.name!r} "
+                             f"puts {_size(sum(used[t] for t in unreached))} there); it reaches "
+                             f"{', '.join(t.name for t in sorted(transport.reaches))}", field="strategies.transport")
 
 
 def check_hbm(source: str, items: dict[str, int], profile: HardwareProfile) -> None:
@@ -181,7 +230,7 @@ def prepare(scenario: Scenario, source: str) -> Prepared:
     engram = scenario.model.engram
     check_prompts_fit(source, scenario)
     with located(source, "hardware"):
-        profile = load_profile(scenario.hardware.profile, scenario.hardware.link)
+        profile = load_profile(scenario.hardware.profile, scenario.hardware.link, scenario.hardware.cxl, scenario.hardware.nvme)
     with located(source, "workload.trace"):
         trace = load_trace(scenario.workload.trace)
     with located(source, "model.engram.tokenizer"):
@@ -191,8 +240,9 @@ def prepare(scenario: Scenario, source: str) -> Prepared:
     hashing = build_hashing(scenario.strategies.hashing, HashingSetup(engram, vocab.size, int(vocab.table[PAD_ID])))
     workload = build_workload(scenario, trace, hashing, vocab)
     tables = engram_tables(scenario, hashing)
-    placement, cache, prefetch = _strategies(SetupContext(scenario, tables, profile, scenario.run.seed))
-    check_tiers(source, placement, profile)
+    setup = SetupContext(scenario, tables, profile, scenario.run.seed)
+    placement, cache, prefetch = _strategies(setup)
+    check_tiers(source, placement, profile, build("transport", scenario.strategies.transport, setup))
     params = scheduler_params(scenario.strategies.scheduler)
     items = hbm_items(scenario, tables, workload, placement, cache, prefetch, int(params.reserved_gib * GIB))
     check_hbm(source, items, profile)

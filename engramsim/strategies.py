@@ -31,8 +31,12 @@ class Tier(IntEnum):
     NVME = 3
 
 
-PRICED_TIERS = (Tier.HBM, Tier.HOST)
-"""Tiers the executors can price and run today; a placement using another is refused."""
+PRICED_TIERS = (Tier.HBM, Tier.HOST, Tier.CXL, Tier.NVME)
+"""Tiers the simulator prices (CXL and NVMe by their own physics, when the hardware has them);
+the real backends run HBM and host DRAM only and refuse the others."""
+
+TierRows: TypeAlias = Mapping[Tier, np.ndarray]
+"""The rows of one fetch by the tier that holds them (row ids within the layer's table)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,16 @@ class Placement(Strategy):
         """Bytes this placement puts in each tier, checked against the hardware's capacities."""
         raise NotImplementedError
 
+    def tier_budgets(self) -> dict[Tier, tuple[str, int]]:
+        """Capacities the scenario gave this placement per tier, as (the param naming it, bytes),
+        checked against the hardware's; none by default."""
+        return {}
+
+    def refusal(self) -> tuple[str, str] | None:
+        """(param, problem) when this placement's params do not fit the scenario, which the session
+        then refuses in one line naming the param; None by default."""
+        return None
+
 
 @dataclass(frozen=True)
 class CacheLookup:
@@ -245,24 +259,68 @@ class StageKind(Enum):
     """One leg of a fetch, each priced by its own cost-model formula and simulated resource.
 
     gather: CPU threads copy rows from host DRAM into a pinned staging buffer;
-    h2d: one DMA of `bytes` over the link by a copy engine;
-    zero_copy: a GPU kernel reads the rows over the link directly.
+    h2d: `copies` DMAs of `bytes` in all over the link by a copy engine (one, or one per row);
+    zero_copy: a GPU kernel reads the rows over the link directly (from host DRAM or CXL memory);
+    cxl_gather: CPU threads copy rows from CXL memory into staging (load latency and bandwidth);
+    nvme_read: the SSDs read the 4 KiB pages holding the rows into host memory (IOPS and bandwidth);
+    nvme_direct: the SSDs write those pages straight into HBM over the link (GPUDirect Storage).
     """
 
     GATHER = "gather"
     H2D = "h2d"
     ZERO_COPY = "zero_copy"
+    CXL_GATHER = "cxl_gather"
+    NVME_READ = "nvme_read"
+    NVME_DIRECT = "nvme_direct"
 
 
 @dataclass(frozen=True)
 class Stage:
+    """One leg: `rows` rows, `bytes` moved (for NVMe legs, whole pages). `copies`: DMAs issued,
+    each paying the link's fixed cost; `slowdown`: how much longer compute takes while this leg
+    runs beside it (SM interference; 1 none); `source`: the tier an h2d or zero-copy leg reads
+    (CXL memory adds its latency and bounds the bandwidth)."""
+
     kind: StageKind
     rows: int
     bytes: int
+    copies: int = 1
+    slowdown: float = 1.0
+    source: Tier = Tier.HOST
 
 
 class Transport(Strategy):
-    """How missing rows travel to the GPU, as a pipeline of stages."""
+    """How missing rows travel to the GPU, as a pipeline of stages.
+
+    `stages` prices rows from host DRAM, the tier every transport reaches; `fetch_stages` is
+    the pipeline for rows of several tiers (`reaches` lists those a transport can read, and a
+    placement that puts rows elsewhere is refused). A transport with `batches_layers` moves every
+    fetch issued at the same point (several Engram layers or steps) as one pipeline (`batch`).
+    """
+
+    reaches: ClassVar[frozenset[Tier]] = frozenset({Tier.HOST})
+    batches_layers: ClassVar[bool] = False
 
     def stages(self, rows: int, row_bytes: int) -> list[Stage]:
         raise NotImplementedError
+
+    def fetch_stages(self, rows: TierRows, row_bytes: int) -> list[Stage]:
+        """The pipeline for a fetch's rows by tier; by default `stages` of the host rows (the
+        session refuses tiers a transport does not reach before anything runs)."""
+        outside = [tier.name for tier, ids in rows.items() if ids.size and tier not in self.reaches]
+        if outside:
+            raise ValueError(f"transport {self.name!r} cannot reach rows in {', '.join(outside)}")
+        host = rows.get(Tier.HOST)
+        return self.stages(0 if host is None else int(host.size), row_bytes)
+
+    def batch(self, pipelines: list[list[Stage]]) -> list[Stage]:
+        """One pipeline for fetches issued together: each (kind, slowdown, source) once, in first-seen
+        order, with rows and bytes summed and one DMA per leg."""
+        merged: dict[tuple[StageKind, float, Tier], Stage] = {}
+        for pipeline in pipelines:
+            for stage in pipeline:
+                key = (stage.kind, stage.slowdown, stage.source)
+                had = merged.get(key)
+                merged[key] = stage if had is None else Stage(stage.kind, had.rows + stage.rows, had.bytes + stage.bytes, 1,
+                                                              stage.slowdown, stage.source)
+        return list(merged.values())

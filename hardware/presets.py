@@ -5,19 +5,26 @@ A profile file holds the `HardwareProfile` fields. Its `link` is either an inlin
 A link file holds `link:` (the `Link` fields) and `provenance:`. Every problem — unknown name,
 unreadable file, broken YAML, a bad or missing field — is one InputError line naming the file
 and the field, so the CLI can print it and exit 2.
+
+Tiers beyond host DRAM (CXL memory, NVMe) come the same way: a tier file
+(`profiles/tiers/<name>.yaml`) holds `cxl:` or `nvme:` (the `CXL` / `NVMe` fields) and
+`provenance:`; a profile's `cxl:` / `nvme:` names one or is inline; a scenario's `hardware.cxl` /
+`hardware.nvme` adds or replaces one, by name, path, or a mapping of fields with an optional
+`preset:` they override (`{preset: nvme-gen5-9550, drives: 8}`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from engramsim.errors import InputError
-from engramsim.hardware.profile import HardwareProfile, Link, Provenance
+from engramsim.hardware.profile import CXL, HardwareProfile, Link, NVMe, Provenance
 from engramsim.scenario_io import describe_error
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11+; only annotations need it
@@ -42,6 +49,17 @@ def profile_names() -> list[str]:
 def link_names() -> list[str]:
     """Names of the shipped link presets (usable as `link=` or as a profile's `link:`)."""
     return _names(_profiles_dir().joinpath("links"))
+
+
+TierKind = Literal["cxl", "nvme"]
+TIER_MODELS: dict[str, type[BaseModel]] = {"cxl": CXL, "nvme": NVMe}
+TierRef = str | Path | Mapping[str, Any]
+
+
+def tier_names(kind: TierKind | None = None) -> list[str]:
+    """Names of the shipped tier presets (of one kind: a name starts with it)."""
+    names = _names(_profiles_dir().joinpath("tiers"))
+    return [n for n in names if kind is None or n.startswith(f"{kind}-")]
 
 
 def _is_path(name_or_path: str | Path) -> bool:
@@ -100,6 +118,61 @@ def load_link(name_or_path: str | Path) -> tuple[Link, Provenance]:
     return _validate(Link, data["link"], source, "link."), _validate(Provenance, data["provenance"], source, "provenance.")
 
 
+def _tier_file(kind: TierKind, name_or_path: str | Path, field: str) -> tuple[dict[str, Any], Provenance, str]:
+    """A tier preset or file as (its fields, its provenance, where it came from)."""
+    source, text = _resolve(name_or_path, _profiles_dir().joinpath("tiers"), tier_names(kind), f"{kind} tier", field)
+    data = _parse(source, text)
+    unknown = sorted(set(data) - {kind, "provenance"})
+    if unknown:
+        raise InputError(source, f"unknown key {unknown[0]!r}; a {kind} tier file holds {kind!r} and 'provenance'", unknown[0])
+    for key in (kind, "provenance"):
+        if key not in data:
+            raise InputError(source, f"missing required key {key!r}", key)
+    if not isinstance(data[kind], dict):
+        raise InputError(source, f"expected a mapping of {TIER_MODELS[kind].__name__} fields", kind)
+    return dict(data[kind]), _validate(Provenance, data["provenance"], source, "provenance."), source
+
+
+def load_tier(kind: TierKind, ref: TierRef, field: str | None = None) -> tuple[CXL | NVMe, Provenance | None]:
+    """A CXL or NVMe tier: a preset name, a tier file, or a mapping of fields (with an optional
+    `preset:` whose fields they override). Errors name `field` (default `hardware.<kind>`)."""
+    field = field or f"hardware.{kind}"
+    provenance = None
+    if isinstance(ref, Mapping):
+        fields = dict(ref)
+        base = fields.pop("preset", None)
+        source = f"inline {kind} tier"
+        if base is not None:
+            if not isinstance(base, str):
+                raise InputError(source, f"expected a {kind} tier preset name or file, got {base!r}", f"{field}.preset")
+            preset, base_provenance, _ = _tier_file(kind, base, f"{field}.preset")
+            fields = preset | fields
+            overridden = sorted(ref.keys() - {"preset"})
+            provenance = base_provenance if not overridden else base_provenance.model_copy(
+                update={"source": f"{base_provenance.source}; overridden: {', '.join(overridden)}"})
+        tier = _validate(TIER_MODELS[kind], fields, source, f"{field}.")
+    else:
+        fields, provenance, source = _tier_file(kind, ref, field)
+        tier = _validate(TIER_MODELS[kind], fields, source, f"{kind}.")
+    return tier, provenance
+
+
+def _tiers(data: dict[str, Any], source: str, profile: str | Path) -> None:
+    """A profile file's `cxl:` / `nvme:` given by preset name or path, resolved in place (a
+    path relative to the profile's folder); errors name the profile."""
+    for kind in ("cxl", "nvme"):
+        ref = data.get(kind)
+        if not isinstance(ref, str):
+            continue
+        target: str | Path = ref
+        if _is_path(ref) and _is_path(profile) and not Path(ref).is_absolute():
+            target = Path(profile).parent / ref
+        try:
+            data[kind] = load_tier(kind, target, kind)[0].model_dump()
+        except InputError as exc:
+            raise InputError(source, exc.problem if exc.source == str(target) else str(exc), kind) from None
+
+
 def _linked(name: str, source: str, profile: str | Path) -> dict[str, Any]:
     """A profile's `link: NAME` resolved (a path relative to the profile's folder); errors name the profile."""
     target: str | Path = name
@@ -112,17 +185,28 @@ def _linked(name: str, source: str, profile: str | Path) -> dict[str, Any]:
         raise InputError(source, exc.problem if unknown_name else str(exc), "link") from None
 
 
-def load_profile(name_or_path: str | Path, link: str | Path | None = None) -> HardwareProfile:
-    """The profile named (a shipped preset) or at a path, optionally with its link replaced.
+def load_profile(name_or_path: str | Path, link: str | Path | None = None, cxl: TierRef | None = None,
+                 nvme: TierRef | None = None) -> HardwareProfile:
+    """The profile named (a shipped preset) or at a path, optionally with its link replaced and a
+    CXL or NVMe tier added or replaced (`load_tier`).
 
     `link` is a link preset name or a link file; the result's name gets `+<link name>` and its
-    provenance source records the replacement, so results say which link was priced.
+    provenance source records the replacement, so results say which link was priced. A tier given
+    here is recorded in the provenance the same way (the name is kept).
     """
     source, text = _resolve(name_or_path, _profiles_dir(), profile_names(), "hardware profile", "hardware.profile")
     data = _parse(source, text)
     if isinstance(data.get("link"), str):
         data["link"] = _linked(data["link"], source, name_or_path)
+    _tiers(data, source, name_or_path)
     profile: HardwareProfile = _validate(HardwareProfile, data, source)
+    for kind, ref in (("cxl", cxl), ("nvme", nvme)):
+        if ref is None:
+            continue
+        tier, tier_provenance = load_tier(kind, ref)  # type: ignore[arg-type]
+        said = tier_provenance.source if tier_provenance is not None else "given inline"
+        provenance = profile.provenance.model_copy(update={"source": f"{profile.provenance.source}; {kind} tier: {tier.name} ({said})"})
+        profile = profile.model_copy(update={kind: tier, "provenance": provenance})
     if link is None:
         return profile
     new_link, link_provenance = load_link(link)

@@ -6,9 +6,9 @@ calibrate`) has the same fields plus the residuals of its fit, so predictions ca
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, SerializerFunctionWrapHandler, model_serializer
 
 Physical = Annotated[float, Field(ge=1e-9, le=1e12)]
 """A rate or capacity: positive and within what any machine has, so an extreme value cannot make
@@ -17,6 +17,21 @@ every time in the results infinite or zero."""
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class _OmitUnset(_Strict):
+    """A section whose optional fields (`OPTIONAL`) are left out of its dump while unset, so a
+    profile without them reads back, and writes into results.json, as it did before they existed."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in self.OPTIONAL:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class Provenance(_Strict):
@@ -28,7 +43,9 @@ class Provenance(_Strict):
     versions: dict[str, str] = Field(default_factory=dict, description="driver, torch, CUDA versions")
 
 
-class GPU(_Strict):
+class GPU(_OmitUnset):
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("zero_copy_slowdown",)
+
     name: str
     bf16_tflops: Physical = Field(description="dense bf16 peak, TFLOP/s")
     hbm_gbps: Physical = Field(description="HBM bandwidth peak, GB/s")
@@ -61,6 +78,11 @@ class GPU(_Strict):
     gemm_tile_m: PositiveInt = Field(default=128, le=1024, description="rows (tokens) of one GEMM output tile, one thread block")
     gemm_tile_n: PositiveInt = Field(default=128, le=1024, description="columns of one GEMM output tile")
     copy_engines: PositiveInt = 2
+    zero_copy_slowdown: float | None = Field(
+        default=None, ge=1, le=10, description="how much longer the compute stream's work takes while a zero-copy gather "
+        "kernel runs beside it and holds SMs (SM interference; read by the zero-copy-sm transport); null: "
+        "sms / (sms - 16), a gather grid on 16 SMs (an assumption: measure it by timing blocks alone and beside a looping "
+        "UVA gather), 1 without sms")
 
 
 class Link(_Strict):
@@ -82,6 +104,42 @@ class Host(_Strict):
     gather_overhead_us: NonNegativeFloat = Field(description="fixed cost of one gather call, us")
 
 
+class CXL(_Strict):
+    """CXL 2.0 Type-3 memory expanders holding rows: the CPU loads from them like a far NUMA node."""
+
+    name: str
+    load_latency_ns: Physical = Field(description="idle load-to-use latency of a CPU load from the expander's memory, ns "
+                                      "(local DRAM plus what CXL adds)")
+    rows_in_flight_per_thread: Physical = Field(description="random-row loads one gather thread keeps in flight "
+                                                "(memory-level parallelism)")
+    gbps: Physical = Field(description="read bandwidth of one device, GB/s")
+    devices: PositiveInt = Field(le=1024, description="expanders the tables are interleaved over")
+    capacity_gib: Physical = Field(description="memory of one device, GiB")
+
+    @property
+    def capacity_bytes(self) -> float:
+        return self.devices * self.capacity_gib * (1 << 30)
+
+
+class NVMe(_Strict):
+    """NVMe SSDs holding rows, read in whole pages (4 KiB logical blocks)."""
+
+    name: str
+    read_iops: Physical = Field(description="4 KiB random-read IOPS of one drive (datasheet, at a deep queue)")
+    read_latency_us: Physical = Field(description="latency of one 4 KiB random read at a shallow queue, us")
+    queue_depth: PositiveInt = Field(le=65536, description="reads the reader keeps in flight per drive: a drive then reaches "
+                                     "min(read_iops, queue_depth / read_latency) IOPS (Little's law)")
+    read_gbps: Physical = Field(description="sequential read bandwidth of one drive, GB/s")
+    page_bytes: PositiveInt = Field(4096, le=1 << 20, description="bytes one read moves (the logical block): a row costs a "
+                                    "whole page unless rows of the same fetch share it")
+    drives: PositiveInt = Field(le=1024, description="drives the tables are striped over")
+    capacity_gib: Physical = Field(description="capacity of one drive, GiB")
+
+    @property
+    def capacity_bytes(self) -> float:
+        return self.drives * self.capacity_gib * (1 << 30)
+
+
 class Residual(_Strict):
     """How well a calibrated parameter fits its micro-benchmarks (relative errors)."""
 
@@ -90,7 +148,9 @@ class Residual(_Strict):
     rel_error_p95: NonNegativeFloat
 
 
-class HardwareProfile(_Strict):
+class HardwareProfile(_OmitUnset):
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("cxl", "nvme")
+
     name: str
     description: str = ""
     gpu: GPU
@@ -101,3 +161,5 @@ class HardwareProfile(_Strict):
         default=0.0, description="host cost per sequence in the step (input preparation, block tables, sampling bookkeeping), us")
     provenance: Provenance
     residuals: dict[str, Residual] = Field(default_factory=dict)
+    cxl: CXL | None = Field(default=None, description="CXL memory tier (a tier preset name in a profile file); null: none")
+    nvme: NVMe | None = Field(default=None, description="NVMe tier (a tier preset name in a profile file); null: none")

@@ -13,7 +13,9 @@ GEMM's compute follows its shape: with `gpu.sms` set, its output tiles (`gemm_ti
 (Hockney; grouped launches, such as routed experts, by `gpu.grouped_gemm_half_rows`; the wave model
 replaces both when `sms` is set). The host pays `step_overhead_us` per step plus
 `step_overhead_per_seq_us` per sequence. Fetches are priced by small latency + bandwidth formulas
-for the host's gather threads, the DMA copy engines and GPU zero-copy reads.
+for the host's gather threads, the DMA copy engines and GPU zero-copy reads; rows in CXL memory
+by its load latency over the loads in flight against the expanders' bandwidth; rows on NVMe by
+the 4 KiB pages they touch, at the drives' IOPS (at the reader's queue depth) or bandwidth.
 
 Units: GB/s = 1e9 B/s, TFLOP/s = 1e12 FLOP/s, `*_us` fields are microseconds; every method
 returns seconds.
@@ -24,7 +26,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from engramsim import kernels
-from engramsim.hardware.profile import HardwareProfile
+from engramsim.hardware.profile import CXL, HardwareProfile, NVMe
 from engramsim.kernels import BlockKind, Work
 from engramsim.scenario import Model
 from engramsim.steps import Step
@@ -32,6 +34,8 @@ from engramsim.steps import Step
 GB = 1e9
 TFLOP = 1e12
 US = 1e-6
+NS = 1e-9
+ZERO_COPY_GATHER_SMS = kernels.ZERO_COPY_GATHER_SMS
 
 
 @runtime_checkable
@@ -73,6 +77,26 @@ class CostModel(Protocol):
 
     def zero_copy_wire_time(self, rows: int, row_bytes: int) -> float:
         """Seconds a zero-copy read of `rows` rows keeps the link busy."""
+        ...
+
+    def cxl_gather_time(self, rows: int, row_bytes: int) -> float:
+        """Host threads packing `rows` rows from CXL memory into pinned staging."""
+        ...
+
+    def nvme_latency(self) -> float:
+        """The first page read's latency, paid before the drives stream."""
+        ...
+
+    def nvme_stream_time(self, nbytes: int) -> float:
+        """Seconds the drives take to read the random pages of `nbytes` after the first one's latency."""
+        ...
+
+    def cxl_latency(self) -> float:
+        """What reading CXL memory adds to a transfer's first round trip."""
+        ...
+
+    def cxl_wire_time(self, nbytes: int) -> float:
+        """Seconds the expanders need to serve `nbytes` (a transfer from CXL memory takes at least this)."""
         ...
 
 
@@ -183,3 +207,53 @@ class RooflineCostModel:
         link = self.profile.link
         return kernels.zero_copy_seconds(rows, row_bytes, self.zero_copy_latency(), link.zero_copy_gbps * GB,
                                          link.transaction_bytes)
+
+    # ---- tiers beyond host DRAM -------------------------------------------------------------------
+    def _cxl(self) -> CXL:
+        cxl = self.profile.cxl
+        if cxl is None:
+            raise ValueError(f"profile {self.profile.name!r} has no CXL tier (hardware.cxl)")
+        return cxl
+
+    def _nvme(self) -> NVMe:
+        nvme = self.profile.nvme
+        if nvme is None:
+            raise ValueError(f"profile {self.profile.name!r} has no NVMe tier (hardware.nvme)")
+        return nvme
+
+    def cxl_gather_time(self, rows: int, row_bytes: int) -> float:
+        """`kernels.cxl_gather_seconds` on the profile's host threads and CXL tier; 0 rows cost nothing."""
+        if rows <= 0:
+            return 0.0
+        cxl, host = self._cxl(), self.profile.host
+        return kernels.cxl_gather_seconds(rows, row_bytes, host.gather_threads, cxl.rows_in_flight_per_thread,
+                                          cxl.load_latency_ns * NS, cxl.devices * cxl.gbps * GB, host.gather_overhead_us * US)
+
+    def cxl_latency(self) -> float:
+        return self._cxl().load_latency_ns * NS
+
+    def cxl_wire_time(self, nbytes: int) -> float:
+        cxl = self._cxl()
+        return max(0, nbytes) / (cxl.devices * cxl.gbps * GB)
+
+    def nvme_latency(self) -> float:
+        return self._nvme().read_latency_us * US
+
+    def nvme_stream_time(self, nbytes: int) -> float:
+        """`kernels.nvme_read_seconds` less its latency, for the pages of `nbytes` (whole pages):
+        the pages at the slower of the drives' IOPS at the reader's queue depth and their bandwidth."""
+        nvme = self._nvme()
+        iops = kernels.nvme_iops(nvme.read_iops, nvme.queue_depth, nvme.read_latency_us * US)
+        pages = -(-max(0, nbytes) // nvme.page_bytes)
+        return kernels.nvme_read_seconds(pages, nvme.page_bytes, nvme.drives, iops, nvme.read_gbps * GB, 0.0)
+
+    def nvme_read_time(self, nbytes: int) -> float:
+        """One batch of page reads of `nbytes` (`kernels.nvme_read_seconds`); 0 bytes cost nothing."""
+        return 0.0 if nbytes <= 0 else self.nvme_latency() + self.nvme_stream_time(nbytes)
+
+    def zero_copy_slowdown(self) -> float:
+        """The profile's `gpu.zero_copy_slowdown`, else sms / (sms - ZERO_COPY_GATHER_SMS), else 1."""
+        gpu = self.profile.gpu
+        if gpu.zero_copy_slowdown is not None:
+            return gpu.zero_copy_slowdown
+        return kernels.sm_share_slowdown(gpu.sms, ZERO_COPY_GATHER_SMS)

@@ -6,6 +6,12 @@ must wait, so there are a few events per (step, layer, transfer) and never one p
 fetch is its own process through the transport's stages; an Engram layer waits for its fetch,
 and that wait is the layer's stall. A fetch issued in an earlier step runs while that step
 computes, and its rows wait on the device until their layer runs.
+
+Rows placed in CXL memory or on NVMe reach the transport by tier (the placement says which), so
+each leg is priced by its own physics; the NVMe drives serve one batch of page reads at a time.
+A transport that batches layers moves every fetch issued at one point as one pipeline (its spans
+split among the fetches by their bytes). A leg with a `slowdown` (a zero-copy gather holding SMs)
+stretches the compute that runs while it moves bytes, and only that compute.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import simpy
 from simpy.events import EventPriority
 
@@ -21,7 +28,7 @@ from engramsim.records import Span, SpanKind, StepLog, StepRecord, Timeline
 from engramsim.scheduler import Scheduler
 from engramsim.skeleton import Blocks, EngramLayer, Head, Host, Issue, Segment, skeleton
 from engramsim.steps import Step
-from engramsim.strategies import Stage, StageKind, TableInfo, Transport
+from engramsim.strategies import Placement, Stage, StageKind, TableInfo, Tier, TierRows, Transport
 
 if TYPE_CHECKING:
     from engramsim.simulator.cost import CostModel
@@ -53,67 +60,186 @@ class Link:
         self.wire = simpy.Resource(env, capacity=1)
         self.busy_s = 0.0
 
-    def move(self, latency_s: float, wire_s: float) -> Generator[simpy.Event, None, tuple[float, float]]:
+    def move(self, latency_s: float, wire_s: float,
+             during: Callable[[bool], None] | None = None) -> Generator[simpy.Event, None, tuple[float, float]]:
+        """Pay the latency, then hold the link for `wire_s`; `during(True)` / `during(False)` are
+        called as the bytes start and stop moving."""
         if latency_s > 0:
             yield self.env.timeout(latency_s)
         with self.wire.request() as turn:
             yield turn
             start = self.env.now
+            if during is not None:
+                during(True)
             yield self.env.timeout(wire_s)
+            if during is not None:
+                during(False)
         self.busy_s += wire_s
         return start, self.env.now
+
+
+BESIDE = frozenset({StageKind.NVME_DIRECT})
+"""Legs that run beside the rest of their fetch's pipeline rather than before it."""
+SPAN_OF = {StageKind.GATHER: SpanKind.GATHER, StageKind.H2D: SpanKind.H2D, StageKind.ZERO_COPY: SpanKind.ZERO_COPY,
+           StageKind.CXL_GATHER: SpanKind.CXL_GATHER, StageKind.NVME_READ: SpanKind.NVME_READ,
+           StageKind.NVME_DIRECT: SpanKind.NVME_DIRECT}
 
 
 class Engine:
     """Prices steps on simulated hardware: one handler per segment kind and per stage kind."""
 
-    def __init__(self, cost: CostModel, tables: dict[int, TableInfo], blocks: int, transport: Transport, copy_engines: int) -> None:
+    def __init__(self, cost: CostModel, tables: dict[int, TableInfo], blocks: int, transport: Transport, copy_engines: int,
+                 placement: Placement | None = None) -> None:
+        """`placement`: where the fetched rows live; None (or one using no tier beyond host DRAM):
+        every fetched row comes from host DRAM."""
         self.cost = cost
         self.tables = tables
         self.blocks = blocks
         self.transport = transport
+        self.placement = placement
+        self._tiered = placement is not None and any(
+            size > 0 and tier not in (Tier.HBM, Tier.HOST) for tier, size in placement.bytes_per_tier().items())
         self.env = CountingEnvironment()
         self.link = Link(self.env)
         self.copy_engines = simpy.Resource(self.env, capacity=copy_engines)
         self.gather_pool = simpy.Resource(self.env, capacity=1)
+        self.drives = simpy.Resource(self.env, capacity=1)
         self.spans = Timeline()
         self._issued: dict[tuple[int, int], tuple[float, simpy.Process | None]] = {}  # (step, layer) -> issue time, fetch
         self._queued: list[tuple[float, dict]] = []  # compute enqueued but not yet simulated: seconds, span fields
-        self._stages: dict[StageKind, Callable[[Stage, FetchPlan], Events]] = {
+        self._stages: dict[StageKind, Callable[[Stage, int], Generator[simpy.Event, Any, tuple[float, float]]]] = {
             StageKind.GATHER: self._gather, StageKind.H2D: self._h2d, StageKind.ZERO_COPY: self._zero_copy,
+            StageKind.CXL_GATHER: self._cxl_gather, StageKind.NVME_READ: self._nvme_read, StageKind.NVME_DIRECT: self._nvme_direct,
         }
+        self._interferes = any(stage.slowdown > 1 for stage in transport.stages(1, 64))
+        self._slowdowns: list[float] = []  # slowdowns of the legs moving bytes now
+        self._changed = self.env.event()  # succeeds whenever _slowdowns changes
         self._segments: dict[type, Callable[[Segment, Step, StepRecord], Events]] = {
             Host: self._host, Issue: self._issue, EngramLayer: self._engram_layer, Blocks: self._blocks, Head: self._head,
         }
 
     # ---- fetches -------------------------------------------------------------------------
-    def _gather(self, stage: Stage, fetch: FetchPlan) -> Events:
+    def _gather(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
         with self.gather_pool.request() as turn:
             yield turn
             start = self.env.now
-            yield self.env.timeout(self.cost.gather_time(stage.rows, self.tables[fetch.layer].row_bytes))
-        self._span(SpanKind.GATHER, start, self.env.now, fetch, stage)
+            yield self.env.timeout(self.cost.gather_time(stage.rows, row_bytes))
+        return start, self.env.now
 
-    def _h2d(self, stage: Stage, fetch: FetchPlan) -> Events:
+    def _cxl_gather(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        with self.gather_pool.request() as turn:
+            yield turn
+            start = self.env.now
+            yield self.env.timeout(self.cost.cxl_gather_time(stage.rows, row_bytes))
+        return start, self.env.now
+
+    def _source(self, stage: Stage, latency_s: float, wire_s: float) -> tuple[float, float]:
+        """(latency, wire seconds) of a transfer reading `stage.source`: CXL memory adds its load
+        latency and moves no faster than the expanders serve."""
+        if stage.source == Tier.CXL:
+            return latency_s + self.cost.cxl_latency(), max(wire_s, self.cost.cxl_wire_time(stage.bytes))
+        return latency_s, wire_s
+
+    def _h2d(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        """`copies` DMAs, each paying the fixed cost (and the source's latency), then the bytes."""
+        per_copy, wire = self._source(stage, self.cost.h2d_latency(), self.cost.h2d_wire_time(stage.bytes))
         with self.copy_engines.request() as engine:
             yield engine
-            start, end = yield from self.link.move(self.cost.h2d_latency(), self.cost.h2d_wire_time(stage.bytes))
-        self._span(SpanKind.H2D, start, end, fetch, stage)
+            return (yield from self.link.move(per_copy * stage.copies, wire, self._during(stage)))
 
-    def _zero_copy(self, stage: Stage, fetch: FetchPlan) -> Events:
-        wire = self.cost.zero_copy_wire_time(stage.rows, self.tables[fetch.layer].row_bytes)
-        start, end = yield from self.link.move(self.cost.zero_copy_latency(), wire)
-        self._span(SpanKind.ZERO_COPY, start, end, fetch, stage)
+    def _zero_copy(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        latency, wire = self._source(stage, self.cost.zero_copy_latency(), self.cost.zero_copy_wire_time(stage.rows, row_bytes))
+        return (yield from self.link.move(latency, wire, self._during(stage)))
 
-    def _span(self, kind: SpanKind, start: float, end: float, fetch: FetchPlan, stage: Stage) -> None:
-        self.spans.add(Span(kind=kind, start_s=start, end_s=end, step=fetch.step, layer=fetch.layer, bytes=stage.bytes))
+    def _nvme_read(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        """The drives read the stage's pages into host memory: the first read's latency, then the
+        pages at the drives' rate; one batch of reads at a time."""
+        with self.drives.request() as turn:
+            yield turn
+            start = self.env.now
+            yield self.env.timeout(self.cost.nvme_latency() + self.cost.nvme_stream_time(stage.bytes))
+        return start, self.env.now
 
-    def _fetch(self, fetch: FetchPlan) -> Generator[simpy.Event, None, float]:
-        """Move the fetch's rows through the transport's stages in order; return when the last byte landed."""
-        for stage in self.transport.stages(int(fetch.fetch.size), self.tables[fetch.layer].row_bytes):
-            if stage.rows:
-                yield from self._stages[stage.kind](stage, fetch)
+    def _nvme_direct(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        """The drives write the stage's pages into HBM: the first read's latency, then the pages
+        at the slower of the drives' rate and the link's; the link carries them for their wire
+        time only, at the end of the stream (it serves other transfers meanwhile)."""
+        wire = self.cost.h2d_wire_time(stage.bytes)
+        with self.drives.request() as turn:
+            yield turn
+            yield self.env.timeout(self.cost.nvme_latency() + max(self.cost.nvme_stream_time(stage.bytes), wire) - wire)
+            return (yield from self.link.move(0.0, wire, self._during(stage)))
+
+    def _during(self, stage: Stage) -> Callable[[bool], None] | None:
+        """What a leg that slows compute does as its bytes start and stop moving."""
+        if stage.slowdown <= 1:
+            return None
+
+        def during(moving: bool) -> None:
+            if moving:
+                self._slowdowns.append(stage.slowdown)
+            else:
+                self._slowdowns.remove(stage.slowdown)
+            changed, self._changed = self._changed, self.env.event()
+            changed.succeed()
+        return during
+
+    def _pipeline(self, fetch: FetchPlan) -> list[Stage]:
+        """The transport's stages for the fetch's rows, by the tier each row sits in."""
+        row_bytes = self.tables[fetch.layer].row_bytes
+        if not self._tiered:
+            return self.transport.stages(int(fetch.fetch.size), row_bytes)
+        return self.transport.fetch_stages(self.tier_rows(fetch), row_bytes)
+
+    def tier_rows(self, fetch: FetchPlan) -> TierRows:
+        """The fetch's rows by the tier that holds them."""
+        rows = fetch.fetch
+        if not self._tiered or self.placement is None:
+            return {Tier.HOST: rows}
+        tiers = self.placement.tier_of(fetch.layer, rows)
+        return {Tier(int(t)): rows[tiers == t] for t in np.unique(tiers)}
+
+    def _run_legs(self, stages: list[Stage], row_bytes: int,
+                  record: Callable[[Stage, float, float], None]) -> Generator[simpy.Event, Any, float]:
+        """Run the legs in order (a direct NVMe leg beside the others: it needs neither the host's
+        threads nor a copy engine), `record` each one's span; return when the last byte landed."""
+        beside = [self.env.process(self._leg(stage, row_bytes, record)) for stage in stages
+                  if stage.rows and stage.kind in BESIDE]
+        for stage in stages:
+            if stage.rows and stage.kind not in BESIDE:
+                yield from self._leg(stage, row_bytes, record)
+        for process in beside:
+            yield process
         return self.env.now
+
+    def _leg(self, stage: Stage, row_bytes: int, record: Callable[[Stage, float, float], None]) -> Generator[simpy.Event, Any, None]:
+        start, end = yield from self._stages[stage.kind](stage, row_bytes)
+        record(stage, start, end)
+
+    def _fetch(self, fetch: FetchPlan) -> Generator[simpy.Event, Any, float]:
+        """Move the fetch's rows through the transport's stages; return when the last byte landed."""
+        def record(stage: Stage, start: float, end: float) -> None:
+            self.spans.add(Span(kind=SPAN_OF[stage.kind], start_s=start, end_s=end, step=fetch.step, layer=fetch.layer,
+                                bytes=stage.bytes))
+        return (yield from self._run_legs(self._pipeline(fetch), self.tables[fetch.layer].row_bytes, record))
+
+    def _fetch_together(self, fetches: tuple[FetchPlan, ...]) -> Generator[simpy.Event, Any, float]:
+        """Move several fetches as one pipeline (`Transport.batch`): each leg once for all their
+        rows; its span is split among the fetches by their share of its bytes."""
+        pipelines = [self._pipeline(fetch) for fetch in fetches]
+
+        def record(stage: Stage, start: float, end: float) -> None:
+            key = (stage.kind, stage.slowdown, stage.source)
+            shares = [sum(s.bytes for s in pipeline if (s.kind, s.slowdown, s.source) == key) for pipeline in pipelines]
+            total, at = sum(shares), start
+            for i, (fetch, share) in enumerate(zip(fetches, shares)):
+                if share <= 0:
+                    continue
+                until = end if sum(shares[i + 1:]) == 0 else at + (end - start) * share / total
+                self.spans.add(Span(kind=SPAN_OF[stage.kind], start_s=at, end_s=until, step=fetch.step, layer=fetch.layer,
+                                    bytes=share))
+                at = until
+        return (yield from self._run_legs(self.transport.batch(pipelines), self.tables[fetches[0].layer].row_bytes, record))
 
     # ---- compute -------------------------------------------------------------------------
     def _compute(self, seconds: float, **span: object) -> None:
@@ -121,15 +247,34 @@ class Engine:
         self._queued.append((seconds, span))
 
     def _flush(self) -> Events:
-        """Simulate the queued compute as one timeout and lay out its spans back to back."""
+        """Simulate the queued compute as one timeout and lay out its spans back to back (stretched
+        alike where a leg slowed it)."""
         start = self.env.now
         total = sum(seconds for seconds, _ in self._queued)
+        scale = 1.0
         if total > 0:
-            yield self.env.timeout(total)
+            if self._interferes:
+                took = yield from self._slowed(total)
+                scale = took / total if took != total else 1.0
+            else:
+                yield self.env.timeout(total)
         for seconds, span in self._queued:  # zero-length ones too: the real backend records every segment
-            self.spans.add(Span(start_s=start, end_s=start + seconds, **span))
-            start += seconds
+            self.spans.add(Span(start_s=start, end_s=start + seconds * scale, **span))
+            start += seconds * scale
         self._queued.clear()
+
+    def _slowed(self, work: float) -> Generator[simpy.Event, Any, float]:
+        """Run `work` seconds of compute at 1 / slowdown of its speed while a slowing leg moves
+        bytes (the largest, when several do), at full speed otherwise; return the seconds it took."""
+        began, left = self.env.now, work
+        while True:
+            factor = max(self._slowdowns, default=1.0)
+            changed, since = self._changed, self.env.now
+            done = self.env.timeout(left * factor)
+            yield done | changed
+            left -= (self.env.now - since) / factor
+            if done.processed or left <= work * 1e-12:
+                return self.env.now - began
 
     def _pending_s(self) -> float:
         return sum(seconds for seconds, _ in self._queued)
@@ -141,12 +286,25 @@ class Engine:
 
     def _issue(self, segment: Segment, step: Step, record: StepRecord) -> Events:
         assert isinstance(segment, Issue)
+        if self.transport.batches_layers:
+            yield from self._issue_together(segment.fetches)
+            return
         for fetch in segment.fetches:
             process = None
             if fetch.fetch.size:
                 yield from self._flush()
                 process = self.env.process(self._fetch(fetch))
             self._issued[(fetch.step, fetch.layer)] = (self.env.now + self._pending_s(), process)
+
+    def _issue_together(self, fetches: tuple[FetchPlan, ...]) -> Events:
+        """Issue every fetch of one point as one pipeline (a transport that batches layers)."""
+        moving = tuple(fetch for fetch in fetches if fetch.fetch.size)
+        process = None
+        if moving:
+            yield from self._flush()
+            process = self.env.process(self._fetch(moving[0]) if len(moving) == 1 else self._fetch_together(moving))
+        for fetch in fetches:
+            self._issued[(fetch.step, fetch.layer)] = (self.env.now + self._pending_s(), process if fetch.fetch.size else None)
 
     def _engram_layer(self, segment: Segment, step: Step, record: StepRecord) -> Events:
         assert isinstance(segment, EngramLayer)
@@ -192,13 +350,15 @@ def simulate(engine: Engine, scheduler: Scheduler, planner: Planner, max_steps: 
     env = engine.env
     records = StepLog()
 
+    ended = [0.0]
+
     def loop() -> Events:
         while not scheduler.done and (max_steps is None or len(records) < max_steps):
             step = scheduler.next_step(env.now)
             if step is None:
                 arrival = scheduler.next_arrival()
                 if arrival is None:
-                    return
+                    break
                 yield env.timeout(max(0.0, arrival - env.now))
                 continue
             record = yield from engine.run_step(planner.plan(scheduler.view(step, max_steps)))
@@ -206,7 +366,8 @@ def simulate(engine: Engine, scheduler: Scheduler, planner: Planner, max_steps: 
             records.append(record)
             if progress is not None:
                 progress(step)
+        ended[0] = env.now
 
     env.process(loop())
     env.run()
-    return records, env.now
+    return records, ended[0]  # the last step's end: a slowed compute's superseded timeout may still run the clock on

@@ -19,7 +19,7 @@ GIB = 1 << 30
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("hw", help="print the CPU, memory, torch build, GPUs and PCIe links this machine has")
     p.add_argument("--json", action="store_true", help="print the findings as one JSON object")
-    p.add_argument("--presets", action="store_true", help="list the shipped hardware and link presets instead")
+    p.add_argument("--presets", action="store_true", help="list the shipped hardware, link and tier presets instead")
     p.set_defaults(handler=run)
 
 
@@ -78,9 +78,10 @@ def report_lines(info: dict[str, Any]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     if args.presets:
-        from engramsim.hardware.presets import link_names, profile_names
+        from engramsim.hardware.presets import link_names, profile_names, tier_names
 
-        print("profiles: " + ", ".join(profile_names()) + "\nlinks: " + ", ".join(link_names()))
+        print("profiles: " + ", ".join(profile_names()) + "\nlinks: " + ", ".join(link_names())
+              + "\ntiers: " + ", ".join(tier_names()) + " (hardware.cxl / hardware.nvme)")
         return 0
     info = detect()
     print(json.dumps(info, indent=2) if args.json else "\n".join(report_lines(info)))

@@ -1,18 +1,40 @@
 """A GPU kernel reads the rows straight from pinned host memory over UVA (vLLM's way in 2026).
 
 No CPU work and no staging copy, but every row is its own small read over the link, so the
-cost model prices it by transactions rather than by one bulk transfer.
+cost model prices it by transactions rather than by one bulk transfer. CXL memory is host
+memory to the GPU (a CPU-less NUMA node), so the kernel reads it too, at its latency and no
+faster than the expanders serve; NVMe is not memory and cannot be read this way.
 """
 
 from __future__ import annotations
 
 from engramsim.registry import register
-from engramsim.strategies import Stage, StageKind, Transport
+from engramsim.strategies import Stage, StageKind, Tier, TierRows, Transport
+
+
+class ZeroCopyBase(Transport):
+    """A GPU gather kernel reading host DRAM or CXL memory over the link; `slowdown` stretches compute while it runs."""
+
+    reaches = frozenset({Tier.HOST, Tier.CXL})
+
+    def slowdown(self) -> float:
+        return 1.0
+
+    def stages(self, rows: int, row_bytes: int) -> list[Stage]:
+        return [Stage(StageKind.ZERO_COPY, rows, rows * row_bytes, slowdown=self.slowdown())]
+
+    def fetch_stages(self, rows: TierRows, row_bytes: int) -> list[Stage]:
+        outside = [tier.name for tier, ids in rows.items() if ids.size and tier not in self.reaches]
+        if outside:
+            raise ValueError(f"transport {self.name!r} cannot reach rows in {', '.join(outside)}")
+        out = []
+        for tier in (Tier.HOST, Tier.CXL):
+            n = int(rows[tier].size) if tier in rows else 0
+            if n:
+                out.append(Stage(StageKind.ZERO_COPY, n, n * row_bytes, slowdown=self.slowdown(), source=tier))
+        return out
 
 
 @register("transport", "zero-copy")
-class ZeroCopy(Transport):
+class ZeroCopy(ZeroCopyBase):
     """GPU gather kernel reading pinned host memory directly (UVA zero-copy)."""
-
-    def stages(self, rows: int, row_bytes: int) -> list[Stage]:
-        return [Stage(StageKind.ZERO_COPY, rows, rows * row_bytes)]
