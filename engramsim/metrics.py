@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from engramsim.records import RunOutcome, ServingCounts, StepLog, StepRecord
+from engramsim.records import LAYER_FIELDS, RunOutcome, ServingCounts, StepLog, StepRecord
 
 GROUPS = ("throughput", "overheads", "latencies", "stall", "link traffic", "rows", "serving", "run size")
 LAYER_COUNTS = ("rows_unique", "references", "rows_hbm", "rows_fetched", "bytes_fetched")
@@ -84,9 +84,40 @@ class MetricContext:
         return {"step_latency": quantiles_ms(latencies), "ttft": quantiles_ms(self.outcome.ttft_s),
                 "tpot": quantiles_ms(self.outcome.tpot_s)}
 
+    @cached_property
+    def speculation(self) -> Speculation | None:
+        """How well the speculative rows guessed (`Speculation`); None without speculative rows, or
+        when the records do not count the guessed rows (`LayerRecord.rows_guessed`)."""
+        speculative = self.total("rows_speculative")
+        if not speculative or "rows_guessed" not in LAYER_FIELDS:
+            return None
+        guessed = int(self.outcome.steps.layer_column("rows_guessed").sum())
+        return Speculation.of(speculative, guessed, self.total("rows_missed"), self.total("bytes_fetched") / self.total("rows_fetched"))
+
     def per_second(self, amount: float) -> float:
         """`amount` over the makespan (0 for an empty run)."""
         return amount / self.outcome.makespan_s if self.outcome.makespan_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Speculative rows against the rows the step after them needed. A speculative row is used when
+    the next step of its layer needs it and would fetch it (outside HBM, not cached): `guessed`
+    counts those, at the step that needs them, so guessed <= speculative and guessed <= missed."""
+
+    precision: float  # guessed / speculative rows fetched
+    recall: float  # guessed / needed rows outside HBM and not cached (0 when there are none)
+    wasted_bytes: int  # (speculative - guessed) x row bytes: speculative rows no next step needed
+
+    @classmethod
+    def of(cls, speculative: int, guessed: int, missed: int, row_bytes: float) -> Speculation:
+        if not 0 <= guessed <= min(speculative, missed) or speculative <= 0:
+            raise ValueError(f"{guessed} guessed rows of {speculative} speculative and {missed} missed rows")
+        return cls(guessed / speculative, guessed / missed if missed else 0.0, int(round((speculative - guessed) * row_bytes)))
+
+
+def _speculation(name: str) -> Callable[[MetricContext], Value]:
+    return lambda c: None if c.speculation is None else getattr(c.speculation, name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,6 +278,16 @@ register(Metric(name="rows_missed", unit="rows", label="rows missed", group="row
 register(Metric(name="rows_speculative", unit="rows", label="rows speculative", group="rows",
                 meaning="rows fetched beyond a step's needs (a predictor's guesses)",
                 compute=lambda c: c.total("rows_speculative")))
+register(Metric(name="speculative_precision", unit="fraction", label="speculative precision", group="rows", digits=3,
+                meaning="speculative rows the next step needed / speculative rows fetched (null without speculative rows)",
+                compute=_speculation("precision")))
+register(Metric(name="speculative_recall", unit="fraction", label="speculative recall", group="rows", digits=3,
+                meaning="needed rows outside HBM and not cached that the step before fetched speculatively / those rows "
+                        "(null without speculative rows)",
+                compute=_speculation("recall")))
+register(Metric(name="speculative_wasted_bytes", unit="bytes", label="speculative bytes wasted", group="rows",
+                meaning="bytes of the speculative rows the next step did not need (null without speculative rows)",
+                compute=_speculation("wasted_bytes")))
 register(Metric(name="cache_hit_rate", unit="fraction", label="cache hit rate", group="rows", digits=3,
                 meaning="cache hits / needed rows outside HBM (null when every needed row is placed in HBM)",
                 compute=_hit_rate))

@@ -55,7 +55,7 @@ class FetchPlan:
         """What this layer cost, once an executor knows when its fetch was issued and landed."""
         return LayerRecord(
             layer=self.layer, rows_unique=int(self.rows.size), references=self.references, rows_placed_hbm=self.placed_hbm,
-            cache_hits=self.cache_hits, rows_missed=self.misses, rows_speculative=self.speculative,
+            cache_hits=self.cache_hits, rows_missed=self.misses, rows_speculative=self.speculative, rows_guessed=self.guessed,
             bytes_fetched=int(self.fetch.size) * row_bytes, issue_step=self.issue_step, issue_s=issue_s, ready_s=ready_s,
             stall_s=stall_s,
         )

@@ -101,6 +101,7 @@ class LayerRecord:
     cache_hits: int  # outside HBM but in the HBM cache
     rows_missed: int  # outside HBM and not cached: fetched for this step
     rows_speculative: int  # fetched beyond the step's needs (a predictor's guess)
+    rows_guessed: int = 0  # of rows_missed, rows the previous step's fetch of this layer carried as speculative rows
     bytes_fetched: int
     issue_step: int  # the step during which the fetch was issued (<= the record's step; < means issued ahead)
     issue_s: float
