@@ -15,6 +15,7 @@ folder, which differ from the reference only in how a mix becomes a head's row.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -204,6 +205,10 @@ class NgramHashing(Hashing):
         self.pad_id = int(pad_id)
         self.multipliers = layer_multipliers(spec, compressed_vocab_size)
 
+    @classmethod
+    def from_setup(cls, params: Params, setup: HashingSetup) -> NgramHashing:
+        return cls(EngramHashSpec.from_engram(setup.engram), setup.vocab_size, setup.pad_id)
+
     def _hash_chunk(self, shifted: list[np.ndarray], start: int, stop: int, out: dict[int, np.ndarray]) -> None:
         """Write rows [stop - start, heads_per_layer] of positions start..stop into out[layer][start:stop]."""
         raise NotImplementedError
@@ -243,6 +248,22 @@ class NgramHashing(Hashing):
         return out
 
 
+class PrimePerOrder(NgramHashing):
+    """A base for schemes with one prime per n-gram order (the reference's prime search with one
+    head: distinct across the model, just above rows_per_head) read by all the order's heads, so
+    the order holds H * p_n rows, the reference's total within rounding."""
+
+    def __init__(self, spec: EngramHashSpec, compressed_vocab_size: int, pad_id: int) -> None:
+        """`pad_id` is the already-compressed pad id."""
+        super().__init__(spec, compressed_vocab_size, pad_id)
+        self.primes = layer_primes(dataclasses.replace(spec, heads=1))  # per layer, one per order
+        self._remainders = {layer: remainder_table(p) for layer, p in self.primes.items()}
+
+    @property
+    def head_sizes(self) -> dict[int, np.ndarray]:
+        return {layer: np.repeat(p, self.spec.heads) for layer, p in self.primes.items()}
+
+
 @register("hashing", "engram")
 class EngramHashing(NgramHashing):
     """DeepSeek Engram multi-head n-gram hashing (XOR of odd multipliers, distinct prime heads)."""
@@ -251,10 +272,6 @@ class EngramHashing(NgramHashing):
         """`pad_id` is the already-compressed pad id."""
         super().__init__(spec, compressed_vocab_size, pad_id)
         self.primes = layer_primes(spec)
-
-    @classmethod
-    def from_setup(cls, params: Params, setup: HashingSetup) -> EngramHashing:
-        return cls(EngramHashSpec.from_engram(setup.engram), setup.vocab_size, setup.pad_id)
 
     @property
     def head_sizes(self) -> dict[int, np.ndarray]:

@@ -13,40 +13,20 @@ and so another model, is the `engram` plugin with `heads: 1`; `engramsim collisi
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from engramsim.plugins.hashing.engram import (
-    EngramHashSpec,
-    NgramHashing,
-    layer_primes,
+    PrimePerOrder,
     order_mixes,
     remainder_into,
-    remainder_table,
     split_mix,
 )
 from engramsim.registry import register
-from engramsim.strategies import HashingSetup, Params
 
 
 @register("hashing", "engram-one-head")
-class OneHeadPerOrder(NgramHashing):
+class OneHeadPerOrder(PrimePerOrder):
     """Engram's mixing with one prime head per n-gram order, shared by the order's heads (baseline)."""
-
-    def __init__(self, spec: EngramHashSpec, compressed_vocab_size: int, pad_id: int) -> None:
-        """`pad_id` is the already-compressed pad id."""
-        super().__init__(spec, compressed_vocab_size, pad_id)
-        self.primes = layer_primes(dataclasses.replace(spec, heads=1))  # per layer, one per order
-        self._remainders = {layer: remainder_table(p) for layer, p in self.primes.items()}
-
-    @classmethod
-    def from_setup(cls, params: Params, setup: HashingSetup) -> OneHeadPerOrder:
-        return cls(EngramHashSpec.from_engram(setup.engram), setup.vocab_size, setup.pad_id)
-
-    @property
-    def head_sizes(self) -> dict[int, np.ndarray]:
-        return {layer: np.repeat(p, self.spec.heads) for layer, p in self.primes.items()}
 
     def _hash_chunk(self, shifted: list[np.ndarray], start: int, stop: int, out: dict[int, np.ndarray]) -> None:
         n = stop - start

@@ -15,7 +15,6 @@ import numpy as np
 
 from engramsim.plugins.hashing.engram import EngramHashSpec, NgramHashing, order_mixes
 from engramsim.registry import register
-from engramsim.strategies import HashingSetup, Params
 
 
 def pow2_sizes(rows_per_head: int, heads: int) -> np.ndarray:
@@ -35,10 +34,6 @@ class Pow2MaskHashing(NgramHashing):
         sizes = np.concatenate([pow2_sizes(rows, spec.heads) for rows in spec.rows_per_head])
         self._sizes = {layer: sizes.copy() for layer in spec.layer_ids}
         self._masks = sizes - 1
-
-    @classmethod
-    def from_setup(cls, params: Params, setup: HashingSetup) -> Pow2MaskHashing:
-        return cls(EngramHashSpec.from_engram(setup.engram), setup.vocab_size, setup.pad_id)
 
     @property
     def head_sizes(self) -> dict[int, np.ndarray]:

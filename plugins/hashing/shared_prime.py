@@ -12,23 +12,18 @@ cheapest way to make one prime's heads independent.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from engramsim.plugins.hashing.engram import (
     EngramHashSpec,
-    NgramHashing,
+    PrimePerOrder,
     layer_generator,
-    layer_primes,
     multiplier_half,
     order_mixes,
     remainder_into,
-    remainder_table,
     split_mix,
 )
 from engramsim.registry import register
-from engramsim.strategies import HashingSetup, Params
 
 
 def head_multipliers(spec: EngramHashSpec, compressed_vocab_size: int) -> dict[int, np.ndarray]:
@@ -41,23 +36,13 @@ def head_multipliers(spec: EngramHashSpec, compressed_vocab_size: int) -> dict[i
 
 
 @register("hashing", "engram-shared-prime")
-class SharedPrimeHashing(NgramHashing):
+class SharedPrimeHashing(PrimePerOrder):
     """One prime per n-gram order shared by its heads, each head mixing with its own multipliers."""
 
     def __init__(self, spec: EngramHashSpec, compressed_vocab_size: int, pad_id: int) -> None:
         """`pad_id` is the already-compressed pad id."""
         super().__init__(spec, compressed_vocab_size, pad_id)
         self.head_multipliers = head_multipliers(spec, compressed_vocab_size)
-        self.primes = layer_primes(dataclasses.replace(spec, heads=1))  # per layer, one per order
-        self._remainders = {layer: remainder_table(p) for layer, p in self.primes.items()}
-
-    @classmethod
-    def from_setup(cls, params: Params, setup: HashingSetup) -> SharedPrimeHashing:
-        return cls(EngramHashSpec.from_engram(setup.engram), setup.vocab_size, setup.pad_id)
-
-    @property
-    def head_sizes(self) -> dict[int, np.ndarray]:
-        return {layer: np.repeat(p, self.spec.heads) for layer, p in self.primes.items()}
 
     def _hash_chunk(self, shifted: list[np.ndarray], start: int, stop: int, out: dict[int, np.ndarray]) -> None:
         n = stop - start
