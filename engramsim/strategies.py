@@ -234,6 +234,7 @@ class Prefetch(Strategy):
     """
 
     horizon: int = 0  # the most steps ahead this policy ever issues a fetch (a class or instance attribute)
+    deadline: bool = False  # an Engram layer whose rows have not landed when the compute reaches it proceeds without them
 
     def issue_layer(self, layer: int, view: StepView) -> int:
         """Block at whose start the fetch for Engram `layer` of `view.step` is issued: 0 is the
@@ -307,11 +308,20 @@ class Transport(Strategy):
     def fetch_stages(self, rows: TierRows, row_bytes: int) -> list[Stage]:
         """The pipeline for a fetch's rows by tier; by default `stages` of the host rows (the
         session refuses tiers a transport does not reach before anything runs)."""
+        self.check_reach(rows)
+        host = rows.get(Tier.HOST)
+        return self.stages(0 if host is None else int(host.size), row_bytes)
+
+    def check_reach(self, rows: TierRows) -> None:
+        """ValueError naming the tiers holding rows of the fetch that this transport cannot read."""
         outside = [tier.name for tier, ids in rows.items() if ids.size and tier not in self.reaches]
         if outside:
             raise ValueError(f"transport {self.name!r} cannot reach rows in {', '.join(outside)}")
-        host = rows.get(Tier.HOST)
-        return self.stages(0 if host is None else int(host.size), row_bytes)
+
+    def per_tier(self, rows: TierRows, leg: Callable[[int, Tier], Stage]) -> list[Stage]:
+        """One leg, `leg(rows, tier)`, per reached tier holding rows of the fetch, fastest tier first."""
+        self.check_reach(rows)
+        return [leg(n, tier) for tier in sorted(self.reaches) if (n := int(rows[tier].size) if tier in rows else 0)]
 
     def batch(self, pipelines: list[list[Stage]]) -> list[Stage]:
         """One pipeline for fetches issued together: each (kind, slowdown, source) once, in first-seen

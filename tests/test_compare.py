@@ -20,19 +20,9 @@ from engramsim.compare import FILES
 from engramsim.compare_plot import pareto_front
 from engramsim.errors import InputError
 from engramsim.variants import load_variants, parse_varies, parse_vary, split_values, variants
+from tests.test_errors import TINY as ERRORS_TINY
 
-TINY = {
-    "name": "tiny",
-    "model": {
-        "backbone": {"layers": 4, "hidden": 256, "intermediate": 512, "attention": {"heads": 4, "kv_heads": 2, "head_dim": 64},
-                     "vocab": 1000},
-        "engram": {"layers": [1], "heads": 2, "head_dim": 16, "rows_per_head": 1009, "hc_mult": 1},
-    },
-    "hardware": "h100-sxm",
-    "workload": {"trace": "cpython-docs", "requests": 6, "prompt_len": {"dist": "uniform", "low": 8, "high": 16},
-                 "output_len": {"dist": "uniform", "low": 2, "high": 6}},
-    "run": {"seed": 0},
-}
+TINY = {**ERRORS_TINY, "workload": {**ERRORS_TINY["workload"], "requests": 6, "output_len": {"dist": "uniform", "low": 2, "high": 6}}}
 TRANSPORTS = "strategies.transport=staged,zero-copy"
 PREFETCHES = "strategies.prefetch=on-demand,layer-ahead"
 NO_FIT = "strategies.scheduler.params.gpu_memory_utilization=0.9,0.006"  # 0.006 x 80 GiB leaves no KV block

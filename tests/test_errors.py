@@ -177,10 +177,9 @@ def _snapshot(d: Path) -> set[Path]:
     return set(d.rglob("*"))
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_one_line_exit_2_and_nothing_left_behind(name, tmp_path, monkeypatch, capsys):
+def assert_refused(case, tmp_path: Path, monkeypatch, capsys) -> None:
+    """`case.args(tmp_path)` run from tmp_path: exit 2, one stderr line holding `case.expect`, nothing written."""
     monkeypatch.chdir(tmp_path)
-    case = CASES[name]
     args = case.args(tmp_path)
     before = _snapshot(tmp_path)
     rc = main(args)
@@ -191,6 +190,11 @@ def test_one_line_exit_2_and_nothing_left_behind(name, tmp_path, monkeypatch, ca
     for part in case.expect:
         assert part in err, f"{part!r} not in {err!r}"
     assert _snapshot(tmp_path) == before, "output left behind"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_one_line_exit_2_and_nothing_left_behind(name, tmp_path, monkeypatch, capsys):
+    assert_refused(CASES[name], tmp_path, monkeypatch, capsys)
 
 
 def test_the_table_covers_at_least_forty_cases():

@@ -32,7 +32,7 @@ from engramsim.simulator.cost import RooflineCostModel
 from engramsim.simulator.engine import Engine, simulate
 from engramsim.strategies import Params, SetupContext, Stage, StageKind, TableInfo, Tier
 from tests.test_engine import MS, IssueAt, ListScheduler, NoCache, ToyCost, make_step
-from tests.test_errors import TINY, Case, _snapshot, _write
+from tests.test_errors import TINY, Case, _write, assert_refused
 from tests.test_profiles import numbers_and_bare, numeric_leaves
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -423,17 +423,7 @@ CASES: dict[str, Case] = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_exit_2_and_nothing_left_behind(name, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    case = CASES[name]
-    args = case.args(tmp_path)
-    before = _snapshot(tmp_path)
-    rc = main(args)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("engramsim") and "Traceback" not in err, err
-    for part in case.expect:
-        assert part in err, f"{part!r} not in {err!r}"
-    assert _snapshot(tmp_path) == before, "output left behind"
+    assert_refused(CASES[name], tmp_path, monkeypatch, capsys)
 
 
 def test_every_new_plugin_has_params_a_docstring_and_is_registered():

@@ -20,12 +20,4 @@ class RowCopy(Transport):
         return [Stage(StageKind.H2D, rows, rows * row_bytes, copies=rows)]
 
     def fetch_stages(self, rows: TierRows, row_bytes: int) -> list[Stage]:
-        outside = [tier.name for tier, ids in rows.items() if ids.size and tier not in self.reaches]
-        if outside:
-            raise ValueError(f"transport {self.name!r} cannot reach rows in {', '.join(outside)}")
-        out = []
-        for tier in (Tier.HOST, Tier.CXL):
-            n = int(rows[tier].size) if tier in rows else 0
-            if n:
-                out.append(Stage(StageKind.H2D, n, n * row_bytes, copies=n, source=tier))
-        return out
+        return self.per_tier(rows, lambda n, tier: Stage(StageKind.H2D, n, n * row_bytes, copies=n, source=tier))

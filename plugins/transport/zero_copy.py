@@ -24,15 +24,7 @@ class ZeroCopyBase(Transport):
         return [Stage(StageKind.ZERO_COPY, rows, rows * row_bytes, slowdown=self.slowdown())]
 
     def fetch_stages(self, rows: TierRows, row_bytes: int) -> list[Stage]:
-        outside = [tier.name for tier, ids in rows.items() if ids.size and tier not in self.reaches]
-        if outside:
-            raise ValueError(f"transport {self.name!r} cannot reach rows in {', '.join(outside)}")
-        out = []
-        for tier in (Tier.HOST, Tier.CXL):
-            n = int(rows[tier].size) if tier in rows else 0
-            if n:
-                out.append(Stage(StageKind.ZERO_COPY, n, n * row_bytes, slowdown=self.slowdown(), source=tier))
-        return out
+        return self.per_tier(rows, lambda n, tier: Stage(StageKind.ZERO_COPY, n, n * row_bytes, slowdown=self.slowdown(), source=tier))
 
 
 @register("transport", "zero-copy")
