@@ -84,6 +84,10 @@ class SessionLayout:
             raise InputError(prepared.source, f"attention heads ({att.heads}) must be a multiple of kv_heads ({att.kv_heads})",
                              field="model.backbone.attention.kv_heads")
         _, cache, self.prefetch = strategies(prepared)
+        if self.prefetch.deadline:
+            raise InputError(prepared.source, f"prefetch {scenario.strategies.prefetch.name!r} is deadline mode (a layer goes ahead "
+                             "without late rows); the real backends always wait for a fetch (simulate it: --backend sim)",
+                             field="strategies.prefetch")
         self.transport: Transport = build("transport", scenario.strategies.transport, prepared.setup())
         self.stages = tuple(s.kind for s in self.transport.stages(1, scenario.model.engram.row_bytes))
         if self.stages not in PIPELINES or self.transport.batches_layers:

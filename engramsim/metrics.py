@@ -17,7 +17,7 @@ import numpy as np
 
 from engramsim.records import LAYER_FIELDS, RunOutcome, ServingCounts, StepLog, StepRecord
 
-GROUPS = ("throughput", "overheads", "latencies", "stall", "link traffic", "rows", "serving", "run size")
+GROUPS = ("throughput", "overheads", "latencies", "stall", "link traffic", "rows", "quality", "serving", "run size")
 LAYER_COUNTS = ("rows_unique", "references", "rows_hbm", "rows_fetched", "bytes_fetched")
 SPLIT_COUNTS = ("rows_placed_hbm", "cache_hits", "rows_missed", "rows_speculative")
 
@@ -213,6 +213,11 @@ def _hit_rate(c: MetricContext) -> float | None:
     return c.total("cache_hits") / outside_hbm if outside_hbm else None
 
 
+def _dropped_pct(c: MetricContext) -> float | None:
+    references = int(c.outcome.steps.layer_column("references").sum())
+    return int(c.outcome.steps.layer_column("references_dropped").sum()) / references * 100 if references else None
+
+
 def _quantile_ms(series: str, stat: str) -> Callable[[MetricContext], float]:
     """The compute function of one quantile of one latency series."""
     return lambda c: c.series_ms[series][stat]
@@ -294,6 +299,10 @@ register(Metric(name="cache_hit_rate", unit="fraction", label="cache hit rate", 
 register(Metric(name="dedup_ratio", unit="refs/row", label="dedup ratio", group="rows", digits=3,
                 meaning="row references / unique rows (rows are deduplicated per step and layer)",
                 compute=lambda c: c.total("references") / max(1, c.total("rows_unique"))))
+register(Metric(name="lookups_dropped_pct", unit="%", label="lookups dropped", group="quality", digits=3,
+                meaning="row references whose rows had not landed when their Engram layer went ahead without them "
+                        "(prefetch `deadline`) / row references (null without Engram lookups)",
+                compute=_dropped_pct))
 register(Metric(name="kv_blocks_total", unit="blocks", label="KV-cache blocks", group="serving",
                 meaning="blocks of the paged KV cache (the scheduler's block_size tokens each)",
                 compute=_serving("kv_blocks")))

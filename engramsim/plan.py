@@ -46,16 +46,22 @@ class FetchPlan:
     admitted: np.ndarray = field(default_factory=lambda: EMPTY)  # rows the cache took in with this lookup (each one a miss)
     evicted: np.ndarray = field(default_factory=lambda: EMPTY)  # rows the cache dropped with this lookup
     guessed: int = 0  # of the misses, rows the previous step's fetch of this layer carried as speculative rows
+    deadline: bool = False  # the layer proceeds without the misses if their fetch has not landed (deadline mode)
+    missed_references: int = 0  # references that read the misses (counted in deadline mode only: what dropping them costs)
 
     @property
     def speculative(self) -> int:
         return int(self.fetch.size - self.misses)
 
-    def record(self, row_bytes: int, issue_s: float, ready_s: float, stall_s: float) -> LayerRecord:
-        """What this layer cost, once an executor knows when its fetch was issued and landed."""
+    def record(self, row_bytes: int, issue_s: float, ready_s: float, stall_s: float, dropped: bool = False) -> LayerRecord:
+        """What this layer cost, once an executor knows when its fetch was issued and landed;
+        `dropped`: the layer went ahead without the misses (deadline mode, the fetch late)."""
+        if dropped and not self.deadline:
+            raise ValueError(f"layer {self.layer} of step {self.step} dropped its rows without a deadline")
         return LayerRecord(
             layer=self.layer, rows_unique=int(self.rows.size), references=self.references, rows_placed_hbm=self.placed_hbm,
             cache_hits=self.cache_hits, rows_missed=self.misses, rows_speculative=self.speculative, rows_guessed=self.guessed,
+            rows_dropped=self.misses if dropped else 0, references_dropped=self.missed_references if dropped else 0,
             bytes_fetched=int(self.fetch.size) * row_bytes, issue_step=self.issue_step, issue_s=issue_s, ready_s=ready_s,
             stall_s=stall_s,
         )
@@ -73,10 +79,14 @@ class StepPlan:
 class Planner:
     """Applies placement, cache and prefetch to every step, in step order (caches keep state)."""
 
-    def __init__(self, placement: Placement, cache: Cache, prefetch: Prefetch, table_rows: dict[int, int], blocks: int) -> None:
+    def __init__(self, placement: Placement, cache: Cache, prefetch: Prefetch, table_rows: dict[int, int], blocks: int,
+                 references_to: Callable[[Step, int, np.ndarray], int] | None = None) -> None:
         """`table_rows`: the rows of each Engram layer's table to plan (none: a pass without
-        Engram); `blocks`: backbone depth."""
+        Engram); `blocks`: backbone depth; `references_to(step, layer, rows)`: how many of the
+        step's references read `rows` (sorted), for a deadline-mode prefetch when only some of a
+        layer's rows are missed (none: such a plan is an error)."""
         self.placement, self.cache, self.prefetch = placement, cache, prefetch
+        self.references_to = references_to
         self.table_rows, self.blocks = table_rows, blocks
         self.layers = sorted(table_rows)
         self._planned: dict[int, dict[int, FetchPlan]] = {}  # steps planned ahead of their turn
@@ -129,7 +139,19 @@ class Planner:
             step=step.index, layer=layer, rows=rows, references=references, placed_hbm=int(rows.size - outside.size),
             cache_hits=int(outside.size - misses.size), fetch=np.concatenate([misses, extra]) if extra.size else misses, misses=int(misses.size),
             issue_step=step.index - lead, issue_block=block, admitted=admitted, evicted=evicted, guessed=guessed,
+            deadline=self.prefetch.deadline, missed_references=self._missed_references(step, layer, rows, references, misses),
         )
+
+    def _missed_references(self, step: Step, layer: int, rows: np.ndarray, references: int, misses: np.ndarray) -> int:
+        """References that read the misses: counted for a deadline-mode prefetch only (0 otherwise)."""
+        if not self.prefetch.deadline or not misses.size:
+            return 0
+        if misses.size == rows.size:  # every row missed: every reference reads one
+            return references
+        if self.references_to is None:
+            raise RuntimeError(f"deadline mode: layer {layer} of step {step.index} misses some of its rows, and the planner "
+                               "has no references_to to count the references they would serve")
+        return int(self.references_to(step, layer, misses))
 
     def _cache_lookup(self, layer: int, outside: np.ndarray, view: StepView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(misses, rows admitted, rows evicted) of one lookup, checked against the

@@ -91,7 +91,9 @@ class LayerRecord:
     """One Engram layer in one step: how each needed row was served, what moved, when.
 
     rows_unique = rows_placed_hbm + cache_hits + rows_missed: every row the step needs is
-    served exactly once. Speculative rows are fetched but never count as served.
+    served exactly once, or dropped: in deadline mode a layer whose fetch has not landed runs
+    without its missed rows (rows_dropped = rows_missed, ready_s = when the layer went ahead).
+    Speculative rows are fetched but never count as served.
     """
 
     layer: int
@@ -102,10 +104,12 @@ class LayerRecord:
     rows_missed: int  # outside HBM and not cached: fetched for this step
     rows_speculative: int  # fetched beyond the step's needs (a predictor's guess)
     rows_guessed: int = 0  # of rows_missed, rows the previous step's fetch of this layer carried as speculative rows
+    rows_dropped: int = 0  # of rows_missed, rows whose fetch had not landed when the layer ran without them (deadline mode)
+    references_dropped: int = 0  # references (tokens x heads) that would have read the dropped rows
     bytes_fetched: int
     issue_step: int  # the step during which the fetch was issued (<= the record's step; < means issued ahead)
     issue_s: float
-    ready_s: float  # the fetch's last byte arrived (= issue when nothing was fetched)
+    ready_s: float  # the fetch's last byte arrived (= issue when nothing was fetched; when the layer went ahead, for a dropped fetch)
     stall_s: float = 0.0
 
     @property

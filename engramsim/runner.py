@@ -102,9 +102,23 @@ def _report(prepared: Prepared, out_dir: Path, outcomes: list[RunOutcome], backe
     summary = summarize_passes(prepared, outcomes)
     document = results_document(summary, outcome, dump_scenario(scenario), prepared.profile.model_dump(mode="json"), backend)
     document["hbm"] = hbm_report(prepared)
+    sources = strategy_sources(prepared)
+    if sources:
+        document["sources"] = sources
     document |= extra or {}
     files = write_results(out_dir, document, outcome, baseline, no_engram, scenario.run.outputs, counters=counters)
     return RunReport(document, files, outcome, baseline, no_engram)
+
+
+def strategy_sources(prepared: Prepared) -> dict:
+    """Per strategy kind, the tokens a policy learned from, for those that learn (`source()`: a
+    frequency profile, a predictor): results.json's `sources`, absent when none does."""
+    out = {}
+    for kind, chosen in zip(("placement", "cache", "prefetch"), strategies(prepared), strict=True):
+        source = getattr(chosen, "source", None)
+        if callable(source):
+            out[kind] = source()
+    return out
 
 
 def hbm_report(prepared: Prepared) -> dict:

@@ -22,6 +22,7 @@ from engramsim.plan import Planner
 from engramsim.registry import build, build_hashing, build_scheduler, scheduler_class, scheduler_params
 from engramsim.scenario import Scenario, StrategyChoice
 from engramsim.scheduler import Scheduler, SchedulerParams
+from engramsim.steps import Step
 from engramsim.strategies import PRICED_TIERS, Cache, Hashing, HashingSetup, Placement, Prefetch, SetupContext, TableInfo, Tier, Transport
 from engramsim.tokenizer import compressed_vocab
 from engramsim.traces.format import load_trace
@@ -265,4 +266,7 @@ def strategies(prepared: Prepared, placement: StrategyChoice | None = None) -> t
 def planner(prepared: Prepared, placement: StrategyChoice | None = None, engram: bool = True) -> Planner:
     """The planner of one pass; `placement` overrides the scenario's, `engram=False` plans no Engram layer."""
     table_rows = {layer: t.rows for layer, t in prepared.tables.items()} if engram else {}
-    return Planner(*strategies(prepared, placement), table_rows, prepared.scenario.model.backbone.layers)
+
+    def references_to(step: Step, layer: int, rows: np.ndarray) -> int:  # deadline mode: references a dropped fetch's rows serve
+        return int(np.count_nonzero(np.isin(prepared.workload.token_rows(step.positions)[layer], rows)))
+    return Planner(*strategies(prepared, placement), table_rows, prepared.scenario.model.backbone.layers, references_to)

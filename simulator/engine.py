@@ -4,7 +4,8 @@ One process walks the steps; each step is the segment list of engramsim/skeleton
 here: consecutive compute is one timeout, cut only where a fetch is issued or an Engram layer
 must wait, so there are a few events per (step, layer, transfer) and never one per row. Each
 fetch is its own process through the transport's stages; an Engram layer waits for its fetch,
-and that wait is the layer's stall. A fetch issued in an earlier step runs while that step
+and that wait is the layer's stall (in deadline mode a layer whose fetch has not landed goes
+ahead at once without its missed rows, which count as dropped). A fetch issued in an earlier step runs while that step
 computes, and its rows wait on the device until their layer runs.
 
 Rows placed in CXL memory or on NVMe reach the transport by tier (the placement says which), so
@@ -310,16 +311,19 @@ class Engine:
         assert isinstance(segment, EngramLayer)
         plan = segment.plan
         issue_s, process = self._issued.pop((plan.step, plan.layer))
-        ready_s, stall_s = issue_s, 0.0
+        ready_s, stall_s, dropped = issue_s, 0.0, False
         if process is not None:
             yield from self._flush()
+        if process is not None and plan.deadline and not process.triggered:
+            ready_s, dropped = self.env.now, True  # deadline mode: go ahead without the rows; the fetch still lands, unused
+        elif process is not None:
             waited_from = self.env.now
             ready_s = yield process
             stall_s = self.env.now - waited_from
             if stall_s > 0:
                 self.spans.add(Span(kind=SpanKind.STALL, start_s=waited_from, end_s=self.env.now, step=step.index, layer=plan.layer))
         self._compute(self.cost.engram_time(step, int(plan.rows.size)), kind=SpanKind.ENGRAM, step=step.index, layer=plan.layer)
-        record.layers.append(plan.record(self.tables[plan.layer].row_bytes, issue_s, ready_s, stall_s))
+        record.layers.append(plan.record(self.tables[plan.layer].row_bytes, issue_s, ready_s, stall_s, dropped))
 
     def _blocks(self, segment: Segment, step: Step, record: StepRecord) -> Events:
         assert isinstance(segment, Blocks)

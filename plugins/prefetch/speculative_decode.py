@@ -30,10 +30,10 @@ from pydantic import Field, PositiveInt, model_validator
 
 from engramsim.errors import InputError
 from engramsim.registry import build_hashing, register
+from engramsim.splits import range_mask, served_mask, token_split  # noqa: F401 (range_mask, served_mask: re-exported)
 from engramsim.strategies import HashingSetup, Params, Prefetch, SetupContext, StepView
 from engramsim.tokenizer import compressed_vocab
-from engramsim.traces.format import load_trace
-from engramsim.workload import build_workload, make_requests, trace_vocab
+from engramsim.workload import build_workload, trace_vocab
 
 if TYPE_CHECKING:
     from engramsim.strategies import Hashing
@@ -61,36 +61,6 @@ class SpeculativeDecodeParams(Params):
         if not 0.0 <= start < end <= 1.0:
             raise ValueError(f"train_range must satisfy 0 <= start < end <= 1, got [{start}, {end}]")
         return self
-
-
-# ---- which tokens the predictor may see --------------------------------------------------------
-def served_mask(n_tokens: int, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Mask of the trace's tokens inside any served window (start, length), a window running past
-    the end continuing from the start (`workload.wrap_trace`)."""
-    mask = np.zeros(n_tokens, dtype=bool)
-    if n_tokens == 0 or starts.size == 0:
-        return mask
-    starts, lengths = np.asarray(starts, dtype=np.int64) % n_tokens, np.asarray(lengths, dtype=np.int64)
-    if int(lengths.max()) >= n_tokens:
-        mask[:] = True
-        return mask
-    edges = np.zeros(n_tokens + 1, dtype=np.int64)
-    ends = starts + lengths
-    inside = ends <= n_tokens
-    np.add.at(edges, starts, 1)
-    np.add.at(edges, np.where(inside, ends, n_tokens), -1)
-    wrapped = ends[~inside] - n_tokens
-    np.add.at(edges, np.zeros(wrapped.size, dtype=np.int64), 1)
-    np.add.at(edges, wrapped, -1)
-    return np.cumsum(edges[:-1]) > 0
-
-
-def range_mask(n_tokens: int, train_range: tuple[float, float]) -> np.ndarray:
-    """Mask of the tokens in [start, end) of the trace, as fractions of its length."""
-    lo, hi = (int(round(f * n_tokens)) for f in train_range)
-    mask = np.zeros(n_tokens, dtype=bool)
-    mask[lo:hi] = True
-    return mask
 
 
 # ---- the predictor ------------------------------------------------------------------------------
@@ -203,31 +173,11 @@ class SpeculativeDecode(Prefetch):
     def __init__(self, params: SpeculativeDecodeParams, setup: SetupContext) -> None:
         super().__init__(params, setup)
         scenario = setup.scenario
-        served = load_trace(scenario.workload.trace)
-        if params.train_trace is None:
-            train, self.train_name = served, str(scenario.workload.trace)
-        else:
-            self.train_name = params.train_trace
-            try:
-                train = load_trace(params.train_trace)
-            except InputError as exc:
-                raise InputError(exc.source, exc.problem, field=FIELD + "train_trace") from None
-        self._served, self._trained = served, train
-        served_tokens, train_tokens = np.asarray(served.tokens), np.asarray(train.tokens)
-        self.same_trace = served_tokens.size == train_tokens.size and bool(np.array_equal(served_tokens, train_tokens))
-        requests = make_requests(scenario.workload, served, scenario.run.seed)
-        n = int(train_tokens.size)
-        window = range_mask(n, params.train_range)
-        if self.same_trace:
-            inside = served_mask(n, requests.trace_start, requests.window_len)
-            if not params.exclude_served and (window & inside).any():
-                first = int(np.flatnonzero(window & inside)[0])
-                lo, hi = np.flatnonzero(window)[[0, -1]]
-                raise InputError(
-                    f"trace {self.train_name}", f"the predictor would train on tokens {lo:,}-{hi + 1:,} of the served trace, which hold "
-                    f"served requests' windows (the first served token in it: {first:,}); choose a range outside them, another "
-                    "train_trace, or exclude_served: true", field=FIELD + "train_range")
-            window &= ~inside
+        split = token_split(scenario, params.train_trace, params.train_range, params.exclude_served,
+                            (FIELD + "train_trace", FIELD + "train_range"), "the predictor would train on")
+        window = split.allowed
+        self.train_name, self.same_trace, self._split = split.name, split.same_trace, split
+        self._served, self._trained = split.served, split.trace
         if np.count_nonzero(window[:-1] & window[1:]) == 0:
             raise InputError(f"trace {self.train_name}", "leaves no two consecutive tokens to train the predictor on"
                              + (" outside the served windows" if self.same_trace else ""), field=FIELD + "train_range")
@@ -238,9 +188,11 @@ class SpeculativeDecode(Prefetch):
 
     def describe(self) -> str:
         """Which tokens trained the predictor, in words."""
-        start, end = self.params.train_range
-        where = f"trace {self.train_name} [{start:g}, {end:g})"
-        return where + (", less the served windows" if self.same_trace else "")
+        return self._split.describe()
+
+    def source(self) -> dict:
+        """Which tokens trained the predictor, as data (results.json's `sources`)."""
+        return self._split.source()
 
     def issue_layer(self, layer: int, view: StepView) -> int:
         return 0  # with the step's own rows, at its start, as layer-ahead
