@@ -43,9 +43,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
-from engramsim.backends.device import TORCH_DTYPES, Device, Mark, to_index
+from engramsim.backends.device import TORCH_DTYPES, Device, Mark
 from engramsim.backends.event_clock import EventClock
 from engramsim.backends.memory import Footprint, check_fits, host_memory
 from engramsim.backends.nvml import Sampler
@@ -95,8 +96,8 @@ class CudaDevice(Device):
     kind = "cuda"
     resident_copies = True
     attention_groups = 8
-    # The whole pass, untimed, first: every step shape it meets (each decode batch size, each
-    # prompt length) loads its kernels lazily and grows the allocators on first use, at up to
+    # The whole pass, untimed, first: the step shapes it meets (each decode batch size, each
+    # prompt length) load their kernels lazily and grows the allocators on first use, at up to
     # hundreds of ms a step; measured on an H200, two warm-up steps left the first scenario of a
     # validation 9x slower than the same scenario run after it. Serving engines pay this once at
     # start-up (nano-vLLM's warm-up and graph capture of every batch size).
@@ -198,9 +199,10 @@ class CudaDevice(Device):
     def zero_copy(self, src: torch.Tensor, index: torch.Tensor, dst: torch.Tensor) -> tuple[Mark, Mark]:
         """The row ids cross the link too (the hashing runs on the host), inside the timed interval;
         `src` is `zero_copy_source`'s word view, so `dst` is viewed as the same words."""
+        pinned = torch.from_numpy(np.ascontiguousarray(index.numpy(), dtype=np.int64)).pin_memory()  # host work, before the span
         start = self._event(self.copy_stream)
         with torch.cuda.stream(self.copy_stream):
-            torch.index_select(src, 0, to_index(index.numpy(), self.torch_device), out=dst.view(src.dtype))
+            torch.index_select(src, 0, pinned.to(self.torch_device, non_blocking=True), out=dst.view(src.dtype))
         return start, self._event(self.copy_stream)
 
     # ---- compute thread ------------------------------------------------------------------------

@@ -30,7 +30,8 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 def to_index(values: np.ndarray, device: torch.device) -> torch.Tensor:
     """An int64 index tensor on `device` from host row ids or positions. A GPU gets it from
     pinned memory on the current stream without blocking the host (torch's pinned allocator keeps
-    the buffer until the copy has run), so no bubble opens on the GPU while the host uploads."""
+    the buffer until the copy has run), so no bubble opens on the GPU while the host uploads. The
+    copy is queued on the current stream: read the tensor on that stream (or after a synchronize)."""
     host = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
     if device.type == "cpu":
         return host

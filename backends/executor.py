@@ -237,19 +237,28 @@ class RealSession:
                           prompt_tokens=scheduler.prompt_tokens, ttft_s=ttft, tpot_s=tpot, serving=scheduler.serving())
 
     def _warm_up(self, worker: FetchWorker, placement: StrategyChoice | None, engram: bool) -> None:
-        """The pass's own first steps (`device.warmup_steps`; None: all of them), untimed, every
-        request taken as arrived, on the threads the pass will use (the worker's OpenMP pool is
-        per thread), repeated for at least the device's `warmup_s` (GPU clocks ramp up under
-        load): first calls pay one-off costs (kernel loading and selection, allocator growth, lazy
-        initialisation) that would otherwise land on the measured steps. The pass then starts
+        """The pass's own first steps (`device.warmup_steps`; None: all of them), untimed, on the
+        threads the pass will use (the worker's OpenMP pool is per thread), repeated for at least
+        the device's `warmup_s` (GPU clocks ramp up under load): first calls pay one-off costs
+        (kernel loading and selection, allocator growth, lazy initialisation) that would otherwise
+        land on the measured steps. Requests arrive as in the pass, but idle gaps are skipped
+        rather than slept, so the warm-up meets the pass's own batch shapes. The pass then starts
         with empty caches and a fresh worker clock."""
         until = time.perf_counter() + self.device.warmup_s
         while True:
             self._empty_caches()  # each repetition plans from empty caches
             self.device.start_clock()
             steps = self.device.warmup_steps
+            skipped = [0.0]
+
+            def clock() -> float:
+                return self.device.now() + skipped[0]
+
+            def skip(gap: float) -> None:
+                skipped[0] += gap
+
             self._loop(self.prepared.scheduler(engram), planner(self.prepared, placement, engram), worker,
-                       self.scenario.run.max_steps if steps is None else steps, lambda: math.inf, None)
+                       self.scenario.run.max_steps if steps is None else steps, clock, None, idle=skip)
             if time.perf_counter() >= until:
                 break
         self.device.synchronize()
@@ -271,8 +280,9 @@ class RealSession:
             yield worker
 
     def _loop(self, scheduler: Scheduler, plans: Planner, worker: FetchWorker, max_steps: int | None,
-              clock: Callable[[], float], progress: Callable | None) -> tuple[StepLog, Timeline]:
-        """Steps back to back, as `simulate` runs them; sleep until the next arrival when idle."""
+              clock: Callable[[], float], progress: Callable | None,
+              idle: Callable[[float], None] = time.sleep) -> tuple[StepLog, Timeline]:
+        """Steps back to back, as `simulate` runs them; `idle(seconds)` until the next arrival when idle."""
         records = StepLog()
         spans = Timeline()
         run = PassState(self, worker)
@@ -282,7 +292,7 @@ class RealSession:
                 arrival = scheduler.next_arrival()
                 if arrival is None:
                     break
-                time.sleep(max(0.0, arrival - clock()))
+                idle(max(0.0, arrival - clock()))
                 continue
             len(step.lookups)  # hash and deduplicate the step's rows now, before its time starts (the workload's work, not the step's)
             start = self.device.mark()

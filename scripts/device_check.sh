@@ -23,7 +23,8 @@
 # (the CPU backend everywhere, the tiny calibration budget, a much smaller paper-shaped run, one
 # validation scenario). PYTHON picks the interpreter (default python3, the one holding CUDA torch);
 # ONLY="paper calibrate" runs only those groups (smoke hw tests paper calibrate validate);
-# PAPER_REQUESTS, PAPER_ROWS and PAPER_LIMIT resize the paper-shaped runs.
+# PAPER_REQUESTS, PAPER_ROWS and PAPER_LIMIT resize the paper-shaped runs; PROFILE=FILE validates
+# on a profile calibrated earlier when this call does not calibrate.
 # SKIP_WHEELS=1 skips the wheels (this python has those packages); SKIP_INSTALL=1 also uses an
 # engramsim already importable by it.
 #
@@ -143,11 +144,14 @@ done
 wanted calibrate && step "calibrate" 170 "${ES[@]}" calibrate --backend "$BACKEND" --budget "$BUDGET" --out "$OUT/h200.yaml" --samples "$OUT/h200-samples.json"
 
 # ---- 6. validation ----------------------------------------------------------------------------------
+if [ -n "${PROFILE:-}" ] && [ ! -f "$OUT/h200.yaml" ]; then
+  cp "$PROFILE" "$OUT/h200.yaml"  # validate on a profile calibrated earlier (e.g. ONLY=validate)
+fi
 if ! wanted validate; then
   :
 elif [ -f "$OUT/h200.yaml" ]; then
   step "validate" 150 "${ES[@]}" validate "${VALIDATE[@]}" --backend "$BACKEND" --repeats 1 --profile "$OUT/h200.yaml" \
-    "${DTYPE[@]}" --json "$OUT/validate.json" --quiet
+    ${DTYPE[@]+"${DTYPE[@]}"} --json "$OUT/validate.json" --quiet
 else
   FAILED=$((FAILED + 1))
   say "SKIPPED validate: no calibrated profile"

@@ -270,3 +270,29 @@ def test_host_memory_can_be_stated_where_the_vm_grows_on_demand(monkeypatch):
     monkeypatch.setenv(HOST_MEMORY_ENV, "lots")
     with pytest.raises(InputError, match=f"{HOST_MEMORY_ENV}.*positive number of GiB"):
         host_memory()
+
+
+def test_warm_up_follows_the_arrivals_without_sleeping_through_their_gaps(tiny, monkeypatch):
+    """Requests a second apart: the whole-pass warm-up (as on CUDA) meets them one by one, as the
+    pass will (batches of one), but skips the gaps instead of sleeping through them."""
+    prepared = _prepared(tiny, "workload.arrival={kind: poisson, rate_per_s: 1}", "run.max_steps=40")
+    sizes: list[int] = []
+
+    class WholePass(CpuDevice):
+        warmup_steps = None
+
+    monkeypatch.setattr(executor, "make_device", lambda backend, source: WholePass(source))
+    slept: list[float] = []
+    monkeypatch.setattr(executor.time, "sleep", slept.append)
+    with executor.RealSession(prepared, "cpu") as session, session._threads() as worker:
+        original = executor.PassState.step
+
+        def step(self, start, plan, spans):
+            sizes.append(plan.step.num_seqs)
+            return original(self, start, plan, spans)
+
+        monkeypatch.setattr(executor.PassState, "step", step)
+        started = time.perf_counter()
+        session._warm_up(worker, None, True)
+    assert not slept and time.perf_counter() - started < 5, "the gaps were skipped"
+    assert sizes and sizes[0] == 1, "the first request ran alone, as it will in the pass"

@@ -155,6 +155,7 @@ class Calibrator:
             standin = StandIn(model.backbone, limits_of([case]), dev.torch_device, dev.compute_dtype(self.dtype_name),
                               dev.generator(1), dev.linear())
             layout = standin.layout(make_step(*case), dev.attention_groups)
+            dev.synchronize()  # weights and index uploads were queued on this thread's stream: land them before another stream reads them
 
             def run() -> None:
                 standin.head(run_blocks(standin, shape.layers, layout), layout)
