@@ -10,7 +10,17 @@ HBM holds change the KV cache and may batch differently. compare.json records a 
 variant's requests and of its step schedule, so either shows.
 
 A variant its hardware cannot run (`session.prepare` refuses it: the KV cache, HBM, host DRAM, a
-tier) is kept as "does not fit: <reason>", never dropped. Bad input for the command (a malformed
+tier) is kept as "does not fit: <reason>", never dropped.
+
+With `--backend cpu|cuda` every variant runs the passes `engramsim run --backend cpu|cuda` runs
+(`runner.real_passes`, or `runner.run_real_report` with --keep-runs), one variant after another,
+each on its own `RealSession` (variants may differ in table sizes and placement). Before any runs,
+every variant is prepared and its real run estimated (`estimate.estimate_real_run`); one the real
+backend refuses (its session layout: a tier, transport or prefetch mode it does not run; this
+machine's memory) is kept as "refused by the real backend: <reason>", and a comparison estimated
+to take longer than `estimate.MAX_WALL_S` in all needs --yes (or a yes on a terminal), as `run` does.
+Its values are measured, so compare.json says `measured: true` and the same inputs give the
+same bytes only on the simulated backend. Bad input for the command (a malformed
 `--vary`, an unknown key, a value the schema refuses) is one `InputError` line before any work.
 
 The table's columns are lists of metric names per group, taken from the registry and skipping
@@ -38,15 +48,25 @@ from engramsim.compare_plot import Bars, Tradeoff, pareto_front, write_compare_p
 from engramsim.errors import InputError
 from engramsim.files import atomic_path, write_text_atomic
 from engramsim.metrics import Metric, registered
+from engramsim.records import RunOutcome
 from engramsim.results import results_json
-from engramsim.runner import hbm_report, run_passes, run_sim, simulate_run, summarize_passes
+from engramsim.runner import (
+    hbm_report,
+    real_passes,
+    run_passes,
+    run_real_report,
+    run_sim,
+    simulate_run,
+    summarize_passes,
+)
 from engramsim.scenario import Scenario
 from engramsim.scenario_io import dump_scenario
-from engramsim.session import GIB, prepare
+from engramsim.session import GIB, Prepared, prepare
 from engramsim.variants import Variant, Vary
 
 SCHEMA_VERSION = 1
-FITS, DOES_NOT_FIT = "ok", "does not fit"
+FITS, DOES_NOT_FIT, REFUSED = "ok", "does not fit", "refused by the real backend"
+SIM = "sim"
 FILES = ("compare.json", "compare.csv", "compare.png")
 MIB = 1 << 20
 
@@ -54,7 +74,8 @@ MIB = 1 << 20
 # ---- running -----------------------------------------------------------------------------------
 @dataclass
 class Result:
-    """One variant's outcome: its summary metrics and HBM report, or why it does not fit."""
+    """One variant's outcome: its summary metrics and HBM report, or why it does not fit (or the
+    real backend refuses it)."""
 
     variant: Variant
     scenario: Scenario
@@ -100,10 +121,69 @@ def run_variant(variant: Variant, scenario: Scenario, source: str, keep: Path | 
         outcomes = run_passes(prepared, partial(simulate_run, prepared), progress)
         outcome, summary = outcomes[0], summarize_passes(prepared, outcomes)
         hbm = hbm_report(prepared)
+    return _ran(variant, prepared, summary, hbm, outcome)
+
+
+def _ran(variant: Variant, prepared: Prepared, summary: dict[str, Any], hbm: dict[str, Any], outcome: RunOutcome) -> Result:
     requests = prepared.workload.requests
-    return Result(variant, scenario, summary=summary, hbm=hbm,
+    return Result(variant, prepared.scenario, summary=summary, hbm=hbm,
                   workload=_digest(requests.arrival_s, requests.prompt_len, requests.output_len, requests.trace_start),
                   schedule=_digest(*(outcome.steps.step_column(name) for name in ("kind", "seqs", "tokens"))))
+
+
+Ready = Prepared | Result  # a variant prepared for a real backend, or why it will not run there
+
+
+def prepare_real(loaded: Sequence[tuple[Variant, Scenario]], source: str, backend: str, yes: bool,
+                 ask: Callable[[str], bool] | None = None) -> tuple[list[Ready], str]:
+    """Every variant prepared and its real run estimated, before any runs: `prepare` refusing is
+    "does not fit" (as simulated), the real backend refusing (`SessionLayout`, this machine's
+    memory: `estimate.check_real_memory`) is "refused by the real backend". Returns them and the
+    estimate's line; InputError when the whole comparison is estimated to take longer than
+    MAX_WALL_S and neither `yes` nor `ask(line)` says to go ahead (`estimate.preflight_real`'s rule)."""
+    from engramsim.estimate import MAX_WALL_S, check_real_memory, estimate_real_run
+
+    out: list[Ready] = []
+    wall = 0.0
+    for variant, scenario in loaded:
+        try:
+            prepared = prepare(scenario, source)
+        except InputError as exc:
+            out.append(Result(variant, scenario, status=DOES_NOT_FIT, reason=_reason(exc)))
+            continue
+        try:
+            estimate = estimate_real_run(prepared, backend)
+            check_real_memory(prepared, estimate)
+        except InputError as exc:
+            out.append(Result(variant, scenario, status=REFUSED, reason=_reason(exc)))
+            continue
+        wall += estimate.wall_s
+        out.append(prepared)
+    runs = sum(isinstance(r, Prepared) for r in out)
+    name = loaded[0][1].name if loaded else "?"
+    took = f"{wall:.0f} s" if wall < 120 else f"{wall / 60:.0f} min"
+    text = f"{backend} comparison of {name!r}: {runs} of {len(out)} variants run, ~{took} wall estimated"
+    if wall > MAX_WALL_S and not yes and not (ask and ask(text)):
+        raise InputError(source, f"{text}; that is over {MAX_WALL_S / 60:.0f} min: pass --yes to run it anyway")
+    return out, text
+
+
+def run_real_variant(variant: Variant, prepared: Prepared, backend: str, keep: Path | None = None,
+                     progress: ProgressFactory | None = None, setup_progress: ProgressFactory | None = None) -> Result:
+    """Every pass `engramsim run --backend cpu|cuda` makes, on a session of this variant's own;
+    with `keep`, its whole run folder there (`runner.run_real_report`). An `InputError` from the
+    session (its layout, the device's memory) is "refused by the real backend"."""
+    try:
+        if keep is not None:
+            report = run_real_report(prepared, backend, keep, progress, setup_progress)
+            summary, hbm, outcome = report.document["summary"], report.document["hbm"], report.outcome
+        else:
+            outcomes, _ = real_passes(prepared, backend, progress, setup_progress)
+            outcome, summary = outcomes[0], summarize_passes(prepared, outcomes)
+            hbm = hbm_report(prepared)
+    except InputError as exc:
+        return Result(variant, prepared.scenario, status=REFUSED, reason=_reason(exc))
+    return _ran(variant, prepared, summary, hbm, outcome)
 
 
 # ---- columns: the table, the CSV's derived values and the plot's panels ----------------------------
@@ -240,13 +320,16 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def compare_document(source: str, sets: Sequence[str], varies: Sequence[Vary], results: Sequence[Result]) -> dict[str, Any]:
+def compare_document(source: str, sets: Sequence[str], varies: Sequence[Vary], results: Sequence[Result],
+                     backend: str = SIM) -> dict[str, Any]:
     """compare.json: the inputs, then every variant (overrides, status and reason, summary metrics,
     HBM report, digests of its requests and steps, resolved scenario) and the plotted trade-off.
-    No wall-clock values: the same inputs give the same bytes."""
+    No wall-clock values: simulated, the same inputs give the same bytes; on a real backend the
+    summaries are measured (`measured: true`), so they differ from run to run."""
     trade = tradeoff(results)
-    return {
-        "schema_version": SCHEMA_VERSION, "engramsim_version": __version__, "backend": "sim",
+    measured = {} if backend == SIM else {"measured": True}
+    return measured | {
+        "schema_version": SCHEMA_VERSION, "engramsim_version": __version__, "backend": backend,
         "scenario": results[0].scenario.name if results else None, "source": source, "set": list(sets),
         "vary": [{"key": v.key, "values": _jsonable(list(v.values))} for v in varies],
         "variants": [{
@@ -284,6 +367,11 @@ def compare_csv(varies: Sequence[Vary], results: Sequence[Result]) -> str:
     return buf.getvalue()
 
 
+def how(backend: str) -> str:
+    """How the values were had: "simulated on" (a profile follows) or measured on a real backend."""
+    return "simulated on" if backend == SIM else f"measured on {backend}, profile"
+
+
 def _hardware(results: Sequence[Result]) -> str:
     choices = {(r.scenario.hardware.profile, r.scenario.hardware.link) for r in results}
     if len(choices) != 1:
@@ -292,15 +380,16 @@ def _hardware(results: Sequence[Result]) -> str:
     return profile + (f" with {link}" if link else "")
 
 
-def write_compare(folder: Path, source: str, sets: Sequence[str], varies: Sequence[Vary], results: Sequence[Result]) -> list[Path]:
+def write_compare(folder: Path, source: str, sets: Sequence[str], varies: Sequence[Vary], results: Sequence[Result],
+                  backend: str = SIM) -> list[Path]:
     """compare.json, compare.csv and compare.png in `folder`, each written atomically."""
     paths = [folder / name for name in FILES]
-    document = compare_document(source, sets, varies, results)
+    document = compare_document(source, sets, varies, results, backend)
     write_text_atomic(paths[0], results_json(document, paths[0]))  # standard JSON only, sorted keys
     write_text_atomic(paths[1], compare_csv(varies, results))
     cols = columns(results)
-    title = f"{document['scenario']}: {len(results)} variants of {', '.join(v.key for v in varies)} (simulated on {_hardware(results)})"
-    names = [f"{r.variant.index}  {r.variant.name}" + ("" if r.fits else f"  ({DOES_NOT_FIT})") for r in results]
+    title = f"{document['scenario']}: {len(results)} variants of {', '.join(v.key for v in varies)} ({how(backend)} {_hardware(results)})"
+    names = [f"{r.variant.index}  {r.variant.name}" + ("" if r.fits else f"  ({r.status})") for r in results]
     bars = [Bars(c.title, [r.variant.index for r in results], [None if (v := c.value(r)) is None else float(v) for r in results])
             for c in cols]
     with atomic_path(paths[2]) as tmp:

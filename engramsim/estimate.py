@@ -218,15 +218,12 @@ def workload_bytes(prepared: Prepared) -> int:
     return sum(a.nbytes for a in arrays) + min(MEMO_BYTES, lookups)
 
 
-def preflight_real(prepared: Prepared, backend: str, yes: bool, ask: Callable[[str], bool] | None = None) -> str:
-    """The estimate's line for the user; InputError (one line, naming the field to change) when the
-    run does not fit in memory, or takes longer than MAX_WALL_S and neither `yes` nor `ask(line)`
-    (a terminal's prompt) says to go ahead."""
-    estimate = estimate_real_run(prepared, backend)
-    text = estimate.text()
+def check_real_memory(prepared: Prepared, estimate: RunEstimate) -> None:
+    """InputError (one line, naming the field to change) when the estimated session does not fit
+    in this machine's memory (CPU: one memory; CUDA: host memory and the GPU's free memory)."""
     fp = estimate.footprint
     _, host = memory.host_memory()
-    if backend == "cpu":  # one memory, as the session's own check sees it
+    if estimate.backend == "cpu":  # one memory, as the session's own check sees it
         places = [("host memory", {**fp.host, **fp.device}, host)]
     else:
         import torch
@@ -234,6 +231,15 @@ def preflight_real(prepared: Prepared, backend: str, yes: bool, ask: Callable[[s
         places = [("host memory", fp.host, host), ("GPU memory", fp.device, torch.cuda.mem_get_info()[0])]
     for where, items, available in places:
         memory.check_fits(prepared.source, where, items, available, fp.field_of(items))
+
+
+def preflight_real(prepared: Prepared, backend: str, yes: bool, ask: Callable[[str], bool] | None = None) -> str:
+    """The estimate's line for the user; InputError (one line, naming the field to change) when the
+    run does not fit in memory, or takes longer than MAX_WALL_S and neither `yes` nor `ask(line)`
+    (a terminal's prompt) says to go ahead."""
+    estimate = estimate_real_run(prepared, backend)
+    text = estimate.text()
+    check_real_memory(prepared, estimate)
     if estimate.wall_s > MAX_WALL_S and not yes and not (ask and ask(text)):
         wall = {**estimate.setup, **estimate.passes}
         field = estimate.footprint.fields.get(max(wall, key=wall.__getitem__), "workload.requests")

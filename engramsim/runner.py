@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from engramsim.errors import InputError
 from engramsim.records import RunOutcome
@@ -145,17 +146,25 @@ def run_real(prepared: Prepared, backend: str, placement: StrategyChoice | None 
         return session.run(placement, engram, progress)
 
 
-def run_real_report(prepared: Prepared, backend: str, out_dir: Path, progress_factory: Callable | None = None,
-                    setup_progress: Callable | None = None) -> RunReport:
-    """`run_sim` on real hardware: the same passes on one session (tables allocated once); the
-    offloaded pass also samples hardware counters where the device has them (CUDA: NVML).
-    `setup_progress(label, total_bytes)` follows the session's allocation (backends/executor.py)."""
+def real_passes(prepared: Prepared, backend: str, progress_factory: Callable | None = None,
+                setup_progress: Callable | None = None) -> tuple[list[RunOutcome], Any]:
+    """Every pass of `passes` measured on one real session (tables allocated once), and the
+    hardware monitor the offloaded pass sampled (None where the device has none). A refusal of
+    the session (`SessionLayout`, the device's memory check) is one InputError before any pass."""
     from engramsim.backends.executor import RealSession
 
     placements = real_placements(prepared.scenario)
     with RealSession(prepared, backend, placements, setup_progress) as session:
         outcomes = run_passes(prepared, lambda **kwargs: session.run(sample=session.sampler is None, **kwargs), progress_factory)
-    sampler = session.sampler
+    return outcomes, session.sampler
+
+
+def run_real_report(prepared: Prepared, backend: str, out_dir: Path, progress_factory: Callable | None = None,
+                    setup_progress: Callable | None = None) -> RunReport:
+    """`run_sim` on real hardware: the same passes on one session (tables allocated once); the
+    offloaded pass also samples hardware counters where the device has them (CUDA: NVML).
+    `setup_progress(label, total_bytes)` follows the session's allocation (backends/executor.py)."""
+    outcomes, sampler = real_passes(prepared, backend, progress_factory, setup_progress)
     if sampler is None:
         return _report(prepared, out_dir, outcomes, backend)
     return _report(prepared, out_dir, outcomes, backend, {"nvml": sampler.summary()}, sampler.counters())

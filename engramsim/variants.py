@@ -112,7 +112,8 @@ def parse_varies(items: Sequence[str], sets: Sequence[str] = ()) -> list[Vary]:
     varies = [parse_vary(item) for item in items]
     for i, vary in enumerate(varies):
         if _overlap(vary.key, "run.backend"):
-            raise InputError("--vary", "compare simulates every variant (--backend sim); the backend cannot vary", field=vary.key)
+            raise InputError("--vary", "compare runs every variant on one --backend (sim by default); the backend cannot vary",
+                             field=vary.key)
         for other in varies[:i]:
             if _overlap(vary.key, other.key):
                 what = "is given twice" if vary.key == other.key else f"overlaps --vary {other.key}"
@@ -156,12 +157,13 @@ def variants(varies: Sequence[Vary]) -> list[Variant]:
     return out
 
 
-def load_variants(path: str | Path, sets: Sequence[str], varies: Sequence[Vary]) -> list[tuple[Variant, Scenario]]:
-    """Every variant's scenario, validated before any runs: an error a --vary value causes (in its
-    field, or anywhere when the scenario and the --sets alone are valid) names --vary, the field and
-    the variant; any other is the scenario's or a --set's own line."""
+def load_variants(path: str | Path, sets: Sequence[str], varies: Sequence[Vary],
+                  backend: str = "sim") -> list[tuple[Variant, Scenario]]:
+    """Every variant's scenario, with run.backend the comparison's `backend`, validated before any
+    runs: an error a --vary value causes (in its field, or anywhere when the scenario and the --sets
+    alone are valid) names --vary, the field and the variant; any other is the scenario's or a --set's own line."""
     loaded = []
-    base = ["run.backend=sim", *sets]
+    base = [f"run.backend={backend}", *sets]
     for variant in variants(varies):
         try:
             scenario = load_scenario(path, [*base, *variant.sets()])
@@ -172,8 +174,9 @@ def load_variants(path: str | Path, sets: Sequence[str], varies: Sequence[Vary])
                 raise
             problem = exc.problem.removeprefix("--set: ").removesuffix(" (from --set)")
             raise InputError("--vary", f"{problem} (variant {variant.index}: {variant.name})", field=exc.field) from None
-        if scenario.run.backend != "sim":
-            raise InputError("--set", "compare simulates every variant; leave run.backend to --backend sim", field="run.backend")
+        if scenario.run.backend != backend:
+            raise InputError("--set", f"compare runs every variant on --backend {backend}; leave run.backend to --backend",
+                             field="run.backend")
         loaded.append((variant, scenario))
     return loaded
 

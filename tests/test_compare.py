@@ -145,6 +145,48 @@ def test_a_variant_that_does_not_fit_is_reported_and_the_rest_run(tiny, tmp_path
     assert rows[0]["strategies.transport"] == "staged" and float(rows[0]["throughput_tok_s"]) == runs[0]["summary"]["throughput_tok_s"]
 
 
+def test_a_real_backend_runs_every_variant_and_records_measured_values(tiny, tmp_path, capsys):
+    """--backend cpu: each variant runs the passes `engramsim run --backend cpu` makes (its own session),
+    the same table and files; compare.json says the values are measured."""
+    assert _compare(tiny, tmp_path / "out", TRANSPORTS, extra=("--backend", "cpu", "--keep-runs")) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    doc = _doc(tmp_path / "out")
+    assert doc["backend"] == "cpu" and doc["measured"] is True
+    runs = doc["variants"]
+    assert [v["status"] for v in runs] == ["ok", "ok"] and all(v["summary"]["throughput_tok_s"] > 0 for v in runs)
+    assert len({v["workload_sha256"] for v in runs}) == 1 and len({v["schedule_sha256"] for v in runs}) == 1
+    for v in runs:  # each variant's own run folder, as `engramsim run --backend cpu` writes it
+        kept = json.loads((tmp_path / "out" / v["run_dir"] / "results.json").read_text())
+        assert kept["backend"] == "cpu" and kept["summary"] == v["summary"] and v["scenario"]["run"]["backend"] == "cpu"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*FILES, "runs"])
+    assert "2 variants (measured on cpu)" in printed
+    rows = list(csv.DictReader((tmp_path / "out" / "compare.csv").open()))
+    assert [r["strategies.transport"] for r in rows] == ["staged", "zero-copy"]
+
+
+def test_a_variant_the_real_backend_refuses_is_reported_and_the_rest_run(tiny, tmp_path, capsys):
+    assert _compare(tiny, tmp_path / "out", "strategies.prefetch=on-demand,deadline", extra=("--backend", "cpu")) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    runs = _doc(tmp_path / "out")["variants"]
+    assert [v["status"] for v in runs] == ["ok", "refused by the real backend"]
+    assert runs[1]["reason"].startswith("strategies.prefetch: ") and "deadline mode" in runs[1]["reason"]
+    assert runs[1]["summary"] is None and runs[0]["summary"]["throughput_tok_s"] > 0
+    assert "2 (prefetch=deadline): refused by the real backend: strategies.prefetch" in printed
+    rows = list(csv.DictReader((tmp_path / "out" / "compare.csv").open()))
+    assert rows[1]["status"] == "refused by the real backend" and rows[1]["reason"] == runs[1]["reason"]
+
+
+def test_cuda_without_a_gpu_is_one_line_exit_2_and_nothing_written(tiny, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    before = set(tmp_path.rglob("*"))
+    assert _compare(tiny, tmp_path / "out", TRANSPORTS, extra=("--backend", "cuda")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA GPU available" in err and "run.backend" in err, err
+    assert set(tmp_path.rglob("*")) == before
+
+
 def test_same_inputs_give_byte_identical_json_and_csv(tiny, tmp_path):
     for out in ("a", "b"):
         assert _compare(tiny, tmp_path / out, NO_FIT, "strategies.cache=none,{name: lru, params: {rows: 64}}") == 0
@@ -225,9 +267,9 @@ CASES: dict[str, Case] = {
     "a key inside another": Case(("strategies.cache=none,lru", "strategies.cache.params.rows=1,2"), (),
                                  ("strategies.cache.params.rows", "overlaps --vary strategies.cache")),
     "a key --set also sets": Case((TRANSPORTS,), ("--set", "strategies.transport=staged"), ("strategies.transport", "also set by --set")),
-    "the backend": Case(("run.backend=sim,cpu",), (), ("run.backend", "simulates")),
-    "--set of the backend": Case((TRANSPORTS,), ("--set", "run.backend=cpu"), ("--set", "run.backend", "simulates")),
-    "--backend other than sim": Case((TRANSPORTS,), ("--backend", "cpu"), ("--backend", "invalid choice")),
+    "the backend": Case(("run.backend=sim,cpu",), (), ("run.backend", "the backend cannot vary")),
+    "--set of the backend": Case((TRANSPORTS,), ("--set", "run.backend=cpu"), ("--set", "run.backend", "every variant on --backend sim")),
+    "--backend other than sim, cpu, cuda": Case((TRANSPORTS,), ("--backend", "tpu"), ("--backend", "invalid choice")),
     "unknown key": Case(("strategies.transprt=staged,zero-copy",), (), ("--vary", "strategies.transprt", "did you mean 'transport'")),
     "unknown plugin": Case(("strategies.transport=staged,warp",), (), ("--vary", "strategies.transport.name", "unknown transport plugin",
                                                                        "variant 2: transport=warp")),

@@ -17,9 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from engramsim import compare
-from engramsim.commands.preflight import default_scenario
-from engramsim.commands.run import progress_bar
-from engramsim.compare import DOES_NOT_FIT, FILES, Result, columns, run_variant, tradeoff
+from engramsim.commands.preflight import ask_on_terminal, default_scenario
+from engramsim.commands.run import bytes_bar, progress_bar, warn_profile_host
+from engramsim.compare import FILES, SIM, Ready, Result, columns, prepare_real, run_real_variant, run_variant, tradeoff
 from engramsim.files import staged_folder
 from engramsim.runner import passes
 from engramsim.variants import Vary, load_variants, parse_varies, short_keys
@@ -31,7 +31,13 @@ of the variants; write compare.json, compare.csv and compare.png to --out.
 Values are parsed as --set parses them; a comma inside {} or [] stays in its value, e.g.
   --vary 'strategies.cache=none,{name: lru, params: {rows: 100000}}' --vary strategies.transport=staged,zero-copy
 A variant the hardware cannot hold (KV cache, HBM, host DRAM) is listed as "does not fit" with the
-reason; the others still run."""
+reason; the others still run.
+
+--backend cpu|cuda runs every variant's passes for real, as `engramsim run --backend cpu|cuda` does,
+one variant after another; a variant the real backends do not run (a tier, transport or prefetch
+mode) or this machine cannot hold is listed as "refused by the real backend" with the reason. The
+values are then measured, not reproducible byte for byte. A comparison estimated to take over
+10 minutes needs --yes."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out compare folder whole")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a scenario field in every variant (repeatable)")
-    p.add_argument("--backend", choices=("sim",), default="sim", help="variants are simulated")
+    p.add_argument("--backend", choices=("sim", "cpu", "cuda"), default="sim",
+                   help="sim (default): variants are simulated; cpu, cuda: each variant's passes run and are measured")
+    p.add_argument("--yes", action="store_true", help="run a real backend even when the comparison is estimated to take long")
     p.add_argument("--keep-runs", action="store_true",
                    help="also write each variant's run folder (results.json, steps.csv, timeline.json, plot.png) under DIR/runs/")
     p.add_argument("--quiet", action="store_true", help="no progress or table, just the output folder")
@@ -56,37 +64,57 @@ def run(args: argparse.Namespace) -> int:
     console = Console(quiet=args.quiet, width=None if sys.stdout.isatty() else 200)
     start = time.perf_counter()
     path = args.scenario or default_scenario()
+    backend = args.backend
     varies = parse_varies(args.vary, args.overrides)
-    loaded = load_variants(path, args.overrides, varies)  # every variant validated before any runs
+    loaded = load_variants(path, args.overrides, varies, backend)  # every variant validated before any runs
+    if backend == "cuda":  # before any work: no GPU, no work
+        from engramsim.backends.cuda import require_gpu
+
+        require_gpu(str(path))
     results: list[Result] = []
     with staged_folder(args.out, force=args.force, marker="compare.json") as staging:
+        readied: list[Ready | None] = [None] * len(loaded)  # simulated: each variant is prepared when it runs
+        if backend != SIM:
+            readied[:], estimate = prepare_real(loaded, str(path), backend, args.yes, ask_on_terminal(Console(stderr=True, highlight=False)))
+            if not args.quiet:
+                print(f"engramsim: {estimate}", file=sys.stderr)
+            for profile in {r.profile.name: r.profile for r in readied if r is not None and not isinstance(r, Result)}.values():
+                warn_profile_host(profile)
         width = len(str(len(loaded)))
-        for variant, scenario in loaded:
+        for (variant, scenario), ready in zip(loaded, readied, strict=True):
             label = f"{variant.index}/{len(loaded)} {variant.name}"
             keep = staging / "runs" / f"v{variant.index:0{width}d}" if args.keep_runs else None
             progress = None if not console.is_terminal else (lambda what, total, label=label: progress_bar(console, f"{label}: {what}", total))
             began = time.perf_counter()
-            result = run_variant(variant, scenario, str(path), keep, progress)
+            if backend == SIM:
+                result = run_variant(variant, scenario, str(path), keep, progress)
+            elif isinstance(ready, Result):
+                result = ready
+            else:
+                assert ready is not None
+                setup = None if not console.is_terminal else (lambda what, total, label=label: bytes_bar(console, f"{label}: {what}", total))
+                result = run_real_variant(variant, ready, backend, keep, progress, setup)
             if keep is not None and result.fits:
                 result.run_dir = keep.relative_to(staging).as_posix()
             results.append(result)
-            console.print(Text(f"{label}: " + ("ran" if result.fits else DOES_NOT_FIT) + f" ({time.perf_counter() - began:.2f} s)",
+            console.print(Text(f"{label}: " + ("ran" if result.fits else result.status) + f" ({time.perf_counter() - began:.2f} s)",
                                style="dim"))
-        compare.write_compare(staging, str(path), args.overrides, varies, results)
-    print_table(console, varies, results, time.perf_counter() - start)
+        compare.write_compare(staging, str(path), args.overrides, varies, results, backend)
+    print_table(console, varies, results, time.perf_counter() - start, backend)
     console.print(f"wrote {', '.join(FILES)}{' and runs/' if args.keep_runs else ''} to {args.out}")
     if args.quiet:
         print(args.out)
     return 0
 
 
-def print_table(console: Console, varies: Sequence[Vary], results: Sequence[Result], wall_s: float) -> None:
+def print_table(console: Console, varies: Sequence[Vary], results: Sequence[Result], wall_s: float, backend: str = SIM) -> None:
     """One row per variant: its values, then the columns of `compare.columns`; a variant that does
-    not fit says so, with its reason below the table."""
+    not fit (or the real backend refuses) says so, with its reason below the table."""
     cols = columns(results)
     trade = tradeoff(results)
     front = set(trade.front) if trade else set()
-    table = Table(title=f"{results[0].scenario.name}: {len(results)} variants (simulated)" if results else "no variants")
+    kind = "simulated" if backend == SIM else f"measured on {backend}"
+    table = Table(title=f"{results[0].scenario.name}: {len(results)} variants ({kind})" if results else "no variants")
     table.add_column("#", justify="right")
     for key in short_keys([v.key for v in varies]):
         table.add_column(key)
@@ -100,8 +128,8 @@ def print_table(console: Console, varies: Sequence[Vary], results: Sequence[Resu
         if r.fits:
             cells = [Text(c.text(r)) for c in cols]
         else:
-            cells = [Text(DOES_NOT_FIT, style="bold red")] + [Text("")] * (max(1, len(cols)) - 1)
-            notes.append(f"{r.variant.index} ({r.variant.name}): {DOES_NOT_FIT}: {r.reason}")
+            cells = [Text(r.status, style="bold red")] + [Text("")] * (max(1, len(cols)) - 1)
+            notes.append(f"{r.variant.index} ({r.variant.name}): {r.status}: {r.reason}")
         table.add_row(Text(f"{r.variant.index}{'*' if r.variant.index in front else ''}"), *values, *cells)
     console.print(table)
     for note in notes:
