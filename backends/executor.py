@@ -84,6 +84,9 @@ class SessionLayout:
             raise InputError(prepared.source, f"attention heads ({att.heads}) must be a multiple of kv_heads ({att.kv_heads})",
                              field="model.backbone.attention.kv_heads")
         _, cache, self.prefetch = strategies(prepared)
+        if cache.shared:
+            raise InputError(prepared.source, f"cache {scenario.strategies.cache.name!r} is shared by all Engram layers; the real backends "
+                             "mirror one buffer per layer (simulate it: --backend sim)", field="strategies.cache.params.shared")
         if self.prefetch.deadline:
             raise InputError(prepared.source, f"prefetch {scenario.strategies.prefetch.name!r} is deadline mode (a layer goes ahead "
                              "without late rows); the real backends always wait for a fetch (simulate it: --backend sim)",

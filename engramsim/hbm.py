@@ -167,7 +167,7 @@ def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Worklo
     return backbone_items(scenario, reserved, engram=True) | {
         "Engram modules": int(len(tables) * engram_params(engram, bb.hidden) * DTYPE_BYTES[bb.dtype]),
         "Engram tables in HBM": in_hbm,
-        "Engram caches": cache_bytes(tables, cache.capacity_rows),
+        "Engram caches": cache_bytes(tables, cache.capacity_rows, cache.shared),
         "Engram staging buffers": staging_bytes(tables, engram, workload, prefetch) if offloaded else 0,
     }
 

@@ -174,6 +174,13 @@ class Planner:
             raise RuntimeError(f"cache {cache.name!r} holds {cache.size(layer)} rows of layer {layer}, but its lookups admitted and evicted "
                                f"{held} in all")
         self._held[layer] = held
+        for other, rows in report.elsewhere.items():  # a shared cache: what it dropped of other layers
+            self._held[other] -= len(rows)
+            if self._held[other] != cache.size(other):
+                raise RuntimeError(f"cache {cache.name!r} holds {cache.size(other)} rows of layer {other}, but its lookups admitted and "
+                                   f"evicted {self._held[other]} in all")
+        if cache.shared and (total := sum(self._held.values())) > cache.capacity_rows(layer):
+            raise RuntimeError(f"cache {cache.name!r} holds {total} rows of all layers, over its shared capacity of {cache.capacity_rows(layer)}")
         if admit.size == outside.size - np.count_nonzero(hit):  # distinct misses, as many as there are: every miss
             misses = outside[admit]
             return misses, misses, evicted

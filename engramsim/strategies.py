@@ -59,8 +59,11 @@ def tables_bytes(tables: Mapping[int, TableInfo]) -> int:
     return sum(t.bytes for t in tables.values())
 
 
-def cache_bytes(tables: Mapping[int, TableInfo], capacity_rows: Callable[[int], int]) -> int:
-    """Bytes the HBM caches of these tables reserve, from each layer's capacity in rows."""
+def cache_bytes(tables: Mapping[int, TableInfo], capacity_rows: Callable[[int], int], shared: bool = False) -> int:
+    """Bytes the HBM caches of these tables reserve, from each layer's capacity in rows; a cache
+    `shared` by all layers is one buffer, counted once: its capacity in the widest layer's rows."""
+    if shared:
+        return max((capacity_rows(layer) * t.row_bytes for layer, t in tables.items()), default=0)
     return sum(capacity_rows(layer) * t.row_bytes for layer, t in tables.items())
 
 
@@ -184,6 +187,7 @@ class CacheLookup:
     hit: np.ndarray  # bool, one per row looked up: held before this lookup
     admitted: np.ndarray  # where the rows taken in sit among the rows looked up: sorted int64 indices, misses only
     evicted: np.ndarray  # the rows this lookup dropped, sorted int64 (each held before it)
+    elsewhere: Mapping[int, np.ndarray] = field(default_factory=dict)  # a shared cache: rows of other layers it dropped, by layer
 
 
 class Cache(Strategy):
@@ -193,10 +197,17 @@ class Cache(Strategy):
     lookup that the cache stays within `capacity_rows` and that only rows the step fetches are
     admitted; a real backend mirrors the contents in a buffer of `capacity_rows` rows.
 
+    A cache `shared` by all Engram layers has one capacity for them together: `capacity_rows` is
+    that whole capacity for every layer (one layer may fill it), HBM counts it once, the planner
+    also checks the layers' rows together against it, and a lookup may evict other layers' rows
+    (`CacheLookup.elsewhere`). The real backends refuse a shared cache.
+
     A cache that implements `lookup_changes` says what each lookup admitted and evicted, and the
     planner's checks cost O(rows looked up); otherwise the planner diffs `contents` before and
     after each `lookup`, which costs O(capacity) a step (fine for a few thousand rows).
     """
+
+    shared: bool = False  # one capacity for all Engram layers together (a class or instance attribute)
 
     def capacity_rows(self, layer: int) -> int:
         return 0

@@ -15,13 +15,12 @@ from __future__ import annotations
 import numpy as np
 from pydantic import PositiveInt
 
-from engramsim.plugins.cache.held import EMPTY, Recency, TableRows
+from engramsim.plugins.cache.held import EMPTY, CapacityParams, Recency, TableRows
 from engramsim.registry import register
-from engramsim.strategies import CacheLookup, Params, SetupContext, StepView
+from engramsim.strategies import CacheLookup, SetupContext, StepView
 
 
-class BeladyParams(Params):
-    rows: PositiveInt  # capacity per Engram layer, in rows
+class BeladyParams(CapacityParams):  # `rows` or `bytes` per Engram layer
     horizon: PositiveInt = 64  # steps of `StepView.future` looked at
 
 
@@ -42,16 +41,13 @@ class Belady(TableRows):
 
     def __init__(self, params: BeladyParams, setup: SetupContext) -> None:
         super().__init__(params, setup)
-        self._recency = {layer: Recency(table, log_limit=params.rows) for layer, table in self._tables.items()}
-
-    def capacity_rows(self, layer: int) -> int:
-        return self.params.rows
+        self._recency = {layer: Recency(table, log_limit=self._capacity[layer]) for layer, table in self._tables.items()}
 
     def _lookup(self, layer: int, rows: np.ndarray, view: StepView, now: int) -> CacheLookup:
         table, recency = self._tables[layer], self._recency[layer]
         hit, at, admit = table.find(rows)
         evicted = EMPTY
-        over = table.live + admit.size - self.params.rows
+        over = table.live + admit.size - self._capacity[layer]
         if recency.stamping:
             table.stamps[at[hit]] = now
         elif over > 0:

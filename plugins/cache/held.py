@@ -12,13 +12,56 @@ from collections import deque
 from collections.abc import Callable
 
 import numpy as np
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 
+from engramsim.errors import InputError
 from engramsim.plugins.cache.rowtable import RowTable
-from engramsim.strategies import Cache, CacheLookup, SetupContext, StepView, _BaseParams
+from engramsim.strategies import Cache, CacheLookup, Params, SetupContext, StepView, _BaseParams
 
 EMPTY = np.empty(0, dtype=np.int64)
 EMPTY.flags.writeable = False
 COMPACT_SLACK = 65536  # an order structure is compacted past 2 x rows held + this many entries
+SHARED = -1  # the key of a shared cache's one clock and order structures
+
+
+class CapacityParams(Params):
+    """A cache's capacity: exactly one of `rows` and `bytes` (floor(bytes / the layer's row bytes) rows)."""
+
+    bytes: PositiveInt | None = Field(default=None, description="capacity per Engram layer, in bytes (whole rows of the layer's table)")
+    rows: PositiveInt | None = Field(default=None, le=1 << 40, validate_default=True, description="capacity per Engram layer, in rows")
+
+    @field_validator("rows", mode="after")
+    @classmethod
+    def _one_capacity(cls, rows: int | None, info: ValidationInfo) -> int | None:
+        """Checked on `rows` (declared after `bytes`, so the error names the field a reader fixes)."""
+        if "bytes" not in info.data:  # bytes itself was refused
+            return rows
+        if (rows is None) == (info.data["bytes"] is None):
+            raise ValueError("give the capacity as exactly one of `rows` and `bytes`")
+        return rows
+
+
+class SharedCapacityParams(CapacityParams):
+    """`CapacityParams`, or with `shared` one capacity for all Engram layers together."""
+
+    shared: bool = Field(default=False, description="one capacity for all Engram layers together (bytes: in the widest layer's rows)")
+
+
+def capacity_rows_of(params: CapacityParams, setup: SetupContext) -> dict[int, int]:
+    """Each layer's capacity in rows: `rows`, or `bytes` in whole rows of the layer's table (of the
+    widest layer's, shared); under one row is refused naming the field."""
+    if params.rows is not None:
+        return dict.fromkeys(setup.tables, params.rows)
+    assert params.bytes is not None
+    if getattr(params, "shared", False):
+        widest = max((t.row_bytes for t in setup.tables.values()), default=1)
+        rows = dict.fromkeys(setup.tables, params.bytes // widest)
+    else:
+        rows = {layer: params.bytes // t.row_bytes for layer, t in setup.tables.items()}
+    if rows and min(rows.values()) < 1:
+        widest = max(t.row_bytes for t in setup.tables.values())
+        raise InputError("scenario", f"{params.bytes} bytes hold no row of {widest} bytes", field="strategies.cache.params.bytes")
+    return rows
 
 
 class HeldRows(Cache):
@@ -28,14 +71,21 @@ class HeldRows(Cache):
 
     def __init__(self, params: _BaseParams, setup: SetupContext) -> None:
         super().__init__(params, setup)
-        self._clock = dict.fromkeys(setup.tables, 0)
+        self.shared = bool(getattr(params, "shared", False))
+        self._capacity = capacity_rows_of(params, setup) if isinstance(params, CapacityParams) else {}
+        self._group = {layer: SHARED if self.shared else layer for layer in setup.tables}  # key of the layer's clock and order
+        self._clock = dict.fromkeys(self._group.values(), 0)
+
+    def capacity_rows(self, layer: int) -> int:
+        return self._capacity[layer]
 
     def lookup(self, layer: int, rows: np.ndarray, view: StepView) -> np.ndarray:
         return self.lookup_changes(layer, rows, view).hit
 
     def lookup_changes(self, layer: int, rows: np.ndarray, view: StepView) -> CacheLookup:
-        self._clock[layer] += 1
-        return self._lookup(layer, np.ascontiguousarray(rows, dtype=np.int64), view, self._clock[layer])
+        group = self._group[layer]
+        self._clock[group] += 1
+        return self._lookup(layer, np.ascontiguousarray(rows, dtype=np.int64), view, self._clock[group])
 
     def _lookup(self, layer: int, rows: np.ndarray, view: StepView, now: int) -> CacheLookup:
         raise NotImplementedError
@@ -49,17 +99,52 @@ class TableRows(HeldRows):
 
     def __init__(self, params: _BaseParams, setup: SetupContext) -> None:
         super().__init__(params, setup)
-        self._tables = {layer: RowTable(table.rows, self.capacity_rows(layer), self.counts, self.positions)
-                        for layer, table in setup.tables.items()}
+        if not self.shared:
+            self._tables = {layer: RowTable(table.rows, self.capacity_rows(layer), self.counts, self.positions)
+                            for layer, table in setup.tables.items()}
+            return
+        # shared: one table of keys layer index x stride + row, so one order ranks every layer's rows
+        layers = sorted(setup.tables)
+        self._stride = max((t.rows for t in setup.tables.values()), default=1)
+        self._offset = {layer: i * self._stride for i, layer in enumerate(layers)}
+        self._layer_at = np.array(layers, dtype=np.int64)
+        self._live = dict.fromkeys(layers, 0)
+        one = RowTable(len(layers) * self._stride, max(self._capacity.values(), default=0), self.counts, self.positions)
+        self._tables = dict.fromkeys(layers, one)
+
+    def lookup_changes(self, layer: int, rows: np.ndarray, view: StepView) -> CacheLookup:
+        if not self.shared:
+            return super().lookup_changes(layer, rows, view)
+        offset = self._offset[layer]
+        found = super().lookup_changes(layer, np.asarray(rows, dtype=np.int64) + offset, view)
+        self._live[layer] += found.admitted.size
+        evicted, here, elsewhere = found.evicted, EMPTY, {}
+        if evicted.size:
+            index = evicted // self._stride
+            cuts = np.flatnonzero(np.diff(index)) + 1  # evicted keys are sorted: each layer's rows are one run
+            for part in np.split(evicted, cuts):
+                other = int(self._layer_at[part[0] // self._stride])
+                part = part - self._offset[other]
+                self._live[other] -= part.size
+                if other == layer:
+                    here = part
+                else:
+                    elsewhere[other] = part
+        return CacheLookup(found.hit, found.admitted, here, elsewhere)
 
     def contents(self, layer: int) -> np.ndarray:
         table = self._tables[layer]
-        return np.sort(table.keys[table.held()].astype(np.int64))
+        keys = table.keys[table.held()].astype(np.int64)
+        if self.shared:
+            keys = keys[keys // self._stride == self._offset[layer] // self._stride] - self._offset[layer]
+        return np.sort(keys)
 
     def size(self, layer: int) -> int:
-        return self._tables[layer].live
+        return self._live[layer] if self.shared else self._tables[layer].live
 
     def holds(self, layer: int, rows: np.ndarray) -> np.ndarray:
+        if self.shared:
+            rows = np.asarray(rows, dtype=np.int64) + self._offset[layer]
         return self._tables[layer].find(rows)[0]
 
 

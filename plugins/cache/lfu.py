@@ -8,19 +8,18 @@ for eviction. The scale is brought back (exactly, by a power of two) before it c
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field, PositiveInt
+from pydantic import Field
 
 from engramsim.plugins.cache import held
-from engramsim.plugins.cache.held import EMPTY, TableRows
+from engramsim.plugins.cache.held import EMPTY, SharedCapacityParams, TableRows
 from engramsim.plugins.cache.rowtable import RowTable
 from engramsim.registry import register
-from engramsim.strategies import CacheLookup, Params, SetupContext, StepView
+from engramsim.strategies import CacheLookup, SetupContext, StepView
 
 RESCALE_ABOVE = 2.0**600  # an increment past this divides every count by it (exact: a power of two)
 
 
-class LFUParams(Params):
-    rows: PositiveInt  # capacity per Engram layer, in rows
+class LFUParams(SharedCapacityParams):  # `rows` or `bytes` per Engram layer, or for all of them (`shared`)
     decay: float = Field(default=1.0, gt=0.0, le=1.0)  # every lookup multiplies the counts by this (1: plain LFU)
 
 
@@ -34,17 +33,15 @@ class LFU(TableRows):
 
     def __init__(self, params: LFUParams, setup: SetupContext) -> None:
         super().__init__(params, setup)
-        self._increment = dict.fromkeys(setup.tables, 1.0)  # what a use adds now: decay^-now, rescaled
-        self._order: dict[int, Frequency] = {}  # built when a layer's cache first evicts
-
-    def capacity_rows(self, layer: int) -> int:
-        return self.params.rows
+        self._increment = dict.fromkeys(self._clock, 1.0)  # what a use adds now: decay^-now, rescaled (by group: layer, or SHARED)
+        self._order: dict[int, Frequency] = {}  # built when a group's cache first evicts
 
     def _lookup(self, layer: int, rows: np.ndarray, view: StepView, now: int) -> CacheLookup:
-        table, order = self._tables[layer], self._order.get(layer)
-        inc = self._increment[layer] = self._increment[layer] / self.params.decay
+        group, capacity = self._group[layer], self._capacity[layer]
+        table, order = self._tables[layer], self._order.get(group)
+        inc = self._increment[group] = self._increment[group] / self.params.decay
         if inc > RESCALE_ABOVE:
-            inc = self._increment[layer] = inc / RESCALE_ABOVE
+            inc = self._increment[group] = inc / RESCALE_ABOVE
             table.counts /= RESCALE_ABOVE
             if order is not None:
                 order.rescale(RESCALE_ABOVE)
@@ -53,12 +50,12 @@ class LFU(TableRows):
         table.counts[hit_at] += inc
         table.stamps[hit_at] = now
         hit_counts = table.counts[hit_at]
-        admit = missed[: self.params.rows - hit_at.size]  # a hit is never evicted by its own step's misses
-        over = table.live + admit.size - self.params.rows
+        admit = missed[: capacity - hit_at.size]  # a hit is never evicted by its own step's misses
+        over = table.live + admit.size - capacity
         evicted = EMPTY
         if over > 0:
             if order is None:
-                order = self._order[layer] = Frequency(table, before=now)
+                order = self._order[group] = Frequency(table, before=now)
             evicted, gone = order.pop(over)
             table.remove(gone)
             evicted = np.sort(evicted)

@@ -1,17 +1,17 @@
-"""LRU: each Engram layer's HBM cache keeps the rows used most recently."""
+"""LRU: each Engram layer's HBM cache keeps the rows used most recently (shared: one cache for
+all layers' rows, the least recent of any layer evicted first)."""
 
 from __future__ import annotations
 
 import numpy as np
-from pydantic import PositiveInt
 
-from engramsim.plugins.cache.held import EMPTY, Recency, TableRows
+from engramsim.plugins.cache.held import EMPTY, Recency, SharedCapacityParams, TableRows
 from engramsim.registry import register
-from engramsim.strategies import CacheLookup, Params, SetupContext, StepView
+from engramsim.strategies import CacheLookup, SetupContext, StepView
 
 
-class LRUParams(Params):
-    rows: PositiveInt  # capacity per Engram layer, in rows
+class LRUParams(SharedCapacityParams):
+    """`rows` or `bytes` per Engram layer, or for all of them (`shared`)."""
 
 
 @register("cache", "lru")
@@ -23,19 +23,16 @@ class LRU(TableRows):
 
     def __init__(self, params: LRUParams, setup: SetupContext) -> None:
         super().__init__(params, setup)
-        self._recency = {layer: Recency(table, log_limit=params.rows) for layer, table in self._tables.items()}
-
-    def capacity_rows(self, layer: int) -> int:
-        return self.params.rows
+        self._recency = {self._group[layer]: Recency(table, log_limit=self._capacity[layer]) for layer, table in self._tables.items()}
 
     def _lookup(self, layer: int, rows: np.ndarray, view: StepView, now: int) -> CacheLookup:
-        table, recency = self._tables[layer], self._recency[layer]
+        table, recency, capacity = self._tables[layer], self._recency[self._group[layer]], self._capacity[layer]
         hit, at, admit = table.find(rows)
         misses = admit.size
-        room = self.params.rows - (rows.size - misses)  # hits are the most recent: they stay
+        room = capacity - (rows.size - misses)  # hits are the most recent: they stay
         if misses > room:
             admit = admit[:room]
-        over = table.live + admit.size - self.params.rows
+        over = table.live + admit.size - capacity
         if recency.stamping:
             table.stamps[at[hit]] = now
         elif over > 0:

@@ -20,10 +20,10 @@ they refuse it (simulate it: --backend sim).
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field, PositiveInt
 
 from engramsim.errors import InputError
 from engramsim.frequency import ProfileParams, profiled
+from engramsim.plugins.cache.held import CapacityParams, capacity_rows_of
 from engramsim.registry import register
 from engramsim.strategies import Cache, CacheLookup, SetupContext, StepView
 
@@ -31,8 +31,8 @@ EMPTY = np.empty(0, dtype=np.int64)
 EMPTY.flags.writeable = False
 
 
-class StaticHotParams(ProfileParams):
-    rows: PositiveInt = Field(le=1 << 40, description="rows held per Engram layer: the profile's most looked-up rows (capacity reserved in HBM)")
+class StaticHotParams(ProfileParams, CapacityParams):
+    """Rows held per Engram layer (`rows`, or `bytes` in whole rows): the profile's most looked-up rows (capacity reserved in HBM)."""
 
 
 @register("cache", "static-hot")
@@ -47,8 +47,9 @@ class StaticHot(Cache):
         if setup.scenario.run.backend != "sim":
             raise InputError("scenario", f"the {setup.scenario.run.backend} backend mirrors a cache from the rows its lookups admit, and "
                              "the static-hot set is filled before serving; simulate it (--backend sim)", field="strategies.cache")
+        self._capacity = capacity_rows_of(params, setup)
         self.split, found = profiled(setup, params, "cache")
-        self._held = {layer: found.hot_rows(layer, params.rows) for layer in setup.tables}
+        self._held = {layer: found.hot_rows(layer, self._capacity[layer]) for layer in setup.tables}
         for rows in self._held.values():
             rows.flags.writeable = False
 
@@ -61,7 +62,7 @@ class StaticHot(Cache):
         return self.split.source()
 
     def capacity_rows(self, layer: int) -> int:
-        return self.params.rows
+        return self._capacity[layer]
 
     def lookup(self, layer: int, rows: np.ndarray, view: StepView) -> np.ndarray:
         return self.holds(layer, rows)
