@@ -24,7 +24,7 @@ from engramsim.plugins.cache.set_assoc_lru import SetAssocLRU
 from engramsim.steps import LayerLookup, Step
 from engramsim.strategies import SetupContext, StepView, TableInfo, cache_bytes
 from tests.test_caches import AllHost, OnDemand
-from tests.test_session import SMALL
+from tests.test_run import SMALL
 
 ROWS = {1: 50, 4: 80}  # two Engram layers, rows per table
 ROW_BYTES = {1: 8, 4: 12}
