@@ -173,6 +173,15 @@ class Recency:
         """Whether the cache stamps its hits (it has evicted)."""
         return self._queue is not None
 
+    def stamp_hits(self, now: int, hits_at: np.ndarray, evicting: bool) -> None:
+        """The lookup at stamp `now` found its hits at `hits_at`: stamp them if the cache already
+        stamps, or `start` stamping now if this lookup is the first to evict; else only the log
+        (`push`) records them."""
+        if self.stamping:
+            self._table.stamps[hits_at] = now
+        elif evicting:
+            self.start(now, hits_at)
+
     def start(self, now: int, hits_at: np.ndarray) -> None:
         """Before the first eviction, in the lookup at stamp `now` whose hits sit at `hits_at`:
         replay the log, stamp the hits, and queue the rows used before `now`."""

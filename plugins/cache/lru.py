@@ -33,10 +33,7 @@ class LRU(TableRows):
         if misses > room:
             admit = admit[:room]
         over = table.live + admit.size - capacity
-        if recency.stamping:
-            table.stamps[at[hit]] = now
-        elif over > 0:
-            recency.start(now, at[hit])
+        recency.stamp_hits(now, at[hit], evicting=over > 0)
         evicted = EMPTY
         if over > 0:
             evicted, gone = recency.pop(over)
