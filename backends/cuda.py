@@ -43,10 +43,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
-from engramsim.backends.device import TORCH_DTYPES, Device, Mark
+from engramsim.backends.device import TORCH_DTYPES, Device, Mark, host_index
 from engramsim.backends.event_clock import EventClock
 from engramsim.backends.memory import Footprint, check_fits, host_memory
 from engramsim.backends.nvml import Sampler
@@ -199,7 +198,7 @@ class CudaDevice(Device):
     def zero_copy(self, src: torch.Tensor, index: torch.Tensor, dst: torch.Tensor) -> tuple[Mark, Mark]:
         """The row ids cross the link too (the hashing runs on the host), inside the timed interval;
         `src` is `zero_copy_source`'s word view, so `dst` is viewed as the same words."""
-        pinned = torch.from_numpy(np.ascontiguousarray(index.numpy(), dtype=np.int64)).pin_memory()  # host work, before the span
+        pinned = host_index(index.numpy(), pin=True)  # host work, before the span
         start = self._event(self.copy_stream)
         with torch.cuda.stream(self.copy_stream):
             torch.index_select(src, 0, pinned.to(self.torch_device, non_blocking=True), out=dst.view(src.dtype))

@@ -32,10 +32,15 @@ def to_index(values: np.ndarray, device: torch.device) -> torch.Tensor:
     pinned memory on the current stream without blocking the host (torch's pinned allocator keeps
     the buffer until the copy has run), so no bubble opens on the GPU while the host uploads. The
     copy is queued on the current stream: read the tensor on that stream (or after a synchronize)."""
-    host = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
     if device.type == "cpu":
-        return host
-    return host.pin_memory().to(device, non_blocking=True)
+        return host_index(values)
+    return host_index(values, pin=True).to(device, non_blocking=True)
+
+
+def host_index(values: np.ndarray, pin: bool = False) -> torch.Tensor:
+    """Row ids or positions as an int64 host tensor, page-locked with `pin` (to upload without blocking)."""
+    host = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
+    return host.pin_memory() if pin else host
 
 
 @dataclass(frozen=True)
