@@ -51,6 +51,7 @@ from engramsim.metrics import Metric, registered
 from engramsim.records import RunOutcome
 from engramsim.results import results_json
 from engramsim.runner import (
+    RunReport,
     hbm_report,
     real_passes,
     run_passes,
@@ -114,17 +115,20 @@ def run_variant(variant: Variant, scenario: Scenario, source: str, keep: Path | 
         prepared = prepare(scenario, source)
     except InputError as exc:
         return Result(variant, scenario, status=DOES_NOT_FIT, reason=_reason(exc))
+    return _ran(variant, prepared, keep, lambda out: run_sim(prepared, out, progress),
+                lambda: run_passes(prepared, partial(simulate_run, prepared), progress))
+
+
+def _ran(variant: Variant, prepared: Prepared, keep: Path | None, report: Callable[[Path], RunReport],
+         outcomes: Callable[[], list[RunOutcome]]) -> Result:
+    """The variant's passes: with `keep`, `report(keep)` writes its run folder there; else only
+    `outcomes()` runs, summarised as the run would."""
     if keep is not None:
-        report = run_sim(prepared, keep, progress)
-        summary, hbm, outcome = report.document["summary"], report.document["hbm"], report.outcome
+        written = report(keep)
+        summary, hbm, outcome = written.document["summary"], written.document["hbm"], written.outcome
     else:
-        outcomes = run_passes(prepared, partial(simulate_run, prepared), progress)
-        outcome, summary = outcomes[0], summarize_passes(prepared, outcomes)
-        hbm = hbm_report(prepared)
-    return _ran(variant, prepared, summary, hbm, outcome)
-
-
-def _ran(variant: Variant, prepared: Prepared, summary: dict[str, Any], hbm: dict[str, Any], outcome: RunOutcome) -> Result:
+        passes = outcomes()
+        summary, hbm, outcome = summarize_passes(prepared, passes), hbm_report(prepared), passes[0]
     requests = prepared.workload.requests
     return Result(variant, prepared.scenario, summary=summary, hbm=hbm,
                   workload=_digest(requests.arrival_s, requests.prompt_len, requests.output_len, requests.trace_start),
@@ -174,16 +178,10 @@ def run_real_variant(variant: Variant, prepared: Prepared, backend: str, keep: P
     with `keep`, its whole run folder there (`runner.run_real_report`). An `InputError` from the
     session (its layout, the device's memory) is "refused by the real backend"."""
     try:
-        if keep is not None:
-            report = run_real_report(prepared, backend, keep, progress, setup_progress)
-            summary, hbm, outcome = report.document["summary"], report.document["hbm"], report.outcome
-        else:
-            outcomes, _ = real_passes(prepared, backend, progress, setup_progress)
-            outcome, summary = outcomes[0], summarize_passes(prepared, outcomes)
-            hbm = hbm_report(prepared)
+        return _ran(variant, prepared, keep, lambda out: run_real_report(prepared, backend, out, progress, setup_progress),
+                    lambda: real_passes(prepared, backend, progress, setup_progress)[0])
     except InputError as exc:
         return Result(variant, prepared.scenario, status=REFUSED, reason=_reason(exc))
-    return _ran(variant, prepared, summary, hbm, outcome)
 
 
 # ---- columns: the table, the CSV's derived values and the plot's panels ----------------------------
