@@ -170,21 +170,22 @@ class Planner:
         held = self._held[layer] + admit.size - evicted.size
         if held > cache.capacity_rows(layer):
             raise RuntimeError(f"cache {cache.name!r} holds {held} rows of layer {layer}, over its capacity of {cache.capacity_rows(layer)}")
-        if held != cache.size(layer):
-            raise RuntimeError(f"cache {cache.name!r} holds {cache.size(layer)} rows of layer {layer}, but its lookups admitted and evicted "
-                               f"{held} in all")
-        self._held[layer] = held
+        self._count_held(layer, held)
         for other, rows in report.elsewhere.items():  # a shared cache: what it dropped of other layers
-            self._held[other] -= len(rows)
-            if self._held[other] != cache.size(other):
-                raise RuntimeError(f"cache {cache.name!r} holds {cache.size(other)} rows of layer {other}, but its lookups admitted and "
-                                   f"evicted {self._held[other]} in all")
+            self._count_held(other, self._held[other] - len(rows))
         if cache.shared and (total := sum(self._held.values())) > cache.capacity_rows(layer):
             raise RuntimeError(f"cache {cache.name!r} holds {total} rows of all layers, over its shared capacity of {cache.capacity_rows(layer)}")
         if admit.size == outside.size - np.count_nonzero(hit):  # distinct misses, as many as there are: every miss
             misses = outside[admit]
             return misses, misses, evicted
         return outside[~hit], outside[admit], evicted
+
+    def _count_held(self, layer: int, held: int) -> None:
+        """`held`: the rows of `layer` the cache's reported admissions and evictions add up to; it must say the same."""
+        if held != self.cache.size(layer):
+            raise RuntimeError(f"cache {self.cache.name!r} holds {self.cache.size(layer)} rows of layer {layer}, but its lookups admitted "
+                               f"and evicted {held} in all")
+        self._held[layer] = held
 
     def _diffed_lookup(self, layer: int, outside: np.ndarray, view: StepView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`_cache_lookup` for a cache that does not say what it changed: its contents before and after."""
