@@ -8,6 +8,8 @@ replayed within a few dozen rows."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,6 @@ def test_row_table_holds_what_was_inserted_and_not_removed(ops, wide):
     lost or duplicated by a rebuild, int32 keys truncating rows."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(rowtable, "_MIN_BITS", 2)
-        patch.setattr(rowtable, "_SCALAR_TAIL", 1)
         offset = 2**33 if wide else 0
         table, reference = RowTable(offset + 2001, capacity=1), set()
         for stamp, (insert, batch) in enumerate(ops, start=1):
@@ -59,22 +60,20 @@ STREAMS = st.lists(st.lists(st.integers(0, 59), max_size=25), min_size=1, max_si
 @given(stream=STREAMS, rows=st.integers(1, 30), sets=st.integers(1, 6), ways=st.integers(1, 5), decay=st.sampled_from([1.0, 0.5, 0.8]))
 def test_caches_behave_the_same_with_tiny_thresholds(stream, rows, sets, ways, decay):
     """The same hits and contents after each step whether the structures stay small or are rebuilt,
-    compacted, rescaled and replayed all along, and whether long probes finish vectorised or one
-    by one. Guards: any of those paths changing what a cache holds."""
+    compacted, rescaled and replayed all along. Guards: any of those paths changing what a cache
+    holds."""
     def run() -> list:
         return [drive(build(cls, **params), stream, known_future=known) for cls, params, known in
                 [(LRU, {"rows": rows}, True), (LFU, {"rows": rows, "decay": decay}, True), (SetAssocLRU, {"sets": sets, "ways": ways}, True),
                  (Belady, {"rows": rows, "horizon": 3}, True), (Belady, {"rows": rows}, False)]]
 
     usual = run()
-    for tail in (0, 10**9):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(rowtable, "_MIN_BITS", 2)
-            patch.setattr(rowtable, "_FIRST_ROWS", 1)
-            patch.setattr(rowtable, "_SCALAR_TAIL", tail)
-            patch.setattr(held, "COMPACT_SLACK", -10**9)  # compact (LFU: merge every run) at every push
-            patch.setattr(lfu, "RESCALE_ABOVE", 2.0)  # rescale every few lookups (decay 0.5: every one)
-            assert run() == usual
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rowtable, "_MIN_BITS", 2)
+        patch.setattr(rowtable, "_FIRST_ROWS", 1)
+        patch.setattr(held, "COMPACT_SLACK", -10**9)  # compact (LFU: merge every run) at every push
+        patch.setattr(lfu, "RESCALE_ABOVE", 2.0)  # rescale every few lookups (decay 0.5: every one)
+        assert run() == usual
 
 
 def reference(policy: str, stream: list[list[int]], capacity: int, decay: float = 1.0, sets: int = 1, horizon: int = 64) -> list:
@@ -130,7 +129,6 @@ def test_caches_follow_their_rules_as_ranking_every_row_held_would(stream, unive
         if tiny:
             patch.setattr(rowtable, "_MIN_BITS", 2)
             patch.setattr(rowtable, "_FIRST_ROWS", 1)
-            patch.setattr(rowtable, "_SCALAR_TAIL", 1)
             patch.setattr(held, "COMPACT_SLACK", -10**9)
             patch.setattr(lfu, "RESCALE_ABOVE", 2.0)
         assert drive(build(LRU, rows=rows), stream) == reference("lru", stream, rows)
@@ -183,3 +181,12 @@ def test_a_reporting_cache_over_its_capacity_is_an_error():
     planner = Planner(AllHost(), cache, OnDemand(), {LAYER: TABLE_ROWS}, blocks=8)
     with pytest.raises(RuntimeError, match="holds 3 rows of layer 3, over its capacity of 2"):
         planner.plan(StepView(toy_step(0, [1, 2, 3])))
+
+
+def test_the_compiler_loads_with_the_first_row_table_not_with_the_plugins():
+    """`engramsim --help` and every plugin listing start without numba; a cache's first table loads it.
+    Guards: a module-level import of the compiled probes putting the compiler on every start-up."""
+    code = ("import sys; from engramsim import registry; registry.names('cache'); before = 'numba' in sys.modules; "
+            "from engramsim.plugins.cache.rowtable import RowTable; import numpy as np; "
+            "RowTable(100, 10).find(np.arange(3)); sys.exit(before or 'numba' not in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -48,7 +48,7 @@ class Belady(TableRows):
         hit, at, admit = table.find(rows)
         evicted = EMPTY
         over = table.live + admit.size - self._capacity[layer]
-        recency.stamp_hits(now, at[hit], evicting=over > 0)
+        recency.stamp_hits(now, at, hit, evicting=over > 0)
         used = rows
         if over > 0:
             admit, stays, evicted = self._drop(layer, rows, hit, at, over, view, now, recency)

@@ -173,14 +173,14 @@ class Recency:
         """Whether the cache stamps its hits (it has evicted)."""
         return self._queue is not None
 
-    def stamp_hits(self, now: int, hits_at: np.ndarray, evicting: bool) -> None:
-        """The lookup at stamp `now` found its hits at `hits_at`: stamp them if the cache already
-        stamps, or `start` stamping now if this lookup is the first to evict; else only the log
-        (`push`) records them."""
+    def stamp_hits(self, now: int, at: np.ndarray, hit: np.ndarray, evicting: bool) -> None:
+        """The lookup at stamp `now` found its rows at `at`, held where `hit`: stamp the hits if the
+        cache already stamps, or `start` stamping now if this lookup is the first to evict; else
+        only the log (`push`) records them, and the hits' positions are never gathered."""
         if self.stamping:
-            self._table.stamps[hits_at] = now
+            self._table.stamps[at[hit]] = now
         elif evicting:
-            self.start(now, hits_at)
+            self.start(now, at[hit])
 
     def start(self, now: int, hits_at: np.ndarray) -> None:
         """Before the first eviction, in the lookup at stamp `now` whose hits sit at `hits_at`:

@@ -33,7 +33,7 @@ class LRU(TableRows):
         if misses > room:
             admit = admit[:room]
         over = table.live + admit.size - capacity
-        recency.stamp_hits(now, at[hit], evicting=over > 0)
+        recency.stamp_hits(now, at, hit, evicting=over > 0)
         evicted = EMPTY
         if over > 0:
             evicted, gone = recency.pop(over)

@@ -1,27 +1,37 @@
-"""The rows a cache holds, as a hash table: every operation is vectorised over a batch of rows and
-costs O(batch), never O(rows held), so a cache of millions of rows stays cheap per step.
+"""The rows a cache holds, as a hash table: every operation works on a batch of rows and costs
+O(batch), never O(rows held), so a cache of millions of rows stays cheap per step.
 
 Open addressing with linear probing over a power-of-two array of keys (the row ids), a
 multiplicative (Fibonacci) hash, and columns beside the keys: each held row's stamp (the lookup
 that last used it) and, for LFU, its count. Keys are int32 when the table's rows fit. An evicted
-row leaves a tombstone; when rows and tombstones fill 35% of the slots the table is rebuilt
-without tombstones at most 17.5% full (in one pass: rows sorted by hash land at a running
-maximum), O(rows held) once per at least as many insertions. Kept sparse, most rows sit in their
-own slot and most probes end in the first vectorised round.
+row leaves a tombstone; when rows and tombstones fill half the slots the table is rebuilt
+without tombstones at most a quarter full (in one vectorised pass: rows sorted by hash land at a
+running maximum), O(rows held) once per at least as many insertions. At most half full, a
+probe reads 1.5 slots on average for a row held and 2.5 for one missing (Knuth's linear-probing
+estimates), mostly within one cache line. Finding and inserting a batch are compiled loops (probe.py).
 """
 
 from __future__ import annotations
+
+from functools import cache
+from types import ModuleType
 
 import numpy as np
 
 EMPTY = -1  # a slot never used since the last rebuild: a probe stops here
 GONE = -2  # a tombstone: the row there was evicted; a probe goes on past it
-_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio
+MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio
 _MIN_BITS = 10
 _FIRST_ROWS = 1 << 20  # a table starts with room for its capacity's rows, or for this many if fewer
-_MAX_LOAD = 0.35  # rows held and tombstones, as a fraction of the slots, before a rebuild (short probes)
-_REBUILT_LOAD = 0.175  # ... and the rows held after it
-_SCALAR_TAIL = 16  # probes still unresolved after a few vectorised rounds finish one by one in Python
+_MAX_LOAD = 0.5  # rows held and tombstones, as a fraction of the slots, before a rebuild (short probes)
+_REBUILT_LOAD = 0.25  # ... and the rows held after it
+
+
+@cache
+def _probe() -> ModuleType:
+    """The compiled probes, imported (and compiled, the first time on a machine) on first use."""
+    from engramsim.plugins.cache import probe
+    return probe
 
 
 class RowTable:
@@ -54,11 +64,11 @@ class RowTable:
         self.live = 0
         self._used = 0  # slots not EMPTY: rows held and tombstones
         self.moved: np.ndarray | None = None  # set by a rebuild: old position -> new one
-        self._mask = size - 1
+        self._mask = np.int64(size - 1)
         self._shift = np.uint64(64 - bits)
 
     def _hash(self, rows: np.ndarray) -> np.ndarray:
-        h = (rows.view(np.uint64) if rows.dtype == np.int64 and rows.flags.c_contiguous else rows.astype(np.uint64)) * _MULTIPLIER
+        h = (rows.view(np.uint64) if rows.dtype == np.int64 and rows.flags.c_contiguous else rows.astype(np.uint64)) * MULTIPLIER
         h >>= self._shift
         return h.view(np.int64)
 
@@ -66,30 +76,9 @@ class RowTable:
         """(mask of the rows held; where each probe stopped: a held row's position, else an EMPTY
         slot, where `insert` may start; the indices of the rows not held)."""
         rows = np.ascontiguousarray(rows, dtype=np.int64)
-        keys, mask = self.keys, self._mask
-        at = self._hash(rows)
-        rows = rows.astype(self._key_type, copy=False)
-        k = keys[at]
-        held = k == rows
-        other = np.flatnonzero(~held)  # not at their own slot: missing, or further along
-        todo = other[k[other] != EMPTY]
-        while todo.size > _SCALAR_TAIL:
-            t = (at[todo] + 1) & mask
-            at[todo] = t
-            k = keys[t]
-            found = k == rows[todo]
-            held[todo[found]] = True
-            todo = todo[(k != EMPTY) & ~found]
-        for i in todo.tolist():  # the last few long probes
-            row, slot = int(rows[i]), int(at[i])
-            while True:
-                slot = (slot + 1) & mask
-                key = int(keys[slot])
-                if key == row or key == EMPTY:
-                    held[i] = key == row
-                    break
-            at[i] = slot
-        return held, at, other[~held[other]]
+        held, at, missing = np.empty(rows.size, dtype=bool), np.empty(rows.size, dtype=np.int64), np.empty(rows.size, dtype=np.int64)
+        count = _probe().find(self.keys, rows, self._shift, self._mask, held, at, missing)
+        return held, at, missing[:count]
 
     def insert(self, rows: np.ndarray, start: np.ndarray | None, stamp: int | None, count: float = 0.0) -> np.ndarray:
         """Add `rows` (unique, none held) with this stamp (None: leave the stamps alone) and
@@ -101,38 +90,11 @@ class RowTable:
         if self._used + n > _MAX_LOAD * self.keys.size:
             self._rebuild(self.live + n)
             start = None
-        keys, mask = self.keys, self._mask
-        keyed = rows.astype(self._key_type, copy=False)
-        if start is None:
-            at, todo, grouped = self._hash(rows), np.arange(n), False
-        else:  # every start is EMPTY (evictions leave tombstones elsewhere): rows ending at the same one contend for it
-            keys[start] = keyed
-            won = keys[start] == keyed
-            landed = int(np.count_nonzero(won))
-            self._used += landed
-            if landed == n:
-                self._land(start, stamp, count)
-                return start
-            at, todo, grouped = start.copy(), np.flatnonzero(~won), True
-            at[todo] = (at[todo] + 1) & mask
-        while todo.size:
-            t = at[todo]
-            if grouped:
-                # rows probing from the same slot try that slot and the ones after it, one each: a
-                # cluster of misses ending at the same empty slot settles in a round or two
-                order = np.argsort(t, kind="stable")
-                todo, t = todo[order], t[order]
-                t = (t + np.arange(t.size) - np.searchsorted(t, t)) & mask
-            k = keys[t]
-            free = k < 0  # EMPTY or a tombstone: the row is not held, so a free slot on its probe is its own
-            mine, slots = todo[free], t[free]
-            keys[slots] = keyed[mine]  # rows of this batch trying the same slot: one of them wins it
-            won = keys[slots] == keyed[mine]
-            at[mine[won]] = slots[won]
-            self._used += int(np.count_nonzero(k[free][won] == EMPTY))
-            todo = np.concatenate([todo[~free], mine[~won]])
-            at[todo] = (np.concatenate([t[~free], slots[~won]]) + 1) & mask
-            grouped = True
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        at = np.empty(n, dtype=np.int64)
+        hashed = start is None
+        self._used += _probe().insert(self.keys, rows, at if hashed else np.ascontiguousarray(start, dtype=np.int64), hashed,
+                                      self._shift, self._mask, at)
         self._land(at, stamp, count)
         return at
 

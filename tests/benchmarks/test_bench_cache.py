@@ -1,6 +1,6 @@
 """An HBM cache's cost to the simulator on the paper-4B scenario: the same pass with no cache and
 with a 10 M-row LRU cache (issue 11's target: at least half the speed). Per lookup the cache does
-O(rows looked up) of numpy work (plugins/cache/rowtable.py); with no cache there is none, so the
+O(rows looked up) of work (plugins/cache/rowtable.py, its probes compiled in probe.py); with no cache there is none, so the
 ratio is the cache's whole cost.
 
 The two passes run interleaved and each side keeps its fastest round in CPU time (the process's
