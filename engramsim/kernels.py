@@ -335,9 +335,14 @@ def block_kernels(model: Model, step: Step, block: int) -> list[Work]:
 
 
 def engram_kernels(model: Model, step: Step, rows: int) -> list[Work]:
-    """The Engram layer's GPU work after its rows are on the device: [gather, fused projection,
-    gating + short conv + residual].
+    """The Engram layer's GPU work after its rows are on the device: [conversion (when the dtypes
+    differ), gather, fused projection, gating + short conv + residual].
 
+    Conversion: a table stored in another dtype than the backbone computes in (fp8 or int8 rows
+    with their scales, or fp32 under bf16) is turned into compute-dtype values once per unique row,
+    as the real backends do after the link (backends/tables.py `row_values`): the stored row read,
+    the values written, a multiply (and an add, for the scale) per value. None when the dtypes
+    match.
     Gather: the step's `rows` unique rows read from device memory (from the table in HBM, or from
     the buffer the link filled: the same traffic either way, so offloading never makes this
     cheaper), and the memory vector e_t written for every token (graph padding included, as every
@@ -350,15 +355,17 @@ def engram_kernels(model: Model, step: Step, rows: int) -> list[Work]:
     b = DTYPE_BYTES[model.backbone.dtype]
     hidden, hc = model.backbone.hidden, engram.hc_mult
     tokens = step.compute_tokens  # inside the padded CUDA graph; padding rows read the step's first row
-    e_t = engram.heads_per_layer * engram.row_bytes  # one token's memory vector, bytes
-    gather = Work(0.0, rows * engram.row_bytes + tokens * e_t)
+    value_bytes = engram.head_dim * b  # one head's row in the compute dtype
+    e_t = engram.heads_per_layer * value_bytes  # one token's memory vector, bytes
+    convert = [Work(2.0 * rows * engram.head_dim, rows * (engram.row_bytes + value_bytes))] if engram.dtype != model.backbone.dtype else []
+    gather = Work(0.0, rows * value_bytes + tokens * e_t)
     out = (hc + 1) * hidden
     params = engram.d_mem * out
     projection = Work(2.0 * tokens * params, params * b + tokens * (e_t + out * b), gemm_weights(tokens, params),
                       gemms=(Gemm(tokens, out, engram.d_mem),))
     branch_elems = tokens * hc * hidden
     elementwise = Work(2.0 * engram.kernel_size * branch_elems, ENGRAM_ELEMENTWISE_PASSES * branch_elems * b)
-    return [gather, projection, elementwise]
+    return [*convert, gather, projection, elementwise]
 
 
 def head_kernels(model: Model, step: Step) -> list[Work]:

@@ -121,6 +121,20 @@ def test_engram_work_by_hand(tiny):
     assert tiny.engram_time(step, 50) > tiny.engram_time(step, 5)
 
 
+def test_a_table_in_another_dtype_is_converted_once_per_unique_row(tiny):
+    """fp8 rows under a bf16 backbone: one more kernel reads the 5 stored rows (4 values + one
+    ue8m0 scale: 5 B) and writes their bf16 values (8 B), a multiply and an add per value; the
+    gather and everything after it see bf16 values, as with a bf16 table. Guards: quantised bytes
+    priced on the link but their dequantise free on the GPU."""
+    step = make_step([3], [3])
+    fp8 = RooflineCostModel(tiny.model.model_copy(update={"engram": tiny.model.engram.model_copy(update={"dtype": "fp8"})}), tiny.profile)
+    assert fp8.model.engram.row_bytes == 5
+    converted, *rest = kernels.engram_kernels(fp8.model, step, 5)
+    assert (converted.flops, converted.bytes) == (2.0 * 5 * 4, 5 * (5 + 8))
+    assert rest == kernels.engram_kernels(tiny.model, step, 5)
+    assert fp8.engram_time(step, 5) == pytest.approx(tiny.engram_time(step, 5) + 65 / 5e8, rel=1e-12)  # memory-bound; no kernel overhead here
+
+
 def test_head_work_by_hand(tiny):
     # embedding 2*3*8*2 = 96 B, norm 96 B; LM head 8x32: flops 2*1*256 = 512,
     # bytes 256*2 + 8*2 + 2*32*4 = 784 -> 976 B; the 100 us step overhead is the host's, not the head's
