@@ -10,10 +10,11 @@ Engram's HBM items and `activation_peak_bytes`), in whole blocks (`kv_blocks`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engramsim.scenario import DTYPE_BYTES, Backbone, Engram, Scenario
-from engramsim.strategies import Cache, Placement, Prefetch, TableInfo, Tier, cache_bytes, tables_bytes
+from engramsim.strategies import Cache, Placement, Prefetch, TableInfo, Tier, Transport, cache_bytes, tables_bytes
 from engramsim.workload import Workload
 
 if TYPE_CHECKING:
@@ -92,9 +93,12 @@ def staging_slots(prefetch: Prefetch) -> int:
     return 1 + prefetch.horizon
 
 
-def staging_bytes(tables: dict[int, TableInfo], engram: Engram, workload: Workload, prefetch: Prefetch) -> int:
-    """All staging (and landing) slots of all Engram layers, in bytes."""
-    return sum(staging_slots(prefetch) * staging_rows(t, engram, workload, prefetch) * t.row_bytes for t in tables.values())
+def staging_bytes(tables: dict[int, TableInfo], engram: Engram, workload: Workload, prefetch: Prefetch,
+                  landing_row_bytes: Callable[[int], int] | None = None) -> int:
+    """All staging (and landing) slots of all Engram layers, in bytes; `landing_row_bytes`: what
+    one row of a table's row bytes takes in a slot (None: the row itself)."""
+    size = landing_row_bytes or (lambda row_bytes: row_bytes)
+    return sum(staging_slots(prefetch) * staging_rows(t, engram, workload, prefetch) * size(t.row_bytes) for t in tables.values())
 
 
 def warmup_batch(cfg: WorkloadConfig) -> tuple[int, int]:
@@ -158,17 +162,20 @@ def backbone_items(scenario: Scenario, reserved: int, engram: bool) -> dict[str,
 
 
 def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Workload, placement: Placement,
-              cache: Cache, prefetch: Prefetch, reserved: int) -> dict[str, int]:
+              cache: Cache, prefetch: Prefetch, transport: Transport, reserved: int) -> dict[str, int]:
     """Bytes a pass with Engram keeps in HBM besides the KV cache, by item (names are the keys of
     session.HBM_FIELDS)."""
     bb, engram = scenario.model.backbone, scenario.model.engram
-    in_hbm = placement.bytes_per_tier().get(Tier.HBM, 0)
+    per_tier = placement.bytes_per_tier()
+    in_hbm = per_tier.get(Tier.HBM, 0)
     offloaded = tables_bytes(tables) > in_hbm
+    tiers = frozenset(tier for tier, size in per_tier.items() if size > 0)
     return backbone_items(scenario, reserved, engram=True) | {
         "Engram modules": int(len(tables) * engram_params(engram, bb.hidden) * DTYPE_BYTES[bb.dtype]),
         "Engram tables in HBM": in_hbm,
         "Engram caches": cache_bytes(tables, cache.capacity_rows, cache.shared),
-        "Engram staging buffers": staging_bytes(tables, engram, workload, prefetch) if offloaded else 0,
+        "Engram staging buffers": staging_bytes(tables, engram, workload, prefetch,
+                                                lambda row_bytes: transport.landing_row_bytes(row_bytes, tiers)) if offloaded else 0,
     }
 
 

@@ -323,6 +323,11 @@ class Transport(Strategy):
         host = rows.get(Tier.HOST)
         return self.stages(0 if host is None else int(host.size), row_bytes)
 
+    def landing_row_bytes(self, row_bytes: int, tiers: frozenset[Tier]) -> int:
+        """HBM bytes one fetched row takes in a staging slot, when the table has rows in `tiers`:
+        the row itself, unless the transport lands more than the row (whole pages)."""
+        return row_bytes
+
     def check_reach(self, rows: TierRows) -> None:
         """ValueError naming the tiers holding rows of the fetch that this transport cannot read."""
         outside = [tier.name for tier, ids in rows.items() if ids.size and tier not in self.reaches]

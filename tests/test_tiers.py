@@ -500,3 +500,19 @@ def test_the_invariants_hold_over_tiers_and_transports(tier_outcomes, variant):
         assert span.end_s >= span.start_s
         if span.kind is SpanKind.ENGRAM:
             assert span.start_s >= ready[(span.step, span.layer)] - 1e-12
+
+
+def test_direct_nvme_reads_land_whole_pages_in_the_staging_slots(tmp_path):
+    """nvme-direct lands each NVMe row with its 4 KiB page, so its staging slots are sized in pages
+    (the KV cache gets that much less); with no rows on NVMe they are the staged transport's.
+    Guards: landing pages that take HBM the budget never counted."""
+    from engramsim.session import prepare
+
+    def staging(placement, transport: str) -> int:
+        path = _scenario_file(tmp_path, placement, transport)
+        return prepare(load_scenario(path), path).hbm["Engram staging buffers"]
+
+    row_bytes = TINY["model"]["engram"]["head_dim"] * 2  # bf16
+    assert 0 < row_bytes < 4096
+    assert staging(ON_NVME, "nvme-direct") == staging(ON_NVME, "staged") // row_bytes * 4096
+    assert staging("all-host", "nvme-direct") == staging("all-host", "staged")

@@ -2,7 +2,8 @@
 
 Rows on NVMe skip the host: the drives DMA the 4 KiB pages holding them into HBM over the link,
 priced by the drives' IOPS and bandwidth and the link's bandwidth for whole pages (the GPU keeps
-the rows it needs from them). Rows in host DRAM or CXL memory take the staged path after them.
+the rows it needs from them), so a staging slot in HBM is sized for whole pages
+(`landing_row_bytes`). Rows in host DRAM or CXL memory take the staged path after them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from engramsim.strategies import Stage, StageKind, Tier, TierRows
 @register("transport", "nvme-direct")
 class NVMeDirect(StagedBase):
     """NVMe pages read straight into HBM (GPUDirect Storage), no host hop; other tiers staged."""
+
+    def landing_row_bytes(self, row_bytes: int, tiers: frozenset[Tier]) -> int:
+        """A row read from NVMe lands in HBM with the rest of its page(s): a slot holds a step's
+        rows each in its own pages (rows scattered over the table rarely share one)."""
+        if Tier.NVME not in tiers:
+            return row_bytes
+        page = self.page_bytes()
+        return -(-row_bytes // page) * page
 
     def fetch_stages(self, rows: TierRows, row_bytes: int) -> list[Stage]:
         nvme = rows.get(Tier.NVME)
