@@ -21,6 +21,7 @@ from engramsim.plugins.cache.held import HeldRows
 from engramsim.plugins.cache.lfu import LFU
 from engramsim.plugins.cache.lru import LRU
 from engramsim.plugins.cache.set_assoc_lru import SetAssocLRU
+from engramsim.plugins.cache.static_hot import StaticHot
 from engramsim.steps import LayerLookup, Step
 from engramsim.strategies import SetupContext, StepView, TableInfo, cache_bytes
 from tests.test_caches import AllHost, OnDemand
@@ -82,11 +83,9 @@ def test_a_capacity_under_one_row_is_refused_naming_bytes():
         build(LRU, bytes=10)
 
 
-@pytest.mark.parametrize("cls", [Belady, SetAssocLRU])
-def test_shared_is_refused_where_not_implemented(cls):
-    params = {"rows": 4} if cls is Belady else {"sets": 2, "ways": 2}
+def test_a_static_hot_set_is_chosen_per_layer_only():
     with pytest.raises(ValidationError, match="shared"):
-        cls.Params(**params, shared=True)
+        StaticHot.Params(rows=4, shared=True)
 
 
 def test_shared_lru_evicts_the_oldest_row_of_any_layer():
@@ -100,17 +99,57 @@ def test_shared_lru_evicts_the_oldest_row_of_any_layer():
     ]
 
 
+def test_shared_set_associative_lru_maps_every_layers_keys_to_one_array_of_sets():
+    # keys: layer 1's rows as they are, layer 4's offset by 80 (its index x the widest table); set = key % 2
+    contents = drive(build(SetAssocLRU, sets=2, ways=2, shared=True), [{1: [5, 6]}, {4: [5]}, {1: [6]}, {4: [7]}, {4: [8, 9]}])
+    assert contents == [
+        {1: [5, 6], 4: []},
+        {1: [5, 6], 4: [5]},  # key 85 joins key 5 in set 1: full
+        {1: [5, 6], 4: [5]},
+        {1: [6], 4: [5, 7]},  # key 87, set 1: its least recent is layer 1's row 5
+        {1: [6], 4: [7, 8, 9]},  # key 88 fills set 0 beside key 6; key 89 evicts key 85 from set 1
+    ]
+
+
+def _planned(cache: HeldRows, stream: list[dict[int, list[int]]]) -> list[tuple[dict[int, list[int]], dict[int, int]]]:
+    """`drive` with the future known (an offline workload): each step's contents and hits per layer."""
+    steps = [step(i, rows) for i, rows in enumerate(stream)]
+    planner = Planner(AllHost(), cache, OnDemand(), dict(ROWS), blocks=8)
+    out = []
+    for i, s in enumerate(steps):
+        plan = planner.plan(StepView(s, lambda k, i=i: steps[i + 1: i + 1 + k]))
+        out.append(({layer: cache.contents(layer).tolist() for layer in ROWS}, {layer: p.cache_hits for layer, p in plan.layers.items()}))
+    return out
+
+
+def test_shared_belady_keeps_the_row_any_layer_needs_next():
+    """Capacity 2 over both layers. At step 2 layer 4's row 7 must come in: LRU would evict layer
+    1's row 5 (the oldest), but step 3 needs it again, so Belady evicts layer 1's row 6."""
+    stream = [{1: [5]}, {1: [6]}, {4: [7]}, {1: [5]}]
+    assert _planned(build(Belady, rows=2, shared=True), stream)[2][0] == {1: [5], 4: [7]}
+    assert _planned(build(LRU, rows=2, shared=True), stream)[2][0] == {1: [6], 4: [7]}
+
+
+def test_shared_belady_counts_this_steps_later_layers_as_needed_now():
+    """Layer 1's lookup at step 2 must take row 6 in; layer 4 of the same step needs its row 7
+    (the oldest row held), so layer 1's row 5 goes instead and layer 4 hits. LRU evicts row 7,
+    and layer 4 misses it."""
+    stream = [{4: [7]}, {1: [5]}, {1: [6], 4: [7]}]
+    assert _planned(build(Belady, rows=2, shared=True), stream)[2] == ({1: [6], 4: [7]}, {1: 0, 4: 1})
+    assert _planned(build(LRU, rows=2, shared=True), stream)[2] == ({1: [6], 4: [7]}, {1: 0, 4: 0})
+
+
 def test_per_layer_lru_is_unchanged_by_the_other_layers():
     contents = drive(build(LRU, rows=2), [{1: [5, 6]}, {4: [5, 7, 8]}])
     assert contents[-1] == {1: [5, 6], 4: [5, 7]}
 
 
 @settings(max_examples=40, deadline=None)
-@given(cls=st.sampled_from([LRU, LFU]), capacity=st.integers(1, 12),
+@given(cls=st.sampled_from([LRU, LFU, Belady, SetAssocLRU]), capacity=st.integers(1, 12),
        stream=st.lists(st.fixed_dictionaries({1: st.lists(st.integers(0, 49), max_size=8), 4: st.lists(st.integers(0, 79), max_size=8)}),
                        min_size=1, max_size=25))
 def test_a_shared_cache_never_holds_more_than_its_capacity(cls, capacity, stream):
-    cache = build(cls, rows=capacity, shared=True)
+    cache = build(cls, sets=1, ways=capacity, shared=True) if cls is SetAssocLRU else build(cls, rows=capacity, shared=True)
     for held in drive(cache, stream):  # the Planner also checks the layers together against the capacity
         assert sum(len(rows) for rows in held.values()) <= capacity
 

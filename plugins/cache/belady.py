@@ -1,4 +1,5 @@
 """Belady/OPT with a lookahead: an oracle bound, not a policy a server could run (it reads the future).
+Shared by all Engram layers, it ranks every layer's rows by their next use.
 
 Each step keeps, of the rows held and the step's misses, the `rows` next needed soonest within
 `horizon` steps, so a miss needed later than every row it would evict is not admitted (OPT with
@@ -15,12 +16,12 @@ from __future__ import annotations
 import numpy as np
 from pydantic import PositiveInt
 
-from engramsim.plugins.cache.held import EMPTY, CapacityParams, Recency, TableRows
+from engramsim.plugins.cache.held import EMPTY, Recency, SharedCapacityParams, TableRows
 from engramsim.registry import register
 from engramsim.strategies import CacheLookup, SetupContext, StepView
 
 
-class BeladyParams(CapacityParams):  # `rows` or `bytes` per Engram layer
+class BeladyParams(SharedCapacityParams):  # `rows` or `bytes` per Engram layer, or for all of them (`shared`)
     horizon: PositiveInt = 64  # steps of `StepView.future` looked at
 
 
@@ -41,10 +42,10 @@ class Belady(TableRows):
 
     def __init__(self, params: BeladyParams, setup: SetupContext) -> None:
         super().__init__(params, setup)
-        self._recency = {layer: Recency(table, log_limit=self._capacity[layer]) for layer, table in self._tables.items()}
+        self._recency = {self._group[layer]: Recency(table, log_limit=self._capacity[layer]) for layer, table in self._tables.items()}
 
     def _lookup(self, layer: int, rows: np.ndarray, view: StepView, now: int) -> CacheLookup:
-        table, recency = self._tables[layer], self._recency[layer]
+        table, recency = self._tables[layer], self._recency[self._group[layer]]
         hit, at, admit = table.find(rows)
         evicted = EMPTY
         over = table.live + admit.size - self._capacity[layer]
@@ -100,11 +101,16 @@ class Belady(TableRows):
         return missed, stays, np.sort(gone_rows)
 
     def _next_use(self, layer: int, view: StepView) -> tuple[np.ndarray, np.ndarray]:
-        """The rows needed within the horizon (sorted, unique) and the steps until each is first needed."""
-        future = [s.lookups[layer].rows for s in view.future(self.params.horizon)]
-        if not future:
+        """The keys needed within the horizon (sorted, unique) and the steps until each is first
+        needed; shared by all layers: every layer's, and this step's later layers' at 0 steps."""
+        layers = self._layer_at.tolist() if self.shared else [layer]
+        future = [[(0, self.keys(other, view.step.lookups[other].rows)) for other in layers if other > layer]]
+        future += [[(d, self.keys(other, s.lookups[other].rows)) for other in layers]
+                   for d, s in enumerate(view.future(self.params.horizon), start=1)]
+        parts = [part for step in future for part in step]
+        if not parts:
             return EMPTY, EMPTY
-        needed = np.concatenate(future)
-        distance = np.repeat(np.arange(1, len(future) + 1, dtype=np.int64), [f.size for f in future])
+        needed = np.concatenate([rows for _, rows in parts])
+        distance = np.repeat(np.array([d for d, _ in parts], dtype=np.int64), [rows.size for _, rows in parts])
         seen, first = np.unique(needed, return_index=True)
         return seen, distance[first]

@@ -109,14 +109,18 @@ class TableRows(HeldRows):
         self._offset = {layer: i * self._stride for i, layer in enumerate(layers)}
         self._layer_at = np.array(layers, dtype=np.int64)
         self._live = dict.fromkeys(layers, 0)
-        one = RowTable(len(layers) * self._stride, max(self._capacity.values(), default=0), self.counts, self.positions)
+        one = RowTable(len(layers) * self._stride, max((self.capacity_rows(layer) for layer in layers), default=0), self.counts,
+                       self.positions)
         self._tables = dict.fromkeys(layers, one)
+
+    def keys(self, layer: int, rows: np.ndarray) -> np.ndarray:
+        """The table's keys of a layer's rows: the rows, or (shared) offset by the layer's index x stride."""
+        return np.asarray(rows, dtype=np.int64) + self._offset[layer] if self.shared else rows
 
     def lookup_changes(self, layer: int, rows: np.ndarray, view: StepView) -> CacheLookup:
         if not self.shared:
             return super().lookup_changes(layer, rows, view)
-        offset = self._offset[layer]
-        found = super().lookup_changes(layer, np.asarray(rows, dtype=np.int64) + offset, view)
+        found = super().lookup_changes(layer, self.keys(layer, rows), view)
         self._live[layer] += found.admitted.size
         evicted, here, elsewhere = found.evicted, EMPTY, {}
         if evicted.size:
@@ -143,9 +147,7 @@ class TableRows(HeldRows):
         return self._live[layer] if self.shared else self._tables[layer].live
 
     def holds(self, layer: int, rows: np.ndarray) -> np.ndarray:
-        if self.shared:
-            rows = np.asarray(rows, dtype=np.int64) + self._offset[layer]
-        return self._tables[layer].find(rows)[0]
+        return self._tables[layer].find(self.keys(layer, rows))[0]
 
 
 class Recency:

@@ -1,9 +1,11 @@
-"""Set-associative LRU, like FBGEMM's UVM cache: row r may only sit in set r % sets, of `ways` slots."""
+"""Set-associative LRU, like FBGEMM's UVM cache: row r may only sit in set r % sets, of `ways` slots
+(shared by all Engram layers: one sets x ways array, a layer's row keyed by its offset, see
+`TableRows.keys`)."""
 
 from __future__ import annotations
 
 import numpy as np
-from pydantic import PositiveInt
+from pydantic import Field, PositiveInt
 
 from engramsim.plugins.cache.held import EMPTY, TableRows
 from engramsim.plugins.cache.rowtable import RowTable
@@ -14,6 +16,7 @@ from engramsim.strategies import CacheLookup, Params, SetupContext, StepView
 class SetAssocLRUParams(Params):
     sets: PositiveInt
     ways: PositiveInt  # slots per set; capacity per Engram layer = sets * ways rows
+    shared: bool = Field(default=False, description="one sets x ways cache for all Engram layers together")
 
 
 @register("cache", "set-assoc-lru")
@@ -33,14 +36,15 @@ class SetAssocLRU(TableRows):
     def __init__(self, params: SetAssocLRUParams, setup: SetupContext) -> None:
         super().__init__(params, setup)
         shape = (params.sets, params.ways)  # zeros: pages of sets never used are never touched
-        self._ways = {layer: np.zeros(shape, dtype=np.int64) for layer in setup.tables}  # table position + 1 in each way, 0: empty
-        self._fill = {layer: np.zeros(params.sets, dtype=np.int64) for layer in setup.tables}  # rows held per set
+        groups = set(self._group.values())
+        self._ways = {group: np.zeros(shape, dtype=np.int64) for group in groups}  # table position + 1 in each way, 0: empty
+        self._fill = {group: np.zeros(params.sets, dtype=np.int64) for group in groups}  # rows held per set
 
     def capacity_rows(self, layer: int) -> int:
         return self.params.sets * self.params.ways
 
     def _lookup(self, layer: int, rows: np.ndarray, view: StepView, now: int) -> CacheLookup:
-        table, ways, fill = self._tables[layer], self._ways[layer], self._fill[layer]
+        table, ways, fill = self._tables[layer], self._ways[self._group[layer]], self._fill[self._group[layer]]
         hit, at, missed = table.find(rows)
         table.stamps[at[hit]] = now
         if not missed.size:
