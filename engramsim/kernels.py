@@ -419,6 +419,42 @@ def gather_seconds(rows: Num, row_bytes: Num, threads: int, rows_per_s: float, d
     return overhead_s + _maximum(rows / (threads * rows_per_s), 2.0 * rows * row_bytes / dram_bytes_s)
 
 
+PAGE_BYTES = 4096
+HUGE_PAGE_BYTES = 2 << 20
+PTE_BYTES = 8  # one page-table entry per page
+
+
+def miss_fraction(footprint: float, reach: float) -> float:
+    """Uniformly random accesses over `footprint` bytes that miss a cache or TLB covering `reach`
+    bytes of it (the rest of the footprint)."""
+    return max(0.0, 1.0 - reach / footprint) if footprint > 0 else 0.0
+
+
+def gather_row_penalty_s(table_bytes: float, huge_pages: bool, l2_bytes: float, llc_bytes: float, stlb_entries: int,
+                         data_miss_s: float, tlb_miss_s: float, pte_miss_s: float) -> float:
+    """Seconds one random row of a `table_bytes` table costs a gather thread beyond a row whose
+    data, page and page-table entry all hit: its data missing the last-level cache, its page the
+    STLB (reach: entries x page), and the walk's page-table entry L2 (the page tables are
+    `PTE_BYTES` per page, so 4 KiB pages make them 512 times smaller than the table; 2 MiB pages,
+    262,144 times)."""
+    page = HUGE_PAGE_BYTES if huge_pages else PAGE_BYTES
+    return (data_miss_s * miss_fraction(table_bytes, llc_bytes) + tlb_miss_s * miss_fraction(table_bytes, stlb_entries * page)
+            + pte_miss_s * miss_fraction(table_bytes * PTE_BYTES / page, l2_bytes))
+
+
+def gather_row_seconds(rows_per_s: float, table_bytes: float, huge_pages: bool, reference_bytes: float, reference_huge_pages: bool,
+                       l2_bytes: float, llc_bytes: float, stlb_entries: int, hit_s: float, data_miss_s: float, tlb_miss_s: float,
+                       pte_miss_s: float) -> float:
+    """One gather thread's seconds per random row of a `table_bytes` table, from its rate measured
+    on a table of `reference_bytes`: that row time scaled by the modelled row time here over the
+    modelled row time there (a row that hits everywhere, `hit_s`, plus `gather_row_penalty_s`).
+    A ratio, so a rate measured on another CPU or row size keeps its own scale."""
+    misses = (l2_bytes, llc_bytes, stlb_entries, data_miss_s, tlb_miss_s, pte_miss_s)
+    here = hit_s + gather_row_penalty_s(table_bytes, huge_pages, *misses)
+    there = hit_s + gather_row_penalty_s(reference_bytes, reference_huge_pages, *misses)
+    return here / there / rows_per_s
+
+
 def dma_seconds(nbytes: Num, latency_s: float, bytes_s: float) -> Num:
     """One DMA copy: a fixed latency, then the bytes at the link's bandwidth."""
     return latency_s + nbytes / bytes_s

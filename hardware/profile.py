@@ -10,6 +10,10 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, SerializerFunctionWrapHandler, model_serializer
 
+MIB = 1 << 20
+GIB = 1 << 30
+NS = 1e-9
+
 Physical = Annotated[float, Field(ge=1e-9, le=1e12)]
 """A rate or capacity: positive and within what any machine has, so an extreme value cannot make
 every time in the results infinite or zero."""
@@ -95,6 +99,26 @@ class Link(_Strict):
     transaction_bytes: PositiveInt = Field(128, description="zero-copy reads are rounded up to this many bytes")
 
 
+class GatherSize(_Strict):
+    """How a random-row gather slows as its table outgrows the CPU's caches and TLB
+    (engramsim/kernels.py `gather_row_penalty_s`): per row, a data miss in the last-level cache,
+    an STLB miss (its reach: entries x the page size) and a page walk whose page-table entry
+    misses L2 (page tables are 8 B per page), each weighted by the fraction of random rows that
+    miss it. Cache sizes and STLB entries describe the host CPU; the per-miss costs are fitted by
+    `engramsim calibrate` (gather against table size). The measured `gather_rows_per_s` is
+    scaled by the modelled row time at a table's size over that at `reference_gib`."""
+
+    reference_gib: Physical = Field(description="the table size `gather_rows_per_s` was measured at, GiB")
+    reference_huge_pages: bool = Field(default=False, description="whether that table sat in 2 MiB pages")
+    l2_mib: Physical = Field(description="L2 cache of one core, MiB (holds the page walk's entries)")
+    llc_mib: Physical = Field(description="last-level cache the gather threads share, MiB")
+    stlb_entries: PositiveInt = Field(description="second-level TLB entries (4 KiB and 2 MiB pages alike)")
+    hit_ns: Physical = Field(description="time per row whose data, page and page-table entry all hit, ns")
+    data_miss_ns: NonNegativeFloat = Field(description="extra time per row whose data misses the last-level cache, ns")
+    tlb_miss_ns: NonNegativeFloat = Field(description="extra time per row whose page misses the STLB (a walk from cache), ns")
+    pte_miss_ns: NonNegativeFloat = Field(description="extra time per row whose page-table entry also misses L2, ns")
+
+
 class Host(_Strict):
     name: str
     dram_gbps: Physical = Field(description="achievable DRAM bandwidth, GB/s")
@@ -102,6 +126,20 @@ class Host(_Strict):
     gather_rows_per_s: Physical = Field(description="random-row gather rate of one CPU thread, rows/s")
     gather_threads: PositiveInt = Field(description="CPU threads the staged transport gathers with")
     gather_overhead_us: NonNegativeFloat = Field(description="fixed cost of one gather call, us")
+    huge_pages: bool = Field(default=False, description="the tables sit in 2 MiB (transparent) huge pages, not 4 KiB pages")
+    gather_size: GatherSize | None = Field(
+        default=None, description="how the gather rate changes with the table's size; null: the same rate at every size")
+
+    def gather_row_s(self, table_bytes: float) -> float:
+        """One gather thread's seconds per random row of a table of `table_bytes` (`gather_size`;
+        without it, 1 / gather_rows_per_s at every size)."""
+        size = self.gather_size
+        if size is None:
+            return 1.0 / self.gather_rows_per_s
+        from engramsim.kernels import gather_row_seconds  # kernels imports the scenario, which imports this module
+        return gather_row_seconds(self.gather_rows_per_s, table_bytes, self.huge_pages, size.reference_gib * GIB, size.reference_huge_pages,
+                                  size.l2_mib * MIB, size.llc_mib * MIB, size.stlb_entries, size.hit_ns * NS, size.data_miss_ns * NS,
+                                  size.tlb_miss_ns * NS, size.pte_miss_ns * NS)
 
 
 class CXL(_Strict):

@@ -120,6 +120,9 @@ class RooflineCostModel:
         self.sms, self.tile_m, self.tile_n = gpu.sms, gpu.gemm_tile_m, gpu.gemm_tile_n
         self._cached_step: Step | None = None
         self._cache: dict[BlockKind, float] = {}
+        engram = model.engram
+        self.table_bytes = sum(engram.rows_per_order) * engram.heads * engram.row_bytes  # one Engram layer's table, as configured
+        self.gather_rows_per_s = 1.0 / profile.host.gather_row_s(self.table_bytes)
 
     # ---- GPU ------------------------------------------------------------------------------------
     def roofline(self, work: Work) -> float:
@@ -174,11 +177,12 @@ class RooflineCostModel:
 
     # ---- fetches ----------------------------------------------------------------------------------
     def gather_time(self, rows: int, row_bytes: int) -> float:
-        """`kernels.gather_seconds` on the profile's host; 0 rows cost nothing."""
+        """`kernels.gather_seconds` on the profile's host, at the rate its gather reaches on one
+        Engram layer's table (`Host.gather_row_s`); 0 rows cost nothing."""
         if rows <= 0:
             return 0.0
         host = self.profile.host
-        return kernels.gather_seconds(rows, row_bytes, host.gather_threads, host.gather_rows_per_s, host.dram_gbps * GB,
+        return kernels.gather_seconds(rows, row_bytes, host.gather_threads, self.gather_rows_per_s, host.dram_gbps * GB,
                                       host.gather_overhead_us * US)
 
     def h2d_latency(self) -> float:

@@ -499,7 +499,9 @@ def test_preset_fetch_numbers(dense4b_h800):
     cost, rows, row_bytes = dense4b_h800, 256 * 16, 160
     assert cost.h2d_time(rows * row_bytes) == pytest.approx(6.5e-6 + rows * row_bytes / 53e9)
     assert cost.zero_copy_time(rows, row_bytes) == pytest.approx(4e-6 + rows * 256 / 35e9)
-    assert cost.gather_time(rows, row_bytes) == pytest.approx(10e-6 + rows / (8 * 23e6))
+    # 23 M rows/s per thread measured on ~1 GiB; the Dense-4B's 200 GB table misses every cache and the STLB
+    assert cost.table_bytes == 2 * 8 * 78_125_000 * 160 and 15e6 < cost.gather_rows_per_s < 18e6
+    assert cost.gather_time(rows, row_bytes) == pytest.approx(10e-6 + rows / (8 * cost.gather_rows_per_s))
     assert math.isclose(cost.zero_copy_wire_time(rows, 128), rows * 128 / 35e9)
 
 
@@ -537,3 +539,42 @@ def test_shared_formulas_price_arrays_as_the_cost_model_prices_floats(n):
         assert gather[i] == pytest.approx(cost.gather_time(r, b), rel=1e-15)
         assert zero_copy[i] == pytest.approx(cost.zero_copy_time(r, b), rel=1e-15)
         assert dma[i] == pytest.approx(cost.h2d_time(r * b), rel=1e-15)
+
+
+# ---- the gather against its table's size ------------------------------------------------------------
+def test_miss_fractions_and_the_row_penalty_by_hand():
+    """A 4 GiB table in 4 KiB pages on a CPU with 2 MiB L2, 64 MiB LLC and 1,024 STLB entries:
+    data misses 1 - 64/4096, STLB misses 1 - 4/4096 (4 MiB reach), page-table entries (8 MiB of
+    them) miss L2 1 - 2/8; in 2 MiB pages the reach is 2 GiB (half the table) and the entries
+    (16 KiB) all hit."""
+    gib, mib = 1 << 30, 1 << 20
+    assert kernels.miss_fraction(4 * gib, 64 * mib) == pytest.approx(1 - 64 / 4096)
+    assert kernels.miss_fraction(mib, 64 * mib) == 0.0 and kernels.miss_fraction(0, 1) == 0.0
+    small = kernels.gather_row_penalty_s(4 * gib, False, 2 * mib, 64 * mib, 1024, 10.0, 20.0, 40.0)
+    assert small == pytest.approx(10 * (1 - 64 / 4096) + 20 * (1 - 4 / 4096) + 40 * (1 - 2 / 8))
+    huge = kernels.gather_row_penalty_s(4 * gib, True, 2 * mib, 64 * mib, 1024, 10.0, 20.0, 40.0)
+    assert huge == pytest.approx(10 * (1 - 64 / 4096) + 20 * 0.5)
+    # the measured rate scaled by the modelled row times: here over at the reference size
+    there = 5.0 + kernels.gather_row_penalty_s(gib, False, 2 * mib, 64 * mib, 1024, 10.0, 20.0, 40.0)
+    assert kernels.gather_row_seconds(1e7, 4 * gib, False, gib, False, 2 * mib, 64 * mib, 1024, 5.0, 10.0, 20.0, 40.0) == pytest.approx(
+        1e-7 * (5.0 + small) / there)
+
+
+def test_a_bigger_table_gathers_slower_only_with_a_size_model(tiny):
+    """The cost model prices the gather at the rate its host reaches on one Engram layer's table.
+    Guards: a 200 GB table gathered at the rate measured on 1 GiB."""
+    from engramsim.hardware.profile import GatherSize
+    size = GatherSize(reference_gib=1.0, l2_mib=2, llc_mib=100, stlb_entries=2048, hit_ns=40, data_miss_ns=20, tlb_miss_ns=20, pte_miss_ns=30)
+
+    def model(rows_per_head: int, huge: bool = False, with_size: bool = True) -> RooflineCostModel:
+        engram = tiny.model.engram.model_copy(update={"rows_per_head": [rows_per_head]})
+        host = tiny.profile.host.model_copy(update={"gather_size": size if with_size else None, "huge_pages": huge})
+        return RooflineCostModel(tiny.model.model_copy(update={"engram": engram}), tiny.profile.model_copy(update={"host": host}))
+
+    rate = tiny.profile.host.gather_rows_per_s
+    assert model(101, with_size=False).gather_rows_per_s == model(10**9, with_size=False).gather_rows_per_s == rate
+    small, big = model(101), model(10**9)
+    assert small.table_bytes == 101 * 2 * 2 * 8  # two orders x 2 heads x 8 B rows
+    assert small.gather_rows_per_s > rate > big.gather_rows_per_s  # below and above the 1 GiB reference
+    assert model(10**9, huge=True).gather_rows_per_s > big.gather_rows_per_s
+    assert big.gather_time(1000, 8) > model(10**9, with_size=False).gather_time(1000, 8)

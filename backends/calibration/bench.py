@@ -5,7 +5,9 @@ runs), timed by the harness the way a real step sees them."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from engramsim.backends.device import make_device
 from engramsim.backends.engram_layer import LayerRows, engram_forward
 from engramsim.backends.engram_module import EngramModule
 from engramsim.backends.fetch import Buffers, FetchWorker
+from engramsim.backends.memory import host_memory
 from engramsim.backends.standin import Limits, StandIn
 from engramsim.backends.tables import fill_table
 from engramsim.hardware.presets import load_profile
@@ -31,12 +34,36 @@ from engramsim.strategies import SetupContext
 
 from .budgets import Budget, Case, Shape, backbone_cases, host_scenario, make_step, shape_model
 from .harness import FetchTiming, Harness, median
+from .machine import cache_bytes, huge_page_advice
 from .measurements import Measurements, kernel_fields
 
 GB = 1e9
 ENGRAM_ROW_BYTES = 256  # the rows of the table fill, the timed Engram layer, the host scenario and the interference gathers
 NO_ROWS = np.empty(0, dtype=np.int64)
 Progress = Callable[[str, int, int], None]  # (stage label, done, total)
+SIZE_ROWS = 16384  # rows of each gather timed against the table's size (a decode step's rows, order of magnitude)
+SIZE_MEMORY_SHARE = 0.6  # of the memory available, the most one table of the size sweep takes
+MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15  # linux/mman.h
+HUGE_PAGE = 2 << 20
+
+
+def size_threads(gather_threads: int) -> list[int]:
+    """Thread counts of the size sweep: 1, 2, the backend's gather threads and every core, as far as the cores go."""
+    cores = os.cpu_count() or 1
+    return sorted({t for t in (1, 2, gather_threads, cores) if t <= cores})
+
+
+def advised_buffer(nbytes: int, huge: bool) -> torch.Tensor:
+    """A flat float32 buffer of `nbytes`, its whole 2 MiB-aligned span advised to the kernel as
+    huge-page memory or not, before any page is touched (the advice applies as pages fault in)."""
+    flat = torch.empty(nbytes // 4, dtype=torch.float32)
+    start = -(-flat.data_ptr() // HUGE_PAGE) * HUGE_PAGE
+    end = (flat.data_ptr() + nbytes) // HUGE_PAGE * HUGE_PAGE
+    if end > start:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_HUGEPAGE if huge else MADV_NOHUGEPAGE) != 0:
+            raise OSError(ctypes.get_errno(), f"madvise of a {nbytes}-byte gather table failed")
+    return flat
 
 
 def sorted_unique_rows(gen: np.random.Generator, total: int, n: int) -> np.ndarray:
@@ -82,7 +109,7 @@ class Calibrator:
         self.dtype_name = "bf16" if backend == "cuda" else "fp32"
         self.esize = torch.tensor([], dtype=self.dtype).element_size()
         self.engram_head_dim = ENGRAM_ROW_BYTES // self.esize
-        self.m = Measurements(backend, budget.name, threads=self._gather_threads())
+        self.m = Measurements(backend, budget.name, threads=self._gather_threads(), table_bytes=budget.table_bytes)
         self.harness = Harness(self.device, self.m.threads)
         self._table: torch.Tensor | None = None
         self._decode: Callable[[], None] | None = None
@@ -221,6 +248,35 @@ class Calibrator:
                 times = [timed(table, self._random_index(total, n), out) for _ in range(b.repeats)]
                 self.m.gather_alone.append({"rows": n, "row_bytes": rb, "seconds": median(times)})
                 self.progress("gather (quiet)", i + 1, len(cases))
+
+    def bench_gather_sizes(self) -> None:
+        """The gather against its table's size (`gather_size`): per size of the budget that fits in
+        `SIZE_MEMORY_SHARE` of the memory available, a fresh table in 4 KiB pages and, where the
+        kernel takes the advice, one in 2 MiB pages (`madvise`), filled as real tables are; on each,
+        random gathers of `SIZE_ROWS` rows back to back, at every thread count of `size_threads`.
+        Pageable memory on both backends: what is measured is the CPU's caches and TLB."""
+        b = self.budget
+        self.m.caches, self.m.huge_page_mode = cache_bytes(), huge_page_advice()
+        pages = (False, True) if self.m.huge_page_mode in ("always", "madvise") else (False,)
+        limit = SIZE_MEMORY_SHARE * host_memory()[1]
+        cases = [(size, huge) for size in b.size_tables if size <= limit for huge in pages]
+        n, rb = SIZE_ROWS, ENGRAM_ROW_BYTES
+        out = torch.empty(n * rb // 4, dtype=torch.float32)
+        with self.harness.quiet_gather() as timed:
+            for i, (size, huge) in enumerate(cases):
+                flat = advised_buffer(size, huge)
+                engram = Engram.model_validate({"head_dim": self.engram_head_dim, "dtype": self.dtype_name})
+                total = size // rb
+                fill_table(self.view_rows(flat, total, rb), engram, torch.Generator().manual_seed(0))
+                table, rows = self.view_rows(flat, total, rb), self.view_rows(out, n, rb)
+                for threads in size_threads(self.m.threads):
+                    torch.set_num_threads(threads)
+                    timed(table, self._random_index(total, n), rows)  # warm-up
+                    times = [timed(table, self._random_index(total, n), rows) for _ in range(b.repeats)]
+                    self.m.gather_size.append({"table_bytes": size, "huge_pages": huge, "threads": threads, "rows": n, "row_bytes": rb,
+                                               "seconds": median(times)})
+                del flat, table
+                self.progress("gather vs table size", i + 1, len(cases))
 
     def bench_stream(self) -> None:
         """Streaming copy bandwidth of host memory (read + write counted), the gather's DRAM ceiling."""

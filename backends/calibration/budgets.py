@@ -31,6 +31,7 @@ class Budget:
     interference_cases: int
     host_batches: tuple[int, ...]  # max_num_seqs of the short real passes that time the per-step host work
     host_steps: int  # steps of each of those passes
+    size_tables: tuple[int, ...] = ()  # table sizes (bytes) the gather is timed on against size; those the memory allows
 
 
 def _geometric(lo: int, hi: int, factor: int) -> tuple[int, ...]:
@@ -43,15 +44,15 @@ def _geometric(lo: int, hi: int, factor: int) -> tuple[int, ...]:
 
 BUDGETS: dict[str, Budget] = {
     "tiny": Budget("tiny", 64 * MIB, (64, 512, 4096, 16384), (128, 256), 3,
-                   ((1, 16), (2, 64)), ((1, 64), (4, 128)), 1, 1, (2, 8), 6),
+                   ((1, 16), (2, 64)), ((1, 64), (4, 128)), 1, 1, (2, 8), 6, (16 * MIB, 64 * MIB)),
     "quick": Budget("quick", 1 * GIB, _geometric(64, 65536, 4), (128, 160, 256, 512), 7,
                     ((1, 32), (1, 128), (2, 256), (4, 256), (8, 256)),
                     ((1, 128), (2, 128), (4, 256), (8, 128), (8, 512), (16, 256), (32, 128), (32, 512)),
-                    4, 3, (2, 8, 32), 40),
+                    4, 3, (2, 8, 32), 40, (256 * MIB, 1 * GIB, 4 * GIB)),
     "full": Budget("full", 2 * GIB, _geometric(16, 262144, 2), (128, 160, 256, 512), 9,
                    ((1, 16), (1, 64), (1, 256), (2, 256), (4, 256), (8, 256), (4, 512), (16, 128)),
                    ((1, 64), (1, 1024), (2, 128), (4, 256), (8, 512), (16, 128), (16, 1024), (32, 256), (64, 512)), 5, 6,
-                   (1, 4, 16, 64), 60),
+                   (1, 4, 16, 64), 60, tuple((256 * MIB) << k for k in range(12))),  # 256 MiB .. 512 GiB
 }
 
 

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import OptimizeResult, least_squares, lsq_linear
+from scipy.optimize import OptimizeResult, least_squares, lsq_linear, nnls
 
 from engramsim.hardware.profile import Residual
-from engramsim.kernels import gather_seconds, roofline, wire_bytes, zero_copy_seconds
+from engramsim.kernels import gather_row_penalty_s, gather_seconds, roofline, wire_bytes, zero_copy_seconds
 
 RATE_CEILING = 3.0  # a fitted peak is at most this many times the highest rate any sample reached
 EXPONENT_MAX = 32.0  # the roofline exponent's upper bound: (a^32 + b^32)^(1/32) is within 2.2% of max(a, b)
@@ -108,6 +108,43 @@ def fit_gather(rows: Sequence[float] | np.ndarray, row_bytes: Sequence[float] | 
                 best = sol
     assert best is not None
     return math.exp(best.x[0]), best.x[2] * 1e-6, math.exp(best.x[1])
+
+
+STLB_CANDIDATES = (512, 1024, 1536, 2048, 3072, 4096)  # second-level TLB sizes of x86 server cores (the fit picks one)
+
+
+@dataclass(frozen=True)
+class GatherSizeFit:
+    """`kernels.gather_row_penalty_s`'s per-miss costs (seconds) and STLB entries, fitted to the
+    per-row time of one gather thread against the table's size and page size."""
+
+    base_s: float  # a row whose data, page and page-table entry all hit
+    data_miss_s: float
+    tlb_miss_s: float
+    pte_miss_s: float
+    stlb_entries: int
+
+    def row_seconds(self, table_bytes: np.ndarray, huge_pages: np.ndarray, l2_bytes: float, llc_bytes: float) -> np.ndarray:
+        return self.base_s + np.array([gather_row_penalty_s(float(b), bool(h), l2_bytes, llc_bytes, self.stlb_entries, self.data_miss_s,
+                                                            self.tlb_miss_s, self.pte_miss_s) for b, h in zip(table_bytes, huge_pages)])
+
+
+def fit_gather_size(table_bytes: Sequence[float] | np.ndarray, huge_pages: Sequence[bool] | np.ndarray,
+                    row_seconds: Sequence[float] | np.ndarray, l2_bytes: float, llc_bytes: float) -> GatherSizeFit:
+    """Non-negative least squares of the per-row time (relative: each sample weighted by 1 / its
+    time) on [1, data misses, STLB misses, page-table misses] for each STLB size of
+    `STLB_CANDIDATES`; the candidate with the smallest residual wins."""
+    b, h, t = np.asarray(table_bytes, dtype=float), np.asarray(huge_pages, dtype=bool), np.asarray(row_seconds, dtype=float)
+    best: tuple[float, GatherSizeFit] | None = None
+    for entries in STLB_CANDIDATES:
+        columns = [gather_row_penalty_s(float(x), bool(y), l2_bytes, llc_bytes, entries, *unit) for x, y in zip(b, h)
+                   for unit in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))]
+        design = np.column_stack([np.ones_like(t), np.array(columns).reshape(t.size, 3)])
+        coef, norm = nnls(design / t[:, None], np.ones_like(t))
+        if best is None or norm < best[0]:
+            best = (norm, GatherSizeFit(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), stlb_entries=entries))
+    assert best is not None
+    return best[1]
 
 
 def fit_zero_copy(rows: Sequence[float] | np.ndarray, row_bytes: Sequence[float] | np.ndarray,

@@ -121,6 +121,33 @@ def memory_gib() -> float:
     return round(host_memory()[0] / GIB, 1)
 
 
+def cache_bytes() -> tuple[int, int] | None:
+    """(L2 of one core, last-level cache) in bytes from sysfs (Linux), None where it says nothing."""
+    sizes: dict[int, int] = {}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    with contextlib.suppress(OSError, ValueError):
+        for index in sorted(os.listdir(base)):
+            if not index.startswith("index"):
+                continue
+            with open(f"{base}/{index}/type", encoding="utf-8") as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(f"{base}/{index}/level", encoding="utf-8") as f, open(f"{base}/{index}/size", encoding="utf-8") as g:
+                level, size = int(f.read()), g.read().strip()
+            sizes[level] = int(size[:-1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[size[-1]] if size[-1].isalpha() else int(size)
+    if 2 not in sizes:
+        return None
+    return sizes[2], sizes[max(sizes)]
+
+
+def huge_page_advice() -> str | None:
+    """The kernel's transparent-huge-page mode ('always', 'madvise' or 'never'); None off Linux."""
+    with contextlib.suppress(OSError):
+        with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="utf-8") as f:
+            return f.read().split("[", 1)[1].split("]", 1)[0]
+    return None
+
+
 def link_name(backend: str) -> str:
     """The link a calibration measured, as its profile names it."""
     if backend == "cpu":

@@ -16,6 +16,7 @@ class Measurements:
     backend: str
     budget: str
     threads: int = 1
+    table_bytes: int = 0  # the table of the gather fits (the rate's reference size)
     gather: list[dict[str, float]] = field(default_factory=list)  # rows, row_bytes, seconds
     copy: list[dict[str, float]] = field(default_factory=list)  # bytes, seconds
     zero_copy: list[dict[str, float]] = field(default_factory=list)  # rows, row_bytes, seconds
@@ -26,6 +27,9 @@ class Measurements:
     host: list[dict[str, Any]] = field(default_factory=list)  # kind, seqs, tokens, seconds: per step of a real pass
     block_under_gather: list[dict[str, Any]] = field(default_factory=list)
     gather_alone: list[dict[str, float]] = field(default_factory=list)  # rows, row_bytes, seconds: back to back, quiet
+    gather_size: list[dict[str, Any]] = field(default_factory=list)  # table_bytes, huge_pages, threads, rows, row_bytes, seconds
+    caches: tuple[int, int] | None = None  # (L2, last-level cache) bytes, from sysfs
+    huge_page_mode: str | None = None  # the kernel's transparent-huge-page mode
     wall_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:

@@ -12,18 +12,31 @@ import numpy as np
 import torch
 import yaml
 
-from engramsim.hardware.profile import GPU, HardwareProfile, Host, Link, Provenance, Residual
+from engramsim.hardware.profile import GPU, GatherSize, HardwareProfile, Host, Link, Provenance, Residual
 from engramsim.kernels import dma_seconds, gather_seconds, zero_copy_seconds
 
 from .bench import Calibrator, Progress
 from .budgets import BUDGETS, GIB, Budget
-from .fits import ATTENTION_RSE_MAX, fit_gather, fit_host, fit_latency_bandwidth, fit_roofline, fit_zero_copy, fixed_costs, kernel_rows, residual
+from .fits import (
+    ATTENTION_RSE_MAX,
+    fit_gather,
+    fit_gather_size,
+    fit_host,
+    fit_latency_bandwidth,
+    fit_roofline,
+    fit_zero_copy,
+    fixed_costs,
+    kernel_rows,
+    residual,
+)
 from .machine import cpu_model, link_name, machine_host, memory_gib, require_backend, versions
 from .measurements import Measurements
 
 GB = 1e9
 TFLOP = 1e12
 US = 1e-6
+NS = 1e-9
+MIB = 1 << 20
 
 
 def _col(rows: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -72,8 +85,9 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
               attention_efficiency=attention_efficiency, copy_engines=1)
     link = Link(name=link_name(backend), h2d_gbps=h2d / GB, d2h_gbps=h2d / GB, dma_latency_us=latency / US,
                 zero_copy_gbps=zc_bw / GB, zero_copy_latency_us=zc_latency / US, transaction_bytes=tx)
+    size, size_residual = gather_size(m, g_overhead)
     host = Host(name=cpu_model(), dram_gbps=dram / GB, dram_gib=memory_gib(), gather_rows_per_s=rate,
-                gather_threads=m.threads, gather_overhead_us=g_overhead / US)
+                gather_threads=m.threads, gather_overhead_us=g_overhead / US, gather_size=size)
     flag = {"quick": " --quick", "full": ""}.get(m.budget, f" --budget {m.budget}")
     provenance = Provenance(kind="calibrated", source=f"engramsim calibrate --backend {backend}{flag}",
                             date=date or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -100,11 +114,30 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
         under = _kernels(m.block_under_gather)
         res["block_under_gather"] = residual(roof.kernel_times(under) + layer_overhead + kernel_overhead * np.array([len(u) for u in under]),
                                              _col(m.block_under_gather, "seconds"))
+    if size_residual is not None:
+        res["gather_size"] = size_residual
     if m.gather_alone:
         quiet = m.gather_alone
         res["gather_alone"] = residual(gather_seconds(_col(quiet, "rows"), _col(quiet, "row_bytes"), m.threads, rate, dram,
                                                       g_overhead), _col(quiet, "seconds"))
     return draft.model_copy(update={"description": describe(m, draft, dram, roof.attention_rse), "residuals": res})
+
+
+def gather_size(m: Measurements, overhead_s: float) -> tuple[GatherSize | None, Residual | None]:
+    """The gather's size model from the samples at the fetch worker's thread count (its per-row
+    time: the gather less its fitted overhead, times the threads), with its residual there; none
+    without two table sizes or without the CPU's cache sizes."""
+    rows = [r for r in m.gather_size if r["threads"] == m.threads]
+    if m.caches is None or len({r["table_bytes"] for r in rows}) < 2:
+        return None, None
+    l2, llc = m.caches
+    b, h = _col(rows, "table_bytes"), np.array([bool(r["huge_pages"]) for r in rows])
+    per_row = (_col(rows, "seconds") - overhead_s) * m.threads / _col(rows, "rows")
+    fit = fit_gather_size(b, h, per_row, l2, llc)
+    size = GatherSize(reference_gib=m.table_bytes / GIB, reference_huge_pages=m.backend == "cpu" and m.huge_page_mode == "always",
+                      l2_mib=l2 / MIB, llc_mib=llc / MIB, stlb_entries=fit.stlb_entries, hit_ns=fit.base_s / NS, data_miss_ns=fit.data_miss_s / NS,
+                      tlb_miss_ns=fit.tlb_miss_s / NS, pte_miss_ns=fit.pte_miss_s / NS)
+    return size, residual(fit.row_seconds(b, h, l2, llc), per_row)
 
 
 def interference(m: Measurements) -> tuple[float | None, float | None]:
@@ -160,10 +193,34 @@ def describe(m: Measurements, p: HardwareProfile, dram: float, attention_rse: fl
     if gather is not None:
         parts.append(f"Gathers timed that way take {gather:.2f}x as long as back to back on a quiet machine "
                      f"(residual gather_alone: this profile's error there).")
+    if m.gather_size:
+        parts.append(size_sentence(m, p))
     if block is not None:
         parts.append(f"Interference, which the cost model does not have: blocks take {block:.2f}x as long while gathers loop "
                      f"on another thread (residual block_under_gather).")
     return " ".join(parts)
+
+
+def size_sentence(m: Measurements, p: HardwareProfile) -> str:
+    """What the gather-against-table-size sweep measured: each page size's per-row time from the
+    smallest table to the largest, the fitted costs, and how the rate scaled with threads."""
+    per_row = {(r["table_bytes"], r["huge_pages"], r["threads"]): r["seconds"] * r["threads"] / r["rows"] for r in m.gather_size}
+    sizes = sorted({k[0] for k in per_row})
+    pages = sorted({k[1] for k in per_row})
+    spans = [f"{'2 MiB' if huge else '4 KiB'} pages {per_row[(sizes[0], huge, 1)] / NS:.0f} -> {per_row[(sizes[-1], huge, 1)] / NS:.0f} ns"
+             for huge in pages if (sizes[0], huge, 1) in per_row and (sizes[-1], huge, 1) in per_row]
+    threads = sorted({k[2] for k in per_row if k[2] > 1})
+    scaling = [f"{t} threads {per_row[(sizes[-1], False, 1)] / per_row[(sizes[-1], False, t)]:.2f}x one's rate" for t in threads
+               if (sizes[-1], False, t) in per_row and (sizes[-1], False, 1) in per_row]
+    size = p.host.gather_size
+    fitted = ("" if size is None else
+              f" Fitted (host.gather_size): {size.data_miss_ns:.1f} ns a last-level-cache miss ({size.llc_mib:.0f} MiB), "
+              f"{size.tlb_miss_ns:.1f} ns an STLB miss ({size.stlb_entries} entries), {size.pte_miss_ns:.1f} ns a page-table entry "
+              f"missing L2 ({size.l2_mib:.0f} MiB); residual gather_size.")
+    return (f"Gather against table size ({len(sizes)} sizes, {sizes[0] / MIB:.0f} MiB to {sizes[-1] / GIB:.0f} GiB, one thread's "
+            f"time per random {m.gather_size[0]['row_bytes']} B row): {'; '.join(spans) or 'one page size'}"
+            f"{'; at the largest table ' + ', '.join(scaling) if scaling else ''} (huge pages: kernel mode "
+            f"{m.huge_page_mode or 'unknown'}).{fitted}")
 
 
 def profile_yaml(profile: HardwareProfile) -> str:
@@ -182,6 +239,7 @@ def calibrate(backend: str, budget: str | Budget, name: str, progress: Progress 
     try:
         cal.bench_fetches("staged")
         cal.bench_quiet_gather()
+        cal.bench_gather_sizes()
         cal.bench_stream()
         cal.bench_fetches("zero-copy")
         cal.bench_backbone()
