@@ -65,6 +65,8 @@ class LayerMemory:
     def rows(self, plan: FetchPlan, token_rows: np.ndarray) -> LayerRows:
         """Where the step's rows come from: fetched ones from its landing slot, the others from
         the resident table (placed in HBM) or the cache (hits)."""
+        if plan.staged.size:  # RealSession refuses a prefetch that stages rows: a plan with them is a bug
+            raise RuntimeError(f"layer {plan.layer} of step {plan.step} is served staged rows, which the real backends do not keep")
         fetched = plan.fetch[: plan.misses]
         served = np.setdiff1d(plan.rows, fetched, assume_unique=True)
         if plan.placed_hbm and plan.cache_hits:

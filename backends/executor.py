@@ -91,6 +91,12 @@ class SessionLayout:
             raise InputError(prepared.source, f"prefetch {scenario.strategies.prefetch.name!r} is deadline mode (a layer goes ahead "
                              "without late rows); the real backends always wait for a fetch (simulate it: --backend sim)",
                              field="strategies.prefetch")
+        waits = self.prefetch.fetch_waiting and bool((prepared.workload.requests.arrival_s > 0).any())  # offline: the future is known, nothing waits
+        serves = self.prefetch.serve_speculative and any(self.prefetch.speculative_budget(layer) > 0 for layer in prepared.tables)
+        if waits or serves:
+            raise InputError(prepared.source, f"prefetch {scenario.strategies.prefetch.name!r} serves later steps from rows staged in HBM "
+                             "(waiting requests' prompt rows or the previous step's speculative rows); the real backends keep a fetch's "
+                             "rows for its own step only (simulate it: --backend sim)", field="strategies.prefetch.name")
         self.transport: Transport = build("transport", scenario.strategies.transport, prepared.setup())
         self.stages = tuple(s.kind for s in self.transport.stages(1, scenario.model.engram.row_bytes))
         if self.stages not in PIPELINES or self.transport.batches_layers:

@@ -101,6 +101,13 @@ def staging_bytes(tables: dict[int, TableInfo], engram: Engram, workload: Worklo
     return sum(staging_slots(prefetch) * staging_rows(t, engram, workload, prefetch) * size(t.row_bytes) for t in tables.values())
 
 
+def staged_bytes(tables: dict[int, TableInfo], workload: Workload, prefetch: Prefetch) -> int:
+    """The staging area for rows fetched ahead of the step they serve (`Prefetch.staged_rows`:
+    right guesses kept for the next step, waiting requests' prompt rows), all layers, in bytes."""
+    timed = bool((workload.requests.arrival_s > 0).any())
+    return sum(prefetch.staged_rows(layer, timed) * t.row_bytes for layer, t in tables.items())
+
+
 def warmup_batch(cfg: WorkloadConfig) -> tuple[int, int]:
     """(sequences, tokens each) of nano-vLLM's warm-up pass (model_runner.py, `warmup_model`):
     sequences of min(max_num_batched_tokens, max_model_len) tokens, as many as max_num_batched_tokens
@@ -176,6 +183,7 @@ def hbm_items(scenario: Scenario, tables: dict[int, TableInfo], workload: Worklo
         "Engram caches": cache_bytes(tables, cache.capacity_rows, cache.shared),
         "Engram staging buffers": staging_bytes(tables, engram, workload, prefetch,
                                                 lambda row_bytes: transport.landing_row_bytes(row_bytes, tiers)) if offloaded else 0,
+        "Engram staged rows": staged_bytes(tables, workload, prefetch) if offloaded else 0,
     }
 
 

@@ -19,7 +19,7 @@ from engramsim.records import LAYER_FIELDS, RunOutcome, ServingCounts, StepLog, 
 
 GROUPS = ("throughput", "overheads", "latencies", "stall", "link traffic", "rows", "quality", "serving", "run size")
 LAYER_COUNTS = ("rows_unique", "references", "rows_hbm", "rows_fetched", "bytes_fetched")
-SPLIT_COUNTS = ("rows_placed_hbm", "cache_hits", "rows_missed", "rows_speculative")
+SPLIT_COUNTS = ("rows_placed_hbm", "cache_hits", "rows_missed", "rows_speculative", "rows_staged", "rows_waiting")
 
 Value = int | float | None
 
@@ -266,7 +266,7 @@ register(Metric(name="link_gbps", unit="GB/s", label="link bandwidth",
                 meaning="the profile's host-to-device link bandwidth",
                 compute=lambda c: c.link_gbps))
 register(Metric(name="rows_fetched", unit="rows", label="rows fetched", group="rows",
-                meaning="rows moved over the link (misses and speculative rows)",
+                meaning="rows moved over the link (misses not staged, speculative rows, waiting requests' rows)",
                 compute=lambda c: c.total("rows_fetched")))
 register(Metric(name="rows_fetched_per_step_mean", unit="rows/step", label="rows fetched per step", group="rows", digits=0,
                 meaning="rows fetched per step, mean over steps",
@@ -278,8 +278,15 @@ register(Metric(name="cache_hits", unit="rows", label="cache hits", group="rows"
                 meaning="needed rows outside HBM found in the HBM cache",
                 compute=lambda c: c.total("cache_hits")))
 register(Metric(name="rows_missed", unit="rows", label="rows missed", group="rows",
-                meaning="needed rows outside HBM and not cached, fetched for their step",
+                meaning="needed rows outside HBM and not cached, fetched for their step or staged",
                 compute=lambda c: c.total("rows_missed")))
+register(Metric(name="rows_staged", unit="rows", label="rows staged", group="rows",
+                meaning="of the rows missed, rows served from the HBM staging area: fetched by an earlier step (a right guess, "
+                        "a waiting request's prompt row), not fetched again",
+                compute=lambda c: c.total("rows_staged")))
+register(Metric(name="rows_waiting", unit="rows", label="rows for waiting requests", group="rows",
+                meaning="rows fetched into the HBM staging area for waiting requests' prefills (prefill-ahead's fetch_waiting)",
+                compute=lambda c: c.total("rows_waiting")))
 register(Metric(name="rows_speculative", unit="rows", label="rows speculative", group="rows",
                 meaning="rows fetched beyond a step's needs (a predictor's guesses)",
                 compute=lambda c: c.total("rows_speculative")))

@@ -6,22 +6,39 @@ Steps are planned once each and in step order, so a cache sees lookups in the or
 A prefetch policy that leads by k steps gets the steps up to k ahead planned early, from
 `StepView.future`; when the future is not known (requests still arriving) a fetch is issued in
 its own step instead.
+
+Staged rows: rows an earlier step fetched into the HBM staging area serve a later step's misses,
+which that step then does not fetch; its Engram layer waits for the fetches that carried them
+(`FetchPlan.staged_from`). Two kinds (`Staged`): a step's speculative rows, held for the next
+step of their layer and released after it (`Prefetch.serve_speculative`); and, for a policy with
+`Prefetch.fetch_waiting`, the prompt rows of the requests waiting to be admitted
+(`StepView.waiting`), fetched at the start of a step whose future is not known by one staging
+fetch per layer (`FetchPlan.staging`), in queue order while they fit `max_staged_rows`, and held
+until a step brings the request's KV cache to its prefill's tokens (a request preempted after
+that is staged again while it waits). Any row held serves any step's miss of its layer, but a
+step is never served by the staging fetch issued in it. A staged row is never fetched again
+while it is held: staging fetches and speculative rows leave out the rows held.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 
 from engramsim.records import LayerRecord
 from engramsim.steps import Step
-from engramsim.strategies import PRICED_TIERS, Cache, Placement, Prefetch, StepView, Tier
+from engramsim.strategies import PRICED_TIERS, Cache, Placement, Prefetch, StepView, Tier, Waiting
 
 EMPTY = np.empty(0, dtype=np.int64)
 EMPTY.flags.writeable = False
 HBM = int(Tier.HBM)  # compared as a plain int: numpy compares an IntEnum twice as slowly
+
+FetchKey: TypeAlias = tuple[int, int, bool]
+"""A fetch as executors key it: (step, layer, staging): a step's own fetch of a layer, or its staging fetch."""
 
 
 def _shifted(future: Callable[[int], list[Step]], k: int) -> Callable[[int], list[Step]]:
@@ -45,13 +62,27 @@ class FetchPlan:
     issue_block: int  # ... at the start of this block
     admitted: np.ndarray = field(default_factory=lambda: EMPTY)  # rows the cache took in with this lookup (each one a miss)
     evicted: np.ndarray = field(default_factory=lambda: EMPTY)  # rows the cache dropped with this lookup
-    guessed: int = 0  # of the misses, rows the previous step's fetch of this layer carried as speculative rows
+    guessed: int = 0  # of the misses (fetched or staged), rows the previous step's fetch of this layer carried as speculative rows
     deadline: bool = False  # the layer proceeds without the misses if their fetch has not landed (deadline mode)
-    missed_references: int = 0  # references that read the misses (counted in deadline mode only: what dropping them costs)
+    missed_references: int = 0  # references that read the misses, fetched or staged (deadline mode only: what dropping them costs)
+    staged: np.ndarray = field(default_factory=lambda: EMPTY)  # misses served from the staging area (fetched by earlier steps), sorted
+    staged_from: tuple[FetchKey, ...] = ()  # the fetches that carried `staged`: the layer waits for them too
+    waiting: int = 0  # rows this step's staging fetch of this layer carries for waiting requests (counted in this record)
+    staging: bool = False  # a staging fetch: `fetch` holds waiting requests' rows for later steps; no Engram layer of its own
+    carries: bool = False  # later steps are served from this fetch: an executor keeps it until a StepPlan releases its key
 
     @property
     def speculative(self) -> int:
-        return int(self.fetch.size - self.misses)
+        return 0 if self.staging else int(self.fetch.size - self.misses)
+
+    @property
+    def missed(self) -> int:
+        """Needed rows outside HBM and not cached: fetched by this fetch or staged."""
+        return self.misses + int(self.staged.size)
+
+    @property
+    def key(self) -> FetchKey:
+        return (self.step, self.layer, self.staging)
 
     def record(self, row_bytes: int, issue_s: float, ready_s: float, stall_s: float, dropped: bool = False) -> LayerRecord:
         """What this layer cost, once an executor knows when its fetch was issued and landed;
@@ -60,11 +91,23 @@ class FetchPlan:
             raise ValueError(f"layer {self.layer} of step {self.step} dropped its rows without a deadline")
         return LayerRecord(
             layer=self.layer, rows_unique=int(self.rows.size), references=self.references, rows_placed_hbm=self.placed_hbm,
-            cache_hits=self.cache_hits, rows_missed=self.misses, rows_speculative=self.speculative, rows_guessed=self.guessed,
-            rows_dropped=self.misses if dropped else 0, references_dropped=self.missed_references if dropped else 0,
-            bytes_fetched=int(self.fetch.size) * row_bytes, issue_step=self.issue_step, issue_s=issue_s, ready_s=ready_s,
-            stall_s=stall_s,
+            cache_hits=self.cache_hits, rows_missed=self.missed, rows_speculative=self.speculative, rows_guessed=self.guessed,
+            rows_dropped=self.missed if dropped else 0, references_dropped=self.missed_references if dropped else 0,
+            rows_staged=int(self.staged.size), rows_waiting=self.waiting, bytes_fetched=(int(self.fetch.size) + self.waiting) * row_bytes,
+            issue_step=self.issue_step, issue_s=issue_s, ready_s=ready_s, stall_s=stall_s,
         )
+
+
+@dataclass(frozen=True)
+class Staged:
+    """Rows of one layer held in the staging area: carried by fetch `key`, for the prefill of
+    `seq` (held until a step brings its KV cache to `tokens`), or (seq None) the speculative rows
+    of step key[0], held for the next step."""
+
+    rows: np.ndarray  # sorted, unique
+    key: FetchKey
+    seq: int | None = None
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +117,7 @@ class StepPlan:
     step: Step
     layers: dict[int, FetchPlan]  # this step's Engram layers, by layer
     issues: dict[int, list[FetchPlan]] = field(default_factory=dict)  # block -> fetches issued at its start (some for later steps)
+    released: tuple[FetchKey, ...] = ()  # fetches whose staged rows no step after this one is served from
 
 
 class Planner:
@@ -94,35 +138,49 @@ class Planner:
         self._next = 0  # the next step index not yet planned
         self._held = {layer: cache.size(layer) for layer in self.layers}  # rows each layer's cache holds, by its reports
         self._speculated = {layer: EMPTY for layer in self.layers}  # the speculative rows of each layer's last fetch
+        self._staged: dict[int, list[Staged]] = {layer: [] for layer in self.layers}  # rows held in the staging area, oldest first
+        self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per layer: the rows held, sorted, and each one's entry in _staged
+        self._waiting_rows = dict.fromkeys(self.layers, 0)  # rows held for waiting requests, per layer
+        self._staged_seqs: dict[int, int] = {}  # staged request -> the tokens its prefill feeds
+        self._refs: Counter[FetchKey] = Counter()  # staged entries each carrying fetch serves
+        self._released: dict[int, list[FetchKey]] = {}  # step -> carrying fetches released while planning it
 
     def plan(self, view: StepView) -> StepPlan:
         """The plan of `view.step`; plans the steps the prefetch policy leads into on the way."""
         index = view.step.index
-        if index >= self._next:
-            self._plan_step(view, issuing=index)
         horizon = self.prefetch.horizon if self.layers else 0
         futures = view.future(horizon) if horizon > 0 else []
+        if index >= self._next:
+            stage = self.prefetch.fetch_waiting and bool(self.layers) and not (futures or view.future(1))
+            self._plan_step(view, issuing=index, waiting=view.waiting() if stage else None)
         for k, future in enumerate(futures, start=1):
             if future.index >= self._next:
                 self._plan_step(StepView(future, _shifted(view.future, k)), issuing=index)
         layers = self._planned.pop(index)
-        return StepPlan(view.step, layers, self._issues.pop(index, {}))
+        return StepPlan(view.step, layers, self._issues.pop(index, {}), tuple(self._released.pop(index, ())))
 
-    def _plan_step(self, view: StepView, issuing: int) -> None:
-        """Plan one step (the next one in order) whose fetches may be issued from step `issuing` on."""
+    def _plan_step(self, view: StepView, issuing: int, waiting: Waiting | None = None) -> None:
+        """Plan one step (the next one in order) whose fetches may be issued from step `issuing` on;
+        with `waiting`, also its staging fetches of those requests' rows."""
         step = view.step
         if step.index != self._next:
             raise RuntimeError(f"step {step.index} planned out of order (expected {self._next})")
         self._next += 1
+        staging = self._stage_waiting(step.index, waiting) if waiting is not None and waiting.seqs.size else {}
         plans = {}
         for layer in self.layers:
             lookup = step.lookups[layer]
-            plan = self._plan_layer(layer, lookup.rows, lookup.references, view, issuing)
+            plan = self._plan_layer(layer, lookup.rows, lookup.references, view, issuing, staging.get(layer))
             plans[layer] = plan
             self._issues.setdefault(plan.issue_step, {}).setdefault(plan.issue_block, []).append(plan)
+        for fetch in staging.values():  # after the step's own fetches issued at its start
+            self._issues.setdefault(step.index, {}).setdefault(0, []).append(fetch)
         self._planned[step.index] = plans
+        if self._staged_seqs and step.kind != "decode":
+            self._release_prefilled(step)
 
-    def _plan_layer(self, layer: int, rows: np.ndarray, references: int, view: StepView, issuing: int) -> FetchPlan:
+    def _plan_layer(self, layer: int, rows: np.ndarray, references: int, view: StepView, issuing: int,
+                    staging: FetchPlan | None = None) -> FetchPlan:
         step = view.step
         tiers = self.placement.tier_of(layer, rows)
         if tiers.size and int(tiers.max()) not in PRICED_TIERS:
@@ -130,17 +188,134 @@ class Planner:
                              f"{Tier(int(tiers.max())).name}, which no executor prices yet")
         outside = rows[tiers != HBM]
         misses, admitted, evicted = self._cache_lookup(layer, outside, view)
-        extra = self._speculative(layer, view, rows)
-        before, self._speculated[layer] = self._speculated[layer], extra
+        before = self._speculated[layer]
         guessed = int(np.count_nonzero(np.isin(misses, before, assume_unique=True))) if before.size and misses.size else 0
+        fetched, staged, carriers = self._from_staging(layer, misses, step.index)
+        self._release_speculative(layer, step.index)
+        extra = self._speculative(layer, view, rows)
+        self._speculated[layer] = extra
         lead = min(max(0, int(self.prefetch.lead_steps(layer, view))), step.index - issuing)
         block = min(max(0, int(self.prefetch.issue_layer(layer, view))), layer if lead == 0 else self.blocks - 1)
+        carries = bool(extra.size) and self.prefetch.serve_speculative
+        if carries:
+            self._hold(layer, Staged(np.sort(extra), (step.index, layer, False)))
         return FetchPlan(
             step=step.index, layer=layer, rows=rows, references=references, placed_hbm=int(rows.size - outside.size),
-            cache_hits=int(outside.size - misses.size), fetch=np.concatenate([misses, extra]) if extra.size else misses, misses=int(misses.size),
-            issue_step=step.index - lead, issue_block=block, admitted=admitted, evicted=evicted, guessed=guessed,
+            cache_hits=int(outside.size - misses.size), fetch=np.concatenate([fetched, extra]) if extra.size else fetched,
+            misses=int(fetched.size), issue_step=step.index - lead, issue_block=block, admitted=admitted, evicted=evicted, guessed=guessed,
             deadline=self.prefetch.deadline, missed_references=self._missed_references(step, layer, rows, references, misses),
+            staged=staged, staged_from=carriers, waiting=0 if staging is None else int(staging.fetch.size), carries=carries,
         )
+
+    # ---- the staging area ----------------------------------------------------------------------
+    def staged_rows(self, layer: int) -> list[Staged]:
+        """What the staging area holds of `layer` now (for tests)."""
+        return list(self._staged[layer])
+
+    def _hold(self, layer: int, entry: Staged) -> None:
+        self._staged[layer].append(entry)
+        self._refs[entry.key] += 1
+        self._index.pop(layer, None)
+
+    def _drop(self, layer: int, keep: Callable[[Staged], bool], step: int) -> None:
+        """Release the entries of `layer` that `keep` refuses; a carrying fetch none of whose entries is left is released at `step`."""
+        held = self._staged[layer]
+        gone = [entry for entry in held if not keep(entry)]
+        if not gone:
+            return
+        self._staged[layer] = [entry for entry in held if keep(entry)]
+        self._index.pop(layer, None)
+        for entry in gone:
+            if entry.seq is not None:
+                self._waiting_rows[layer] -= int(entry.rows.size)
+            self._refs[entry.key] -= 1
+            if not self._refs[entry.key]:
+                del self._refs[entry.key]
+                self._released.setdefault(step, []).append(entry.key)
+
+    def _held_index(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows held for `layer`, sorted, and the entry (index into _staged[layer]) of each, the oldest first for repeats."""
+        found = self._index.get(layer)
+        if found is None:
+            held = self._staged[layer]
+            rows = np.concatenate([entry.rows for entry in held]) if held else EMPTY
+            owner = np.repeat(np.arange(len(held)), [entry.rows.size for entry in held]) if held else EMPTY
+            order = np.argsort(rows, kind="stable")
+            found = self._index[layer] = (rows[order], owner[order])
+        return found
+
+    def _is_held(self, layer: int, rows: np.ndarray) -> np.ndarray:
+        held, _ = self._held_index(layer)
+        if not held.size or not rows.size:
+            return np.zeros(rows.shape, dtype=bool)
+        at = np.minimum(np.searchsorted(held, rows), held.size - 1)
+        return held[at] == rows
+
+    def _from_staging(self, layer: int, misses: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, tuple[FetchKey, ...]]:
+        """(misses still to fetch, misses served from the staging area, the fetches that carried
+        those), never from a staging fetch issued in `step` itself."""
+        held, owner = self._held_index(layer)
+        if not held.size or not misses.size:
+            return misses, EMPTY, ()
+        at = np.minimum(np.searchsorted(held, misses), held.size - 1)
+        found = held[at] == misses
+        entries = self._staged[layer]
+        if found.any():
+            usable = np.fromiter((entries[i].key[0] != step or not entries[i].key[2] for i in owner[at[found]]), dtype=bool,
+                                 count=int(np.count_nonzero(found)))
+            found[found] = usable
+        if not found.any():
+            return misses, EMPTY, ()
+        keys = sorted({entries[i].key for i in np.unique(owner[at[found]])})
+        return misses[~found], misses[found], tuple(keys)
+
+    def _release_speculative(self, layer: int, step: int) -> None:
+        """The previous step's speculative rows serve this step only."""
+        if self._speculated[layer].size:
+            self._drop(layer, lambda entry: entry.seq is not None, step)
+
+    def _release_prefilled(self, step: Step) -> None:
+        """Release the rows of staged requests whose prefill this step completes."""
+        done = set()
+        for seq, context in zip(step.seq_ids.tolist(), step.context_lens.tolist()):
+            tokens = self._staged_seqs.get(seq)
+            if tokens is not None and context >= tokens:
+                done.add(seq)
+        for seq in done:
+            del self._staged_seqs[seq]
+        if done:
+            for layer in self.layers:
+                self._drop(layer, lambda entry: entry.seq not in done, step.index)
+
+    def _stage_waiting(self, index: int, waiting: Waiting) -> dict[int, FetchPlan]:
+        """Per layer, the staging fetch issued at the start of step `index`: the rows of the waiting
+        requests not staged yet, in queue order while they fit `max_staged_rows`, outside HBM, not
+        cached and not held already."""
+        room = {layer: self.prefetch.max_staged_rows(layer) - self._waiting_rows[layer] for layer in self.layers}
+        taken: dict[int, np.ndarray] = dict.fromkeys(self.layers, EMPTY)
+        for seq, tokens in zip(waiting.seqs.tolist(), waiting.tokens.tolist()):
+            if seq in self._staged_seqs:
+                continue
+            lookups = waiting.lookups(seq)
+            new = {}
+            for layer in self.layers:
+                rows = lookups[layer].rows
+                rows = rows[self.placement.tier_of(layer, rows) != HBM]
+                rows = rows[~np.asarray(self.cache.holds(layer, rows), dtype=bool)]
+                rows = rows[~self._is_held(layer, rows)]
+                new[layer] = rows[~np.isin(rows, taken[layer], assume_unique=True)] if taken[layer].size else rows
+            if any(new[layer].size > room[layer] for layer in self.layers):
+                break  # queue order: the requests behind it wait for room too
+            self._staged_seqs[seq] = tokens
+            for layer, rows in new.items():
+                room[layer] -= int(rows.size)
+                if rows.size:
+                    taken[layer] = np.union1d(taken[layer], rows)
+                    self._waiting_rows[layer] += int(rows.size)
+                    self._hold(layer, Staged(rows, (index, layer, True), seq, tokens))
+        return {layer: FetchPlan(step=index, layer=layer, rows=EMPTY, references=0, placed_hbm=0, cache_hits=0, fetch=taken[layer],
+                                 misses=0, issue_step=index, issue_block=0, staging=True, carries=True)
+                for layer in self.layers if taken[layer].size}
 
     def _missed_references(self, step: Step, layer: int, rows: np.ndarray, references: int, misses: np.ndarray) -> int:
         """References that read the misses: counted for a deadline-mode prefetch only (0 otherwise)."""
@@ -217,4 +392,6 @@ class Planner:
         guess = guess[np.sort(first)]
         guess = guess[~np.isin(guess, rows)]
         guess = guess[~np.asarray(self.cache.holds(layer, guess), dtype=bool)]
+        if self._staged[layer]:  # held in the staging area already: never fetched again
+            guess = guess[~self._is_held(layer, guess)]
         return guess[self.placement.tier_of(layer, guess) != HBM][:budget]

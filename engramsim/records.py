@@ -64,7 +64,8 @@ LANES = ("compute", "stall", "gather", "copy", "zero-copy", "storage")
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Span:
     """One busy interval. `step` is the step it belongs to: for a fetch, the step whose rows it
-    moves (a fetch issued ahead runs during an earlier step). `blocks` is a BLOCKS span's range."""
+    moves (a fetch issued ahead runs during an earlier step), for a staging fetch the step that
+    issued it (whose record counts its bytes). `blocks` is a BLOCKS span's range."""
 
     kind: SpanKind
     start_s: float
@@ -73,6 +74,7 @@ class Span:
     layer: int | None = None
     bytes: int = 0
     blocks: tuple[int, int] | None = None  # first and last block of a BLOCKS span
+    staging: bool = False  # a leg of a staging fetch: rows `step` fetched for waiting requests' prefills in later steps
 
     @property
     def seconds(self) -> float:
@@ -80,10 +82,10 @@ class Span:
 
     @property
     def name(self) -> str:
-        """The label the timeline shows ("blocks 0-3", "h2d L1", "head")."""
+        """The label the timeline shows ("blocks 0-3", "h2d L1", "h2d L1 staging", "head")."""
         if self.blocks is not None:
             return f"{self.kind.value} {self.blocks[0]}-{self.blocks[1]}"
-        return self.kind.value if self.layer is None else f"{self.kind.value} L{self.layer}"
+        return self.kind.value if self.layer is None else f"{self.kind.value} L{self.layer}" + (" staging" if self.staging else "")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -91,9 +93,12 @@ class LayerRecord:
     """One Engram layer in one step: how each needed row was served, what moved, when.
 
     rows_unique = rows_placed_hbm + cache_hits + rows_missed: every row the step needs is
-    served exactly once, or dropped: in deadline mode a layer whose fetch has not landed runs
-    without its missed rows (rows_dropped = rows_missed, ready_s = when the layer went ahead).
-    Speculative rows are fetched but never count as served.
+    served exactly once, or dropped: in deadline mode a layer whose fetch (or a fetch that carried
+    its staged rows) has not landed runs without its missed rows (rows_dropped = rows_missed,
+    ready_s = when the layer went ahead). Of rows_missed, rows_staged were fetched by an earlier
+    step into the staging area and are not fetched again. Speculative rows are fetched but never
+    count as served in the step that fetches them; rows_waiting, fetched for waiting requests'
+    prefills, neither.
     """
 
     layer: int
@@ -101,12 +106,14 @@ class LayerRecord:
     references: int
     rows_placed_hbm: int  # placed in HBM by the placement
     cache_hits: int  # outside HBM but in the HBM cache
-    rows_missed: int  # outside HBM and not cached: fetched for this step
+    rows_missed: int  # outside HBM and not cached: fetched for this step, or staged
     rows_speculative: int  # fetched beyond the step's needs (a predictor's guess)
     rows_guessed: int = 0  # of rows_missed, rows the previous step's fetch of this layer carried as speculative rows
     rows_dropped: int = 0  # of rows_missed, rows whose fetch had not landed when the layer ran without them (deadline mode)
     references_dropped: int = 0  # references (tokens x heads) that would have read the dropped rows
-    bytes_fetched: int
+    rows_staged: int = 0  # of rows_missed, rows served from the staging area: fetched by an earlier step, not fetched again
+    rows_waiting: int = 0  # rows this step fetched into the staging area for waiting requests' prefills (not needed by it)
+    bytes_fetched: int  # every row this step moved for this layer: missed and not staged, speculative, waiting
     issue_step: int  # the step during which the fetch was issued (<= the record's step; < means issued ahead)
     issue_s: float
     ready_s: float  # the fetch's last byte arrived (= issue when nothing was fetched; when the layer went ahead, for a dropped fetch)
@@ -119,8 +126,9 @@ class LayerRecord:
 
     @property
     def rows_fetched(self) -> int:
-        """Rows moved over the link for this step: misses and speculative rows."""
-        return self.rows_missed + self.rows_speculative
+        """Rows moved over the link by this step for this layer: misses not staged, speculative rows
+        and rows for waiting requests."""
+        return self.rows_missed - self.rows_staged + self.rows_speculative + self.rows_waiting
 
 
 @dataclass(kw_only=True, slots=True)

@@ -25,7 +25,7 @@ from engramsim.plot import write_plot
 from engramsim.records import KINDS, LANES, RunOutcome, Span, Timeline
 
 SCHEMA_VERSION = 1
-STEP_SPLIT = ("cache_hits", "rows_missed", "rows_speculative")  # steps.csv's split of rows_hbm and rows_fetched
+STEP_SPLIT = ("cache_hits", "rows_missed", "rows_speculative", "rows_staged", "rows_waiting")  # steps.csv's split of rows_hbm and rows_fetched
 
 
 def summarize(outcome: RunOutcome, baseline: RunOutcome | None, seed: int, link_gbps: float, *,
@@ -111,6 +111,8 @@ def timeline_events(spans: Iterable[Span], title: str, pid: int = 1) -> tuple[li
             args["layer"] = span.layer
         if span.bytes:
             args["bytes"] = span.bytes
+        if span.staging:
+            args["staging"] = True
         events.append({"name": span.name, "ph": "X", "pid": pid, "tid": tids[span.kind.lane], "ts": round(span.start_s * 1e6, 3),
                        "dur": round(span.seconds * 1e6, 3), "args": args})
     return events, other

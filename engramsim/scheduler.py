@@ -40,7 +40,7 @@ from pydantic import Field
 from engramsim.hbm import longest_sequence
 from engramsim.records import ServingCounts
 from engramsim.steps import Step
-from engramsim.strategies import Params, StepView
+from engramsim.strategies import Params, StepView, Waiting
 from engramsim.workload import StepLookups, Workload, run_starts
 
 StepKind = Literal["prefill", "decode", "mixed"]
@@ -318,7 +318,23 @@ class Scheduler:
         def future(k: int) -> list[Step]:
             return self.lookahead(int(min(k, room)))
 
-        return StepView(step, future)
+        def waiting() -> Waiting:
+            return self.waiting() if room > 0 else Waiting()
+
+        return StepView(step, future, waiting)
+
+    def waiting(self) -> Waiting:
+        """The waiting queue now, head first, with the tokens each one's prefill feeds and the
+        rows it looks up (`StepLookups` of its window's first tokens: the positions `make_step`
+        gives a sequence with nothing in the KV cache)."""
+        seqs = np.concatenate([np.fromiter(self._preempted, dtype=np.int64, count=len(self._preempted)),
+                               self._arrival_order[self._admitted:self._arrived]]).astype(np.int64, copy=False)
+        tokens = np.asarray(self.length(seqs), dtype=np.int64)
+
+        def lookups(seq: int) -> StepLookups:  # a waiting sequence's length does not change while it waits
+            return StepLookups(self.workload, self._window_start[seq] + np.arange(int(self.length(seq)), dtype=np.int64))
+
+        return Waiting(seqs, tokens, lookups)
 
     # ---- metrics ----------------------------------------------------------------------------
     def request_metrics(self) -> RequestMetrics:

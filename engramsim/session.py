@@ -162,6 +162,7 @@ HBM_FIELDS = {
     "backbone weights": "model.backbone", "warm-up activations": "workload.batching.max_num_batched_tokens",
     "reserved (CUDA context, workspaces)": "strategies.scheduler.params.reserved_gib", "Engram modules": "model.engram",
     "Engram tables in HBM": "strategies.placement", "Engram caches": "strategies.cache", "Engram staging buffers": "strategies.prefetch",
+    "Engram staged rows": "strategies.prefetch",
 }
 
 

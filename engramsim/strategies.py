@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from engramsim.hardware.profile import HardwareProfile
     from engramsim.scenario import Engram, Scenario
-    from engramsim.steps import Step
+    from engramsim.steps import LayerLookup, Step
 
 
 class Tier(IntEnum):
@@ -81,17 +81,42 @@ def _no_future(k: int) -> list[Step]:
     return []
 
 
+def _no_lookups(seq: int) -> Mapping[int, LayerLookup]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The waiting queue at a step's start, in queue order (preempted sequences first, then the
+    arrived ones not yet admitted): none of them runs in the step. `tokens[i]`: the tokens the
+    prefill of `seqs[i]` feeds (its prompt, and for a preempted one the tokens it had sampled);
+    `lookups(seq)`: the rows that prefill looks up, per Engram layer (found when read, by the
+    workload's own hashing of the window, as a step's lookups are)."""
+
+    seqs: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    tokens: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    lookups: Callable[[int], Mapping[int, LayerLookup]] = field(default=_no_lookups)
+
+
+def _no_waiting() -> Waiting:
+    return Waiting()
+
+
 @dataclass(frozen=True)
 class StepView:
-    """What a strategy may look at during a step: the step itself and, when known, the future.
+    """What a strategy may look at during a step: the step itself, when known the future, and the
+    waiting queue.
 
     `future(k)` returns up to k steps that follow this one, exactly as they will run. The
     sequence is known once it cannot depend on timing (every request has arrived, as in an
-    offline workload); before that it is empty.
+    offline workload); before that it is empty. `waiting()` is the queue at the step's start
+    (`Waiting`): requests that arrived and wait to be admitted, known whatever the timing; empty
+    for a step seen ahead of its turn and for the last step a run makes.
     """
 
     step: Step
     future: Callable[[int], list[Step]] = field(default=_no_future)
+    waiting: Callable[[], Waiting] = field(default=_no_waiting)
 
 
 class Params(BaseModel):
@@ -242,10 +267,20 @@ class Prefetch(Strategy):
     steps before the step that needs it. A lead beyond what is known of the future (see
     `StepView.future`) or beyond `horizon` is cut back; with lead 0 the block is at most the
     Engram layer itself (on demand).
+
+    Staged rows: rows fetched in an earlier step and held in an HBM staging area serve a later
+    step's misses, which that step then does not fetch (its Engram layer waits for the fetch that
+    carried them). Two kinds: a step's speculative rows serve the next step (`serve_speculative`,
+    on by default), and with `fetch_waiting` the planner fetches the prompt rows of the requests
+    waiting to be admitted (`StepView.waiting`) at the start of a step whose future is not
+    known, at most `max_staged_rows(layer)` rows per layer, held until their prefill has run.
+    The real backends refuse a policy that stages rows.
     """
 
     horizon: int = 0  # the most steps ahead this policy ever issues a fetch (a class or instance attribute)
     deadline: bool = False  # an Engram layer whose rows have not landed when the compute reaches it proceeds without them
+    fetch_waiting: bool = False  # fetch the waiting requests' prompt rows into the staging area (a class or instance attribute)
+    serve_speculative: bool = True  # a step's speculative rows serve the next step's misses (a class or instance attribute)
 
     def issue_layer(self, layer: int, view: StepView) -> int:
         """Block at whose start the fetch for Engram `layer` of `view.step` is issued: 0 is the
@@ -265,6 +300,20 @@ class Prefetch(Strategy):
         """The most speculative rows one fetch may carry: the staging room reserved (and counted
         against HBM) for them. Rows beyond it are dropped."""
         return 0
+
+    def max_staged_rows(self, layer: int) -> int:
+        """With `fetch_waiting`: the most waiting requests' prompt rows of `layer` held in the
+        staging area at once; a request whose rows do not fit is not staged (its prefill fetches
+        them). 0 by default."""
+        return 0
+
+    def staged_rows(self, layer: int, arrivals_timed: bool) -> int:
+        """Rows of `layer` this policy may hold in the staging area for later steps (the room HBM
+        must count beside the staging slots): the waiting requests' rows (only while requests
+        arrive over time: offline, nothing waits once the future is known) and, served to the
+        next step, one fetch's speculative rows."""
+        return ((self.max_staged_rows(layer) if self.fetch_waiting and arrivals_timed else 0)
+                + (self.speculative_budget(layer) if self.serve_speculative else 0))
 
 
 class StageKind(Enum):

@@ -4,8 +4,10 @@ One process walks the steps; each step is the segment list of engramsim/skeleton
 here: consecutive compute is one timeout, cut only where a fetch is issued or an Engram layer
 must wait, so there are a few events per (step, layer, transfer) and never one per row. Each
 fetch is its own process through the transport's stages; an Engram layer waits for its fetch,
-and that wait is the layer's stall (in deadline mode a layer whose fetch has not landed goes
-ahead at once without its missed rows, which count as dropped). A fetch issued in an earlier step runs while that step
+and for the earlier fetches that carried its staged rows (`FetchPlan.staged_from`: a staging
+fetch, or the previous step's fetch with its speculative rows), and that wait is the layer's
+stall (in deadline mode a layer whose fetches have not all landed goes ahead at once without its
+missed rows, which count as dropped). A fetch issued in an earlier step runs while that step
 computes, and its rows wait on the device until their layer runs.
 
 Rows placed in CXL memory or on NVMe reach the transport by tier (the placement says which), so
@@ -24,7 +26,7 @@ import numpy as np
 import simpy
 from simpy.events import EventPriority
 
-from engramsim.plan import FetchPlan, Planner, StepPlan
+from engramsim.plan import FetchKey, FetchPlan, Planner, StepPlan
 from engramsim.records import Span, SpanKind, StepLog, StepRecord, Timeline
 from engramsim.scheduler import Scheduler
 from engramsim.skeleton import Blocks, EngramLayer, Head, Host, Issue, Segment, skeleton
@@ -107,6 +109,7 @@ class Engine:
         self.drives = simpy.Resource(self.env, capacity=1)
         self.spans = Timeline()
         self._issued: dict[tuple[int, int], tuple[float, simpy.Process | None]] = {}  # (step, layer) -> issue time, fetch
+        self._carriers: dict[FetchKey, simpy.Process | None] = {}  # fetches later steps are served from, until a plan releases them
         self._queued: list[tuple[float, dict]] = []  # compute enqueued but not yet simulated: seconds, span fields
         self._stages: dict[StageKind, Callable[[Stage, int], Generator[simpy.Event, Any, tuple[float, float]]]] = {
             StageKind.GATHER: self._gather, StageKind.H2D: self._h2d, StageKind.ZERO_COPY: self._zero_copy,
@@ -221,7 +224,7 @@ class Engine:
         """Move the fetch's rows through the transport's stages; return when the last byte landed."""
         def record(stage: Stage, start: float, end: float) -> None:
             self.spans.add(Span(kind=SPAN_OF[stage.kind], start_s=start, end_s=end, step=fetch.step, layer=fetch.layer,
-                                bytes=stage.bytes))
+                                bytes=stage.bytes, staging=fetch.staging))
         return (yield from self._run_legs(self._pipeline(fetch), self.tables[fetch.layer].row_bytes, record))
 
     def _fetch_together(self, fetches: tuple[FetchPlan, ...]) -> Generator[simpy.Event, Any, float]:
@@ -238,7 +241,7 @@ class Engine:
                     continue
                 until = end if sum(shares[i + 1:]) == 0 else at + (end - start) * share / total
                 self.spans.add(Span(kind=SPAN_OF[stage.kind], start_s=at, end_s=until, step=fetch.step, layer=fetch.layer,
-                                    bytes=share))
+                                    bytes=share, staging=fetch.staging))
                 at = until
         return (yield from self._run_legs(self.transport.batch(pipelines), self.tables[fetches[0].layer].row_bytes, record))
 
@@ -295,7 +298,7 @@ class Engine:
             if fetch.fetch.size:
                 yield from self._flush()
                 process = self.env.process(self._fetch(fetch))
-            self._issued[(fetch.step, fetch.layer)] = (self.env.now + self._pending_s(), process)
+            self._issued_as(fetch, self.env.now + self._pending_s(), process)
 
     def _issue_together(self, fetches: tuple[FetchPlan, ...]) -> Events:
         """Issue every fetch of one point as one pipeline (a transport that batches layers)."""
@@ -305,20 +308,32 @@ class Engine:
             yield from self._flush()
             process = self.env.process(self._fetch(moving[0]) if len(moving) == 1 else self._fetch_together(moving))
         for fetch in fetches:
-            self._issued[(fetch.step, fetch.layer)] = (self.env.now + self._pending_s(), process if fetch.fetch.size else None)
+            self._issued_as(fetch, self.env.now + self._pending_s(), process if fetch.fetch.size else None)
+
+    def _issued_as(self, fetch: FetchPlan, issue_s: float, process: simpy.Process | None) -> None:
+        """Remember an issued fetch: for its own Engram layer, and for later steps served from it."""
+        if fetch.carries:
+            self._carriers[fetch.key] = process
+        if not fetch.staging:
+            self._issued[(fetch.step, fetch.layer)] = (issue_s, process)
 
     def _engram_layer(self, segment: Segment, step: Step, record: StepRecord) -> Events:
         assert isinstance(segment, EngramLayer)
         plan = segment.plan
         issue_s, process = self._issued.pop((plan.step, plan.layer))
+        if plan.carries and not plan.misses:
+            process = None  # it moves only speculative rows, which serve the next step: this layer needs none of them
         ready_s, stall_s, dropped = issue_s, 0.0, False
-        if process is not None:
+        carriers = [p for p in (self._carriers[key] for key in plan.staged_from) if p is not None]
+        waits = ([] if process is None else [process]) + carriers
+        if waits:
             yield from self._flush()
-        if process is not None and plan.deadline and not process.triggered:
-            ready_s, dropped = self.env.now, True  # deadline mode: go ahead without the rows; the fetch still lands, unused
-        elif process is not None:
+        if waits and plan.deadline and not all(p.triggered for p in waits):
+            ready_s, dropped = self.env.now, True  # deadline mode: go ahead without the rows; the fetches still land, unused
+        elif waits:
             waited_from = self.env.now
-            ready_s = yield process
+            for waited in waits:
+                ready_s = max(ready_s, (yield waited))  # each fetch's last byte; carriers may have landed before the issue
             stall_s = self.env.now - waited_from
             if stall_s > 0:
                 self.spans.add(Span(kind=SpanKind.STALL, start_s=waited_from, end_s=self.env.now, step=step.index, layer=plan.layer))
@@ -343,6 +358,8 @@ class Engine:
         for segment in skeleton(plan, self.blocks):
             yield from self._segments[type(segment)](segment, step, record)
         yield from self._flush()
+        for key in plan.released:
+            self._carriers.pop(key, None)
         record.end_s = self.env.now
         return record
 

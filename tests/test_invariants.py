@@ -36,6 +36,8 @@ VARIANTS = {
     "zero-copy": [],
     "lru-next-step": ["strategies.cache={name: demo-lru, params: {rows: 3000}}", "strategies.prefetch={name: demo-next-step, params: {block: 5}}"],
     "speculative": ['strategies.prefetch={name: demo-guess, params: {budget: 400}}'],
+    "waiting-prefill": ["strategies.prefetch={name: prefill-ahead, params: {max_lead_steps: 2, max_staged_rows: 6000}}",
+                        "workload.arrival={kind: poisson, rate_per_s: 300}", "workload.batching.max_num_seqs=2"],
     "next-step-zero-copy": ["strategies.prefetch=demo-next-step", "strategies.transport=zero-copy"],
     "next-step-cut-short": ["strategies.prefetch=demo-next-step", "run.max_steps=20"],
     "lead-steps": [],
@@ -123,7 +125,8 @@ def test_every_row_served_once_and_speculation_never_counts(outcomes, variant):
     for step in outcome.steps:
         for rec in step.layers:
             assert rec.rows_placed_hbm + rec.cache_hits + rec.rows_missed == rec.rows_unique
-            assert rec.rows_fetched == rec.rows_missed + rec.rows_speculative
+            assert 0 <= rec.rows_staged <= rec.rows_missed
+            assert rec.rows_fetched == rec.rows_missed - rec.rows_staged + rec.rows_speculative + rec.rows_waiting
             assert rec.issue_step <= step.index
 
 
@@ -203,14 +206,18 @@ def test_causality_and_a_clock_that_never_goes_back(outcomes, variant):
     outcome, _ = outcomes[variant]
     arrived: dict[tuple[int, int | None], float] = defaultdict(float)
     for span in outcome.spans:
-        if span.kind in (SpanKind.H2D, SpanKind.ZERO_COPY):
+        if span.kind in (SpanKind.H2D, SpanKind.ZERO_COPY) and not span.staging:  # a staging fetch serves later steps
             arrived[(span.step, span.layer)] = max(arrived[(span.step, span.layer)], span.end_s)
     previous = 0.0
     for step in outcome.steps:
         assert step.start_s >= previous - 1e-15
         previous = step.end_s
         for rec in step.layers:
-            assert rec.ready_s == pytest.approx(arrived.get((step.index, rec.layer), rec.issue_s), abs=1e-15)
+            own = arrived.get((step.index, rec.layer), rec.issue_s) if rec.rows_missed > rec.rows_staged else rec.issue_s
+            if rec.rows_staged:  # it also waited for the earlier fetches that carried its staged rows
+                assert rec.ready_s >= own - 1e-15
+            else:  # a fetch of speculative rows alone, served to the next step, is not waited for
+                assert rec.ready_s == pytest.approx(own, abs=1e-15)
     for span in outcome.spans:
         assert span.end_s >= span.start_s
         if span.kind is SpanKind.ENGRAM:
@@ -296,6 +303,7 @@ def test_planner_properties(steps, capacity, lead, budget, seed):
     cache = SetCache(capacity, seed)
     planner = Planner(EvenRowsInHBM(), cache, Guessing(lead, budget, seed), {3: 400}, blocks=8)
     issued = defaultdict(list)
+    guessed_before = np.empty(0, dtype=np.int64)
     for step in all_steps:
         plan = planner.plan(StepView(step, lambda k, i=step.index: all_steps[i + 1 : i + 1 + k]))
         for block, fetches in plan.issues.items():
@@ -309,13 +317,17 @@ def test_planner_properties(steps, capacity, lead, budget, seed):
         rows = step.lookups[3].rows
         outside = rows[rows % 2 == 1]
         assert f.placed_hbm == int((rows % 2 == 0).sum())
-        assert f.placed_hbm + f.cache_hits + f.misses == rows.size
+        assert f.placed_hbm + f.cache_hits + f.misses + f.staged.size == rows.size, "served once: placed, hit, fetched or staged"
         needed = f.fetch[: f.misses]
         assert np.array_equal(needed, np.sort(needed)) and np.isin(needed, outside).all()
+        assert not np.isin(needed, f.staged).any() and np.isin(f.staged, outside).all()
+        assert np.array_equal(f.staged, np.intersect1d(np.union1d(needed, f.staged), guessed_before)), "right guesses served, not fetched"
+        assert f.staged_from == (((step.index - 1, 3, False),) if f.staged.size else ())
         extra = f.fetch[f.misses :]
+        guessed_before = extra
         assert np.unique(f.fetch).size == f.fetch.size, "fetched once"
         assert not np.isin(extra, rows).any() and (extra % 2 == 1).all() and extra.size <= budget
-        assert np.isin(f.admitted, needed).all()
+        assert np.isin(f.admitted, np.union1d(needed, f.staged)).all()
         assert cache.contents(3).size <= capacity
         if lead == 0:  # with a lead, later steps were planned since: the cache has moved on
             assert not np.isin(extra, cache.contents(3)).any(), "a cached row is not fetched again"
@@ -336,7 +348,7 @@ def fetched(outcome: RunOutcome) -> list[tuple]:
 @pytest.mark.parametrize("overrides", [
     [],
     ["strategies.cache={name: demo-lru, params: {rows: 500}}", "strategies.prefetch={name: demo-next-step, params: {block: 2}}"],
-    ["strategies.transport=zero-copy", "strategies.prefetch={name: demo-guess, params: {budget: 50}}"],
+    ["strategies.transport=zero-copy", "strategies.prefetch={name: demo-guess, params: {budget: 50, serve: false}}"],
     ["strategies.prefetch={name: layer-ahead, params: {lead_steps: 2, lead_blocks: 1}}"],
 ], ids=["layer-ahead", "lru-next-step", "zero-copy-speculative", "two-steps-lead"])
 def test_simulator_and_cpu_backend_run_the_same_segments(tmp_path, overrides):
@@ -387,7 +399,9 @@ def test_the_cache_mirror_serves_the_rows_the_table_holds():
     table = torch.arange(400 * 4, dtype=torch.float32).view(400, 4)
     cache = CacheBuffer(40, 4, torch.float32, CpuDevice("test"))
     mem = LayerMemory(None, table, [torch.empty(400, 4) for _ in range(2)], None, None, None, cache, None)  # type: ignore[arg-type]
-    planner = Planner(AllOutside(), SetCache(40, 1), Guessing(1, 5, 1), {3: 400}, blocks=8)
+    guessing = Guessing(1, 5, 1)
+    guessing.serve_speculative = False  # what the real backends run: each step fetches its own misses
+    planner = Planner(AllOutside(), SetCache(40, 1), guessing, {3: 400}, blocks=8)
     rng = np.random.default_rng(0)
     steps = [toy_step(i, rng.integers(0, 400, size=60).tolist()) for i in range(30)]
     served = 0

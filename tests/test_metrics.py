@@ -147,7 +147,8 @@ def test_per_layer_and_steps_csv_carry_the_split_counts():
     assert first["fetch_ms_total"] == pytest.approx(5.0) and first["fetch_ms_max"] == pytest.approx(3.0)
     assert (first["rows_hbm"], first["rows_fetched"], first["cache_hits"], first["rows_speculative"]) == (90, 45, 40, 15)
     rows = list(csv.DictReader(io.StringIO("".join(steps_csv(RUN, ALL_HBM)))))
-    assert STEP_COLUMNS[-3:] == ("cache_hits", "rows_missed", "rows_speculative")
+    assert STEP_COLUMNS[-5:] == ("cache_hits", "rows_missed", "rows_speculative", "rows_staged", "rows_waiting")
+    assert [(int(r["rows_staged"]), int(r["rows_waiting"])) for r in rows] == [(0, 0), (0, 0)]
     assert [int(r["rows_hbm"]) for r in rows] == [120, 20] and [int(r["rows_fetched"]) for r in rows] == [35, 40]
     assert [(int(r["cache_hits"]), int(r["rows_missed"]), int(r["rows_speculative"])) for r in rows] == [(30, 30, 5), (10, 30, 10)]
     assert [r["baseline_latency_ms"] for r in rows] == ["", ""], "the all-HBM pass here has no steps"

@@ -362,7 +362,10 @@ def test_speculative_rows_are_fetched_but_never_served(runs):
         for ra, rb in zip(a.layers, b.layers, strict=True):
             assert rb.rows_placed_hbm + rb.cache_hits + rb.rows_missed == rb.rows_unique
             assert (rb.rows_unique, rb.rows_missed, rb.cache_hits) == (ra.rows_unique, ra.rows_missed, ra.cache_hits)
-            assert rb.rows_fetched == rb.rows_missed + rb.rows_speculative and rb.rows_speculative <= 600
+            assert rb.rows_staged == rb.rows_guessed, "a right guess is served from where it landed"
+            assert rb.rows_fetched == rb.rows_missed - rb.rows_staged + rb.rows_speculative and rb.rows_speculative <= 600
+            assert rb.bytes_fetched == rb.rows_fetched * (ra.bytes_fetched // max(ra.rows_fetched, 1) or rb.bytes_fetched // max(rb.rows_fetched, 1))
+    assert sum(r.rows_staged for s in spec.steps for r in s.layers) > 0
 
 
 # ---- precision, recall and wasted bytes -------------------------------------------------------------
@@ -414,8 +417,10 @@ def test_precision_and_recall_stay_within_zero_and_one(needs, guesses, budget):
     plans = [planner.plan(StepView(s)).layers[3] for s in steps]
     for before, plan in zip([None, *plans], plans):
         previous = set() if before is None else set(before.fetch[before.misses:].tolist())
-        assert plan.guessed == len(previous & set(plan.fetch[: plan.misses].tolist()))
-    speculative, guessed, missed = (sum(getattr(p, a) for p in plans) for a in ("speculative", "guessed", "misses"))
+        missed = set(plan.fetch[: plan.misses].tolist()) | set(plan.staged.tolist())
+        assert plan.guessed == len(previous & missed) == plan.staged.size, "every right guess served from where it landed"
+        assert not previous & set(plan.fetch[: plan.misses].tolist()), "and not fetched again"
+    speculative, guessed, missed = (sum(getattr(p, a) for p in plans) for a in ("speculative", "guessed", "missed"))
     if speculative:
         scores = Speculation.of(speculative, guessed, missed, 64)
         assert 0 <= scores.precision <= 1 and 0 <= scores.recall <= 1 and 0 <= scores.wasted_bytes <= speculative * 64
@@ -446,7 +451,7 @@ def test_speculation_metrics_read_the_guessed_rows_from_the_records():
 @pytest.mark.parametrize("prefetch", [
     "{name: prefill-ahead, params: {max_lead_steps: 2}}",
     "{name: lookahead, params: {steps: 2, budget_rows: 2000}}",
-    "{name: speculative-decode, params: {k: 2, budget_rows: 300}}",
+    "{name: speculative-decode, params: {k: 2, budget_rows: 300, serve_guesses: false}}",
 ], ids=["prefill-ahead", "lookahead", "speculative-decode"])
 def test_the_simulator_and_the_cpu_backend_run_the_same_plans(tmp_path, prefetch):
     from engramsim.runner import run_real

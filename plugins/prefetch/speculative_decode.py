@@ -9,7 +9,9 @@ gives the `k` most likely next tokens, and the n-grams each would form are hashe
 scenario's hashing plugin, each sequence's window as its own sequence, as the workload hashes
 them. The rows are fetched with the current step's fetch as speculative rows, best guesses
 first (every sequence's top candidate, then every second one, ...), so the planner's cut to
-`budget_rows` drops the least likely; they never count as served.
+`budget_rows` drops the least likely; they never count as served in the step that fetches them.
+With `serve_guesses` (the default) they stay in HBM through the next step, whose misses among
+them (right guesses) are served from there and not fetched again (engramsim/plan.py, staged rows).
 
 The predictor is trained on `train_range` of `train_trace` (the scenario's trace by default).
 When that is the served trace (by content), the served requests' windows are cut out of the
@@ -54,6 +56,9 @@ class SpeculativeDecodeParams(Params):
     train_range: tuple[float, float] = Field(default=(0.0, 1.0), description="[start, end) of the training trace, as fractions of its tokens")
     exclude_served: bool = Field(default=True, description="cut the served requests' windows out of the training tokens (served trace only); "
                                                            "false: a range holding any of them is refused")
+    serve_guesses: bool = Field(default=True, description="a right guess serves the next step from where it landed (held in HBM one "
+                                                          "step more), which then does not fetch it; false: the next step fetches it again "
+                                                          "(what the real backends run; they refuse true)")
 
     @model_validator(mode="after")
     def _range(self) -> SpeculativeDecodeParams:
@@ -182,6 +187,7 @@ class SpeculativeDecode(Prefetch):
             raise InputError(f"trace {self.train_name}", "leaves no two consecutive tokens to train the predictor on"
                              + (" outside the served windows" if self.same_trace else ""), field=FIELD + "train_range")
         self.trained_on = window  # the training trace's tokens the predictor may count (tests check it against the served windows)
+        self.serve_speculative = params.serve_guesses
         self._ready: tuple[Workload, Hashing, CompressedVocab | None, NgramPredictor] | None = None
         self._memo: tuple[int, dict[int, np.ndarray]] = (-1, {})
         self._lengths: tuple[np.ndarray, np.ndarray] = (EMPTY, EMPTY)  # prompt and window tokens of each request

@@ -12,6 +12,7 @@ from engramsim.strategies import Params, Prefetch, SetupContext, StepView
 
 class DemoGuessParams(Params):
     budget: NonNegativeInt = 256
+    serve: bool = True  # the next step is served from the guessed rows (false: what the real backends run)
 
 
 @register("prefetch", "demo-guess")
@@ -24,6 +25,7 @@ class DemoGuess(Prefetch):
     def __init__(self, params: DemoGuessParams, setup: SetupContext) -> None:
         super().__init__(params, setup)
         self._last: dict[int, np.ndarray] = {}
+        self.serve_speculative = params.serve
 
     def issue_layer(self, layer: int, view: StepView) -> int:
         return 0
