@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import engramsim
 from engramsim.errors import InputError, Terminated, forget_signals, raise_if_signalled, signalled
 
-COMMANDS = ("hash", "trace", "collisions", "quality", "check", "schema", "plugins", "run", "compare", "diff", "hw", "calibrate", "validate")
+COMMANDS = ("hash", "trace", "collisions", "quality", "check", "schema", "plugins", "run", "compare", "sweep", "plot", "diff", "hw", "calibrate",
+            "validate")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -98,17 +98,22 @@ def summarize_passes(prepared: Prepared, outcomes: list[RunOutcome]) -> dict:
 def _report(prepared: Prepared, out_dir: Path, outcomes: list[RunOutcome], backend: str,
             extra: dict | None = None, counters: list[dict] | None = None) -> RunReport:
     """Summary, results document and files of the passes; `extra` adds top-level keys (CUDA: nvml)."""
-    scenario = prepared.scenario
     outcome, baseline, no_engram = split_passes(prepared, outcomes)
+    document = results_of(prepared, outcomes, backend, extra)
+    files = write_results(out_dir, document, outcome, baseline, no_engram, prepared.scenario.run.outputs, counters=counters)
+    return RunReport(document, files, outcome, baseline, no_engram)
+
+
+def results_of(prepared: Prepared, outcomes: list[RunOutcome], backend: str, extra: dict | None = None) -> dict:
+    """results.json's document of the passes (`engramsim sweep` writes it as each point's file)."""
     summary = summarize_passes(prepared, outcomes)
-    document = results_document(summary, outcome, dump_scenario(scenario), prepared.profile.model_dump(mode="json"), backend)
+    document = results_document(summary, outcomes[0], dump_scenario(prepared.scenario), prepared.profile.model_dump(mode="json"), backend)
     document["hbm"] = hbm_report(prepared)
     sources = strategy_sources(prepared)
     if sources:
         document["sources"] = sources
     document |= extra or {}
-    files = write_results(out_dir, document, outcome, baseline, no_engram, scenario.run.outputs, counters=counters)
-    return RunReport(document, files, outcome, baseline, no_engram)
+    return document
 
 
 def strategy_sources(prepared: Prepared) -> dict:

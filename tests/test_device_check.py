@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -27,6 +28,19 @@ def _listed() -> tuple[set[str], set[str]]:
     return {n.lower() for n in image}, set(carried)
 
 
+def _not_carried() -> set[str]:
+    """Packages device_wheels.txt says the device check never imports (each with its reason there)."""
+    line = next((line for line in WHEELS.read_text().splitlines() if line.startswith("# not carried:")), "# not carried:")
+    return {_name(part.split("(")[0]) for part in line.split(":", 1)[1].split(";") if part.strip()}
+
+
+def test_packages_not_carried_are_never_imported_by_what_the_device_runs():
+    """The device check imports the CUDA backend, calibration and validation: none of them may pull a package not carried."""
+    code = ("import sys; import engramsim.backends.cuda, engramsim.backends.calibration.profile, engramsim.validate, engramsim.cli; "
+            f"sys.exit(bool({sorted(_not_carried())!r} and any(m.split('.')[0] in sys.modules for m in {sorted(_not_carried())!r})))")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
 def test_device_check_script_parses():
     for script in ("device_check.sh", "fetch_device_wheels.sh"):
         subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], check=True)
@@ -37,7 +51,7 @@ def test_every_runtime_and_test_dependency_reaches_the_device():
     needed = {_name(r) for r in project["dependencies"]} | {"pytest", "pytest-benchmark", "hypothesis"}
     image, carried = _listed()
     assert not image & carried, "one version of each: a package both in the image and carried"
-    assert needed <= image | carried, f"missing on the device: {sorted(needed - image - carried)}"
+    assert needed <= image | carried | _not_carried(), f"missing on the device: {sorted(needed - image - carried - _not_carried())}"
 
 
 def test_carried_wheels_bring_what_they_require():

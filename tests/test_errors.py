@@ -3,8 +3,10 @@ with nothing left behind; Ctrl-C and SIGTERM end with 130 and 143 and leave noth
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -170,7 +172,61 @@ CASES: dict[str, Case] = {
     "diff of a missing file": Case(lambda d: ["diff", str(d / "a.json"), str(d / "b.json")], ("a.json", "cannot read")),
     "diff of a non-JSON file": Case(lambda d: ["diff", _scenario(d), _scenario(d)], ("tiny.yaml", "JSON")),
     "unknown flag": Case(lambda d: ["run", "--bogus"], ("unrecognized arguments: --bogus",)),
+    # sweep and plot
+    "sweep: a grid key that is not a field": Case(lambda d: _sweep(d, "--grid", "workload.requets=4,8"),
+                                                  ("--grid", "workload.requets", "did you mean 'requests'")),
+    "sweep: a zip key that is not a field": Case(lambda d: _sweep(d, "--zip", "run.sed=0,1"), ("--zip", "run.sed", "unknown key")),
+    "sweep: nothing to sweep": Case(lambda d: _sweep(d), ("--grid", "nothing to sweep")),
+    "sweep: zips of different lengths": Case(lambda d: _sweep(d, "--zip", "run.seed=0,1", "--zip", "workload.requests=4,5,6"),
+                                             ("--zip", "workload.requests", "3 values", "same number")),
+    "sweep: a key on the grid and in --set": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", "--set", "run.seed=2"),
+                                                  ("--grid", "run.seed", "also set by --set")),
+    "sweep: the backend cannot vary": Case(lambda d: _sweep(d, "--grid", "run.backend=sim,cpu"), ("--grid", "run.backend", "cannot vary")),
+    "sweep: a bad scenario": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", "--set", "workload.requests=many"),
+                                  ("tiny.yaml", "workload.requests", "'many'")),
+    "sweep: --workers 0": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", "--workers", "0"), ("--workers", "positive")),
+    "sweep: --out is a file": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", out=_write(d / "f", "")), ("f", "not a folder")),
+    "sweep: --out holds other files": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", out=d), ("holds no sweep.json",)),
+    "sweep: --out holds another sweep": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", out=_other_sweep(d)),
+                                             ("sw", "holds another sweep", "--grid")),
+    "sweep: an unreachable Ray address": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", "--ray", f"127.0.0.1:{_free_port()}"),
+                                              ("--ray",)),
+    "plot: not a sweep or compare folder": Case(lambda d: ["plot", str(d), "--x", "run.seed", "--y", "tpot_ms_p50"],
+                                                ("holds no sweep.json",)),
+    "plot: an unfinished sweep": Case(lambda d: ["plot", str(_other_sweep(d)), "--x", "run.seed", "--y", "tpot_ms_p50"],
+                                      ("no sweep.csv yet",)),
+    "plot: --x not a key": Case(lambda d: ["plot", str(_fake_sweep(d)), "--x", "run.sed", "--y", "tpot_ms_p50"],
+                                ("--x", "'run.sed'", "its keys: run.seed")),
+    "plot: --y not a metric": Case(lambda d: ["plot", str(_fake_sweep(d)), "--x", "run.seed", "--y", "tpot"],
+                                   ("--y", "'tpot'", "its metrics: tpot_ms_p50")),
 }
+
+
+def _sweep(d: Path, *flags: str, out: Path | None = None) -> list[str]:
+    return ["sweep", _scenario(d), "--out", str(out or d / "sw"), "--workers", "1", *flags]
+
+
+def _other_sweep(d: Path) -> Path:
+    """A sweep folder of another definition, one point done."""
+    (d / "sw" / "points").mkdir(parents=True)
+    _write(d / "sw" / "sweep.json", json.dumps({"scenario": "tiny.yaml", "scenario_sha256": "0" * 64, "set": [], "zip": [],
+                                                "grid": [{"key": "workload.requests", "values": ["4", "8"]}]}))
+    _write(d / "sw" / "points" / "0123456789abcdef.json", "{}")
+    return d / "sw"
+
+
+def _fake_sweep(d: Path) -> Path:
+    """A finished sweep's folder: sweep.json and sweep.csv of two points."""
+    (d / "sw").mkdir()
+    _write(d / "sw" / "sweep.json", json.dumps({"grid": [{"key": "run.seed", "values": ["0", "1"]}], "zip": []}))
+    _write(d / "sw" / "sweep.csv", "point,id,run.seed,status,error,tpot_ms_p50\n1,a,0,ok,,1.5\n2,b,1,ok,,1.7\n")
+    return d / "sw"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _snapshot(d: Path) -> set[Path]:
