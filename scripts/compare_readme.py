@@ -1,5 +1,5 @@
 """Re-make the tables and figures of README.md's "Comparing policies" section (its subsections
-"Prefetch policies", "Deadline mode" and "The shipped comparisons"), simulated.
+"`engramsim compare`", "Prefetch policies", "Deadline mode" and "The shipped comparisons"), simulated.
 
     python scripts/compare_readme.py      # from the repository root; ~1 min on 2 cores
 
@@ -54,6 +54,12 @@ PREFETCH_E = Comparison(
     "Prefetch policies: the quickstart, five prefetches (terminal table)", "/tmp/cmpE", "scenarios/quickstart.yaml",
     ("--vary", "strategies.prefetch=on-demand,layer-ahead,prefill-ahead,lookahead,speculative-decode", *QUICKSTART_E), "terminal")
 COMPARISONS = [
+    Comparison("`engramsim compare`: the quickstart, two transports x two prefetches (terminal table)", "/tmp/cmp", "scenarios/quickstart.yaml",
+               ("--vary", "strategies.transport=staged,zero-copy", "--vary", "strategies.prefetch=on-demand,layer-ahead"), "terminal"),
+    Comparison("`engramsim compare`: the quickstart with caches (terminal table)", "/tmp/cmp2", "scenarios/quickstart.yaml",
+               ("--vary", "strategies.cache=none,{name: lru, params: {rows: 100000}},{name: lfu, params: {rows: 100000}},"
+                          "{name: lru, params: {rows: 600000000}}",
+                "--vary", "strategies.prefetch=on-demand,layer-ahead"), "terminal"),
     PREFETCH_E,
     Comparison("Prefetch policies: engram-at-block-1 on Gen4 (terminal table)", "/tmp/cmpE-b1", "scenarios/compare/engram-at-block-1.yaml",
                ("--vary", "strategies.transport=zero-copy,row-copy",
