@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from enum import Enum
+from operator import attrgetter
 
 import numpy as np
 
@@ -153,6 +154,7 @@ class StepRecord:
 # ---- compact storage --------------------------------------------------------------------------
 KINDS = ("prefill", "decode", "mixed")  # StepRecord.kind, stored as its index here (mixed: prompt chunks beside decodes)
 LAYER_FIELDS = tuple(f.name for f in fields(LayerRecord))
+_LAYER_ROW = attrgetter(*LAYER_FIELDS)  # a LayerRecord as the tuple of its fields, in LAYER_FIELDS order
 # Counts of one step fit 32 bits (a value that does not raises OverflowError when stored); bytes and times take 64.
 LAYER_DTYPE = np.dtype([(f.name, "f8" if f.type == "float" else "i8" if f.name == "bytes_fetched" else "i4") for f in fields(LayerRecord)])
 STEP_DTYPE = np.dtype([("index", "i4"), ("kind", "u1"), ("start_s", "f8"), ("end_s", "f8"), ("tokens", "i4"), ("seqs", "i4"),
@@ -247,7 +249,7 @@ class StepLog:
         self._steps.append((record.index, KINDS.index(record.kind), record.start_s, record.end_s, record.tokens, record.seqs,
                             len(self._layers)))
         for layer in record.layers:
-            self._layers.append(tuple(getattr(layer, name) for name in LAYER_FIELDS))
+            self._layers.append(_LAYER_ROW(layer))
 
     def __len__(self) -> int:
         return len(self._steps)

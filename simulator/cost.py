@@ -35,6 +35,10 @@ GB = 1e9
 TFLOP = 1e12
 US = 1e-6
 NS = 1e-9
+KERNEL_MEMO = 4096
+"""Kernel prices a cost model remembers (`RooflineCostModel.roofline`): a run's steps repeat a few
+shapes (graph-padded decode batches), so most kernels of a step were priced before; bounded, so
+memory does not grow with the steps."""
 ZERO_COPY_GATHER_SMS = kernels.ZERO_COPY_GATHER_SMS
 
 
@@ -102,7 +106,8 @@ class CostModel(Protocol):
 
 class RooflineCostModel:
     """Prices steps of `model` on `profile`. Cheap to call per step: block times are cached for
-    the step being priced (blocks of one kind cost the same within a step)."""
+    the step being priced (blocks of one kind cost the same within a step), and each kernel's
+    price is remembered (`KERNEL_MEMO`). Its rates are read once: change the profile, build another."""
 
     def __init__(self, model: Model, profile: HardwareProfile) -> None:
         self.model = model
@@ -120,6 +125,7 @@ class RooflineCostModel:
         self.sms, self.tile_m, self.tile_n = gpu.sms, gpu.gemm_tile_m, gpu.gemm_tile_n
         self._cached_step: Step | None = None
         self._cache: dict[BlockKind, float] = {}
+        self._priced: dict[Work, float] = {}  # kernel -> seconds, at most KERNEL_MEMO of them
         engram = model.engram
         self.table_bytes = sum(engram.rows_per_order) * engram.heads * engram.row_bytes  # one Engram layer's table, as configured
         self.gather_rows_per_s = 1.0 / profile.host.gather_row_s(self.table_bytes)
@@ -128,7 +134,18 @@ class RooflineCostModel:
     def roofline(self, work: Work) -> float:
         """Seconds of one kernel at the profile's achieved rates (`kernels.roofline`), its GEMMs
         wave-quantised when the profile knows the SMs, else slowed by the Hockney half-rows (grouped
-        launches by their own)."""
+        launches by their own). Remembered by kernel (the same `Work`, the same seconds)."""
+        try:
+            seconds = self._priced.get(work)
+        except TypeError:  # a kernel of arrays (a fit's samples) is priced, not remembered
+            return self._roofline(work)
+        if seconds is None:
+            if len(self._priced) >= KERNEL_MEMO:
+                self._priced.clear()
+            seconds = self._priced[work] = self._roofline(work)
+        return seconds
+
+    def _roofline(self, work: Work) -> float:
         if self.sms is None:
             flops, half_rows, grouped = work.flops, self.half_rows, kernels.grouped_weights(work)
         else:

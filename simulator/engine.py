@@ -15,6 +15,11 @@ each leg is priced by its own physics; the NVMe drives serve one batch of page r
 A transport that batches layers moves every fetch issued at one point as one pipeline (its spans
 split among the fetches by their bytes). A leg with a `slowdown` (a zero-copy gather holding SMs)
 stretches the compute that runs while it moves bytes, and only that compute.
+
+What the compute segments cost and how their spans are laid out is `compute.ComputeQueue`'s, one
+definition for this event model and for `fast.simulate_without_fetches`, which `simulate` takes
+for a pass that can never fetch (the all-HBM baseline, the no-Engram reference): the same
+records, spans, makespan and event count without the event machinery.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from simpy.events import EventPriority
 from engramsim.plan import FetchKey, FetchPlan, Planner, StepPlan
 from engramsim.records import Span, SpanKind, StepLog, StepRecord, Timeline
 from engramsim.scheduler import Scheduler
+from engramsim.simulator.compute import ComputeQueue, stretch
+from engramsim.simulator.fast import never_fetches, simulate_without_fetches
 from engramsim.skeleton import Blocks, EngramLayer, Head, Host, Issue, Segment, skeleton
 from engramsim.steps import Step
 from engramsim.strategies import Placement, Stage, StageKind, TableInfo, Tier, TierRows, Transport
@@ -110,12 +117,12 @@ class Engine:
         self.spans = Timeline()
         self._issued: dict[tuple[int, int], tuple[float, simpy.Process | None]] = {}  # (step, layer) -> issue time, fetch
         self._carriers: dict[FetchKey, simpy.Process | None] = {}  # fetches later steps are served from, until a plan releases them
-        self._queued: list[tuple[float, dict]] = []  # compute enqueued but not yet simulated: seconds, span fields
+        self.compute = ComputeQueue(cost)  # compute enqueued but not yet simulated
         self._stages: dict[StageKind, Callable[[Stage, int], Generator[simpy.Event, Any, tuple[float, float]]]] = {
             StageKind.GATHER: self._gather, StageKind.H2D: self._h2d, StageKind.ZERO_COPY: self._zero_copy,
             StageKind.CXL_GATHER: self._cxl_gather, StageKind.NVME_READ: self._nvme_read, StageKind.NVME_DIRECT: self._nvme_direct,
         }
-        self._interferes = any(stage.slowdown > 1 for stage in transport.stages(1, 64))
+        self.interferes = any(stage.slowdown > 1 for stage in transport.stages(1, 64))
         self._slowdowns: list[float] = []  # slowdowns of the legs moving bytes now
         self._changed = self.env.event()  # succeeds whenever _slowdowns changes
         self._segments: dict[type, Callable[[Segment, Step, StepRecord], Events]] = {
@@ -246,26 +253,18 @@ class Engine:
         return (yield from self._run_legs(self.transport.batch(pipelines), self.tables[fetches[0].layer].row_bytes, record))
 
     # ---- compute -------------------------------------------------------------------------
-    def _compute(self, seconds: float, **span: object) -> None:
-        """Enqueue `seconds` of compute on the stream; `span` holds the fields of its span but the times."""
-        self._queued.append((seconds, span))
-
     def _flush(self) -> Events:
         """Simulate the queued compute as one timeout and lay out its spans back to back (stretched
-        alike where a leg slowed it)."""
+        alike where a leg slowed it). `fast.simulate_without_fetches` mirrors this float for float."""
         start = self.env.now
-        total = sum(seconds for seconds, _ in self._queued)
+        total = self.compute.pending_s()
         scale = 1.0
         if total > 0:
-            if self._interferes:
-                took = yield from self._slowed(total)
-                scale = took / total if took != total else 1.0
+            if self.interferes:
+                scale = stretch((yield from self._slowed(total)), total)
             else:
                 yield self.env.timeout(total)
-        for seconds, span in self._queued:  # zero-length ones too: the real backend records every segment
-            self.spans.add(Span(start_s=start, end_s=start + seconds * scale, **span))
-            start += seconds * scale
-        self._queued.clear()
+        self.compute.lay_out(self.spans, start, scale)
 
     def _slowed(self, work: float) -> Generator[simpy.Event, Any, float]:
         """Run `work` seconds of compute at 1 / slowdown of its speed while a slowing leg moves
@@ -280,12 +279,9 @@ class Engine:
             if done.processed or left <= work * 1e-12:
                 return self.env.now - began
 
-    def _pending_s(self) -> float:
-        return sum(seconds for seconds, _ in self._queued)
-
     # ---- segments ------------------------------------------------------------------------
     def _host(self, segment: Segment, step: Step, record: StepRecord) -> Events:
-        self._compute(self.cost.host_time(step), kind=SpanKind.HOST, step=step.index)
+        self.compute.host(step)
         yield from ()
 
     def _issue(self, segment: Segment, step: Step, record: StepRecord) -> Events:
@@ -298,7 +294,7 @@ class Engine:
             if fetch.fetch.size:
                 yield from self._flush()
                 process = self.env.process(self._fetch(fetch))
-            self._issued_as(fetch, self.env.now + self._pending_s(), process)
+            self._issued_as(fetch, self.env.now + self.compute.pending_s(), process)
 
     def _issue_together(self, fetches: tuple[FetchPlan, ...]) -> Events:
         """Issue every fetch of one point as one pipeline (a transport that batches layers)."""
@@ -308,7 +304,7 @@ class Engine:
             yield from self._flush()
             process = self.env.process(self._fetch(moving[0]) if len(moving) == 1 else self._fetch_together(moving))
         for fetch in fetches:
-            self._issued_as(fetch, self.env.now + self._pending_s(), process if fetch.fetch.size else None)
+            self._issued_as(fetch, self.env.now + self.compute.pending_s(), process if fetch.fetch.size else None)
 
     def _issued_as(self, fetch: FetchPlan, issue_s: float, process: simpy.Process | None) -> None:
         """Remember an issued fetch: for its own Engram layer, and for later steps served from it."""
@@ -337,17 +333,16 @@ class Engine:
             stall_s = self.env.now - waited_from
             if stall_s > 0:
                 self.spans.add(Span(kind=SpanKind.STALL, start_s=waited_from, end_s=self.env.now, step=step.index, layer=plan.layer))
-        self._compute(self.cost.engram_time(step, int(plan.rows.size)), kind=SpanKind.ENGRAM, step=step.index, layer=plan.layer)
+        self.compute.engram(step, plan.layer, int(plan.rows.size))
         record.layers.append(plan.record(self.tables[plan.layer].row_bytes, issue_s, ready_s, stall_s, dropped))
 
     def _blocks(self, segment: Segment, step: Step, record: StepRecord) -> Events:
         assert isinstance(segment, Blocks)
-        self._compute(self.cost.blocks_time(step, segment.start, segment.stop), kind=SpanKind.BLOCKS, step=step.index,
-                      blocks=(segment.start, segment.stop - 1))
+        self.compute.blocks(step, segment.start, segment.stop)
         yield from ()
 
     def _head(self, segment: Segment, step: Step, record: StepRecord) -> Events:
-        self._compute(self.cost.head_time(step), kind=SpanKind.HEAD, step=step.index)
+        self.compute.head(step)
         yield from ()
 
     def run_step(self, plan: StepPlan) -> Generator[simpy.Event, None, StepRecord]:
@@ -365,9 +360,13 @@ class Engine:
 
 
 def simulate(engine: Engine, scheduler: Scheduler, planner: Planner, max_steps: int | None = None,
-             progress: Callable[[Step], None] | None = None) -> tuple[StepLog, float]:
+             progress: Callable[[Step], None] | None = None, fast: bool = True) -> tuple[StepLog, float]:
     """Run the scheduler's steps back to back on the engine; idle until arrivals when needed.
-    Returns the step records and the makespan."""
+    Returns the step records and the makespan. A pass whose planner can never fetch
+    (`fast.never_fetches`: no Engram, or every row in HBM) takes the fast path, which gives the
+    same results without the event machinery; `fast=False` forces the event path."""
+    if fast and never_fetches(planner):
+        return simulate_without_fetches(engine, scheduler, planner, max_steps, progress)
     env = engine.env
     records = StepLog()
 

@@ -1,17 +1,21 @@
 """Simulator speed and memory on the paper-4B scenario, against bare SimPy running the same number
 of events in the same process: the engine's own cost per event, whatever the machine's speed. The
-simulated seconds per wall second are printed beside it."""
+simulated seconds per wall second are printed beside it; so are a run's three passes through the
+event model against the fast path the passes that move no rows take (simulator/fast.py)."""
 
 import subprocess
 import sys
 import time
+from functools import partial
 
 import pytest
 import simpy
 
-from engramsim.runner import simulate_run
+import engramsim.runner as runner
+from engramsim.runner import passes, simulate_run
 from engramsim.scenario_io import load_scenario
 from engramsim.session import prepare
+from engramsim.simulator.engine import simulate
 
 
 def _peak_rss_of_one_simulation_mb() -> float:
@@ -66,3 +70,39 @@ def test_simulation_speed_paper_4b(benchmark, compare, prepared):
     assert cold.makespan_s == pytest.approx(simulated)
     assert warm_s / bare_s <= 60, "per-step Python (plan, skeleton, cost model) has grown far past the event loop"
     assert peak_rss_mb <= 1024
+
+
+def _three_passes(prepared, rounds: int = 3):
+    """(the fastest of `rounds` wall seconds of each pass, their outcomes), every pass of a run in order."""
+    best, outcomes = [], []
+    for _, kwargs in passes(prepared.scenario):
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            outcome = simulate_run(prepared, **kwargs)
+            times.append(time.perf_counter() - start)
+        best.append(min(times))
+        outcomes.append(outcome)
+    return best, outcomes
+
+
+@pytest.mark.benchmark(group="simulator-paper-4b")
+def test_three_passes_event_path_vs_fast_path_paper_4b(benchmark, compare, prepared, monkeypatch):
+    simulate_run(prepared)  # warm: every step's lookups memoized
+    with monkeypatch.context() as forced:
+        forced.setattr(runner, "simulate", partial(simulate, fast=False))
+        event_s, event = _three_passes(prepared)
+    fast_s, fast = _three_passes(prepared)
+    benchmark.pedantic(lambda: [simulate_run(prepared, **kwargs) for _, kwargs in passes(prepared.scenario)], rounds=1)
+    labels = [label for label, _ in passes(prepared.scenario)]
+    simulated = [outcome.makespan_s for outcome in fast]
+
+    def side(seconds):
+        each = ", ".join(f"{label} {s * 1e3:.0f} ms = {m / s:.0f}x" for label, s, m in zip(labels, seconds, simulated, strict=True))
+        return f"{each}; three passes {sum(seconds) * 1e3:.0f} ms = {sum(simulated) / sum(seconds):.0f}x real time"
+    benchmark.extra_info.update(event_path_s=event_s, fast_path_s=fast_s, configured_speedup=simulated[0] / fast_s[0])
+    compare(f"paper-4B, a run's three passes ({len(fast[0].steps):,} steps each; target: a pass at >= 1,500x real time, aim 3,000x)",
+            ours=f"fast path for the passes that move no rows: {side(fast_s)}",
+            baseline=f"event path for every pass: {side(event_s)}", ratio=sum(event_s) / sum(fast_s))
+    for a, b in zip(fast, event, strict=True):
+        assert a.makespan_s == b.makespan_s and a.events == b.events and list(a.spans) == list(b.spans)
