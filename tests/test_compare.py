@@ -114,6 +114,20 @@ def test_variants_that_change_transport_run_identical_steps(tiny, tmp_path, caps
                            {"key": "strategies.prefetch", "values": ["on-demand", "layer-ahead"]}]
 
 
+@pytest.mark.parametrize("columns", [None, "320"])
+def test_off_a_terminal_the_table_is_200_columns_unless_columns_says_otherwise(columns, tiny, tmp_path, monkeypatch, capsys):
+    """Piped output keeps a fixed width (no wrapping surprises in logs); COLUMNS widens it, as for a
+    README's full table. Guards: a table cut to 80 columns off a terminal, or COLUMNS ignored."""
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    caches = "strategies.cache=none,{name: lru, params: {rows: 1000}},{name: lfu, params: {rows: 1000, decay: 0.5}}"
+    assert _compare(tiny, tmp_path / "out", TRANSPORTS, PREFETCHES, caches) == 0
+    widest = max(len(line) for line in capsys.readouterr().out.splitlines())
+    assert widest <= 200 if columns is None else 200 < widest <= 320
+
+
 def test_a_variant_summary_is_what_engramsim_run_writes(tiny, tmp_path):
     assert _compare(tiny, tmp_path / "cmp", TRANSPORTS, extra=("--set", "strategies.prefetch=on-demand", "--keep-runs")) == 0
     assert main(["run", str(tiny), "--out", str(tmp_path / "run"), "--quiet", "--set", "strategies.prefetch=on-demand",

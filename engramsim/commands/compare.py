@@ -7,6 +7,7 @@ The work itself is engramsim/compare.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -61,7 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(quiet=args.quiet, width=None if sys.stdout.isatty() else 200)
+    # off a terminal the table is 200 columns wide unless COLUMNS says otherwise (rich reads it)
+    console = Console(quiet=args.quiet, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
     start = time.perf_counter()
     path = args.scenario or default_scenario()
     backend = args.backend
