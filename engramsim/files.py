@@ -92,17 +92,19 @@ def _beside(path: Path, make: Callable[[], str], publish: Callable[[Path], None]
     block succeeds and no signal came, `publish` moves it into place; otherwise `discard` removes
     it, with the parents created for it."""
     created = _make_parents(path)
+    temp: Path | None = None
     try:
-        temp = Path(make())
-    except OSError as exc:
-        _remove_empty(created)
-        raise InputError(path, f"cannot write there: {exc.strerror or exc}") from None
-    try:
+        with _signals_held():  # a signal between creating the temporary and holding its name would leave it behind
+            try:
+                temp = Path(make())
+            except OSError as exc:
+                raise InputError(path, f"cannot write there: {exc.strerror or exc}") from None
         yield temp
         raise_if_signalled()
         publish(temp)
     except BaseException:
-        discard(temp)
+        if temp is not None:
+            discard(temp)
         _remove_empty(created)
         raise
 

@@ -27,9 +27,10 @@ from typing import Any
 from engramsim.errors import InputError
 from engramsim.plot import write_plot
 from engramsim.results import results_json
-from engramsim.runner import results_of, run_passes, simulate_run, split_passes
+from engramsim.runner import results_of, run_passes, sampled, simulate_run, split_passes
 from engramsim.scenario import Scenario
 from engramsim.session import prepare
+from engramsim.uncertainty import check_samples
 
 RAY_INSTALL = "pip install 'engramsim[ray]'"
 CONNECT_TIMEOUT_S = 5.0
@@ -43,6 +44,7 @@ class Task:
     scenario: Scenario
     source: str
     plots: bool = False
+    sample: int = 0  # 1..: run on the profile drawn from its spreads (`runner.sampled`)
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,13 @@ def run_point(task: Task) -> Done:
     never the sweep's."""
     try:
         prepared = prepare(task.scenario, task.source)
+        extra = None
+        if task.sample:
+            check_samples(prepared.profile, task.sample)
+            prepared, record = sampled(prepared, task.sample)
+            extra = {"sample": record}
         outcomes = run_passes(prepared, partial(simulate_run, prepared), None)
-        document = results_of(prepared, outcomes, "sim")
+        document = results_of(prepared, outcomes, "sim", extra)
         text = results_json(document, Path(f"{task.id}.json"))
         png = None
         if task.plots:

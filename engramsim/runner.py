@@ -14,7 +14,7 @@ without Engram would, so it may batch and preempt differently. The simulator pri
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from engramsim.scenario_io import dump_scenario
 from engramsim.session import ALL_HBM, GIB, Prepared, planner, strategies
 from engramsim.simulator.cost import RooflineCostModel
 from engramsim.simulator.engine import Engine, simulate
+from engramsim.uncertainty import bands, sample_profile
 
 
 def simulate_run(prepared: Prepared, placement: StrategyChoice | None = None, engram: bool = True,
@@ -107,7 +108,8 @@ def _report(prepared: Prepared, out_dir: Path, outcomes: list[RunOutcome], backe
 def results_of(prepared: Prepared, outcomes: list[RunOutcome], backend: str, extra: dict | None = None) -> dict:
     """results.json's document of the passes (`engramsim sweep` writes it as each point's file)."""
     summary = summarize_passes(prepared, outcomes)
-    document = results_document(summary, outcomes[0], dump_scenario(prepared.scenario), prepared.profile.model_dump(mode="json"), backend)
+    hardware = prepared.profile.model_dump(mode="json", exclude={"uncertainty"})  # the spreads are `bands`', where drawn
+    document = results_document(summary, outcomes[0], dump_scenario(prepared.scenario), hardware, backend)
     document["hbm"] = hbm_report(prepared)
     sources = strategy_sources(prepared)
     if sources:
@@ -137,8 +139,38 @@ def hbm_report(prepared: Prepared) -> dict:
             "kv_blocks_without_engram": kv.blocks_without_engram}
 
 
-def run_sim(prepared: Prepared, out_dir: Path, progress_factory: Callable | None = None) -> RunReport:
-    return _report(prepared, out_dir, run_passes(prepared, partial(simulate_run, prepared), progress_factory), "sim")
+def sampled(prepared: Prepared, index: int) -> tuple[Prepared, dict]:
+    """Sample `index` (from 1) of the scenario: its profile drawn from the spreads (engramsim/uncertainty.py,
+    seeded by run.seed), and results.json's `sample` record (the index, the seed, the values drawn)."""
+    seed = prepared.scenario.run.seed
+    profile, drawn = sample_profile(prepared.profile, seed, index)
+    return replace(prepared, profile=profile), {"index": index, "seed": seed, "values": drawn}
+
+
+def simulate_samples(prepared: Prepared, samples: int, progress_factory: Callable | None = None) -> dict:
+    """results.json's `bands`: every pass simulated on `samples` drawn profiles, and each numeric
+    summary metric's p5 / p50 / p95 over them (`summary` keeps the profile's own numbers)."""
+    summaries = []
+    for index in range(1, samples + 1):
+        one = sampled(prepared, index)[0]
+        progress = None if progress_factory is None else (
+            lambda label, total, index=index: progress_factory(f"sample {index}/{samples}: {label}", total))
+        summaries.append(summarize_passes(one, run_passes(one, partial(simulate_run, one), progress)))
+    metrics = {}
+    for name in summaries[0]:
+        values = [s[name] for s in summaries]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            metrics[name] = bands(values)
+    return {"samples": samples, "seed": prepared.scenario.run.seed,
+            "spreads": {key: spread.model_dump(mode="json") for key, spread in sorted(prepared.profile.uncertainty.items())},
+            "metrics": metrics}
+
+
+def run_sim(prepared: Prepared, out_dir: Path, progress_factory: Callable | None = None, samples: int = 0) -> RunReport:
+    """The passes simulated, and with `samples` their bands over profiles drawn from the spreads (`simulate_samples`)."""
+    outcomes = run_passes(prepared, partial(simulate_run, prepared), progress_factory)
+    extra = {"bands": simulate_samples(prepared, samples, progress_factory)} if samples else None
+    return _report(prepared, out_dir, outcomes, "sim", extra)
 
 
 def run_real(prepared: Prepared, backend: str, placement: StrategyChoice | None = None, engram: bool = True,

@@ -18,6 +18,11 @@ again), so a sweep killed mid-way loses at most the points in flight. A folder t
 sweep, or other files, is refused and left alone. `sweep.csv` and `sweep.parquet` (the grid keys'
 values, each point's id, status and one-line error, and its summary metrics in the registry's
 order) are written, atomically, once every point has run; they hold no wall-clock values.
+
+With `--samples N` every combination is N points, sample 1..N, each run on the profile drawn from
+its spreads (engramsim/uncertainty.py, seeded by run.seed and the sample's index): its id hashes the
+scenario and the index, its file records what was drawn (`sample`), and the table's `sample` column
+tells them apart, so `engramsim plot` draws the samples sharing an x and a hue as their p5-p95 band.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class Definition:
     grid: tuple[Vary, ...]
     zipped: tuple[Vary, ...]
     sets: tuple[str, ...]
+    samples: int = 0
 
     @property
     def keys(self) -> list[str]:
@@ -67,7 +73,7 @@ class Definition:
     def identity(self) -> dict[str, Any]:
         """The parts two runs of one sweep share (the path may be spelt otherwise)."""
         return {"scenario_sha256": self.scenario_sha256, "grid": [_axis(v) for v in self.grid],
-                "zip": [_axis(v) for v in self.zipped], "set": list(self.sets)}
+                "zip": [_axis(v) for v in self.zipped], "set": list(self.sets)} | ({"samples": self.samples} if self.samples else {})
 
     def document(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "engramsim_version": __version__, "scenario": self.source, **self.identity()}
@@ -77,9 +83,10 @@ def _axis(vary: Vary) -> dict[str, Any]:
     return {"key": vary.key, "values": list(vary.texts)}
 
 
-def parse_definition(source: str | Path, grids: Sequence[str], zips: Sequence[str], sets: Sequence[str]) -> Definition:
-    """The `--grid`, `--zip` and `--set` options: keys checked against the scenario schema, no key
-    twice, zips of one length, at most `MAX_POINTS` points; one `InputError` line otherwise."""
+def parse_definition(source: str | Path, grids: Sequence[str], zips: Sequence[str], sets: Sequence[str],
+                     samples: int = 0) -> Definition:
+    """The `--grid`, `--zip`, `--set` and `--samples` options: keys checked against the scenario
+    schema, no key twice, zips of one length, at most `MAX_POINTS` points; one `InputError` line otherwise."""
     if not grids and not zips:
         raise InputError("--grid", "nothing to sweep; give at least one --grid KEY.PATH=V1,V2,... (or --zip)")
     grid = tuple(parse_vary(item, "--grid") for item in grids)
@@ -90,12 +97,14 @@ def parse_definition(source: str | Path, grids: Sequence[str], zips: Sequence[st
                              "zipped lists advance together, so give each the same number", field=vary.key)
     check_keys([*grid, *zipped], sets, "a sweep simulates every point; the backend cannot vary")
     check_key_paths([*grid, *zipped])
-    count = 1
+    if samples < 0:
+        raise InputError("--samples", f"expected a number of samples, 0 or more, got {samples}")
+    count = max(samples, 1)
     for n in [len(v.values) for v in grid] + ([len(zipped[0].values)] if zipped else []):
         count *= n
     if count > MAX_POINTS:
         raise InputError("--grid", f"{count:,} points; at most {MAX_POINTS:,} (sweep fewer keys or values)")
-    return Definition(str(source), "", grid, zipped, tuple(sets))
+    return Definition(str(source), "", grid, zipped, tuple(sets), samples)
 
 
 @dataclass(frozen=True)
@@ -106,10 +115,11 @@ class Point:
     scenario: Scenario | None
     id: str | None
     error: str | None = None
+    sample: int = 0  # 0: the profile as it is; 1..: drawn from its spreads
 
     @property
     def label(self) -> str:
-        return label(self.variant)
+        return label(self.variant) + (f", sample {self.sample}" if self.sample else "")
 
 
 def label(variant: Variant) -> str:
@@ -117,28 +127,29 @@ def label(variant: Variant) -> str:
     return ", ".join(f"{key}={text}" for key, text, _ in variant.overrides)
 
 
-def point_id(scenario: Scenario) -> str:
-    """The first 16 hex digits of the sha256 of the resolved scenario's canonical JSON."""
+def point_id(scenario: Scenario, sample: int = 0) -> str:
+    """The first 16 hex digits of the sha256 of the resolved scenario's canonical JSON (and ' sample N' after it for a sample)."""
     text = json.dumps(dump_scenario(scenario), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256((text + (f" sample {sample}" if sample else "")).encode()).hexdigest()[:16]
 
 
 def resolve(definition: Definition) -> tuple[Definition, list[Point]]:
     """Every point's scenario (the definition now with its scenario's sha256): an error the point's
     values cause is the point's; any other error of the scenario or the sets is raised."""
     base = [*BASE, *definition.sets]
+    samples = range(1, definition.samples + 1) if definition.samples else [0]
     points = []
     for variant in variants(definition.grid, definition.zipped):
         got = load_variant(definition.source, base, variant)
         if isinstance(got, InputError):
             problem = f"{got.field}: {value_problem(got)}" if got.field else value_problem(got)
-            points.append(Point(variant, None, None, f"{problem} (at {label(variant)})"))
+            points += [Point(variant, None, None, f"{problem} (at {label(variant)})", sample) for sample in samples]
             continue
         if got.run.backend != "sim":
             raise InputError("--set", "a sweep simulates every point; leave run.backend out", field="run.backend")
-        points.append(Point(variant, got, point_id(got)))
+        points += [Point(variant, got, point_id(got, sample), sample=sample) for sample in samples]
     digest = hashlib.sha256(Path(definition.source).read_bytes()).hexdigest()
-    return Definition(definition.source, digest, definition.grid, definition.zipped, definition.sets), points
+    return Definition(definition.source, digest, definition.grid, definition.zipped, definition.sets, definition.samples), points
 
 
 # ---- the folder ----------------------------------------------------------------------------------
@@ -154,14 +165,15 @@ def check_folder(out: Path, definition: Definition) -> bool:
     if marker.is_file():
         try:
             recorded = json.loads(marker.read_text(encoding="utf-8"))
-            theirs = {key: recorded[key] for key in definition.identity()}
+            theirs = {key: recorded[key] for key in ("scenario_sha256", "grid", "zip", "set")}
+            theirs |= {"samples": recorded["samples"]} if "samples" in recorded else {}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(marker, f"is not a sweep definition ({type(exc).__name__}); choose another --out") from None
         ours = definition.identity()
         if theirs != ours:
             differ = ", ".join(what for key, what in (("scenario_sha256", f"the scenario's text ({recorded.get('scenario')})"),
-                                                      ("grid", "--grid"), ("zip", "--zip"), ("set", "--set"))
-                               if theirs[key] != ours[key])
+                                                      ("grid", "--grid"), ("zip", "--zip"), ("set", "--set"), ("samples", "--samples"))
+                               if theirs.get(key) != ours.get(key))
             raise InputError(out, f"holds another sweep (its {DEFINITION} differs in {differ}); choose another --out, "
                              "or rerun that sweep's command to resume it")
         if not os.access(out, os.W_OK | os.X_OK):
@@ -186,6 +198,8 @@ def read_point(out: Path, point: Point, plots: bool) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     if not isinstance(document, dict) or not isinstance(document.get("summary"), dict):
+        return None
+    if (document.get("sample") or {}).get("index", 0) != point.sample:
         return None
     if document.get("scenario") != dump_scenario(point.scenario) or (plots and not point_path(out, point.id, ".png").is_file()):
         return None
@@ -237,7 +251,7 @@ def run_sweep(out: Path, definition: Definition, points: Sequence[Point], execut
         assert point.scenario is not None
         summary = read_point(out, point, plots)
         if summary is None:
-            tasks[point.id] = Task(point.id, point.scenario, definition.source, plots)
+            tasks[point.id] = Task(point.id, point.scenario, definition.source, plots, point.sample)
         else:
             summaries[point.id] = summary
     errors: dict[str, str] = {}
@@ -264,18 +278,19 @@ def run_sweep(out: Path, definition: Definition, points: Sequence[Point], execut
 
 # ---- the table ---------------------------------------------------------------------------------------
 def table(definition: Definition, outcome: Outcome) -> tuple[list[str], list[list[Any]], dict[str, list[Any]]]:
-    """(header, rows, typed columns): per point its number, id, the keys' values as given, status,
-    error and every summary metric; the typed columns hold the keys' parsed values."""
+    """(header, rows, typed columns): per point its number, id, the keys' values as given, its sample
+    (with --samples), status, error and every summary metric; the typed columns hold the keys' parsed values."""
     metrics = list(registered())
     keys = definition.keys
-    header = ["point", "id", *keys, "status", "error", *metrics]
+    sample = ["sample"] if definition.samples else []
+    header = ["point", "id", *keys, *sample, "status", "error", *metrics]
     rows: list[list[Any]] = []
     parsed: dict[str, list[Any]] = {key: [] for key in keys}
     for point in outcome.points:
         status, error = outcome.status(point)
         summary = outcome.summaries.get(point.id or "", {}) if status == OK else {}
-        rows.append([point.variant.index, point.id, *(text for _, text, _ in point.variant.overrides), status, error,
-                     *(summary.get(name) for name in metrics)])
+        rows.append([point.variant.index, point.id, *(text for _, text, _ in point.variant.overrides),
+                     *([point.sample] if sample else []), status, error, *(summary.get(name) for name in metrics)])
         for key, _, value in point.variant.overrides:
             parsed[key].append(value)
     return header, rows, parsed

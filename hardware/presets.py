@@ -11,6 +11,9 @@ Tiers beyond host DRAM (CXL memory, NVMe) come the same way: a tier file
 `provenance:`; a profile's `cxl:` / `nvme:` names one or is inline; a scenario's `hardware.cxl` /
 `hardware.nvme` adds or replaces one, by name, path, or a mapping of fields with an optional
 `preset:` they override (`{preset: nvme-gen5-9550, drives: 8}`).
+
+A profile's `uncertainty:` spreads (`Spread`) are checked against its numbers (`spread_problem`);
+replacing its link drops the spreads of the old link's numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from engramsim.errors import InputError
-from engramsim.hardware.profile import CXL, HardwareProfile, Link, NVMe, Provenance
+from engramsim.hardware.profile import CXL, HardwareProfile, Link, NVMe, Provenance, spread_problem
 from engramsim.scenario_io import describe_error
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11+; only annotations need it
@@ -200,6 +203,9 @@ def load_profile(name_or_path: str | Path, link: str | Path | None = None, cxl: 
         data["link"] = _linked(data["link"], source, name_or_path)
     _tiers(data, source, name_or_path)
     profile: HardwareProfile = _validate(HardwareProfile, data, source)
+    problem = spread_problem(profile)
+    if problem is not None:
+        raise InputError(source, problem[1], f"uncertainty.{problem[0]}")
     for kind, ref in (("cxl", cxl), ("nvme", nvme)):
         if ref is None:
             continue
@@ -213,4 +219,5 @@ def load_profile(name_or_path: str | Path, link: str | Path | None = None, cxl: 
     provenance = profile.provenance.model_copy(
         update={"source": f"{profile.provenance.source}; link replaced by {link} ({link_provenance.source})"}
     )
-    return profile.model_copy(update={"name": f"{profile.name}+{link}", "link": new_link, "provenance": provenance})
+    kept = {key: spread for key, spread in profile.uncertainty.items() if not key.startswith("link.")}  # they spread the old link's numbers
+    return profile.model_copy(update={"name": f"{profile.name}+{link}", "link": new_link, "provenance": provenance, "uncertainty": kept})

@@ -6,9 +6,22 @@ calibrate`) has the same fields plus the residuals of its fit, so predictions ca
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+import math
+import types
+from typing import Annotated, Any, ClassVar, Literal, Union, cast, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, SerializerFunctionWrapHandler, model_serializer
+import annotated_types
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -33,7 +46,7 @@ class _OmitUnset(_Strict):
     def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
         for key in self.OPTIONAL:
-            if data.get(key) is None:
+            if data.get(key) in (None, {}):
                 data.pop(key, None)
         return data
 
@@ -186,8 +199,34 @@ class Residual(_Strict):
     rel_error_p95: NonNegativeFloat
 
 
+class Spread(_OmitUnset):
+    """How far one profile number may lie from its stated value: `uniform` between `low` and `high`
+    (which hold the value), `triangular` between them with its mode at the value (the stated value
+    is the likeliest, the range's ends the least), or `lognormal` around it (the log of value' /
+    value is normal with standard deviation `sigma`); `source` says where the range comes from."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("low", "high", "sigma")
+
+    dist: Literal["uniform", "triangular", "lognormal"]
+    low: float | None = None
+    high: float | None = None
+    sigma: PositiveFloat | None = Field(None, le=5)
+    source: str = Field(min_length=1, description="where the range comes from")
+
+    @model_validator(mode="after")
+    def _shape(self) -> Spread:
+        if self.dist in ("uniform", "triangular"):
+            if self.low is None or self.high is None or self.sigma is not None:
+                raise ValueError(f"a {self.dist} spread takes low and high (no sigma)")
+            if self.low > self.high:
+                raise ValueError(f"low {self.low:g} is above high {self.high:g}")
+        elif self.sigma is None or self.low is not None or self.high is not None:
+            raise ValueError("a lognormal spread takes sigma (no low or high)")
+        return self
+
+
 class HardwareProfile(_OmitUnset):
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("cxl", "nvme")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("cxl", "nvme", "uncertainty")
 
     name: str
     description: str = ""
@@ -201,3 +240,61 @@ class HardwareProfile(_OmitUnset):
     residuals: dict[str, Residual] = Field(default_factory=dict)
     cxl: CXL | None = Field(default=None, description="CXL memory tier (a tier preset name in a profile file); null: none")
     nvme: NVMe | None = Field(default=None, description="NVMe tier (a tier preset name in a profile file); null: none")
+    uncertainty: dict[str, Spread] = Field(
+        default_factory=dict, description="spreads of its numbers, keyed by field path (host.gather_rows_per_s, "
+        "step_overhead_us): `engramsim run --samples` and `sweep --samples` draw profiles from them (engramsim/uncertainty.py)")
+
+
+def _field_bounds(model: type[BaseModel], name: str) -> tuple[float, float]:
+    """The closed interval a float field accepts (its ge/gt/le/lt; gt and lt as the next float inside)."""
+    info = model.model_fields[name]
+    metadata = list(info.metadata)
+    for arg in get_args(info.annotation) if get_origin(info.annotation) in (Union, types.UnionType) else ():
+        metadata += getattr(arg, "__metadata__", ())
+    low, high = -math.inf, math.inf
+    for m in metadata:
+        if isinstance(m, annotated_types.Ge):
+            low = max(low, float(cast(float, m.ge)))
+        elif isinstance(m, annotated_types.Gt):
+            low = max(low, math.nextafter(float(cast(float, m.gt)), math.inf))
+        elif isinstance(m, annotated_types.Le):
+            high = min(high, float(cast(float, m.le)))
+        elif isinstance(m, annotated_types.Lt):
+            high = min(high, math.nextafter(float(cast(float, m.lt)), -math.inf))
+    return low, high
+
+
+def spread_field(profile: HardwareProfile, key: str) -> tuple[float, tuple[float, float]]:
+    """(value, the interval the field accepts) of the number a spread's key names; ValueError saying
+    why when the key names none a sample may vary: a float field with a value, not a capacity (`*_gib`,
+    which sizes memory before any pass runs)."""
+    *sections, name = key.split(".")
+    node: Any = profile
+    for section in sections:
+        node = getattr(node, section, None) if section in type(node).model_fields else None
+        if not isinstance(node, BaseModel):
+            raise ValueError(f"{key!r} names no section of the profile; a key is a field path such as host.gather_rows_per_s "
+                             "or step_overhead_us")
+    value = getattr(node, name, None) if name in type(node).model_fields else None
+    if not isinstance(value, float) or name.endswith("_gib"):
+        what = ("is null here" if name in type(node).model_fields and value is None else
+                "is a capacity, fixed before any pass runs" if name.endswith("_gib") else "is not a number a sample may vary")
+        raise ValueError(f"{key!r} {what}; spreads go on rates, efficiencies and costs (float fields with a value)")
+    return value, _field_bounds(type(node), name)
+
+
+def spread_problem(profile: HardwareProfile) -> tuple[str, str] | None:
+    """(key, problem) of the first spread that does not fit its profile: a key naming no float field,
+    a uniform or triangular range not holding the profile's value or reaching past what the field accepts."""
+    for key, spread in profile.uncertainty.items():
+        try:
+            value, (lowest, highest) = spread_field(profile, key)
+        except ValueError as exc:
+            return key, str(exc)
+        if spread.dist != "lognormal":
+            assert spread.low is not None and spread.high is not None
+            if not spread.low <= value <= spread.high:
+                return key, f"the range {spread.low:g}..{spread.high:g} does not hold the profile's value {value:g}"
+            if spread.low < lowest or spread.high > highest:
+                return key, f"the range {spread.low:g}..{spread.high:g} reaches past what the field accepts ({lowest:g}..{highest:g})"
+    return None

@@ -32,7 +32,7 @@ from engramsim.backends.calibration.fits import (
 )
 from engramsim.backends.calibration.machine import check_profile_host, machine_host
 from engramsim.backends.calibration.measurements import Measurements, kernel_fields
-from engramsim.backends.calibration.profile import fit_profile, profile_yaml
+from engramsim.backends.calibration.profile import fit_profile, profile_yaml, spreads
 from engramsim.cli import main
 from engramsim.hardware.presets import load_profile
 from engramsim.hardware.profile import HardwareProfile
@@ -392,6 +392,7 @@ def test_tiny_calibration_writes_a_profile_that_loads(tmp_path, capsys):
     assert 0.01 < link.zero_copy_gbps < 10_000 and link.transaction_bytes in (32, 64, 128)
     assert 1e-4 < gpu.bf16_tflops < 100 and 0.05 < gpu.hbm_gbps < 10_000 and gpu.compute_efficiency == 1.0
     assert profile.description and "Calibrated" in profile.description
+    assert "host.gather_rows_per_s" in profile.uncertainty and profile.uncertainty == spreads(profile)  # read back as fitted
     assert (gpu.attention_efficiency is None) == ("attention_efficiency is null" in profile.description), "a null rate says why"
     assert check_profile_host(profile) is None
 
@@ -459,3 +460,19 @@ def test_the_gather_size_fit_recovers_its_costs_and_stlb_size():
     assert fit.stlb_entries == 1536
     for name in ("base_s", "data_miss_s", "tlb_miss_s", "pte_miss_s"):
         assert getattr(fit, name) == pytest.approx(getattr(truth, name), rel=1e-6, abs=1e-15), name
+
+
+def test_each_fitted_groups_residual_becomes_a_lognormal_spread_on_its_numbers():
+    """sigma = ln(1 + rel_error_p95) / 1.96 on the numbers fitted from the group; none for a p95 of 0
+    or a number that is null (h100-sxm's engram_overhead_us)."""
+    from engramsim.hardware.profile import Residual
+
+    base = load_profile("h100-sxm")
+    res = {"gather": Residual(samples=9, rel_error_mean=0.0, rel_error_p95=0.2), "block": Residual(samples=4, rel_error_mean=0.01,
+           rel_error_p95=0.05), "h2d": Residual(samples=3, rel_error_mean=0.0, rel_error_p95=0.0),
+           "engram": Residual(samples=3, rel_error_mean=0.0, rel_error_p95=0.1)}
+    got = spreads(base.model_copy(update={"residuals": res}))
+    assert sorted(got) == ["gpu.bf16_tflops", "gpu.hbm_gbps", "host.gather_rows_per_s"]
+    assert got["host.gather_rows_per_s"].sigma == pytest.approx(math.log(1.2) / 1.959964)
+    assert got["gpu.hbm_gbps"].sigma == got["gpu.bf16_tflops"].sigma == pytest.approx(math.log(1.05) / 1.959964)
+    assert got["host.gather_rows_per_s"].source == "fit residual gather: p95 |relative error| 0.2 over 9 samples"

@@ -64,6 +64,15 @@ def _profile_with(d: Path, section: str, key: str, value) -> str:
     return str(_write(d / "gpu.yaml", yaml.safe_dump(data)))
 
 
+def _spread(d: Path, key: str | None, dist: str = "uniform", **numbers) -> str:
+    """h100-sxm.yaml with its uncertainty section replaced by one spread on `key` (none: no section)."""
+    data = yaml.safe_load((Path(__file__).parents[1] / "hardware" / "profiles" / "h100-sxm.yaml").read_text())
+    data.pop("uncertainty")
+    if key is not None:
+        data["uncertainty"] = {key: {"dist": dist, **numbers, "source": "a test"}}
+    return str(_write(d / "gpu.yaml", yaml.safe_dump(data)))
+
+
 class Case(NamedTuple):
     args: Callable[[Path], list[str]]
     expect: tuple[str, ...]  # substrings of the one error line: the file, the field, the problem
@@ -117,6 +126,28 @@ CASES: dict[str, Case] = {
                                                ("gpu.yaml", "warp")),
     "profile YAML with an infinite bandwidth": Case(lambda d: _run(d, f"hardware.profile={_profile_with(d, 'gpu', 'hbm_gbps', float('inf'))}"),
                                                     ("gpu.yaml", "gpu.hbm_gbps", "finite")),
+    "uncertainty on an integer field": Case(lambda d: _run(d, f"hardware.profile={_spread(d, 'gpu.sms', low=100, high=140)}"),
+                                            ("gpu.yaml", "uncertainty.gpu.sms", "not a number a sample may vary")),
+    "uncertainty on a capacity": Case(lambda d: _run(d, f"hardware.profile={_spread(d, 'gpu.hbm_gib', low=70, high=90)}"),
+                                      ("gpu.yaml", "uncertainty.gpu.hbm_gib", "capacity")),
+    "uncertainty on no section": Case(lambda d: _run(d, f"hardware.profile={_spread(d, 'gpux.sms', low=1, high=2)}"),
+                                      ("gpu.yaml", "uncertainty.gpux.sms", "names no section")),
+    "uncertainty low above high": Case(lambda d: _run(d, f"hardware.profile={_spread(d, 'gpu.compute_efficiency', low=0.9, high=0.7)}"),
+                                       ("gpu.yaml", "uncertainty.gpu.compute_efficiency", "low 0.9 is above high 0.7")),
+    "uncertainty range without the value": Case(
+        lambda d: _run(d, f"hardware.profile={_spread(d, 'gpu.compute_efficiency', low=0.85, high=0.9)}"),
+        ("gpu.yaml", "uncertainty.gpu.compute_efficiency", "does not hold the profile's value 0.8")),
+    "uncertainty range past the field": Case(
+        lambda d: _run(d, f"hardware.profile={_spread(d, 'gpu.compute_efficiency', low=0.5, high=1.5)}"),
+        ("gpu.yaml", "uncertainty.gpu.compute_efficiency", "reaches past what the field accepts")),
+    "uncertainty lognormal with a range": Case(
+        lambda d: _run(d, f"hardware.profile={_spread(d, 'step_overhead_us', dist='lognormal', sigma=0.1, low=1.0)}"),
+        ("gpu.yaml", "uncertainty.step_overhead_us", "takes sigma (no low or high)")),
+    "run --samples below 0": Case(lambda d: _run(d, extra=("--samples", "-1")), ("--samples", "0 or more")),
+    "run --samples on a real backend": Case(lambda d: _run(d, extra=("--samples", "2", "--backend", "cpu")),
+                                            ("--samples", "bands are simulated")),
+    "run --samples on a profile without spreads": Case(
+        lambda d: _run(d, f"hardware.profile={_spread(d, None)}", extra=("--samples", "2")), ("--samples", "no uncertainty section")),
     "missing trace": Case(lambda d: _run(d, f"workload.trace={d / 'none.npz'}"), ("tiny.yaml", "workload.trace", "none.npz")),
     "corrupt trace": Case(lambda d: _run(d, f"workload.trace={_write(d / 'bad.npz', 'not a zip')}"), ("workload.trace", "bad.npz")),
     "trace outside the tokenizer's vocabulary": Case(lambda d: _run(d, f"workload.trace={_trace(d, [5, 7, 10_000_000] * 20)}"),
@@ -184,6 +215,7 @@ CASES: dict[str, Case] = {
     "sweep: the backend cannot vary": Case(lambda d: _sweep(d, "--grid", "run.backend=sim,cpu"), ("--grid", "run.backend", "cannot vary")),
     "sweep: a bad scenario": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", "--set", "workload.requests=many"),
                                   ("tiny.yaml", "workload.requests", "'many'")),
+    "sweep: --samples below 0": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", "--samples", "-1"), ("--samples", "0 or more")),
     "sweep: --workers 0": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", "--workers", "0"), ("--workers", "positive")),
     "sweep: --out is a file": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", out=_write(d / "f", "")), ("f", "not a folder")),
     "sweep: --out holds other files": Case(lambda d: _sweep(d, "--grid", "run.seed=0,1", out=d), ("holds no sweep.json",)),

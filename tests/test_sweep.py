@@ -107,7 +107,7 @@ def test_an_interrupted_sweep_keeps_its_finished_points_and_resumes_to_identical
     args = [sys.executable, "-m", "engramsim", "sweep", str(scenario), "--grid", seeds, "--workers", "2", "--quiet", "--out"]
     proc = subprocess.Popen([*args, str(tmp_path / "cut")], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while len(list((tmp_path / "cut" / "points").glob("*.json"))) < 2:
+    while len([p for p in (tmp_path / "cut" / "points").glob("*.json") if not p.name.startswith(".")]) < 2:  # not a temporary
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 import yaml
 
-from engramsim.hardware.profile import GPU, GatherSize, HardwareProfile, Host, Link, Provenance, Residual
+from engramsim.hardware.profile import GPU, GatherSize, HardwareProfile, Host, Link, Provenance, Residual, Spread
 from engramsim.kernels import dma_seconds, gather_seconds, zero_copy_seconds
+from engramsim.uncertainty import sigma_for_p95
 
 from .bench import Calibrator, Progress
 from .budgets import BUDGETS, GIB, Budget
@@ -37,6 +38,33 @@ TFLOP = 1e12
 US = 1e-6
 NS = 1e-9
 MIB = 1 << 20
+
+
+SPREAD_FIELDS = {  # residual group -> the profile numbers fitted from it
+    "gather": ("host.gather_rows_per_s",),
+    "h2d": ("link.h2d_gbps",),
+    "zero_copy": ("link.zero_copy_gbps",),
+    "block": ("gpu.bf16_tflops", "gpu.hbm_gbps"),
+    "engram": ("gpu.engram_overhead_us",),
+    "host": ("step_overhead_us",),
+}
+
+
+def spreads(profile: HardwareProfile) -> dict[str, Spread]:
+    """A lognormal spread on every number fitted from a group with a residual: sigma such that the
+    95th percentile of |log error| is ln(1 + the residual's rel_error_p95) (`uncertainty.sigma_for_p95`);
+    none where that p95 is 0 or the number is null or 0 (a fixed cost the fit found absent)."""
+    out = {}
+    for group, keys in SPREAD_FIELDS.items():
+        res = profile.residuals.get(group)
+        if res is None or res.rel_error_p95 <= 0:
+            continue
+        for key in keys:
+            section, _, name = key.rpartition(".")
+            if getattr(getattr(profile, section) if section else profile, name):
+                out[key] = Spread(dist="lognormal", sigma=min(sigma_for_p95(res.rel_error_p95), 5.0),
+                                  source=f"fit residual {group}: p95 |relative error| {res.rel_error_p95:.3g} over {res.samples} samples")
+    return out
 
 
 def _col(rows: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -120,7 +148,8 @@ def fit_profile(m: Measurements, name: str, date: str | None = None) -> Hardware
         quiet = m.gather_alone
         res["gather_alone"] = residual(gather_seconds(_col(quiet, "rows"), _col(quiet, "row_bytes"), m.threads, rate, dram,
                                                       g_overhead), _col(quiet, "seconds"))
-    return draft.model_copy(update={"description": describe(m, draft, dram, roof.attention_rse), "residuals": res})
+    fitted = draft.model_copy(update={"description": describe(m, draft, dram, roof.attention_rse), "residuals": res})
+    return fitted.model_copy(update={"uncertainty": spreads(fitted)})
 
 
 def gather_size(m: Measurements, overhead_s: float) -> tuple[GatherSize | None, Residual | None]:

@@ -26,7 +26,9 @@ DIR/points/<id>.json is results.json of one point (id: the sha256 of its resolve
 DIR/sweep.csv and DIR/sweep.parquet hold each point's values, status, error and summary metrics.
 A point that fails (a value the schema refuses, a scenario that does not fit) is listed with its
 error and the others run. The same command again skips the points done and retries the others;
-a DIR holding another sweep is refused. --ray runs the points as Ray tasks (a local Ray instance,
+a DIR holding another sweep is refused. --samples N runs every point on N profiles drawn from
+the hardware profile's uncertainty spreads (seeded by run.seed; a `sample` column tells them
+apart), so `engramsim plot` draws their p5-p95 band. --ray runs the points as Ray tasks (a local Ray instance,
 or the cluster at ADDRESS); needs pip install 'engramsim[ray]'."""
 
 
@@ -44,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N", help="processes (or local Ray CPUs); default: the CPU count")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the points as Ray tasks: a local Ray instance, or the cluster at ADDRESS (HOST:PORT, ray://HOST:PORT, auto)")
+    p.add_argument("--samples", type=int, default=0, metavar="N",
+                   help="run every point on N profiles drawn from the profile's uncertainty spreads (default 0: the profile as it is)")
     p.add_argument("--plots", action="store_true", help="also write each point's plot.png as points/<id>.png")
     p.add_argument("--quiet", action="store_true", help="no progress or listing, just the output folder")
     p.set_defaults(handler=run)
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     if workers < 1:
         raise InputError("--workers", f"expected a positive number of processes, got {workers}")
-    definition = sweep.parse_definition(args.scenario, args.grid, args.zip, args.overrides)
+    definition = sweep.parse_definition(args.scenario, args.grid, args.zip, args.overrides, args.samples)
     definition, points = sweep.resolve(definition)  # every point resolved before any runs
     resuming = sweep.check_folder(args.out, definition)
     cluster = None if args.ray is None else RayCluster(args.ray or None, workers)
