@@ -98,33 +98,32 @@ def _worker_init() -> None:
 def run_in_pool(tasks: Sequence[Task], workers: int, done: Callable[[Done], None]) -> None:
     """Every task on a pool of `workers` processes ('spawn': a fresh interpreter per worker, safe
     whatever the parent imported, torch included); `done` is called in this process as each ends.
-    An interrupt cancels the points not started and stops the running ones."""
+    An interrupt stops every worker: the points running end unfinished, the others never start."""
     if not tasks:
         return
     pool = ProcessPoolExecutor(max_workers=max(1, min(workers, len(tasks))), mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init)
-    futures: set[Future[Done]] = set()
     try:
-        futures = {pool.submit(run_point, task) for task in tasks}
-        pending = set(futures)
+        pending: set[Future[Done]] = {pool.submit(run_point, task) for task in tasks}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 done(future.result())
     except BrokenProcessPool:
-        _stop(pool, futures)
+        _stop(pool)
         raise InputError("--workers", "a worker process died (killed, or out of memory); the points finished so far are kept, "
                          "run the same command again to resume") from None
     except BaseException:
-        _stop(pool, futures)
+        _stop(pool)
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True)
 
 
-def _stop(pool: ProcessPoolExecutor, futures: set[Future[Done]]) -> None:
-    for future in futures:
-        future.cancel()
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers, running points and all. The futures are left alone: the pool marks them
+    broken itself, and one cancelled meanwhile makes its manager thread fail (CPython 3.11's
+    `terminate_broken` sets an exception on every pending future, cancelled or not)."""
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         process.terminate()
 
