@@ -163,6 +163,10 @@ class Hardware(Strict):
     nvme: TierRef | None = Field(default=None, description="NVMe tier adding to or replacing the profile's: a tier preset "
                                  "(nvme-...), a tier file, or a mapping of NVMe fields with an optional 'preset' they override "
                                  "(e.g. {preset: nvme-gen5-9550, drives: 4})")
+    pinned_allocation: Literal["registered", "caching"] = Field(
+        default="registered", description="how the serving engine pins the host tables: registered in place (cudaHostRegister, "
+        "as the CUDA backend does: no overhead), or through torch's caching host allocator (pin_memory=True), which rounds each "
+        "table's allocation up to a power of two; host DRAM is checked against the rounded bytes")
 
     @model_validator(mode="before")
     @classmethod
@@ -171,11 +175,14 @@ class Hardware(Strict):
 
     @model_serializer(mode="wrap")
     def _omit_unset_tiers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Unset tiers are left out, so scenarios without them dump as they did before tiers existed."""
+        """Unset tiers and the default allocation are left out, so scenarios without them dump as
+        they did before either existed."""
         data: dict[str, Any] = handler(self)
         for key in ("cxl", "nvme"):
             if data.get(key) is None:
                 data.pop(key, None)
+        if data.get("pinned_allocation") == "registered":
+            data.pop("pinned_allocation", None)
         return data
 
 

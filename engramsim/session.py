@@ -102,7 +102,13 @@ def _tier_name(profile: HardwareProfile, tier: Tier) -> str:
             Tier.NVME: f"the NVMe tier ({profile.nvme.name if profile.nvme else 'none'})"}[tier]
 
 
-def check_tiers(source: str, placement: Placement, profile: HardwareProfile, transport: Transport | None = None) -> None:
+def pinned_bytes(nbytes: int) -> int:
+    """What torch's caching host allocator pins for `nbytes`: the next power of two (0 for 0)."""
+    return 1 << (nbytes - 1).bit_length() if nbytes > 0 else 0
+
+
+def check_tiers(source: str, placement: Placement, profile: HardwareProfile, transport: Transport | None = None,
+                pinned_allocation: str = "registered") -> None:
     """Refuse a placement whose params do not fit the scenario or ask more of a tier than it
     holds, one that uses a tier no executor prices or the hardware lacks, one that puts more in a
     tier than it holds (HBM is checked with everything else that lives there, `check_hbm`), and a
@@ -132,6 +138,13 @@ def check_tiers(source: str, placement: Placement, profile: HardwareProfile, tra
         if capacity is not None and used.get(tier, 0) > capacity:
             raise InputError(source, f"Engram tables need {_size(used[tier])} in {_tier_name(profile, tier)}, which holds "
                              f"{_size(capacity)}", field="strategies.placement")
+    host = tier_capacity(profile, Tier.HOST)
+    if pinned_allocation == "caching" and host is not None:
+        pinned = sum(pinned_bytes(placement.layer_bytes(layer).get(Tier.HOST, 0)) for layer in placement.setup.tables)
+        if pinned > host:
+            raise InputError(source, f"Engram tables need {_size(used.get(Tier.HOST, 0))} in {_tier_name(profile, Tier.HOST)}, "
+                             f"{_size(pinned)} once the caching allocator rounds each table up to a power of two, and it "
+                             f"holds {_size(host)}; 'registered' pins them in place", field="hardware.pinned_allocation")
     if transport is not None:
         unreached = [tier for tier, size in used.items() if size > 0 and tier != Tier.HBM and tier not in transport.reaches]
         if unreached:
@@ -246,7 +259,7 @@ def prepare(scenario: Scenario, source: str) -> Prepared:
     with located(source, "strategies"):  # a plugin refusing its params (e.g. a predictor trained on the served tokens)
         placement, cache, prefetch = _strategies(setup)
     transport = build("transport", scenario.strategies.transport, setup)
-    check_tiers(source, placement, profile, transport)
+    check_tiers(source, placement, profile, transport, scenario.hardware.pinned_allocation)
     params = scheduler_params(scenario.strategies.scheduler)
     items = hbm_items(scenario, tables, workload, placement, cache, prefetch, transport, int(params.reserved_gib * GIB))
     check_hbm(source, items, profile)

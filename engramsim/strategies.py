@@ -190,9 +190,20 @@ class Placement(Strategy):
         """Tier of each row (uint8 array shaped like `rows`)."""
         raise NotImplementedError
 
-    def bytes_per_tier(self) -> dict[Tier, int]:
-        """Bytes this placement puts in each tier, checked against the hardware's capacities."""
+    def layer_bytes(self, layer: int) -> dict[Tier, int]:
+        """Bytes of `layer`'s table this placement puts in each tier (each one allocation)."""
         raise NotImplementedError
+
+    def bytes_per_tier(self) -> dict[Tier, int]:
+        """Bytes this placement puts in each tier, all layers together, checked against the hardware's
+        capacities: the sum of `layer_bytes` (NotImplementedError where neither is written)."""
+        if type(self).layer_bytes is Placement.layer_bytes:
+            raise NotImplementedError(f"placement {self.name!r} writes neither layer_bytes nor bytes_per_tier")
+        out: dict[Tier, int] = {}
+        for layer in self.setup.tables:
+            for tier, size in self.layer_bytes(layer).items():
+                out[tier] = out.get(tier, 0) + size
+        return out
 
     def tier_budgets(self) -> dict[Tier, tuple[str, int]]:
         """Capacities the scenario gave this placement per tier, as (the param naming it, bytes),

@@ -516,3 +516,20 @@ def test_direct_nvme_reads_land_whole_pages_in_the_staging_slots(tmp_path):
     assert 0 < row_bytes < 4096
     assert staging(ON_NVME, "nvme-direct") == staging(ON_NVME, "staged") // row_bytes * 4096
     assert staging("all-host", "nvme-direct") == staging("all-host", "staged")
+
+
+def test_the_caching_allocator_counts_each_host_table_rounded_up_to_a_power_of_two():
+    """Three production-shaped layers of ~300 GiB each in a 1 TiB host: 900 GiB registered in place
+    fit; through torch's caching host allocator each pins 512 GiB, 1.5 TiB in all, refused in one
+    line naming hardware.pinned_allocation. Guards: a host check that passes tables the engine's
+    allocator cannot pin."""
+    from engramsim.errors import InputError
+    from engramsim.session import pinned_bytes, prepare
+    assert [pinned_bytes(n) for n in (0, 1, 3, 4, 5, 300 << 30)] == [0, 1, 4, 4, 8, 512 << 30]
+    path = ROOT / "scenarios" / "compare" / "production-h200.yaml"
+    sets = ["model.engram.layers=[1, 7, 14]", "model.engram.rows_per_head=50000000", "workload.requests=4"]
+    prepared = prepare(load_scenario(path, sets), str(path))
+    assert 850 << 30 < sum(t.bytes for t in prepared.tables.values()) < 1024 << 30
+    with pytest.raises(InputError, match="rounds each table up to a power of two") as refused:
+        prepare(load_scenario(path, [*sets, "hardware.pinned_allocation=caching"]), str(path))
+    assert refused.value.field == "hardware.pinned_allocation" and "885.1 GiB" in str(refused.value) and "1536.0 GiB once" in str(refused.value)

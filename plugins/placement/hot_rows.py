@@ -62,13 +62,9 @@ class HotRows(Placement):
             out[hot[at] == rows] = Tier.HBM
         return out
 
-    def bytes_per_tier(self) -> dict[Tier, int]:
-        out: dict[Tier, int] = {}
-        for layer, table in self.setup.tables.items():
-            hot = int(self.hot[layer].size)
-            out[Tier.HBM] = out.get(Tier.HBM, 0) + hot * table.row_bytes
-            out[self.rest] = out.get(self.rest, 0) + (table.rows - hot) * table.row_bytes
-        return out
+    def layer_bytes(self, layer: int) -> dict[Tier, int]:
+        table, hot = self.setup.tables[layer], int(self.hot[layer].size)
+        return {Tier.HBM: hot * table.row_bytes, self.rest: (table.rows - hot) * table.row_bytes}
 
     def refusal(self) -> tuple[str, str] | None:
         over = [(layer, t.rows) for layer, t in self.setup.tables.items() if self.params.hbm_rows > t.rows]

@@ -45,10 +45,10 @@ class RangePlacement(Placement):
             return np.full(rows.shape, tiers[0], dtype=np.uint8)
         return tiers[np.searchsorted(starts, rows, side="right") - 1]
 
-    def bytes_per_tier(self) -> dict[Tier, int]:
+    def layer_bytes(self, layer: int) -> dict[Tier, int]:
+        starts, stops, tiers = self._cuts()[layer]
+        row_bytes = self.setup.tables[layer].row_bytes
         out: dict[Tier, int] = {}
-        for layer, (starts, stops, tiers) in self._cuts().items():
-            row_bytes = self.setup.tables[layer].row_bytes
-            for start, stop, tier in zip(starts, stops, tiers):
-                out[Tier(int(tier))] = out.get(Tier(int(tier)), 0) + int(stop - start) * row_bytes
+        for start, stop, tier in zip(starts, stops, tiers):
+            out[Tier(int(tier))] = out.get(Tier(int(tier)), 0) + int(stop - start) * row_bytes
         return out

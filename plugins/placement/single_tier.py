@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from engramsim.strategies import Placement, Tier, tables_bytes
+from engramsim.strategies import Placement, Tier
 
 
 class SingleTier(Placement):
@@ -17,5 +17,5 @@ class SingleTier(Placement):
     def tier_of(self, layer: int, rows: np.ndarray) -> np.ndarray:
         return np.full(rows.shape, self.tier, dtype=np.uint8)
 
-    def bytes_per_tier(self) -> dict[Tier, int]:
-        return {self.tier: tables_bytes(self.setup.tables)}
+    def layer_bytes(self, layer: int) -> dict[Tier, int]:
+        return {self.tier: self.setup.tables[layer].bytes}
