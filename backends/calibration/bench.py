@@ -137,14 +137,18 @@ class Calibrator:
         return self._table
 
     def _fill(self) -> None:
-        """Seeded rows repeated down the table, as the executor fills real tables
-        (backends/tables.py): the same memory content, so the same behaviour (on an overcommitted
-        VM, random pages read back slower than constant ones); then warmed."""
-        flat = self.table()
-        engram = Engram.model_validate({"head_dim": self.engram_head_dim, "dtype": self.dtype_name})
-        fill_table(self.view_rows(flat, flat.numel() * 4 // ENGRAM_ROW_BYTES, ENGRAM_ROW_BYTES), engram,
-                   torch.Generator().manual_seed(0))
+        """The table filled (`fill_rows`), then warmed."""
+        self.fill_rows(self.table())
         self._warm()
+
+    def fill_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """`flat` as rows of `ENGRAM_ROW_BYTES`, seeded rows repeated down it as the executor fills
+        real tables (backends/tables.py): the same memory content, so the same behaviour (on an
+        overcommitted VM, random pages read back slower than constant ones)."""
+        rows = self.view_rows(flat, flat.numel() * 4 // ENGRAM_ROW_BYTES, ENGRAM_ROW_BYTES)
+        fill_table(rows, Engram.model_validate({"head_dim": self.engram_head_dim, "dtype": self.dtype_name}),
+                   torch.Generator().manual_seed(0))
+        return rows
 
     def _warm(self) -> None:
         """A sequential read of the whole table and a few untimed gathers: on some VMs the first
@@ -264,18 +268,15 @@ class Calibrator:
         out = torch.empty(n * rb // 4, dtype=torch.float32)
         with self.harness.quiet_gather() as timed:
             for i, (size, huge) in enumerate(cases):
-                flat = advised_buffer(size, huge)
-                engram = Engram.model_validate({"head_dim": self.engram_head_dim, "dtype": self.dtype_name})
-                total = size // rb
-                fill_table(self.view_rows(flat, total, rb), engram, torch.Generator().manual_seed(0))
-                table, rows = self.view_rows(flat, total, rb), self.view_rows(out, n, rb)
+                table, rows = self.fill_rows(advised_buffer(size, huge)), self.view_rows(out, n, rb)
+                total = table.shape[0]
                 for threads in size_threads(self.m.threads):
                     torch.set_num_threads(threads)
                     timed(table, self._random_index(total, n), rows)  # warm-up
                     times = [timed(table, self._random_index(total, n), rows) for _ in range(b.repeats)]
                     self.m.gather_size.append({"table_bytes": size, "huge_pages": huge, "threads": threads, "rows": n, "row_bytes": rb,
                                                "seconds": median(times)})
-                del flat, table
+                del table
                 self.progress("gather vs table size", i + 1, len(cases))
 
     def bench_stream(self) -> None:
