@@ -30,6 +30,7 @@ from typing import TypeAlias
 import numpy as np
 
 from engramsim.records import LayerRecord
+from engramsim.rows import member
 from engramsim.steps import Step
 from engramsim.strategies import PRICED_TIERS, Cache, Placement, Prefetch, StepView, Tier, Waiting
 
@@ -245,11 +246,7 @@ class Planner:
         return found
 
     def _is_held(self, layer: int, rows: np.ndarray) -> np.ndarray:
-        held, _ = self._held_index(layer)
-        if not held.size or not rows.size:
-            return np.zeros(rows.shape, dtype=bool)
-        at = np.minimum(np.searchsorted(held, rows), held.size - 1)
-        return held[at] == rows
+        return member(self._held_index(layer)[0], rows)
 
     def _from_staging(self, layer: int, misses: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, tuple[FetchKey, ...]]:
         """(misses still to fetch, misses served from the staging area, the fetches that carried
@@ -299,10 +296,7 @@ class Planner:
             lookups = waiting.lookups(seq)
             new = {}
             for layer in self.layers:
-                rows = lookups[layer].rows
-                rows = rows[self.placement.tier_of(layer, rows) != HBM]
-                rows = rows[~np.asarray(self.cache.holds(layer, rows), dtype=bool)]
-                rows = rows[~self._is_held(layer, rows)]
+                rows = self._not_in_hbm(layer, lookups[layer].rows)
                 new[layer] = rows[~np.isin(rows, taken[layer], assume_unique=True)] if taken[layer].size else rows
             if any(new[layer].size > room[layer] for layer in self.layers):
                 break  # queue order: the requests behind it wait for room too
@@ -381,7 +375,7 @@ class Planner:
 
     def _speculative(self, layer: int, view: StepView, rows: np.ndarray) -> np.ndarray:
         """The policy's guess in its own order, less duplicates, rows the step needs and rows in
-        HBM (placed or cached), cut to the budget."""
+        HBM (placed, cached or staged), cut to the budget."""
         budget = self.prefetch.speculative_budget(layer)
         guess = np.asarray(self.prefetch.speculative_rows(layer, view), dtype=np.int64)
         if budget <= 0 or guess.size == 0:
@@ -390,8 +384,11 @@ class Planner:
             raise ValueError(f"prefetch {self.prefetch.name!r} guessed rows outside layer {layer}'s table of {self.table_rows[layer]} rows")
         _, first = np.unique(guess, return_index=True)
         guess = guess[np.sort(first)]
-        guess = guess[~np.isin(guess, rows)]
-        guess = guess[~np.asarray(self.cache.holds(layer, guess), dtype=bool)]
-        if self._staged[layer]:  # held in the staging area already: never fetched again
-            guess = guess[~self._is_held(layer, guess)]
-        return guess[self.placement.tier_of(layer, guess) != HBM][:budget]
+        return self._not_in_hbm(layer, guess[~np.isin(guess, rows)])[:budget]
+
+    def _not_in_hbm(self, layer: int, rows: np.ndarray) -> np.ndarray:
+        """`rows` (order kept) less those already in HBM: placed there, cached, or held in the
+        staging area (a row held there is never fetched again)."""
+        rows = rows[self.placement.tier_of(layer, rows) != HBM]
+        rows = rows[~np.asarray(self.cache.holds(layer, rows), dtype=bool)]
+        return rows[~self._is_held(layer, rows)] if self._staged[layer] else rows

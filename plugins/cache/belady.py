@@ -18,19 +18,12 @@ from pydantic import PositiveInt
 
 from engramsim.plugins.cache.held import EMPTY, Recency, SharedCapacityParams, TableRows
 from engramsim.registry import register
+from engramsim.rows import member
 from engramsim.strategies import CacheLookup, SetupContext, StepView
 
 
 class BeladyParams(SharedCapacityParams):  # `rows` or `bytes` per Engram layer, or for all of them (`shared`)
     horizon: PositiveInt = 64  # steps of `StepView.future` looked at
-
-
-def member(sorted_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Mask of `rows` found in `sorted_rows` (sorted, unique)."""
-    if not sorted_rows.size:
-        return np.zeros(rows.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_rows, rows), sorted_rows.size - 1)
-    return sorted_rows[at] == rows
 
 
 @register("cache", "belady")

@@ -25,6 +25,7 @@ from engramsim.errors import InputError
 from engramsim.frequency import ProfileParams, profiled
 from engramsim.plugins.cache.held import CapacityParams, capacity_rows_of
 from engramsim.registry import register
+from engramsim.rows import member
 from engramsim.strategies import Cache, CacheLookup, SetupContext, StepView
 
 EMPTY = np.empty(0, dtype=np.int64)
@@ -77,9 +78,4 @@ class StaticHot(Cache):
         return int(self._held[layer].size)
 
     def holds(self, layer: int, rows: np.ndarray) -> np.ndarray:
-        held = self._held[layer]
-        rows = np.asarray(rows, dtype=np.int64)
-        if not held.size or not rows.size:
-            return np.zeros(rows.shape, dtype=bool)
-        at = np.minimum(np.searchsorted(held, rows), held.size - 1)
-        return held[at] == rows
+        return member(self._held[layer], np.asarray(rows, dtype=np.int64))

@@ -22,6 +22,7 @@ from pydantic import Field, PositiveInt
 from engramsim.frequency import ProfileParams, profiled
 from engramsim.plugins.placement.ranges import TIER_OF_NAME
 from engramsim.registry import register
+from engramsim.rows import member
 from engramsim.strategies import Placement, SetupContext, Tier
 
 
@@ -54,12 +55,9 @@ class HotRows(Placement):
         return self.split.source()
 
     def tier_of(self, layer: int, rows: np.ndarray) -> np.ndarray:
-        hot = self.hot[layer]
         rows = np.asarray(rows, dtype=np.int64)
         out = np.full(rows.shape, self.rest, dtype=np.uint8)
-        if hot.size and rows.size:
-            at = np.minimum(np.searchsorted(hot, rows), hot.size - 1)
-            out[hot[at] == rows] = Tier.HBM
+        out[member(self.hot[layer], rows)] = Tier.HBM
         return out
 
     def layer_bytes(self, layer: int) -> dict[Tier, int]:
