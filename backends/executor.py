@@ -83,6 +83,10 @@ class SessionLayout:
         if att.kind == "gqa" and att.heads % att.kv_heads:
             raise InputError(prepared.source, f"attention heads ({att.heads}) must be a multiple of kv_heads ({att.kv_heads})",
                              field="model.backbone.attention.kv_heads")
+        node = scenario.hardware.node
+        if node is not None and node.shared:
+            raise InputError(prepared.source, f"a node of {node.gpus} GPU(s) on {node.numa_nodes} socket(s) shares one host; the real "
+                             "backends run one device (simulate it: --backend sim)", field="hardware.node")
         _, cache, self.prefetch = strategies(prepared)
         if cache.shared:
             raise InputError(prepared.source, f"cache {scenario.strategies.cache.name!r} is shared by all Engram layers; the real backends "

@@ -188,7 +188,7 @@ def readme_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def _loss_pct(reference: RunOutcome | None, outcome: RunOutcome) -> float | None:
+def loss_pct(reference: RunOutcome | None, outcome: RunOutcome) -> float | None:
     """Throughput lost against a reference pass, in percent (None without the reference)."""
     if reference is None or not reference.throughput_tok_s:
         return None
@@ -240,13 +240,13 @@ register(Metric(name="baseline_throughput_tok_s", unit="tok/s", label="all table
                 compute=lambda c: _throughput(c.baseline)))
 register(Metric(name="overhead_pct", unit="%", label="overhead vs all-HBM", group="overheads", digits=3,
                 meaning="throughput lost against the all-HBM pass",
-                compute=lambda c: _loss_pct(c.baseline, c.outcome)))
+                compute=lambda c: loss_pct(c.baseline, c.outcome)))
 register(Metric(name="no_engram_throughput_tok_s", unit="tok/s", label="without Engram", group="overheads",
                 meaning="throughput of the backbone alone, without Engram (null without `run.baseline`)",
                 compute=lambda c: _throughput(c.no_engram)))
 register(Metric(name="overhead_vs_no_engram_pct", unit="%", label="overhead vs no Engram", group="overheads", digits=3,
                 meaning="throughput lost against the pass without Engram",
-                compute=lambda c: _loss_pct(c.no_engram, c.outcome)))
+                compute=lambda c: loss_pct(c.no_engram, c.outcome)))
 _register_quantiles("step_latency", "step latency", "step latency", 3, ("p50", "p99"), validated=("mean", "p99"))
 _register_quantiles("ttft", "time to first token", "TTFT", 1, ("p50", "p99"))
 _register_quantiles("tpot", "time per output token", "TPOT", 3, ("p50", "p99"))
@@ -254,10 +254,11 @@ register(Metric(name="engram_stall_ms_total", unit="ms", label="Engram stall tot
                 meaning="time the compute stream waited for rows, all Engram layers",
                 compute=lambda c: c.total("stall_ms_total")))
 register(Metric(name="pcie_bytes", unit="bytes", label="PCIe bytes", group="link traffic",
-                meaning="bytes moved over the host-device link",
+                meaning="bytes of the rows fetched over the host-device link (what a transport moves beyond them, "
+                "whole NVMe pages for nvme-direct or rounded zero-copy reads, shows in pcie_utilisation)",
                 compute=lambda c: c.total("bytes_fetched")))
 register(Metric(name="pcie_avg_gbps", unit="GB/s", label="PCIe average", group="link traffic", digits=4,
-                meaning="link bytes / makespan",
+                meaning="pcie_bytes / makespan",
                 compute=lambda c: c.per_second(c.total("bytes_fetched")) / 1e9))
 register(Metric(name="pcie_utilisation", unit="fraction", label="PCIe busy", group="link traffic", digits=4,
                 meaning="link busy time / makespan",

@@ -14,7 +14,7 @@ the spans themselves for the first `TIMELINE_STEPS` steps only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from operator import attrgetter
 
@@ -317,6 +317,18 @@ class Timeline:
     def __len__(self) -> int:
         return len(self._kept)
 
+    @classmethod
+    def joined(cls, timelines: list[Timeline]) -> Timeline:
+        """A node's timeline: every GPU's seconds by kind, the first GPU's spans kept (one GPU's lanes)."""
+        first = timelines[0]
+        out = cls((), first.limit)
+        out._kept, out.busy_s, out.dropped = list(first), dict(first.busy_s), first.dropped
+        for other in timelines[1:]:
+            for kind, seconds in other.busy_s.items():
+                out.busy_s[kind] += seconds
+            out.dropped += len(other) + other.dropped
+        return out
+
     def __iter__(self) -> Iterator[Span]:
         return iter(self._kept)
 
@@ -354,7 +366,32 @@ class RunOutcome:
         object.__setattr__(self, "steps", StepLog.of(self.steps))
         object.__setattr__(self, "spans", Timeline.of(self.spans))
 
+    gpus: tuple[RunOutcome, ...] = ()  # a node's run (hardware.node): each GPU's own outcome, in GPU order
+
     @property
     def throughput_tok_s(self) -> float:
         """Output tokens per second over the whole run, as nano-vLLM's benchmark reports it."""
         return self.output_tokens / self.makespan_s if self.makespan_s > 0 else 0.0
+
+    @classmethod
+    def of_node(cls, gpus: list[RunOutcome], events: int) -> RunOutcome:
+        """A node's outcome from its GPUs' (in GPU order): their steps one GPU after another,
+        renumbered so GPU g's first step follows GPU g-1's last (a baseline node pass lines up step
+        for step); every span's seconds and the first GPU's spans (`Timeline.joined`); all tokens and
+        requests; the makespan of the last GPU to finish; the link busy time of the mean GPU (so link
+        utilisation stays a fraction of one link); the KV counts summed (the peak: the highest GPU's)."""
+        steps, offset = StepLog(), 0
+        for gpu in gpus:
+            for record in gpu.steps:
+                steps.append(replace(record, index=record.index + offset))
+            offset += len(gpu.steps)
+        counts = [gpu.serving for gpu in gpus if gpu.serving is not None]
+        serving = None if not counts else ServingCounts(
+            kv_blocks=sum(c.kv_blocks for c in counts), kv_used_mean=sum(c.kv_used_mean for c in counts) / len(counts),
+            kv_used_peak=max(c.kv_used_peak for c in counts), preemptions=sum(c.preemptions for c in counts),
+            recomputed_tokens=sum(c.recomputed_tokens for c in counts))
+        return cls(steps=steps, spans=Timeline.joined([gpu.spans for gpu in gpus]), events=events,
+                   link_busy_s=sum(gpu.link_busy_s for gpu in gpus) / len(gpus), makespan_s=max(gpu.makespan_s for gpu in gpus),
+                   output_tokens=sum(gpu.output_tokens for gpu in gpus), prompt_tokens=sum(gpu.prompt_tokens for gpu in gpus),
+                   ttft_s=np.concatenate([gpu.ttft_s for gpu in gpus]), tpot_s=np.concatenate([gpu.tpot_s for gpu in gpus]),
+                   serving=serving, gpus=tuple(gpus))

@@ -20,35 +20,77 @@ from pathlib import Path
 from typing import Any
 
 from engramsim.errors import InputError
-from engramsim.records import RunOutcome
+from engramsim.metrics import loss_pct
+from engramsim.records import RunOutcome, StepLog
 from engramsim.registry import build
 from engramsim.results import results_document, summarize, write_results
-from engramsim.scenario import Scenario, StrategyChoice
+from engramsim.scenario import Node, Scenario, StrategyChoice, socket_of, switch_of
 from engramsim.scenario_io import dump_scenario
+from engramsim.scheduler import Scheduler
 from engramsim.session import ALL_HBM, GIB, Prepared, planner, strategies
 from engramsim.simulator.cost import RooflineCostModel
-from engramsim.simulator.engine import Engine, simulate
+from engramsim.simulator.engine import CountingEnvironment, Engine, simulate, simulate_node
+from engramsim.simulator.fast import never_fetches
+from engramsim.simulator.node import Seat, seats
 from engramsim.uncertainty import bands, sample_profile
 
 
-def simulate_run(prepared: Prepared, placement: StrategyChoice | None = None, engram: bool = True,
-                 progress: Callable | None = None) -> RunOutcome:
-    """One simulated pass over the workload; `placement` overrides the scenario's."""
+def _engine(prepared: Prepared, placement: StrategyChoice | None, engram: bool, env: CountingEnvironment | None = None,
+            seat: Seat | None = None) -> Engine:
     scenario = prepared.scenario
-    engine = Engine(
+    return Engine(
         RooflineCostModel(scenario.model, prepared.profile),
         prepared.tables,
         scenario.model.backbone.layers,
         build("transport", scenario.strategies.transport, prepared.setup()),
         prepared.profile.gpu.copy_engines,
         strategies(prepared, placement)[0] if engram else None,
+        env,
+        seat,
     )
-    scheduler = prepared.scheduler(engram)
-    steps, makespan = simulate(engine, scheduler, planner(prepared, placement, engram), scenario.run.max_steps, progress)
+
+
+def _outcome(engine: Engine, scheduler: Scheduler, steps: StepLog, makespan: float) -> RunOutcome:
     ttft, tpot = scheduler.latencies()
     return RunOutcome(steps=steps, spans=engine.spans, events=engine.env.event_count, link_busy_s=engine.link.busy_s,
                       makespan_s=makespan, output_tokens=scheduler.output_tokens, prompt_tokens=scheduler.prompt_tokens,
                       ttft_s=ttft, tpot_s=tpot, serving=scheduler.serving())
+
+
+def simulate_run(prepared: Prepared, placement: StrategyChoice | None = None, engram: bool = True,
+                 progress: Callable | None = None) -> RunOutcome:
+    """One simulated pass over the workload; `placement` overrides the scenario's. A node
+    (hardware.node) runs every GPU's replica at once on its shared host (`simulate_gpus`)."""
+    node = prepared.scenario.hardware.node
+    if node is not None and node.shared:
+        return simulate_gpus(prepared, node, placement, engram, progress)
+    engine = _engine(prepared, placement, engram)
+    scheduler = prepared.scheduler(engram)
+    steps, makespan = simulate(engine, scheduler, planner(prepared, placement, engram), prepared.scenario.run.max_steps, progress)
+    return _outcome(engine, scheduler, steps, makespan)
+
+
+def simulate_gpus(prepared: Prepared, node: Node, placement: StrategyChoice | None, engram: bool,
+                  progress: Callable | None) -> RunOutcome:
+    """A node's pass: each GPU serves its own replica, all in one environment sharing the host's
+    fabric (simulator/node.py); a pass that can never fetch shares nothing, so each GPU runs alone
+    (on the fast path). The outcome joins the GPUs' (`RunOutcome.of_node`)."""
+    replicas = [prepared.replica(gpu) for gpu in range(node.gpus)]
+    planners = [planner(replica, placement, engram) for replica in replicas]
+    schedulers = [replica.scheduler(engram) for replica in replicas]
+    max_steps = prepared.scenario.run.max_steps
+    if all(never_fetches(p) for p in planners):
+        engines = [_engine(replica, placement, engram) for replica in replicas]
+        served = [simulate(*parts, max_steps, progress) for parts in zip(engines, schedulers, planners, strict=True)]
+        events = sum(engine.env.event_count for engine in engines)
+    else:
+        env = CountingEnvironment()
+        engines = [_engine(replica, placement, engram, env, seat)
+                   for replica, seat in zip(replicas, seats(env, node, prepared.profile), strict=True)]
+        served = simulate_node(engines, schedulers, planners, max_steps, progress)
+        events = env.event_count
+    return RunOutcome.of_node([_outcome(*parts, *run) for parts, run in zip(zip(engines, schedulers), served, strict=True)],
+                              events)
 
 
 @dataclass
@@ -80,7 +122,7 @@ def run_passes(prepared: Prepared, execute: Callable[..., RunOutcome], progress_
         if progress_factory is None:
             outcomes.append(execute(**kwargs))
         else:
-            with progress_factory(label, prepared.workload.total_output_tokens) as advance:
+            with progress_factory(label, sum(w.total_output_tokens for w in prepared.workloads)) as advance:
                 outcomes.append(execute(progress=advance, **kwargs))
     return outcomes
 
@@ -111,11 +153,30 @@ def results_of(prepared: Prepared, outcomes: list[RunOutcome], backend: str, ext
     hardware = prepared.profile.model_dump(mode="json", exclude={"uncertainty"})  # the spreads are `bands`', where drawn
     document = results_document(summary, outcomes[0], dump_scenario(prepared.scenario), hardware, backend)
     document["hbm"] = hbm_report(prepared)
+    if outcomes[0].gpus:
+        document["node"] = node_report(prepared, outcomes)
     sources = strategy_sources(prepared)
     if sources:
         document["sources"] = sources
     document |= extra or {}
     return document
+
+
+def node_report(prepared: Prepared, outcomes: list[RunOutcome]) -> dict:
+    """results.json's `node`: its shape and each GPU's pass (where it sits, what it served, how
+    long, its stall and link time, and its overhead against its own all-HBM pass)."""
+    node = prepared.scenario.hardware.node
+    assert node is not None
+    outcome, baseline, _ = split_passes(prepared, outcomes)
+    per_gpu = []
+    for gpu, run in enumerate(outcome.gpus):
+        row: dict[str, float | None] = {"gpu": gpu, "socket": socket_of(gpu, node), "switch": switch_of(gpu, node), "steps": len(run.steps),
+               "output_tokens": run.output_tokens, "makespan_s": run.makespan_s, "throughput_tok_s": run.throughput_tok_s,
+               "stall_s": float(run.steps.layer_column("stall_s").sum()), "link_busy_s": run.link_busy_s}
+        if baseline is not None:
+            row["overhead_pct"] = loss_pct(baseline.gpus[gpu], run)
+        per_gpu.append(row)
+    return node.model_dump(mode="json") | {"per_gpu": per_gpu}
 
 
 def strategy_sources(prepared: Prepared) -> dict:

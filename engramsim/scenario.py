@@ -155,6 +155,45 @@ class Model(Strict):
 TierRef = str | dict[str, Any]
 
 
+class Node(Strict):
+    """Several GPUs in one server sharing its host: each serves its own data-parallel replica (its own
+    requests, drawn from the scenario's workload with its own seed), and they share the sockets' DRAM
+    bandwidth and cores, the PCIe switches' uplinks and the socket interconnect (simulator/node.py)."""
+
+    gpus: int = Field(default=1, ge=1, le=64, description="GPUs of the node, each serving its own replica")
+    gpus_per_switch: int = Field(default=1, ge=1, le=64, description="GPUs behind one PCIe switch, sharing its uplink to the "
+                                 "CPU (an x16 link of the profile's generation); a switch hangs off one socket, so a socket's "
+                                 "last switch may hold fewer; 1: each GPU has its own root port")
+    numa_nodes: int = Field(default=1, ge=1, le=8, description="sockets (NUMA nodes) of the host; GPUs are split evenly "
+                            "across them in order; each holds the profile's host (host.* and socket.* are one socket's)")
+    table_copies: Literal["per-node", "per-numa"] = Field(
+        default="per-node", description="per-node: one copy of the tables, its pages interleaved over every socket's DRAM "
+        "(a GPU reads the other sockets' share over the socket interconnect, at their latency); per-numa: a copy in each "
+        "socket's DRAM (every read local; each socket must hold all the tables)")
+
+    @property
+    def shared(self) -> bool:
+        """Whether anything is shared or remote: one GPU on one socket is the single-GPU model."""
+        return self.gpus > 1 or self.numa_nodes > 1
+
+
+def socket_of(gpu: int, node: Node) -> int:
+    """The socket GPU `gpu` hangs off: GPUs split evenly across the sockets, in order."""
+    return gpu * node.numa_nodes // node.gpus
+
+
+def switch_of(gpu: int, node: Node) -> int:
+    """The PCIe switch GPU `gpu` sits behind: each socket's GPUs, in order, fill its switches
+    `gpus_per_switch` at a time; switches are numbered socket after socket."""
+    switches = 0
+    for socket in range(node.numa_nodes):
+        on_socket = [g for g in range(node.gpus) if socket_of(g, node) == socket]
+        if gpu in on_socket:
+            return switches + on_socket.index(gpu) // node.gpus_per_switch
+        switches += -(-len(on_socket) // node.gpus_per_switch)
+    raise ValueError(f"GPU {gpu} is not in a node of {node.gpus}")
+
+
 class Hardware(Strict):
     profile: str = Field(default="h800", description="preset name or profile YAML path")
     link: str | None = Field(default=None, description="link preset or file replacing the profile's link")
@@ -167,6 +206,8 @@ class Hardware(Strict):
         default="registered", description="how the serving engine pins the host tables: registered in place (cudaHostRegister, "
         "as the CUDA backend does: no overhead), or through torch's caching host allocator (pin_memory=True), which rounds each "
         "table's allocation up to a power of two; host DRAM is checked against the rounded bytes")
+    node: Node | None = Field(default=None, description="several GPUs sharing one host (simulator only); null: one GPU "
+                              "with the host to itself")
 
     @model_validator(mode="before")
     @classmethod
@@ -175,10 +216,10 @@ class Hardware(Strict):
 
     @model_serializer(mode="wrap")
     def _omit_unset_tiers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Unset tiers and the default allocation are left out, so scenarios without them dump as
+        """Unset tiers and node and the default allocation are left out, so scenarios without them dump as
         they did before either existed."""
         data: dict[str, Any] = handler(self)
-        for key in ("cxl", "nvme"):
+        for key in ("cxl", "nvme", "node"):
             if data.get(key) is None:
                 data.pop(key, None)
         if data.get("pinned_allocation") == "registered":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from engramsim.hardware.profile import HardwareProfile
 from engramsim.hbm import backbone_items, hbm_items, kv_blocks, kv_bytes_per_token, longest_sequence
 from engramsim.plan import Planner
 from engramsim.registry import build, build_hashing, build_scheduler, scheduler_class, scheduler_params
-from engramsim.scenario import Scenario, StrategyChoice
+from engramsim.scenario import Node, Scenario, StrategyChoice
 from engramsim.scheduler import Scheduler, SchedulerParams
 from engramsim.steps import Step
 from engramsim.strategies import PRICED_TIERS, Cache, Hashing, HashingSetup, Placement, Prefetch, SetupContext, TableInfo, Tier, Transport
@@ -59,6 +59,16 @@ class Prepared:
     workload: Workload
     hbm: dict[str, int]  # what the configured pass keeps in HBM besides the KV cache, by item (see engramsim/hbm.py)
     kv: KvCache
+    replicas: tuple[Workload, ...] = ()  # a node's GPUs 1.. (hardware.node): each one's own requests; GPU 0 serves `workload`
+
+    @property
+    def workloads(self) -> tuple[Workload, ...]:
+        """Every GPU's workload: GPU 0's, then the node's other replicas'."""
+        return (self.workload, *self.replicas)
+
+    def replica(self, gpu: int) -> Prepared:
+        """The scenario as GPU `gpu` of the node serves it: its own workload, no other replicas."""
+        return replace(self, workload=self.workloads[gpu], replicas=())
 
     def setup(self) -> SetupContext:
         return SetupContext(self.scenario, self.tables, self.profile, self.scenario.run.seed)
@@ -86,18 +96,24 @@ def _size(nbytes: float) -> str:
     return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB / 10 else f"{nbytes / (1 << 20):.2f} MiB"
 
 
-def tier_capacity(profile: HardwareProfile, tier: Tier) -> float | None:
-    """Bytes a tier of this hardware holds; None for a CXL or NVMe tier it does not have."""
+def tier_capacity(profile: HardwareProfile, tier: Tier, node: Node | None = None) -> float | None:
+    """Bytes a tier of this hardware holds; None for a CXL or NVMe tier it does not have. A node's
+    host holds `host.dram_gib` per socket: a copy interleaved over the sockets may fill all of them,
+    a copy per socket must fit one."""
     if tier == Tier.HBM:
         return profile.gpu.hbm_gib * GIB
     if tier == Tier.HOST:
-        return profile.host.dram_gib * GIB
+        return profile.host.dram_gib * GIB * (node.numa_nodes if node is not None and node.table_copies == "per-node" else 1)
     found = profile.cxl if tier == Tier.CXL else profile.nvme
     return None if found is None else found.capacity_bytes
 
 
-def _tier_name(profile: HardwareProfile, tier: Tier) -> str:
-    return {Tier.HBM: f"the HBM of the {profile.gpu.name}", Tier.HOST: f"the host DRAM of {profile.host.name}",
+def _tier_name(profile: HardwareProfile, tier: Tier, node: Node | None = None) -> str:
+    host = f"the host DRAM of {profile.host.name}"
+    if node is not None and node.numa_nodes > 1:
+        host = (f"the host DRAM of {node.numa_nodes} sockets ({profile.host.name})" if node.table_copies == "per-node" else
+                f"the DRAM of each socket holding its copy ({profile.host.name})")
+    return {Tier.HBM: f"the HBM of the {profile.gpu.name}", Tier.HOST: host,
             Tier.CXL: f"the CXL tier ({profile.cxl.name if profile.cxl else 'none'})",
             Tier.NVME: f"the NVMe tier ({profile.nvme.name if profile.nvme else 'none'})"}[tier]
 
@@ -107,8 +123,14 @@ def pinned_bytes(nbytes: int) -> int:
     return 1 << (nbytes - 1).bit_length() if nbytes > 0 else 0
 
 
+def _capacity_field(tier: Tier, node: Node | None) -> str:
+    """The field to change when a tier cannot hold what is placed there: a copy per socket, or the placement."""
+    return "hardware.node.table_copies" if tier == Tier.HOST and node is not None and node.table_copies == "per-numa" \
+        and node.numa_nodes > 1 else "strategies.placement"
+
+
 def check_tiers(source: str, placement: Placement, profile: HardwareProfile, transport: Transport | None = None,
-                pinned_allocation: str = "registered") -> None:
+                pinned_allocation: str = "registered", node: Node | None = None) -> None:
     """Refuse a placement whose params do not fit the scenario or ask more of a tier than it
     holds, one that uses a tier no executor prices or the hardware lacks, one that puts more in a
     tier than it holds (HBM is checked with everything else that lives there, `check_hbm`), and a
@@ -134,15 +156,15 @@ def check_tiers(source: str, placement: Placement, profile: HardwareProfile, tra
                              f"{profile.name!r} has no {tier.name} tier; set {TIER_FIELD[tier]} (presets: {presets})",
                              field="strategies.placement")
     for tier in (Tier.HOST, Tier.CXL, Tier.NVME):
-        capacity = tier_capacity(profile, tier)
+        capacity = tier_capacity(profile, tier, node)
         if capacity is not None and used.get(tier, 0) > capacity:
-            raise InputError(source, f"Engram tables need {_size(used[tier])} in {_tier_name(profile, tier)}, which holds "
-                             f"{_size(capacity)}", field="strategies.placement")
-    host = tier_capacity(profile, Tier.HOST)
+            raise InputError(source, f"Engram tables need {_size(used[tier])} in {_tier_name(profile, tier, node)}, which holds "
+                             f"{_size(capacity)}", field=_capacity_field(tier, node))
+    host = tier_capacity(profile, Tier.HOST, node)
     if pinned_allocation == "caching" and host is not None:
         pinned = sum(pinned_bytes(placement.layer_bytes(layer).get(Tier.HOST, 0)) for layer in placement.setup.tables)
         if pinned > host:
-            raise InputError(source, f"Engram tables need {_size(used.get(Tier.HOST, 0))} in {_tier_name(profile, Tier.HOST)}, "
+            raise InputError(source, f"Engram tables need {_size(used.get(Tier.HOST, 0))} in {_tier_name(profile, Tier.HOST, node)}, "
                              f"{_size(pinned)} once the caching allocator rounds each table up to a power of two, and it "
                              f"holds {_size(host)}; 'registered' pins them in place", field="hardware.pinned_allocation")
     if transport is not None:
@@ -152,6 +174,14 @@ def check_tiers(source: str, placement: Placement, profile: HardwareProfile, tra
             raise InputError(source, f"transport {transport.name!r} cannot reach rows in {names} (placement {placement.name!r} "
                              f"puts {_size(sum(used[t] for t in unreached))} there); it reaches "
                              f"{', '.join(t.name for t in sorted(transport.reaches))}", field="strategies.transport")
+
+
+def check_node(source: str, node: Node | None, profile: HardwareProfile) -> None:
+    """A node shares its host's sockets, so its profile must say what one socket has (`socket`)."""
+    if node is not None and node.shared and profile.socket is None:
+        raise InputError(source, f"a node of {node.gpus} GPU(s) on {node.numa_nodes} socket(s) shares the host, but profile "
+                         f"{profile.name!r} has no socket section (cores, interconnect_gbps, remote_latency_ratio); add one "
+                         "or use a preset that has it (engramsim hw)", field="hardware.node")
 
 
 def check_hbm(source: str, items: dict[str, int], profile: HardwareProfile) -> None:
@@ -259,12 +289,17 @@ def prepare(scenario: Scenario, source: str) -> Prepared:
     with located(source, "strategies"):  # a plugin refusing its params (e.g. a predictor trained on the served tokens)
         placement, cache, prefetch = _strategies(setup)
     transport = build("transport", scenario.strategies.transport, setup)
-    check_tiers(source, placement, profile, transport, scenario.hardware.pinned_allocation)
+    node = scenario.hardware.node
+    check_node(source, node, profile)
+    check_tiers(source, placement, profile, transport, scenario.hardware.pinned_allocation, node)
     params = scheduler_params(scenario.strategies.scheduler)
     items = hbm_items(scenario, tables, workload, placement, cache, prefetch, transport, int(params.reserved_gib * GIB))
     check_hbm(source, items, profile)
     kv = size_kv_cache(source, scenario, items, profile, params, workload)
-    return Prepared(scenario, source, profile, hashing, tables, workload, items, kv)
+    replicas = tuple(build_workload(scenario, trace, hashing, vocab, replica=gpu) for gpu in range(1, node.gpus if node else 1))
+    for replica in replicas:  # each replica's longest sequence must fit the KV cache too
+        size_kv_cache(source, scenario, items, profile, params, replica)
+    return Prepared(scenario, source, profile, hashing, tables, workload, items, kv, replicas)
 
 
 def _strategies(setup: SetupContext, placement: StrategyChoice | None = None) -> tuple[Placement, Cache, Prefetch]:

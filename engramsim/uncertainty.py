@@ -2,9 +2,10 @@
 
 A profile's `uncertainty` maps field paths to spreads (`hardware.profile.Spread`): a preset's
 from a stated range, a calibrated profile's from its fit residuals (`sigma_for_p95`). Sample `i`
-(1, 2, ...) of a run with seed `s` draws from `numpy.random.default_rng([s, i])` one standard
-normal per spread, in the order of the keys sorted: the same seed and index give the same profile
-whatever else runs, and profiles sharing keys (a sweep's points) get the same quantiles. A uniform
+(1, 2, ...) of a run with seed `s` draws one standard normal per spread, from
+`numpy.random.default_rng([s, i, crc32(key)])`: the same seed and index give the same profile
+whatever else runs, profiles sharing keys (a sweep's points) get the same quantiles, and a spread
+added to a profile leaves the others' draws where they were. A uniform
 or triangular spread maps the normal through its CDF to a quantile of low..high (triangular: its
 mode at the profile's value); a lognormal one multiplies the value by exp(sigma z). A drawn value
 is clipped to what its field accepts (an efficiency at most 1).
@@ -13,6 +14,7 @@ is clipped to what its field accepts (an efficiency at most 1).
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,13 +47,14 @@ def _draw(value: float, spread: Spread, z: float) -> float:
 
 
 def sample_profile(profile: HardwareProfile, seed: int, index: int) -> tuple[HardwareProfile, dict[str, float]]:
-    """Sample `index` (from 1) of `profile`: the profile with every spread's number drawn, and the drawn values by key."""
-    keys = sorted(profile.uncertainty)
-    normals = np.random.default_rng([seed, index]).standard_normal(len(keys))
+    """Sample `index` (from 1) of `profile`: the profile with every spread's number drawn, and the drawn values by key.
+    Each key draws its own normal from (seed, index, crc32 of the key), so a spread added to a profile
+    never moves another's draws."""
     drawn: dict[str, float] = {}
-    for key, z in zip(keys, normals, strict=True):
+    for key in sorted(profile.uncertainty):
+        z = float(np.random.default_rng([seed, index, zlib.crc32(key.encode())]).standard_normal())
         value, (lowest, highest) = spread_field(profile, key)
-        drawn[key] = min(max(_draw(value, profile.uncertainty[key], float(z)), lowest), highest)
+        drawn[key] = min(max(_draw(value, profile.uncertainty[key], z), lowest), highest)
         profile = _replace(profile, key.split("."), drawn[key])
     return profile, drawn
 

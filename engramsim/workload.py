@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -59,7 +59,7 @@ def draw_lengths(dist: Distribution, n: int, rng: np.random.Generator) -> np.nda
     return rng.integers(int(dist.low), int(dist.high) + 1, size=n, dtype=np.int64)  # type: ignore[arg-type]
 
 
-def make_requests(cfg: WorkloadConfig, trace: TraceLike, seed: int) -> Requests:
+def make_requests(cfg: WorkloadConfig, trace: TraceLike, seed: int | Sequence[int]) -> Requests:
     """The scenario's requests, reproducible from `seed`.
 
     Draw order (fixed, so changing the arrival process keeps the same windows): prompt lengths,
@@ -336,10 +336,12 @@ def build_workload(
     hashing: Hashing,
     vocab: CompressedVocab | None = None,
     threads: int | None = None,
+    replica: int = 0,
 ) -> Workload:
-    """Draw the requests; their windows are hashed as steps need them (`Workload.hash_windows`)."""
+    """Draw the requests; their windows are hashed as steps need them (`Workload.hash_windows`).
+    `replica` g > 0: the requests of a node's GPU g, drawn alike from the seed (run.seed, g)."""
     cfg = scenario.workload
-    requests = make_requests(cfg, trace, scenario.run.seed)
+    requests = make_requests(cfg, trace, [scenario.run.seed, replica] if replica else scenario.run.seed)
     offsets = _frozen(window_offsets(requests))
     batching = cfg.batching
     token_bytes = 8 * sum(sizes.size for sizes in hashing.head_sizes.values())

@@ -155,6 +155,18 @@ class Host(_Strict):
                                   size.tlb_miss_ns * NS, size.pte_miss_ns * NS)
 
 
+class Socket(_Strict):
+    """One CPU socket as the GPUs of a node share it (simulator/node.py): its cores run every replica's
+    gather threads, and a read of another socket's DRAM crosses the socket interconnect at that
+    memory's latency. `host` is one socket's memory and gather figures."""
+
+    cores: PositiveInt = Field(le=4096, description="cores of one socket, which every replica's gather threads share")
+    interconnect_gbps: Physical = Field(description="achievable bandwidth of reads from the other socket's DRAM, one "
+                                        "direction, GB/s (UPI / xGMI links together)")
+    remote_latency_ratio: float = Field(ge=1, le=10, description="idle latency of a random load from the other socket's "
+                                        "DRAM over one from its own: a gather row of a remote page costs this much more")
+
+
 class CXL(_Strict):
     """CXL 2.0 Type-3 memory expanders holding rows: the CPU loads from them like a far NUMA node."""
 
@@ -226,7 +238,7 @@ class Spread(_OmitUnset):
 
 
 class HardwareProfile(_OmitUnset):
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("cxl", "nvme", "uncertainty")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("socket", "cxl", "nvme", "uncertainty")
 
     name: str
     description: str = ""
@@ -238,6 +250,8 @@ class HardwareProfile(_OmitUnset):
         default=0.0, description="host cost per sequence in the step (input preparation, block tables, sampling bookkeeping), us")
     provenance: Provenance
     residuals: dict[str, Residual] = Field(default_factory=dict)
+    socket: Socket | None = Field(default=None, description="the host's sockets as a node's GPUs share them "
+                                  "(hardware.node); null: the profile simulates one GPU with the host to itself")
     cxl: CXL | None = Field(default=None, description="CXL memory tier (a tier preset name in a profile file); null: none")
     nvme: NVMe | None = Field(default=None, description="NVMe tier (a tier preset name in a profile file); null: none")
     uncertainty: dict[str, Spread] = Field(

@@ -67,6 +67,10 @@ class CostModel(Protocol):
         """Host threads packing `rows` rows into pinned staging."""
         ...
 
+    def gather_overhead(self) -> float:
+        """The fixed part of one gather (dispatch to its threads), which row latency does not stretch."""
+        ...
+
     def h2d_latency(self) -> float:
         """Fixed cost of one DMA copy, paid before it takes the link."""
         ...
@@ -200,7 +204,10 @@ class RooflineCostModel:
             return 0.0
         host = self.profile.host
         return kernels.gather_seconds(rows, row_bytes, host.gather_threads, self.gather_rows_per_s, host.dram_gbps * GB,
-                                      host.gather_overhead_us * US)
+                                      self.gather_overhead())
+
+    def gather_overhead(self) -> float:
+        return self.profile.host.gather_overhead_us * US
 
     def h2d_latency(self) -> float:
         return self.profile.link.dma_latency_us * US
@@ -248,7 +255,7 @@ class RooflineCostModel:
             return 0.0
         cxl, host = self._cxl(), self.profile.host
         return kernels.cxl_gather_seconds(rows, row_bytes, host.gather_threads, cxl.rows_in_flight_per_thread,
-                                          cxl.load_latency_ns * NS, cxl.devices * cxl.gbps * GB, host.gather_overhead_us * US)
+                                          cxl.load_latency_ns * NS, cxl.devices * cxl.gbps * GB, self.gather_overhead())
 
     def cxl_latency(self) -> float:
         return self._cxl().load_latency_ns * NS

@@ -42,6 +42,7 @@ from engramsim.strategies import Placement, Stage, StageKind, TableInfo, Tier, T
 
 if TYPE_CHECKING:
     from engramsim.simulator.cost import CostModel
+    from engramsim.simulator.node import Seat, Source
 
 Events = Generator[simpy.Event, Any, None]  # SimPy sends each yielded event's value back
 
@@ -70,9 +71,10 @@ class Link:
         self.wire = simpy.Resource(env, capacity=1)
         self.busy_s = 0.0
 
-    def move(self, latency_s: float, wire_s: float,
-             during: Callable[[bool], None] | None = None) -> Generator[simpy.Event, None, tuple[float, float]]:
-        """Pay the latency, then hold the link for `wire_s`; `during(True)` / `during(False)` are
+    def move(self, latency_s: float, wire_s: float, during: Callable[[bool], None] | None = None,
+             shared: Callable[[], Events] | None = None) -> Generator[simpy.Event, None, tuple[float, float]]:
+        """Pay the latency, then hold the link for `wire_s`, or for as long as `shared()` takes (a
+        node's GPUs share what lies beyond their links); `during(True)` / `during(False)` are
         called as the bytes start and stop moving."""
         if latency_s > 0:
             yield self.env.timeout(latency_s)
@@ -81,15 +83,21 @@ class Link:
             start = self.env.now
             if during is not None:
                 during(True)
-            yield self.env.timeout(wire_s)
+            if shared is None:
+                yield self.env.timeout(wire_s)
+            else:
+                yield from shared()
             if during is not None:
                 during(False)
-        self.busy_s += wire_s
+        self.busy_s += wire_s if shared is None else self.env.now - start
         return start, self.env.now
 
 
 BESIDE = frozenset({StageKind.NVME_DIRECT})
 """Legs that run beside the rest of their fetch's pipeline rather than before it."""
+INTO_HOST = frozenset({StageKind.GATHER, StageKind.CXL_GATHER, StageKind.NVME_READ})
+"""Legs that put rows in host staging: a later leg of their pipeline reads the staging, not the table
+(on a node, `Seat`: local DRAM rather than the table's sockets)."""
 SPAN_OF = {StageKind.GATHER: SpanKind.GATHER, StageKind.H2D: SpanKind.H2D, StageKind.ZERO_COPY: SpanKind.ZERO_COPY,
            StageKind.CXL_GATHER: SpanKind.CXL_GATHER, StageKind.NVME_READ: SpanKind.NVME_READ,
            StageKind.NVME_DIRECT: SpanKind.NVME_DIRECT}
@@ -99,9 +107,10 @@ class Engine:
     """Prices steps on simulated hardware: one handler per segment kind and per stage kind."""
 
     def __init__(self, cost: CostModel, tables: dict[int, TableInfo], blocks: int, transport: Transport, copy_engines: int,
-                 placement: Placement | None = None) -> None:
+                 placement: Placement | None = None, env: CountingEnvironment | None = None, seat: Seat | None = None) -> None:
         """`placement`: where the fetched rows live; None (or one using no tier beyond host DRAM):
-        every fetched row comes from host DRAM."""
+        every fetched row comes from host DRAM. `env` and `seat`: one GPU of a node, in the node's
+        environment, sharing its host (simulator/node.py); None: one GPU with the host to itself."""
         self.cost = cost
         self.tables = tables
         self.blocks = blocks
@@ -109,16 +118,17 @@ class Engine:
         self.placement = placement
         self._tiered = placement is not None and any(
             size > 0 and tier not in (Tier.HBM, Tier.HOST) for tier, size in placement.bytes_per_tier().items())
-        self.env = CountingEnvironment()
+        self.env = env or CountingEnvironment()
+        self.seat = seat
         self.link = Link(self.env)
         self.copy_engines = simpy.Resource(self.env, capacity=copy_engines)
         self.gather_pool = simpy.Resource(self.env, capacity=1)
-        self.drives = simpy.Resource(self.env, capacity=1)
+        self.drives = simpy.Resource(self.env, capacity=1) if seat is None else seat.drives
         self.spans = Timeline()
         self._issued: dict[tuple[int, int], tuple[float, simpy.Process | None]] = {}  # (step, layer) -> issue time, fetch
         self._carriers: dict[FetchKey, simpy.Process | None] = {}  # fetches later steps are served from, until a plan releases them
         self.compute = ComputeQueue(cost)  # compute enqueued but not yet simulated
-        self._stages: dict[StageKind, Callable[[Stage, int], Generator[simpy.Event, Any, tuple[float, float]]]] = {
+        self._stages: dict[StageKind, Callable[[Stage, int, bool], Generator[simpy.Event, Any, tuple[float, float]]]] = {
             StageKind.GATHER: self._gather, StageKind.H2D: self._h2d, StageKind.ZERO_COPY: self._zero_copy,
             StageKind.CXL_GATHER: self._cxl_gather, StageKind.NVME_READ: self._nvme_read, StageKind.NVME_DIRECT: self._nvme_direct,
         }
@@ -130,19 +140,33 @@ class Engine:
         }
 
     # ---- fetches -------------------------------------------------------------------------
-    def _gather(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
+    def _gather(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        return (yield from self._host_gather(self.cost.gather_time(stage.rows, row_bytes), stage,
+                                             "table" if from_table else "staging"))
+
+    def _cxl_gather(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        return (yield from self._host_gather(self.cost.cxl_gather_time(stage.rows, row_bytes), stage, "cxl"))
+
+    def _host_gather(self, seconds: float, stage: Stage, source: Source) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        """The host's gather threads, one gather at a time: `seconds` alone, or as the node's shared
+        cores, DRAM and interconnect let it (`Seat.gather`)."""
         with self.gather_pool.request() as turn:
             yield turn
             start = self.env.now
-            yield self.env.timeout(self.cost.gather_time(stage.rows, row_bytes))
+            if self.seat is None:
+                yield self.env.timeout(seconds)
+            else:
+                yield from self.seat.gather(seconds, self.cost.gather_overhead(), stage.bytes, source)
         return start, self.env.now
 
-    def _cxl_gather(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
-        with self.gather_pool.request() as turn:
-            yield turn
-            start = self.env.now
-            yield self.env.timeout(self.cost.cxl_gather_time(stage.rows, row_bytes))
-        return start, self.env.now
+    def _shared(self, wire_s: float, stage: Stage, from_table: bool) -> Callable[[], Events] | None:
+        """How a node's GPU moves a leg's bytes beyond its own link (`Seat.transfer`); None alone."""
+        seat = self.seat
+        if seat is None:
+            return None
+        source: Source = ("device" if stage.kind == StageKind.NVME_DIRECT else "staging" if not from_table else
+                          "cxl" if stage.source == Tier.CXL else "table")
+        return lambda: seat.transfer(wire_s, stage.bytes, source)
 
     def _source(self, stage: Stage, latency_s: float, wire_s: float) -> tuple[float, float]:
         """(latency, wire seconds) of a transfer reading `stage.source`: CXL memory adds its load
@@ -151,18 +175,19 @@ class Engine:
             return latency_s + self.cost.cxl_latency(), max(wire_s, self.cost.cxl_wire_time(stage.bytes))
         return latency_s, wire_s
 
-    def _h2d(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
+    def _h2d(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
         """`copies` DMAs, each paying the fixed cost (and the source's latency), then the bytes."""
         per_copy, wire = self._source(stage, self.cost.h2d_latency(), self.cost.h2d_wire_time(stage.bytes))
         with self.copy_engines.request() as engine:
             yield engine
-            return (yield from self.link.move(per_copy * stage.copies, wire, self._during(stage)))
+            return (yield from self.link.move(per_copy * stage.copies, wire, self._during(stage),
+                                              self._shared(wire, stage, from_table)))
 
-    def _zero_copy(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
+    def _zero_copy(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
         latency, wire = self._source(stage, self.cost.zero_copy_latency(), self.cost.zero_copy_wire_time(stage.rows, row_bytes))
-        return (yield from self.link.move(latency, wire, self._during(stage)))
+        return (yield from self.link.move(latency, wire, self._during(stage), self._shared(wire, stage, from_table)))
 
-    def _nvme_read(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
+    def _nvme_read(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
         """The drives read the stage's pages into host memory: the first read's latency, then the
         pages at the drives' rate; one batch of reads at a time."""
         with self.drives.request() as turn:
@@ -171,7 +196,7 @@ class Engine:
             yield self.env.timeout(self.cost.nvme_latency() + self.cost.nvme_stream_time(stage.bytes))
         return start, self.env.now
 
-    def _nvme_direct(self, stage: Stage, row_bytes: int) -> Generator[simpy.Event, Any, tuple[float, float]]:
+    def _nvme_direct(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
         """The drives write the stage's pages into HBM: the first read's latency, then the pages
         at the slower of the drives' rate and the link's; the link carries them for their wire
         time only, at the end of the stream (it serves other transfers meanwhile)."""
@@ -179,7 +204,7 @@ class Engine:
         with self.drives.request() as turn:
             yield turn
             yield self.env.timeout(self.cost.nvme_latency() + max(self.cost.nvme_stream_time(stage.bytes), wire) - wire)
-            return (yield from self.link.move(0.0, wire, self._during(stage)))
+            return (yield from self.link.move(0.0, wire, self._during(stage), self._shared(wire, stage, from_table)))
 
     def _during(self, stage: Stage) -> Callable[[bool], None] | None:
         """What a leg that slows compute does as its bytes start and stop moving."""
@@ -214,17 +239,20 @@ class Engine:
                   record: Callable[[Stage, float, float], None]) -> Generator[simpy.Event, Any, float]:
         """Run the legs in order (a direct NVMe leg beside the others: it needs neither the host's
         threads nor a copy engine), `record` each one's span; return when the last byte landed."""
-        beside = [self.env.process(self._leg(stage, row_bytes, record)) for stage in stages
-                  if stage.rows and stage.kind in BESIDE]
-        for stage in stages:
-            if stage.rows and stage.kind not in BESIDE:
-                yield from self._leg(stage, row_bytes, record)
+        moving = [stage for stage in stages if stage.rows]
+        from_table = [not any(earlier.kind in INTO_HOST for earlier in moving[:i]) for i in range(len(moving))]
+        beside = [self.env.process(self._leg(stage, row_bytes, record, table))
+                  for stage, table in zip(moving, from_table, strict=True) if stage.kind in BESIDE]
+        for stage, table in zip(moving, from_table, strict=True):
+            if stage.kind not in BESIDE:
+                yield from self._leg(stage, row_bytes, record, table)
         for process in beside:
             yield process
         return self.env.now
 
-    def _leg(self, stage: Stage, row_bytes: int, record: Callable[[Stage, float, float], None]) -> Generator[simpy.Event, Any, None]:
-        start, end = yield from self._stages[stage.kind](stage, row_bytes)
+    def _leg(self, stage: Stage, row_bytes: int, record: Callable[[Stage, float, float], None],
+             from_table: bool) -> Generator[simpy.Event, Any, None]:
+        start, end = yield from self._stages[stage.kind](stage, row_bytes, from_table)
         record(stage, start, end)
 
     def _fetch(self, fetch: FetchPlan) -> Generator[simpy.Event, Any, float]:
@@ -367,12 +395,17 @@ def simulate(engine: Engine, scheduler: Scheduler, planner: Planner, max_steps: 
     same results without the event machinery; `fast=False` forces the event path."""
     if fast and never_fetches(planner):
         return simulate_without_fetches(engine, scheduler, planner, max_steps, progress)
-    env = engine.env
-    records = StepLog()
+    return simulate_node([engine], [scheduler], [planner], max_steps, progress)[0]
 
-    ended = [0.0]
 
-    def loop() -> Events:
+def simulate_node(engines: list[Engine], schedulers: list[Scheduler], planners: list[Planner], max_steps: int | None = None,
+                  progress: Callable[[Step], None] | None = None) -> list[tuple[StepLog, float]]:
+    """Serve each GPU's replica (its engine, scheduler and planner) at once in the engines' one
+    environment; each GPU's step records and makespan (`max_steps` per GPU)."""
+    env = engines[0].env
+    out: list[tuple[StepLog, float]] = []
+
+    def serve(engine: Engine, scheduler: Scheduler, planner: Planner, records: StepLog, at: int) -> Events:
         while not scheduler.done and (max_steps is None or len(records) < max_steps):
             step = scheduler.next_step(env.now)
             if step is None:
@@ -386,8 +419,11 @@ def simulate(engine: Engine, scheduler: Scheduler, planner: Planner, max_steps: 
             records.append(record)
             if progress is not None:
                 progress(step)
-        ended[0] = env.now
+        out[at] = (records, env.now)  # the last step's end: a slowed compute's superseded timeout may still run the clock on
 
-    env.process(loop())
+    for at, (engine, scheduler, planner) in enumerate(zip(engines, schedulers, planners, strict=True)):
+        assert engine.env is env, "a node's engines share one environment"
+        out.append((StepLog(), 0.0))
+        env.process(serve(engine, scheduler, planner, out[at][0], at))
     env.run()
-    return records, ended[0]  # the last step's end: a slowed compute's superseded timeout may still run the clock on
+    return out

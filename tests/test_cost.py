@@ -508,7 +508,7 @@ def test_preset_fetch_numbers(dense4b_h800):
 # ---- one set of formulas: the protocol, floats and arrays -----------------------------------------
 def test_roofline_cost_model_implements_the_engine_protocol(tiny):
     assert isinstance(tiny, CostModel)
-    engine_calls = {"host_time", "blocks_time", "engram_time", "head_time", "gather_time", "h2d_latency", "h2d_wire_time",
+    engine_calls = {"host_time", "blocks_time", "engram_time", "head_time", "gather_time", "gather_overhead", "h2d_latency", "h2d_wire_time",
                     "zero_copy_latency", "zero_copy_wire_time", "cxl_gather_time", "cxl_latency", "cxl_wire_time", "nvme_latency",
                     "nvme_stream_time"}
     assert {name for name in vars(CostModel) if not name.startswith("_")} == engine_calls

@@ -143,6 +143,15 @@ CASES: dict[str, Case] = {
     "uncertainty lognormal with a range": Case(
         lambda d: _run(d, f"hardware.profile={_spread(d, 'step_overhead_us', dist='lognormal', sigma=0.1, low=1.0)}"),
         ("gpu.yaml", "uncertainty.step_overhead_us", "takes sigma (no low or high)")),
+    "node without a GPU": Case(lambda d: _run(d, "hardware.node={gpus: 0}"), ("hardware.node.gpus", "greater than or equal to 1")),
+    "node on a profile without sockets": Case(lambda d: _run(d, "hardware.profile=gh200", "hardware.node={gpus: 2}"),
+                                              ("hardware.node", "no socket section")),
+    "node on a real backend": Case(lambda d: _run(d, "hardware.node={gpus: 2}", extra=("--backend", "cpu")),
+                                   ("hardware.node", "real backends run one device")),
+    "node with a copy per socket one socket cannot hold": Case(
+        lambda d: _run(d, f"hardware.profile={_profile_with(d, 'host', 'dram_gib', 0.0001)}",
+                       "hardware.node={gpus: 2, numa_nodes: 2, table_copies: per-numa}"),
+        ("hardware.node.table_copies", "each socket holding its copy")),
     "run --samples below 0": Case(lambda d: _run(d, extra=("--samples", "-1")), ("--samples", "0 or more")),
     "run --samples on a real backend": Case(lambda d: _run(d, extra=("--samples", "2", "--backend", "cpu")),
                                             ("--samples", "bands are simulated")),

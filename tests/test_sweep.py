@@ -232,6 +232,17 @@ def test_plot_draws_a_sweep_and_a_compare_folder(tiny, tmp_path, capsys):
     assert (cmp / "plot-pcie_bytes-vs-hardware.link.png").is_file()
 
 
+def test_plot_hues_by_several_keys_one_line_per_combination(tiny, tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert _sweep(tiny, out, LINKS, ROWS, "workload.requests=1,4", extra=("--workers", "1")) == 0
+    assert main(["plot", str(out), "--x", "workload.requests", "--y", "tpot_ms_p50", "--hue", "hardware.link,model.engram.rows_per_head",
+                 "--out", str(tmp_path / "h.png")]) == 0
+    drawn, _ = lines([(1, "pcie-gen4-x16, 1009", 1.0), (1, "pcie-gen4-x16, 2003", 2.0)])
+    assert [line.label for line in drawn] == ["pcie-gen4-x16, 1009", "pcie-gen4-x16, 2003"]
+    assert main(["plot", str(out), "--x", "workload.requests", "--y", "tpot_ms_p50", "--hue", "hardware.link,workload.requests"]) == 2
+    assert "holds --x" in capsys.readouterr().err
+
+
 def test_plot_bad_keys_are_one_line_naming_what_there_is(tiny, tmp_path, capsys):
     out = tmp_path / "sw"
     assert _sweep(tiny, out, LINKS, extra=("--workers", "1")) == 0

@@ -38,10 +38,18 @@ def test_samples_are_seeded_and_stay_within_their_ranges(seed, index):
     assert sorted(drawn) == sorted(H100.uncertainty)
     for key, spread in H100.uncertainty.items():
         assert _value(one, key) == drawn[key] and spread.low <= drawn[key] <= spread.high
-    untouched = one.model_copy(update={"gpu": H100.gpu, "link": H100.link, "host": H100.host,
+    untouched = one.model_copy(update={"gpu": H100.gpu, "link": H100.link, "host": H100.host, "socket": H100.socket,
                                        "step_overhead_us": H100.step_overhead_us,
                                        "step_overhead_per_seq_us": H100.step_overhead_per_seq_us})
     assert untouched == H100  # nothing but the spreads' numbers moves
+
+
+def test_a_spread_added_or_removed_never_moves_anothers_draws():
+    fewer = H100.model_copy(update={"uncertainty": {k: v for k, v in H100.uncertainty.items() if not k.startswith("socket.")}})
+    assert len(fewer.uncertainty) < len(H100.uncertainty)
+    for index in (1, 2, 3):
+        all_drawn, some_drawn = sample_profile(H100, 0, index)[1], sample_profile(fewer, 0, index)[1]
+        assert some_drawn == {key: all_drawn[key] for key in some_drawn}
 
 
 @settings(max_examples=30, deadline=None)

@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("folder", type=Path, metavar="DIR", help="a folder `engramsim sweep` or `engramsim compare` wrote")
     p.add_argument("--x", required=True, metavar="KEY", help="a --grid/--zip (or --vary) key: the x axis")
     p.add_argument("--y", required=True, metavar="METRIC", help="a column of the table: a summary metric (e.g. tpot_ms_p50)")
-    p.add_argument("--hue", metavar="KEY", default=None, help="another key: one line per value")
+    p.add_argument("--hue", metavar="KEY[,KEY...]", default=None,
+                   help="other keys: one line per value (per combination of values, for several)")
     p.add_argument("--out", type=Path, default=None, metavar="FILE", help="PNG to write (default: DIR/plot-METRIC-vs-KEY[-by-HUE].png)")
     p.add_argument("--quiet", action="store_true", help="print only the path written")
     p.set_defaults(handler=run)
@@ -102,18 +103,19 @@ def run(args: argparse.Namespace) -> int:
 
     table = read_table(args.folder)
     keys = ", ".join(table.keys) or "none"
-    for flag, key in (("--x", args.x), ("--hue", args.hue)):
-        if key is not None and key not in table.keys:
+    hues = args.hue.split(",") if args.hue else []
+    for flag, key in (("--x", args.x), *(("--hue", hue) for hue in hues)):
+        if key not in table.keys:
             raise InputError(flag, f"{key!r} is not a key of this {table.kind}; its keys: {keys}")
-    if args.hue is not None and args.hue == args.x:
-        raise InputError("--hue", f"is --x ({args.x}); choose another key, or leave --hue out")
+    if args.x in hues:
+        raise InputError("--hue", f"holds --x ({args.x}); choose other keys, or leave --hue out")
     if args.y not in table.metrics:
         raise InputError("--y", f"{args.y!r} is not a metric with values in this {table.kind}'s table; "
                          f"its metrics: {', '.join(table.metrics) or 'none (no point ran)'}")
     hue = args.hue
     out = args.out or args.folder / f"plot-{args.y}-vs-{args.x}{f'-by-{hue}' if hue else ''}.png"
     check_output(out)
-    points = [(_value(row[args.x]), row[hue] if hue else None, y) for row in table.rows
+    points = [(_value(row[args.x]), ", ".join(row[k] for k in hues) if hues else None, y) for row in table.rows
               if (y := _number(row[args.y] or "")) is not None]
     drawn, ticks = lines(points)
     log_x = ticks is None and use_log([x for x, _, _ in points])
