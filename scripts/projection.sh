@@ -18,9 +18,10 @@ mkdir -p docs/img
 scenario=scenarios/compare/engram-at-block-1.yaml
 sizes=model.engram.rows_per_head=1600000,16000000,64000000,160000000
 for prefetch in layer-ahead on-demand; do
-  common=(--quiet --workers 2 --samples 8 --set "strategies.prefetch=$prefetch")
+  common=(--quiet --workers 2 --samples 8)
+  set_prefetch=(--set "strategies.prefetch=$prefetch")
 
-  engramsim sweep "$scenario" --out "$out/links-$prefetch" "${common[@]}" \
+  engramsim sweep "$scenario" --out "$out/links-$prefetch" "${common[@]}" "${set_prefetch[@]}" \
     --grid hardware.link=pcie-gen3-x16,pcie-gen4-x16,pcie-gen5-x16,pcie-gen6-x16 --grid "$sizes" > /dev/null
   engramsim plot "$out/links-$prefetch" --x model.engram.rows_per_head --y overhead_pct --hue hardware.link \
     --out "docs/img/projection-$prefetch.png" > /dev/null
@@ -40,7 +41,7 @@ for prefetch in layer-ahead on-demand; do
   python scripts/sweep_table.py "$out/tiers-$prefetch/sweep.csv" --rows model.engram.rows_per_head --cols name \
     --sizes --title "$prefetch, pcie-gen5-x16, by tier"
 
-  engramsim sweep "$scenario" --out "$out/node-$prefetch" "${common[@]}" --set hardware.node.numa_nodes=2 \
+  engramsim sweep "$scenario" --out "$out/node-$prefetch" "${common[@]}" "${set_prefetch[@]}" --set hardware.node.numa_nodes=2 \
     --grid hardware.node.table_copies=per-node,per-numa --grid hardware.node.gpus_per_switch=1,2 \
     --grid hardware.node.gpus=1,2,4,8 > /dev/null
   engramsim plot "$out/node-$prefetch" --x hardware.node.gpus --y overhead_pct \

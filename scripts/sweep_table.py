@@ -20,6 +20,8 @@ import numpy as np
 
 
 def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
     p5, p50, p95 = (round(v, 2) + 0.0 for v in np.percentile(values, [5, 50, 95]))  # + 0.0: no "-0.00"
     return f"{p50:.2f} ({p5:.2f}-{p95:.2f})"
 
