@@ -222,7 +222,19 @@ def test_hw_reports_this_machine(capsys):
         assert "no CUDA GPU" in out
     assert main(["hw", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert {"cpu", "host_memory", "torch", "gpus", "nvml"} <= info.keys()
+    assert {"cpu", "host_memory", "torch", "gpus", "nvml", "numa_nodes"} <= info.keys()
+
+
+def test_hw_reads_numa_nodes_and_their_cpus_from_sysfs(tmp_path):
+    from engramsim.commands.hw import cpu_count, numa_nodes
+
+    assert (cpu_count("0-3,8-11\n"), cpu_count("5"), cpu_count("")) == (8, 1, 0)
+    for node, cpus in ((0, "0-55,112-167"), (1, "56-111,168-223"), (10, "")):
+        (tmp_path / f"node{node}").mkdir()
+        (tmp_path / f"node{node}" / "cpulist").write_text(cpus + "\n")
+    (tmp_path / "node2").mkdir()  # no cpulist: skipped
+    assert numa_nodes(tmp_path) == [{"node": 0, "cpus": 112}, {"node": 1, "cpus": 112}, {"node": 10, "cpus": 0}]
+    assert numa_nodes(tmp_path / "absent") == []
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,4 +1,4 @@
-"""`engramsim hw`: what this machine offers a real run: CPU, host memory, torch build, GPUs, PCIe.
+"""`engramsim hw`: what this machine offers a real run: CPU and its NUMA nodes, host memory, torch build, GPUs, PCIe.
 
 It works everywhere: without a GPU it says "no CUDA GPU", and an NVML failure (no driver
 library, an unsupported query) is one line in the report, not an error.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from engramsim.errors import InputError
@@ -17,10 +18,32 @@ GIB = 1 << 30
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("hw", help="print the CPU, memory, torch build, GPUs and PCIe links this machine has")
+    p = sub.add_parser("hw", help="print the CPU and NUMA nodes, memory, torch build, GPUs and PCIe links this machine has")
     p.add_argument("--json", action="store_true", help="print the findings as one JSON object")
     p.add_argument("--presets", action="store_true", help="list the shipped hardware, link and tier presets instead")
     p.set_defaults(handler=run)
+
+
+def cpu_count(cpulist: str) -> int:
+    """CPUs in a kernel cpulist ("0-3,8-11" -> 8)."""
+    count = 0
+    for part in cpulist.strip().split(","):
+        if part:
+            first, _, last = part.partition("-")
+            count += int(last or first) - int(first) + 1
+    return count
+
+
+def numa_nodes(root: Path = Path("/sys/devices/system/node")) -> list[dict[str, int]]:
+    """Each NUMA node (socket, or part of one) and its CPUs, from sysfs: what `hardware.node.numa_nodes`
+    and a profile's `socket.cores` describe; empty where the kernel does not say."""
+    out = []
+    for node in sorted(root.glob("node[0-9]*"), key=lambda path: int(path.name[4:])):
+        try:
+            out.append({"node": int(node.name[4:]), "cpus": cpu_count((node / "cpulist").read_text())})
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def detect() -> dict[str, Any]:
@@ -32,7 +55,8 @@ def detect() -> dict[str, Any]:
     from engramsim.backends.nvml import NvmlUnavailable, gpus
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info: dict[str, Any] = {"cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": usable}}
+    info: dict[str, Any] = {"cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": usable},
+                            "numa_nodes": numa_nodes()}
     try:
         total, available = host_memory()
         info["host_memory"] = {"total_gib": total / GIB, "available_gib": available / GIB}
@@ -56,6 +80,9 @@ def detect() -> dict[str, Any]:
 def report_lines(info: dict[str, Any]) -> list[str]:
     cpu, mem, tch = info["cpu"], info["host_memory"], info["torch"]
     lines = [f"CPU: {cpu['model']} ({cpu['logical_cores']} logical cores, {cpu['usable_cores']} usable)"]
+    numa = info["numa_nodes"]
+    nodes = ", ".join(f"node{n['node']}: {n['cpus']} CPUs" for n in numa)
+    lines.append(f"NUMA: {len(numa)} node(s) ({nodes}; hardware.node.numa_nodes)" if numa else "NUMA: not reported by the kernel")
     lines.append(f"host memory: {mem['error']}" if "error" in mem else
                  f"host memory: {mem['total_gib']:.1f} GiB total, {mem['available_gib']:.1f} GiB available")
     build = f"CUDA {tch['cuda']}" if tch["cuda"] else "CPU-only build"
