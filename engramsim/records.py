@@ -293,6 +293,7 @@ class Timeline:
         self.limit = TIMELINE_STEPS if limit is None else limit
         self.busy_s = dict.fromkeys(SpanKind, 0.0)
         self.dropped = 0  # spans counted in busy_s but not kept
+        self.elsewhere = 0  # a node's: spans of its other GPUs, counted in busy_s, not kept (`joined`)
         self._kept: list[Span] = []
         for span in spans:
             self.add(span)
@@ -319,14 +320,15 @@ class Timeline:
 
     @classmethod
     def joined(cls, timelines: list[Timeline]) -> Timeline:
-        """A node's timeline: every GPU's seconds by kind, the first GPU's spans kept (one GPU's lanes)."""
+        """A node's timeline: every GPU's seconds by kind, the first GPU's spans kept (one GPU's lanes,
+        its own step numbers); the other GPUs' spans are counted in `elsewhere`."""
         first = timelines[0]
         out = cls((), first.limit)
         out._kept, out.busy_s, out.dropped = list(first), dict(first.busy_s), first.dropped
         for other in timelines[1:]:
             for kind, seconds in other.busy_s.items():
                 out.busy_s[kind] += seconds
-            out.dropped += len(other) + other.dropped
+            out.elsewhere += len(other) + other.dropped
         return out
 
     def __iter__(self) -> Iterator[Span]:
@@ -375,16 +377,15 @@ class RunOutcome:
 
     @classmethod
     def of_node(cls, gpus: list[RunOutcome], events: int) -> RunOutcome:
-        """A node's outcome from its GPUs' (in GPU order): their steps one GPU after another,
-        renumbered so GPU g's first step follows GPU g-1's last (a baseline node pass lines up step
-        for step); every span's seconds and the first GPU's spans (`Timeline.joined`); all tokens and
-        requests; the makespan of the last GPU to finish; the link busy time of the mean GPU (so link
-        utilisation stays a fraction of one link); the KV counts summed (the peak: the highest GPU's)."""
-        steps, offset = StepLog(), 0
-        for gpu in gpus:
-            for record in gpu.steps:
-                steps.append(replace(record, index=record.index + offset))
-            offset += len(gpu.steps)
+        """A node's outcome from its GPUs' (in GPU order): their steps, GPU g's step i numbered
+        i x gpus + g (so another pass of the node lines up GPU by GPU and step by step, whatever each
+        GPU's count) and kept in that order; every span's seconds and the first GPU's spans
+        (`Timeline.joined`); all tokens and requests; the makespan of the last GPU to finish; the
+        link busy time of the mean GPU (so link utilisation stays a fraction of one link); the KV
+        counts summed (the peak: the highest GPU's)."""
+        numbered = sorted(((record.index * len(gpus) + g, record) for g, gpu in enumerate(gpus) for record in gpu.steps),
+                          key=lambda pair: pair[0])
+        steps = StepLog(replace(record, index=index) for index, record in numbered)
         counts = [gpu.serving for gpu in gpus if gpu.serving is not None]
         serving = None if not counts else ServingCounts(
             kv_blocks=sum(c.kv_blocks for c in counts), kv_used_mean=sum(c.kv_used_mean for c in counts) / len(counts),

@@ -103,6 +103,9 @@ def timeline_events(spans: Iterable[Span], title: str, pid: int = 1) -> tuple[li
     if timeline.dropped:
         title += f" (steps 0-{timeline.limit - 1} only: {timeline.dropped:,} later spans not drawn)"
         other = {"spans_of_steps_below": timeline.limit, "spans_not_drawn": timeline.dropped}
+    if timeline.elsewhere:
+        title += f" (GPU 0 of the node: {timeline.elsewhere:,} spans of its other GPUs not drawn)"
+        other["spans_of_other_gpus"] = timeline.elsewhere
     events: list[dict[str, Any]] = [{"name": "process_name", "ph": "M", "pid": pid, "args": {"name": title}}]
     events += [{"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": lane}} for lane, tid in tids.items()]
     for span in timeline:

@@ -177,6 +177,13 @@ class Node(Strict):
         return self.gpus > 1 or self.numa_nodes > 1
 
 
+def host_tables_bytes(dram_gib: float, node: Node | None) -> float:
+    """Bytes of tables the host holds (`host.dram_gib` is one socket's): a copy interleaved over a
+    node's sockets may fill all of them, a copy per socket (or one socket) must fit one."""
+    sockets = node.numa_nodes if node is not None and node.table_copies == "per-node" else 1
+    return dram_gib * (1 << 30) * sockets
+
+
 def socket_of(gpu: int, node: Node) -> int:
     """The socket GPU `gpu` hangs off: GPUs split evenly across the sockets, in order."""
     return gpu * node.numa_nodes // node.gpus
@@ -306,7 +313,7 @@ class Outputs(Strict):
 class Run(Strict):
     backend: Literal["sim", "cpu", "cuda"] = "sim"
     seed: NonNegativeInt = Field(default=0, le=(1 << 32) - 1)
-    max_steps: PositiveInt | None = Field(default=None, le=(1 << 31) - 1, description="stop after this many steps")
+    max_steps: PositiveInt | None = Field(default=None, le=(1 << 31) - 1, description="stop after this many steps (on a node, each GPU's)")
     baseline: bool = Field(default=True, description="also simulate all tables in HBM, for the overhead")
     outputs: Outputs = Outputs()
 

@@ -20,7 +20,7 @@ from engramsim.hardware.profile import HardwareProfile
 from engramsim.hbm import backbone_items, hbm_items, kv_blocks, kv_bytes_per_token, longest_sequence
 from engramsim.plan import Planner
 from engramsim.registry import build, build_hashing, build_scheduler, scheduler_class, scheduler_params
-from engramsim.scenario import Node, Scenario, StrategyChoice
+from engramsim.scenario import Node, Scenario, StrategyChoice, host_tables_bytes
 from engramsim.scheduler import Scheduler, SchedulerParams
 from engramsim.steps import Step
 from engramsim.strategies import PRICED_TIERS, Cache, Hashing, HashingSetup, Placement, Prefetch, SetupContext, TableInfo, Tier, Transport
@@ -98,12 +98,11 @@ def _size(nbytes: float) -> str:
 
 def tier_capacity(profile: HardwareProfile, tier: Tier, node: Node | None = None) -> float | None:
     """Bytes a tier of this hardware holds; None for a CXL or NVMe tier it does not have. A node's
-    host holds `host.dram_gib` per socket: a copy interleaved over the sockets may fill all of them,
-    a copy per socket must fit one."""
+    host holds what `scenario.host_tables_bytes` says."""
     if tier == Tier.HBM:
         return profile.gpu.hbm_gib * GIB
     if tier == Tier.HOST:
-        return profile.host.dram_gib * GIB * (node.numa_nodes if node is not None and node.table_copies == "per-node" else 1)
+        return host_tables_bytes(profile.host.dram_gib, node)
     found = profile.cxl if tier == Tier.CXL else profile.nvme
     return None if found is None else found.capacity_bytes
 

@@ -71,6 +71,10 @@ class CostModel(Protocol):
         """The fixed part of one gather (dispatch to its threads), which row latency does not stretch."""
         ...
 
+    def gather_latency_time(self, rows: int) -> float:
+        """The part of a gather its rows' latency sets (rows over the threads' row rate), beside its DRAM time."""
+        ...
+
     def h2d_latency(self) -> float:
         """Fixed cost of one DMA copy, paid before it takes the link."""
         ...
@@ -81,6 +85,10 @@ class CostModel(Protocol):
 
     def zero_copy_latency(self) -> float:
         """Launch + first round trip of a GPU kernel reading pinned host memory."""
+        ...
+
+    def zero_copy_wire_bytes(self, rows: int, row_bytes: int) -> int:
+        """Bytes a zero-copy read of `rows` moves: each row in whole transactions."""
         ...
 
     def zero_copy_wire_time(self, rows: int, row_bytes: int) -> float:
@@ -209,6 +217,9 @@ class RooflineCostModel:
     def gather_overhead(self) -> float:
         return self.profile.host.gather_overhead_us * US
 
+    def gather_latency_time(self, rows: int) -> float:
+        return max(0, rows) / (self.profile.host.gather_threads * self.gather_rows_per_s)
+
     def h2d_latency(self) -> float:
         return self.profile.link.dma_latency_us * US
 
@@ -224,9 +235,11 @@ class RooflineCostModel:
     def zero_copy_latency(self) -> float:
         return self.profile.link.zero_copy_latency_us * US
 
+    def zero_copy_wire_bytes(self, rows: int, row_bytes: int) -> int:
+        return int(kernels.wire_bytes(max(0, rows), row_bytes, self.profile.link.transaction_bytes))
+
     def zero_copy_wire_time(self, rows: int, row_bytes: int) -> float:
-        link = self.profile.link
-        return kernels.wire_bytes(max(0, rows), row_bytes, link.transaction_bytes) / (link.zero_copy_gbps * GB)
+        return self.zero_copy_wire_bytes(rows, row_bytes) / (self.profile.link.zero_copy_gbps * GB)
 
     def zero_copy_time(self, rows: int, row_bytes: int) -> float:
         """One zero-copy read (`kernels.zero_copy_seconds`); 0 rows cost nothing."""

@@ -25,6 +25,7 @@ records, spans, makespan and event count without the event machinery.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -98,6 +99,22 @@ BESIDE = frozenset({StageKind.NVME_DIRECT})
 INTO_HOST = frozenset({StageKind.GATHER, StageKind.CXL_GATHER, StageKind.NVME_READ})
 """Legs that put rows in host staging: a later leg of their pipeline reads the staging, not the table
 (on a node, `Seat`: local DRAM rather than the table's sockets)."""
+
+
+def table_shares(legs: list[Stage]) -> list[float]:
+    """Per leg of a pipeline, the fraction of its rows it reads from the tables where they are placed
+    rather than from host staging an earlier leg filled: a gather after an NVMe read packs the pages
+    just read (its rows beyond them are the table's); a DMA or zero-copy read after any leg into host
+    staging reads only the staging."""
+    out, into_host, read_pages = [], False, 0
+    for leg in legs:
+        if leg.kind == StageKind.GATHER:
+            out.append(max(0, leg.rows - read_pages) / leg.rows)
+        else:
+            out.append(0.0 if into_host and leg.kind in (StageKind.H2D, StageKind.ZERO_COPY) else 1.0)
+        into_host = into_host or leg.kind in INTO_HOST
+        read_pages += leg.rows if leg.kind == StageKind.NVME_READ else 0
+    return out
 SPAN_OF = {StageKind.GATHER: SpanKind.GATHER, StageKind.H2D: SpanKind.H2D, StageKind.ZERO_COPY: SpanKind.ZERO_COPY,
            StageKind.CXL_GATHER: SpanKind.CXL_GATHER, StageKind.NVME_READ: SpanKind.NVME_READ,
            StageKind.NVME_DIRECT: SpanKind.NVME_DIRECT}
@@ -128,7 +145,7 @@ class Engine:
         self._issued: dict[tuple[int, int], tuple[float, simpy.Process | None]] = {}  # (step, layer) -> issue time, fetch
         self._carriers: dict[FetchKey, simpy.Process | None] = {}  # fetches later steps are served from, until a plan releases them
         self.compute = ComputeQueue(cost)  # compute enqueued but not yet simulated
-        self._stages: dict[StageKind, Callable[[Stage, int, bool], Generator[simpy.Event, Any, tuple[float, float]]]] = {
+        self._stages: dict[StageKind, Callable[[Stage, int, float], Generator[simpy.Event, Any, tuple[float, float]]]] = {
             StageKind.GATHER: self._gather, StageKind.H2D: self._h2d, StageKind.ZERO_COPY: self._zero_copy,
             StageKind.CXL_GATHER: self._cxl_gather, StageKind.NVME_READ: self._nvme_read, StageKind.NVME_DIRECT: self._nvme_direct,
         }
@@ -140,33 +157,36 @@ class Engine:
         }
 
     # ---- fetches -------------------------------------------------------------------------
-    def _gather(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
-        return (yield from self._host_gather(self.cost.gather_time(stage.rows, row_bytes), stage,
-                                             "table" if from_table else "staging"))
+    def _gather(self, stage: Stage, row_bytes: int, table_share: float) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        seconds = self.cost.gather_time(stage.rows, row_bytes)
+        shared = None if self.seat is None else partial(
+            self.seat.gather, seconds, self.cost.gather_overhead(), self.cost.gather_latency_time(stage.rows), stage.bytes, table_share)
+        return (yield from self._host_gather(seconds, shared))
 
-    def _cxl_gather(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
-        return (yield from self._host_gather(self.cost.cxl_gather_time(stage.rows, row_bytes), stage, "cxl"))
+    def _cxl_gather(self, stage: Stage, row_bytes: int, table_share: float) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        seconds = self.cost.cxl_gather_time(stage.rows, row_bytes)
+        return (yield from self._host_gather(seconds, None if self.seat is None else partial(self.seat.gather_cxl, seconds, stage.bytes)))
 
-    def _host_gather(self, seconds: float, stage: Stage, source: Source) -> Generator[simpy.Event, Any, tuple[float, float]]:
-        """The host's gather threads, one gather at a time: `seconds` alone, or as the node's shared
-        cores, DRAM and interconnect let it (`Seat.gather`)."""
+    def _host_gather(self, seconds: float, shared: Callable[[], Events] | None) -> Generator[simpy.Event, Any, tuple[float, float]]:
+        """The host's gather threads, one gather at a time: `seconds` alone, or as long as `shared()`
+        takes on a node (`Seat.gather`: its cores, DRAM and interconnect shared, its remote rows slower)."""
         with self.gather_pool.request() as turn:
             yield turn
             start = self.env.now
-            if self.seat is None:
+            if shared is None:
                 yield self.env.timeout(seconds)
             else:
-                yield from self.seat.gather(seconds, self.cost.gather_overhead(), stage.bytes, source)
+                yield from shared()
         return start, self.env.now
 
-    def _shared(self, wire_s: float, stage: Stage, from_table: bool) -> Callable[[], Events] | None:
-        """How a node's GPU moves a leg's bytes beyond its own link (`Seat.transfer`); None alone."""
-        seat = self.seat
-        if seat is None:
+    def _shared(self, wire_s: float, wire_bytes: int, stage: Stage, table_share: float) -> Callable[[], Events] | None:
+        """How a node's GPU moves a leg's `wire_bytes` beyond its own link (`Seat.transfer`): read from
+        the table (in DRAM or CXL), from host staging, or by a drive itself; None alone."""
+        if self.seat is None:
             return None
-        source: Source = ("device" if stage.kind == StageKind.NVME_DIRECT else "staging" if not from_table else
+        source: Source = ("device" if stage.kind == StageKind.NVME_DIRECT else "staging" if not table_share else
                           "cxl" if stage.source == Tier.CXL else "table")
-        return lambda: seat.transfer(wire_s, stage.bytes, source)
+        return partial(self.seat.transfer, wire_s, wire_bytes, source)
 
     def _source(self, stage: Stage, latency_s: float, wire_s: float) -> tuple[float, float]:
         """(latency, wire seconds) of a transfer reading `stage.source`: CXL memory adds its load
@@ -175,28 +195,34 @@ class Engine:
             return latency_s + self.cost.cxl_latency(), max(wire_s, self.cost.cxl_wire_time(stage.bytes))
         return latency_s, wire_s
 
-    def _h2d(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
+    def _h2d(self, stage: Stage, row_bytes: int, table_share: float) -> Generator[simpy.Event, Any, tuple[float, float]]:
         """`copies` DMAs, each paying the fixed cost (and the source's latency), then the bytes."""
         per_copy, wire = self._source(stage, self.cost.h2d_latency(), self.cost.h2d_wire_time(stage.bytes))
         with self.copy_engines.request() as engine:
             yield engine
             return (yield from self.link.move(per_copy * stage.copies, wire, self._during(stage),
-                                              self._shared(wire, stage, from_table)))
+                                              self._shared(wire, stage.bytes, stage, table_share)))
 
-    def _zero_copy(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
+    def _zero_copy(self, stage: Stage, row_bytes: int, table_share: float) -> Generator[simpy.Event, Any, tuple[float, float]]:
         latency, wire = self._source(stage, self.cost.zero_copy_latency(), self.cost.zero_copy_wire_time(stage.rows, row_bytes))
-        return (yield from self.link.move(latency, wire, self._during(stage), self._shared(wire, stage, from_table)))
+        shared = None if self.seat is None else self._shared(  # whole transactions cross the uplink too
+            wire, self.cost.zero_copy_wire_bytes(stage.rows, row_bytes), stage, table_share)
+        return (yield from self.link.move(latency, wire, self._during(stage), shared))
 
-    def _nvme_read(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
+    def _nvme_read(self, stage: Stage, row_bytes: int, table_share: float) -> Generator[simpy.Event, Any, tuple[float, float]]:
         """The drives read the stage's pages into host memory: the first read's latency, then the
         pages at the drives' rate; one batch of reads at a time."""
         with self.drives.request() as turn:
             yield turn
             start = self.env.now
-            yield self.env.timeout(self.cost.nvme_latency() + self.cost.nvme_stream_time(stage.bytes))
+            seconds = self.cost.nvme_latency() + self.cost.nvme_stream_time(stage.bytes)
+            if self.seat is None:
+                yield self.env.timeout(seconds)
+            else:
+                yield from self.seat.land_pages(seconds, stage.bytes)
         return start, self.env.now
 
-    def _nvme_direct(self, stage: Stage, row_bytes: int, from_table: bool) -> Generator[simpy.Event, Any, tuple[float, float]]:
+    def _nvme_direct(self, stage: Stage, row_bytes: int, table_share: float) -> Generator[simpy.Event, Any, tuple[float, float]]:
         """The drives write the stage's pages into HBM: the first read's latency, then the pages
         at the slower of the drives' rate and the link's; the link carries them for their wire
         time only, at the end of the stream (it serves other transfers meanwhile)."""
@@ -204,7 +230,7 @@ class Engine:
         with self.drives.request() as turn:
             yield turn
             yield self.env.timeout(self.cost.nvme_latency() + max(self.cost.nvme_stream_time(stage.bytes), wire) - wire)
-            return (yield from self.link.move(0.0, wire, self._during(stage), self._shared(wire, stage, from_table)))
+            return (yield from self.link.move(0.0, wire, self._during(stage), self._shared(wire, stage.bytes, stage, table_share)))
 
     def _during(self, stage: Stage) -> Callable[[bool], None] | None:
         """What a leg that slows compute does as its bytes start and stop moving."""
@@ -240,19 +266,19 @@ class Engine:
         """Run the legs in order (a direct NVMe leg beside the others: it needs neither the host's
         threads nor a copy engine), `record` each one's span; return when the last byte landed."""
         moving = [stage for stage in stages if stage.rows]
-        from_table = [not any(earlier.kind in INTO_HOST for earlier in moving[:i]) for i in range(len(moving))]
-        beside = [self.env.process(self._leg(stage, row_bytes, record, table))
-                  for stage, table in zip(moving, from_table, strict=True) if stage.kind in BESIDE]
-        for stage, table in zip(moving, from_table, strict=True):
+        shares = table_shares(moving)
+        beside = [self.env.process(self._leg(stage, row_bytes, record, share))
+                  for stage, share in zip(moving, shares, strict=True) if stage.kind in BESIDE]
+        for stage, share in zip(moving, shares, strict=True):
             if stage.kind not in BESIDE:
-                yield from self._leg(stage, row_bytes, record, table)
+                yield from self._leg(stage, row_bytes, record, share)
         for process in beside:
             yield process
         return self.env.now
 
     def _leg(self, stage: Stage, row_bytes: int, record: Callable[[Stage, float, float], None],
-             from_table: bool) -> Generator[simpy.Event, Any, None]:
-        start, end = yield from self._stages[stage.kind](stage, row_bytes, from_table)
+             table_share: float) -> Generator[simpy.Event, Any, None]:
+        start, end = yield from self._stages[stage.kind](stage, row_bytes, table_share)
         record(stage, start, end)
 
     def _fetch(self, fetch: FetchPlan) -> Generator[simpy.Event, Any, float]:

@@ -71,7 +71,7 @@ class Fabric:
             done = self.env.timeout(flow.left_s / speed)
             yield done | changed
             flow.left_s -= (self.env.now - since) * speed
-            if done.processed or flow.left_s <= seconds * 1e-12:
+            if done.processed or flow.left_s <= max(seconds, self.env.now) * 1e-12:  # what the clock's float can tell
                 break
         self._change(remove=flow)
 

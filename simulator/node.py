@@ -85,24 +85,37 @@ class Seat:
         out |= {f"link{s}>{self.socket}": share for s in range(self.sockets) if s != self.socket}
         return out
 
-    def gather(self, seconds: float, overhead_s: float, nbytes: int, source: Source) -> Generator[simpy.Event, Any, None]:
-        """A gather of `nbytes` that alone takes `seconds` (`overhead_s` of it fixed), reading
-        `source` (the table, whose remote rows cost more; host staging an NVMe read filled; the CXL
-        expanders): it holds its threads of this socket's cores and writes staging in its DRAM."""
-        if source == "table":
-            seconds = overhead_s + (seconds - overhead_s) * (1 + self.remote_share * (self.remote_latency_ratio - 1))
+    def gather(self, seconds: float, overhead_s: float, latency_s: float, nbytes: int,
+               table_share: float) -> Generator[simpy.Event, Any, None]:
+        """A gather of `nbytes` that alone takes `seconds` (`overhead_s` fixed, then the larger of the
+        rows' latency, `latency_s`, and their DRAM time), `table_share` of its rows read from the
+        table (the rest from host staging an NVMe read filled): the table's remote rows stretch the
+        latency part by `socket.remote_latency_ratio`; it holds its threads of this socket's cores,
+        reads the table's sockets and the staging, and writes staging in this socket's DRAM."""
+        stretch = 1 + table_share * self.remote_share * (self.remote_latency_ratio - 1)
+        seconds = max(seconds, overhead_s + latency_s * stretch)
         rate = nbytes / seconds if seconds > 0 else 0.0
         demands = {f"cores{self.socket}": float(self.threads)}
-        for name, value in self._reads(source, rate).items():
-            demands[name] = demands.get(name, 0.0) + value
-        demands[f"dram{self.socket}"] = demands.get(f"dram{self.socket}", 0.0) + rate  # the staging writes
+        for reads in (self._reads("table", rate * table_share), self._reads("staging", rate * (1 - table_share)),
+                      self._reads("staging", rate)):  # the last: the staging writes
+            for name, value in reads.items():
+                demands[name] = demands.get(name, 0.0) + value
         yield from self.fabric.run(seconds, demands)
 
-    def transfer(self, wire_s: float, nbytes: int, source: Source) -> Generator[simpy.Event, Any, None]:
-        """Bytes crossing this GPU's switch uplink at its link's rate, read from `source`: the table in
-        host DRAM (a DMA or zero-copy read of table rows), this socket's staging, the CXL expanders,
-        or a device that writes them itself (an NVMe drive's peer-to-peer read)."""
-        rate = nbytes / wire_s if wire_s > 0 else 0.0
+    def gather_cxl(self, seconds: float, nbytes: int) -> Generator[simpy.Event, Any, None]:
+        """A gather from the CXL expanders: this socket's cores, the expanders' bandwidth, staging writes."""
+        rate = nbytes / seconds if seconds > 0 else 0.0
+        yield from self.fabric.run(seconds, {f"cores{self.socket}": float(self.threads), "cxl": rate, f"dram{self.socket}": rate})
+
+    def land_pages(self, seconds: float, nbytes: int) -> Generator[simpy.Event, Any, None]:
+        """NVMe pages read into host staging in this socket's DRAM."""
+        yield from self.fabric.run(seconds, {f"dram{self.socket}": nbytes / seconds if seconds > 0 else 0.0})
+
+    def transfer(self, wire_s: float, wire_bytes: int, source: Source) -> Generator[simpy.Event, Any, None]:
+        """`wire_bytes` crossing this GPU's switch uplink at its link's rate, read from `source`: the
+        table in host DRAM (a DMA or zero-copy read of table rows), this socket's staging, the CXL
+        expanders, or a device that writes them itself (an NVMe drive's peer-to-peer read)."""
+        rate = wire_bytes / wire_s if wire_s > 0 else 0.0
         yield from self.fabric.run(wire_s, {f"switch{self.switch}": rate, **self._reads(source, rate)})
 
 

@@ -502,15 +502,17 @@ def test_preset_fetch_numbers(dense4b_h800):
     # 23 M rows/s per thread measured on ~1 GiB; the Dense-4B's 200 GB table misses every cache and the STLB
     assert cost.table_bytes == 2 * 8 * 78_125_000 * 160 and 15e6 < cost.gather_rows_per_s < 18e6
     assert cost.gather_time(rows, row_bytes) == pytest.approx(10e-6 + rows / (8 * cost.gather_rows_per_s))
+    assert cost.gather_overhead() == pytest.approx(10e-6) and cost.gather_latency_time(rows) == rows / (8 * cost.gather_rows_per_s)
     assert math.isclose(cost.zero_copy_wire_time(rows, 128), rows * 128 / 35e9)
+    assert cost.zero_copy_wire_bytes(rows, 129) == rows * 256  # whole 128 B transactions
 
 
 # ---- one set of formulas: the protocol, floats and arrays -----------------------------------------
 def test_roofline_cost_model_implements_the_engine_protocol(tiny):
     assert isinstance(tiny, CostModel)
-    engine_calls = {"host_time", "blocks_time", "engram_time", "head_time", "gather_time", "gather_overhead", "h2d_latency", "h2d_wire_time",
-                    "zero_copy_latency", "zero_copy_wire_time", "cxl_gather_time", "cxl_latency", "cxl_wire_time", "nvme_latency",
-                    "nvme_stream_time"}
+    engine_calls = {"host_time", "blocks_time", "engram_time", "head_time", "gather_time", "gather_overhead", "gather_latency_time",
+                    "h2d_latency", "h2d_wire_time", "zero_copy_latency", "zero_copy_wire_bytes", "zero_copy_wire_time", "cxl_gather_time",
+                    "cxl_latency", "cxl_wire_time", "nvme_latency", "nvme_stream_time"}
     assert {name for name in vars(CostModel) if not name.startswith("_")} == engine_calls
 
 

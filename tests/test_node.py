@@ -18,9 +18,11 @@ from engramsim.records import SpanKind
 from engramsim.runner import simulate_run
 from engramsim.scenario import Node, socket_of, switch_of
 from engramsim.scenario_io import scenario_from_dict
-from engramsim.session import prepare
+from engramsim.session import ALL_HBM, prepare
 from engramsim.simulator.cost import RooflineCostModel
+from engramsim.simulator.engine import table_shares
 from engramsim.simulator.fabric import Fabric, Flow, fill
+from engramsim.strategies import Stage, StageKind
 from tests.test_errors import TINY, _profile_with
 
 # One Engram layer of 4 KiB rows fetched on demand: enough bytes per step that links and DRAM matter.
@@ -69,6 +71,25 @@ def test_a_flow_joining_halfway_slows_both_from_then_on():
     assert fabric.flows == []
 
 
+def test_flows_ending_together_and_empty_flows_end_on_time():
+    env = simpy.Environment()
+    fabric = Fabric(env, {"x": 10.0})
+    ends = {}
+
+    def flow(name, start, seconds):
+        yield env.timeout(start)
+        yield from fabric.run(seconds, {"x": 10.0})
+        ends[name] = env.now
+    env.process(flow("a", 0.0, 1.0))
+    env.process(flow("b", 0.0, 1.0))  # both at half speed, both done at 2
+    env.process(flow("empty", 0.5, 0.0))
+    env.process(flow("late", 1000.0, 1e-3))  # far along the clock: no extra wake-ups past its end
+    env.run()
+    assert ends["a"] == pytest.approx(2.0) and ends["b"] == pytest.approx(2.0) and ends["empty"] == 0.5
+    assert ends["late"] == pytest.approx(1000.001)
+    assert fabric.flows == []
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.dictionaries(st.sampled_from("xyz"), st.floats(0.1, 100.0), min_size=1), min_size=1, max_size=8),
        st.fixed_dictionaries({k: st.floats(1.0, 200.0) for k in "xyz"}))
@@ -99,6 +120,9 @@ def test_one_gpu_on_one_socket_is_the_single_gpu_model():
     _, one = node_pass({"gpus": 1})
     assert one.gpus == ()  # nothing shared: the single-GPU path itself
     assert (one.makespan_s, one.output_tokens, one.events) == (alone.makespan_s, alone.output_tokens, alone.events)
+    _, seated = node_pass({"gpus": 1, "numa_nodes": 2, "table_copies": "per-numa"})  # through a Seat, nothing remote
+    assert len(seated.gpus) == 1 and seated.makespan_s == pytest.approx(alone.makespan_s, rel=1e-9)
+    assert seated.output_tokens == alone.output_tokens and seated.link_busy_s == pytest.approx(alone.link_busy_s, rel=1e-9)
 
 
 def test_each_gpu_serves_its_own_replica_and_uncontended_gpus_run_as_if_alone():
@@ -116,19 +140,48 @@ def test_each_gpu_serves_its_own_replica_and_uncontended_gpus_run_as_if_alone():
     assert alone_1.makespan_s == pytest.approx(node.gpus[1].makespan_s, rel=1e-9)
 
 
-def test_a_table_interleaved_over_two_sockets_gathers_half_its_rows_at_remote_latency():
-    prepared, node = node_pass({"gpus": 1, "numa_nodes": 2})
+# 128 B rows: the gather is latency-bound (HEAVY's 4 KiB rows are bound by DRAM bandwidth)
+LIGHT = HEAVY | {"model": {**HEAVY["model"], "engram": {**HEAVY["model"]["engram"], "head_dim": 64, "dtype": "bf16"}}}
+
+
+@pytest.mark.parametrize("data", [LIGHT, HEAVY], ids=["latency-bound", "dram-bound"])
+def test_a_table_interleaved_over_two_sockets_gathers_half_its_rows_at_remote_latency(data):
+    """Half the rows of a copy interleaved over two sockets are remote: the rows' latency part of the
+    gather stretches by 1 + 0.5 x (ratio - 1), its DRAM time does not."""
+    prepared, node = node_pass({"gpus": 1, "numa_nodes": 2}, data=data)
     cost = RooflineCostModel(prepared.scenario.model, prepared.profile)
-    ratio = prepared.profile.socket.remote_latency_ratio
+    stretch = 1 + 0.5 * (prepared.profile.socket.remote_latency_ratio - 1)
     row_bytes = prepared.tables[1].row_bytes
     gathers = [s for s in node.gpus[0].spans if s.kind == SpanKind.GATHER]
     assert gathers
+    latency_bound = 0
     for span in gathers:
-        local = cost.gather_time(span.bytes // row_bytes, row_bytes)
-        overhead = cost.gather_overhead()
-        assert span.seconds == pytest.approx(overhead + (local - overhead) * (1 + 0.5 * (ratio - 1)), rel=1e-9)
-    _, per_numa = node_pass({"gpus": 1, "numa_nodes": 2, "table_copies": "per-numa"})
-    assert per_numa.makespan_s < node.makespan_s
+        rows = span.bytes // row_bytes
+        local, latency = cost.gather_time(rows, row_bytes), cost.gather_latency_time(rows)
+        assert span.seconds == pytest.approx(max(local, cost.gather_overhead() + latency * stretch), rel=1e-9)
+        latency_bound += span.seconds > local * (1 + 1e-6)
+    assert (latency_bound == len(gathers)) if data is LIGHT else (latency_bound == 0)
+    _, per_numa = node_pass({"gpus": 1, "numa_nodes": 2, "table_copies": "per-numa"}, data=data)
+    assert per_numa.makespan_s < node.makespan_s if data is LIGHT else per_numa.makespan_s <= node.makespan_s
+
+
+def test_each_leg_reads_the_table_or_the_staging_an_earlier_leg_filled():
+    g, h, z = StageKind.GATHER, StageKind.H2D, StageKind.ZERO_COPY
+    assert table_shares([Stage(g, 10, 1), Stage(h, 10, 1)]) == [1.0, 0.0]  # staged: the DMA reads staging
+    assert table_shares([Stage(z, 10, 1)]) == [1.0]  # zero-copy reads the table
+    assert table_shares([Stage(StageKind.NVME_READ, 4, 1), Stage(g, 10, 1), Stage(StageKind.CXL_GATHER, 3, 1), Stage(h, 13, 1)]) \
+        == [1.0, 0.6, 1.0, 0.0]  # the gather packs 4 rows of NVMe pages and 6 of the table
+    assert table_shares([Stage(StageKind.NVME_DIRECT, 5, 1)]) == [1.0]
+
+
+def test_a_gather_of_host_and_nvme_rows_pays_remote_latency_on_its_host_rows_only(tmp_path):
+    tiered = ["hardware.nvme=nvme-gen5-9550", "strategies.placement={name: tiered, params: {tiers: [host, nvme], host_gib: 0.0004}}"]
+    gather_s = {}
+    for copies in ("per-node", "per-numa"):
+        _, node = node_pass({"gpus": 1, "numa_nodes": 2, "table_copies": copies}, *tiered, data=LIGHT)
+        gather_s[copies] = sum(s.seconds for s in node.gpus[0].spans if s.kind == SpanKind.GATHER)
+        assert any(s.kind == SpanKind.NVME_READ for s in node.gpus[0].spans)
+    assert gather_s["per-node"] > gather_s["per-numa"]
 
 
 def test_gpus_behind_one_switch_share_its_uplink():
@@ -143,8 +196,8 @@ def test_gpus_behind_one_switch_share_its_uplink():
     assert shared.throughput_tok_s == pytest.approx(shared.output_tokens / max(g.makespan_s for g in shared.gpus))
 
 
-def test_a_socket_short_of_cores_queues_the_replicas_gathers(tmp_path):
-    """With cores for one gather at a time, two GPUs on the socket gather more slowly than with many."""
+def test_a_socket_short_of_cores_slows_the_replicas_gathers(tmp_path):
+    """With cores for one gather's threads, two GPUs' gathers running at once share them: both slow."""
     _, roomy = node_pass({"gpus": 2})
     _, tight = node_pass({"gpus": 2}, f"hardware.profile={_profile_with(tmp_path, 'socket', 'cores', 8)}")  # 8 gather threads
     gather = [sum(s.seconds for s in g.spans if s.kind == SpanKind.GATHER) for g in (roomy, tight)]
@@ -159,6 +212,20 @@ def test_a_copy_per_socket_must_fit_one_socket_and_an_interleaved_copy_all(tmp_p
         with pytest.raises(InputError) as refused:
             node_pass(node, small)
         assert refused.value.field == ("hardware.node.table_copies" if "table_copies" in node else "strategies.placement")
+
+
+def test_another_pass_of_the_node_lines_up_gpu_by_gpu_and_step_by_step():
+    """Timed arrivals give each GPU's passes different step counts; GPU g's step i is i x gpus + g in both."""
+    timed = ["workload.arrival={kind: poisson, rate_per_s: 400}"]
+    prepared, node = node_pass({"gpus": 3, "numa_nodes": 1}, *timed)
+    baseline = simulate_run(prepared, ALL_HBM)
+    for outcome in (node, baseline):
+        index = outcome.steps.step_column("index")
+        assert np.all(np.diff(index) > 0)
+        for g, gpu in enumerate(outcome.gpus):
+            mine = index[index % 3 == g] // 3
+            assert mine.tolist() == gpu.steps.step_column("index").tolist()
+            assert outcome.steps.step_column("tokens")[index % 3 == g].tolist() == gpu.steps.step_column("tokens").tolist()
 
 
 def test_a_node_run_is_deterministic_and_reports_each_gpu(tmp_path):

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from engramsim.plugins.placement.ranges import TIER_OF_NAME, RangePlacement
 from engramsim.registry import register
+from engramsim.scenario import host_tables_bytes
 from engramsim.strategies import Params, SetupContext, TableInfo, Tier
 
 GIB = 1 << 30
@@ -50,13 +51,14 @@ class Tiered(RangePlacement):
         self.split = self._split()
 
     def _budget(self, tier: Tier, params: TieredParams) -> float:
-        """Bytes a tier may take: the param, else what the hardware's tier holds (0 when it has none)."""
+        """Bytes a tier may take: the param, else what the hardware's tier holds (0 when it has none;
+        host DRAM: a node's sockets, `scenario.host_tables_bytes`)."""
         hw = self.setup.hardware
         given = {Tier.HBM: params.hbm_gib, Tier.HOST: params.host_gib, Tier.CXL: params.cxl_gib, Tier.NVME: params.nvme_gib}[tier]
         if given is not None:
             return given * GIB
         if tier == Tier.HOST:
-            return hw.host.dram_gib * GIB
+            return host_tables_bytes(hw.host.dram_gib, self.setup.scenario.hardware.node)
         found = hw.cxl if tier == Tier.CXL else hw.nvme if tier == Tier.NVME else None
         return 0.0 if found is None else found.capacity_bytes
 
