@@ -3,10 +3,10 @@
 A point is a resolved scenario (`Task`); `run_point` runs it as `engramsim run` does (every pass of
 `runner.passes`, simulated) and returns results.json's text, not a file: the sweep's own process
 writes each point's file as it comes back (a Ray worker may not share its disk), so the executor
-and the worker count never change a byte. A worker imports the project once and serves many points,
-so the caches behind `session.prepare` (the tokenizer's compressed vocabulary, the trace) are
-filled once per worker. Ray is optional (`pip install 'engramsim[ray]'`) and imported only here,
-only when asked for.
+and the worker count never change a byte. A worker imports the project once and serves many
+points, so the caches behind `session.prepare` (the tokenizer's compressed vocabulary, the trace)
+are filled once per worker, and points sharing a workload reuse its hashed lookups (`WORKLOADS`).
+Ray is optional (`pip install 'engramsim[ray]'`) and imported only here, only when asked for.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from engramsim.plot import write_plot
 from engramsim.results import results_json
 from engramsim.runner import results_of, run_passes, sampled, simulate_run, split_passes
 from engramsim.scenario import Scenario
-from engramsim.session import prepare
+from engramsim.session import Workloads, prepare
 from engramsim.uncertainty import check_samples
 
 RAY_INSTALL = "pip install 'engramsim[ray]'"
@@ -61,12 +61,17 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+WORKLOADS = Workloads()
+"""This worker's recent workloads: points sharing one (`Workloads.key`; `sweep` runs them back to
+back) hash their lookups once."""
+
+
 def run_point(task: Task) -> Done:
     """Prepare and simulate one point: the passes and the results document `engramsim run` makes.
     A refusal (`InputError`: the point does not fit) or any other failure is the point's error,
     never the sweep's."""
     try:
-        prepared = prepare(task.scenario, task.source)
+        prepared = prepare(task.scenario, task.source, WORKLOADS)
         extra = None
         if task.sample:
             check_samples(prepared.profile, task.sample)

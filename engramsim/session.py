@@ -9,7 +9,9 @@ Every check runs here, before a pass starts, so a scenario that cannot run fails
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -270,7 +272,35 @@ def check_prompts_fit(source: str, scenario: Scenario) -> None:
                          field="workload.prompt_len." + ("value" if cfg.prompt_len.dist == "fixed" else "high"))
 
 
-def prepare(scenario: Scenario, source: str) -> Prepared:
+class Workloads:
+    """The hashing and the workloads (GPU 0's, then a node's replicas) of the last few scenarios, by
+    what builds them: the Engram section, the hashing strategy, the workload section and the seed.
+    A sweep worker passes one to `prepare`, so its points that differ only in hardware or strategies
+    share one workload, and its lookups, hashed once (`Workload`'s memo), serve them all."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[Hashing, list[Workload]]] = OrderedDict()
+
+    @staticmethod
+    def key(scenario: Scenario) -> str:
+        """What a scenario's hashing and workloads depend on, as text."""
+        parts = (scenario.model.engram, scenario.strategies.hashing, scenario.workload)
+        return json.dumps([part.model_dump(mode="json") for part in parts] + [scenario.run.seed], sort_keys=True)
+
+    def get(self, scenario: Scenario, build: Callable[[], Hashing]) -> tuple[Hashing, list[Workload]]:
+        """The scenario's hashing and the workloads built so far (`build` makes the hashing on a miss)."""
+        key = self.key(scenario)
+        if key not in self._entries:
+            self._entries[key] = (build(), [])
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+
+def prepare(scenario: Scenario, source: str, reuse: Workloads | None = None) -> Prepared:
+    """`reuse`: a cache of hashings and workloads to take them from (and keep them in)."""
     engram = scenario.model.engram
     check_prompts_fit(source, scenario)
     with located(source, "hardware"):
@@ -281,21 +311,24 @@ def prepare(scenario: Scenario, source: str) -> Prepared:
         vocab = compressed_vocab(engram.tokenizer)
     compressed = "tokenizer" in trace.meta and trace.meta["tokenizer"] is None  # ids already compressed
     check_trace(source, scenario, np.asarray(trace.tokens), vocab.size if compressed else int(vocab.table.size))
-    hashing = build_hashing(scenario.strategies.hashing, HashingSetup(engram, vocab.size, int(vocab.table[PAD_ID])))
-    workload = build_workload(scenario, trace, hashing, vocab)
+    def new_hashing() -> Hashing:
+        return build_hashing(scenario.strategies.hashing, HashingSetup(engram, vocab.size, int(vocab.table[PAD_ID])))
+    hashing, workloads = (new_hashing(), []) if reuse is None else reuse.get(scenario, new_hashing)
+    node = scenario.hardware.node
+    for gpu in range(len(workloads), node.gpus if node else 1):
+        workloads.append(build_workload(scenario, trace, hashing, vocab, replica=gpu))
+    workload, replicas = workloads[0], tuple(workloads[1:node.gpus if node else 1])
     tables = engram_tables(scenario, hashing)
     setup = SetupContext(scenario, tables, profile, scenario.run.seed)
     with located(source, "strategies"):  # a plugin refusing its params (e.g. a predictor trained on the served tokens)
         placement, cache, prefetch = _strategies(setup)
     transport = build("transport", scenario.strategies.transport, setup)
-    node = scenario.hardware.node
     check_node(source, node, profile)
     check_tiers(source, placement, profile, transport, scenario.hardware.pinned_allocation, node)
     params = scheduler_params(scenario.strategies.scheduler)
     items = hbm_items(scenario, tables, workload, placement, cache, prefetch, transport, int(params.reserved_gib * GIB))
     check_hbm(source, items, profile)
     kv = size_kv_cache(source, scenario, items, profile, params, workload)
-    replicas = tuple(build_workload(scenario, trace, hashing, vocab, replica=gpu) for gpu in range(1, node.gpus if node else 1))
     for replica in replicas:  # each replica's longest sequence must fit the KV cache too
         size_kv_cache(source, scenario, items, profile, params, replica)
     return Prepared(scenario, source, profile, hashing, tables, workload, items, kv, replicas)

@@ -44,6 +44,7 @@ from engramsim.metrics import registered
 from engramsim.pool import Done, Task
 from engramsim.scenario import Scenario
 from engramsim.scenario_io import dump_scenario
+from engramsim.session import Workloads
 from engramsim.variants import Variant, Vary, check_key_paths, check_keys, load_variant, parse_vary, value_problem, variants
 
 SCHEMA_VERSION = 1
@@ -270,7 +271,8 @@ def run_sweep(out: Path, definition: Definition, points: Sequence[Point], execut
         if step:
             step()
 
-    executor(list(tasks.values()), done)
+    # points sharing a workload back to back: a worker's `pool.WORKLOADS` then hashes its lookups once
+    executor(sorted(tasks.values(), key=lambda task: Workloads.key(task.scenario)), done)
     outcome = Outcome(list(points), summaries, errors, len(tasks), already, [])
     outcome.files = write_tables(out, definition, outcome)
     return outcome

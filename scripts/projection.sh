@@ -10,7 +10,7 @@
 #   3. over the GPUs of a two-socket node sharing its host (1 to 8), with one table copy
 #      interleaved over both sockets or a copy per socket, and one or two GPUs per PCIe switch.
 # The tables (median and p5-p95 over the samples, scripts/sweep_table.py) go to stdout, the figures
-# to docs/img/projection-*.png. Run from the repository root (~5 min on 2 cores).
+# to docs/img/projection-*.png. Run from the repository root (~2 min on 2 cores).
 set -euo pipefail
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

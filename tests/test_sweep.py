@@ -13,13 +13,18 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
 
 from engramsim.cli import main
-from engramsim.sweep import parse_definition, point_id, resolve
+from engramsim.pool import run_point
+from engramsim.results import results_json
+from engramsim.runner import results_of, run_passes, simulate_run
+from engramsim.session import Workloads, prepare
+from engramsim.sweep import parse_definition, point_id, resolve, run_sweep
 from engramsim.sweep_plot import lines, use_log
 from tests.test_errors import TINY
 
@@ -198,6 +203,38 @@ def test_help_loads_neither_the_sweep_nor_pyarrow_nor_ray():
             "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# ---- points sharing a workload ------------------------------------------------------------------------
+def test_points_sharing_a_workload_run_back_to_back_and_hash_it_once(tiny, tmp_path):
+    definition, points = resolve(parse_definition(tiny, [LINKS, ROWS], [], []))
+    order: list[str] = []
+
+    def executor(tasks, done):
+        for task in tasks:
+            order.append(str(task.scenario.model.engram.rows_per_head))
+            done(run_point(task))
+    run_sweep(tmp_path / "sw", definition, points, executor)
+    assert order in (["[1009]", "[1009]", "[2003]", "[2003]"], ["[2003]", "[2003]", "[1009]", "[1009]"])  # links vary slowest
+    by = {(str(p.scenario.hardware.link), p.scenario.model.engram.rows_per_head[0]): p.scenario for p in points}
+    reuse = Workloads(size=1)
+    a, b = (prepare(by[(link, 1009)], str(tiny), reuse) for link in ("pcie-gen4-x16", "pcie-gen5-x16"))
+    assert a.workload is b.workload and a.hashing is b.hashing and a.profile != b.profile  # another link, one workload
+    c = prepare(by[("pcie-gen4-x16", 2003)], str(tiny), reuse)
+    assert c.workload is not a.workload  # another Engram section: another workload
+    assert prepare(by[("pcie-gen4-x16", 1009)], str(tiny), reuse).workload is not a.workload  # a cache of one forgot it
+
+
+def test_a_reused_workload_gives_the_same_bytes(tiny):
+    definition, points = resolve(parse_definition(tiny, [LINKS], [], []))
+    reuse = Workloads()
+    texts = []
+    for point in points:
+        for cache in (reuse, None):
+            prepared = prepare(point.scenario, str(tiny), cache)
+            texts.append(results_json(results_of(prepared, run_passes(prepared, partial(simulate_run, prepared), None), "sim"),
+                                      Path("p.json")))
+    assert texts[0] == texts[1] and texts[2] == texts[3] and texts[0] != texts[2]
 
 
 # ---- the plot --------------------------------------------------------------------------------------
