@@ -228,9 +228,11 @@ def test_another_pass_of_the_node_lines_up_gpu_by_gpu_and_step_by_step():
             assert outcome.steps.step_column("tokens")[index % 3 == g].tolist() == gpu.steps.step_column("tokens").tolist()
 
 
-def test_a_node_run_is_deterministic_and_reports_each_gpu(tmp_path):
+def test_a_node_run_is_deterministic_and_reports_each_gpu(tmp_path, capsys):
     args = ["run", str(tmp_path / "s.yaml"), "--quiet", "--set", "hardware.node={gpus: 4, gpus_per_switch: 2, numa_nodes: 2}"]
     (tmp_path / "s.yaml").write_text(json.dumps(HEAVY))
+    assert main(["check", *args[1:2], *args[3:]]) == 0
+    assert "a node of 4 GPUs on 2 socket(s), 2 per switch, tables per-node" in capsys.readouterr().out
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     first = (tmp_path / "a" / "results.json").read_bytes()

@@ -29,10 +29,13 @@ def summary(scenario: Scenario) -> str:
     backbone, engram = scenario.model.backbone, scenario.model.engram
     mlp = f"MoE {backbone.moe.experts}x top-{backbone.moe.top_k}" if backbone.moe else "dense"
     strategies = " ".join(f"{kind}={getattr(scenario.strategies, kind).name}" for kind in KINDS)
+    node = scenario.hardware.node
+    shared = (f" (a node of {node.gpus} GPUs on {node.numa_nodes} socket(s), {node.gpus_per_switch} per switch, tables "
+              f"{node.table_copies})") if node is not None and node.shared else ""
     return (
         f"scenario {scenario.name!r}: {backbone.layers} blocks x {backbone.hidden} ({mlp}); "
         f"Engram layers {engram.layers} ({engram.max_ngram - 1} orders x {engram.heads} heads, "
-        f"{engram.head_dim}-dim {engram.dtype}); hardware {scenario.hardware.profile}; {strategies}"
+        f"{engram.head_dim}-dim {engram.dtype}); hardware {scenario.hardware.profile}{shared}; {strategies}"
     )
 
 
