@@ -105,7 +105,7 @@ def _validate(model: type[BaseModel], data: Any, source: str, prefix: str = "") 
         return model.model_validate(data)
     except ValidationError as exc:
         field, problem = describe_error(exc, model)
-        raise InputError(source, problem, f"{prefix}{field}" if prefix else field) from None
+        raise InputError(source, problem, f"{prefix}{field}" if field else prefix.rstrip(".") or None) from None
 
 
 def load_link(name_or_path: str | Path) -> tuple[Link, Provenance]:

@@ -167,17 +167,39 @@ class Socket(_Strict):
                                         "DRAM over one from its own: a gather row of a remote page costs this much more")
 
 
-class CXL(_Strict):
-    """CXL 2.0 Type-3 memory expanders holding rows: the CPU loads from them like a far NUMA node."""
+class CXL(_OmitUnset):
+    """CXL 2.0 Type-3 memory expanders holding rows: the CPU loads from them like a far NUMA node.
+    A gather thread keeps as many loads in flight to them as to local DRAM: `host.gather_rows_per_s`
+    x `dram_latency_ns` (Little's law), so the CXL gather follows the host's rate, drawn samples
+    included; or `rows_in_flight_per_thread`, given outright."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("dram_latency_ns", "rows_in_flight_per_thread")
 
     name: str
     load_latency_ns: Physical = Field(description="idle load-to-use latency of a CPU load from the expander's memory, ns "
                                       "(local DRAM plus what CXL adds)")
-    rows_in_flight_per_thread: Physical = Field(description="random-row loads one gather thread keeps in flight "
-                                                "(memory-level parallelism)")
+    dram_latency_ns: Physical | None = Field(
+        default=None, description="the local-DRAM part of load_latency_ns, ns: a gather thread keeps host.gather_rows_per_s "
+        "x this many loads in flight (its memory-level parallelism, the same to CXL memory as to DRAM)")
+    rows_in_flight_per_thread: Physical | None = Field(
+        default=None, description="random-row loads one gather thread keeps in flight, given outright (wins over dram_latency_ns)")
     gbps: Physical = Field(description="read bandwidth of one device, GB/s")
     devices: PositiveInt = Field(le=1024, description="expanders the tables are interleaved over")
     capacity_gib: Physical = Field(description="memory of one device, GiB")
+
+    @model_validator(mode="after")
+    def _loads_in_flight(self) -> CXL:
+        if self.dram_latency_ns is None and self.rows_in_flight_per_thread is None:
+            raise ValueError("give dram_latency_ns (loads in flight follow the host's gather rate) or rows_in_flight_per_thread")
+        return self
+
+    def rows_in_flight(self, host_rows_per_s: float) -> float:
+        """Loads one gather thread keeps in flight to the expanders (`rows_in_flight_per_thread`, else
+        the host thread's row rate x `dram_latency_ns`)."""
+        if self.rows_in_flight_per_thread is not None:
+            return self.rows_in_flight_per_thread
+        assert self.dram_latency_ns is not None
+        return host_rows_per_s * self.dram_latency_ns * NS
 
     @property
     def capacity_bytes(self) -> float:

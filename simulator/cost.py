@@ -267,7 +267,7 @@ class RooflineCostModel:
         if rows <= 0:
             return 0.0
         cxl, host = self._cxl(), self.profile.host
-        return kernels.cxl_gather_seconds(rows, row_bytes, host.gather_threads, cxl.rows_in_flight_per_thread,
+        return kernels.cxl_gather_seconds(rows, row_bytes, host.gather_threads, cxl.rows_in_flight(host.gather_rows_per_s),
                                           cxl.load_latency_ns * NS, cxl.devices * cxl.gbps * GB, self.gather_overhead())
 
     def cxl_latency(self) -> float:

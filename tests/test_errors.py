@@ -143,6 +143,8 @@ CASES: dict[str, Case] = {
     "uncertainty lognormal with a range": Case(
         lambda d: _run(d, f"hardware.profile={_spread(d, 'step_overhead_us', dist='lognormal', sigma=0.1, low=1.0)}"),
         ("gpu.yaml", "uncertainty.step_overhead_us", "takes sigma (no low or high)")),
+    "CXL tier without its loads in flight": Case(lambda d: _run(d, "hardware.cxl={preset: cxl-cz120-x8, dram_latency_ns: null}"),
+                                                 ("hardware.cxl", "give dram_latency_ns")),
     "node without a GPU": Case(lambda d: _run(d, "hardware.node={gpus: 0}"), ("hardware.node.gpus", "greater than or equal to 1")),
     "node on a profile without sockets": Case(lambda d: _run(d, "hardware.profile=gh200", "hardware.node={gpus: 2}"),
                                               ("hardware.node", "no socket section")),

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from engramsim import kernels
 from engramsim.cli import main
+from engramsim.errors import InputError
 from engramsim.hardware.presets import load_profile, load_tier, tier_names
 from engramsim.plan import Planner
 from engramsim.plugins.placement.per_order import PerOrder, PerOrderParams
@@ -83,6 +84,23 @@ def test_cxl_gather_is_latency_bound_for_small_rows_and_bandwidth_bound_for_larg
     assert cost.cxl_latency() == pytest.approx(300e-9) and cost.cxl_wire_time(20_000) == pytest.approx(1 * US)
 
 
+def test_cxl_loads_in_flight_follow_the_host_gather_rate_unless_given():
+    """A thread keeps host.gather_rows_per_s x dram_latency_ns loads in flight to CXL as to DRAM, so a
+    profile drawn with a slower host gathers from CXL more slowly too, and CXL never beats DRAM."""
+    derived = {**CXL, "rows_in_flight_per_thread": None, "dram_latency_ns": 100.0}
+    profile = load_profile("h100-sxm", cxl=derived)
+    for rate in (5e6, 23e6, 46e6):
+        host = profile.host.model_copy(update={"gather_rows_per_s": rate})
+        cost = RooflineCostModel(model(), profile.model_copy(update={"host": host}))
+        in_flight = rate * 100e-9
+        assert cost.cxl_gather_time(1000, 64) == pytest.approx(10 * US + 1000 * 300e-9 / (8 * in_flight))
+        assert cost.cxl_gather_time(1000, 64) > cost.gather_time(1000, 64)
+    given = load_profile("h100-sxm", cxl={**derived, "rows_in_flight_per_thread": 2.0})
+    assert given.cxl is not None and given.cxl.rows_in_flight(5e6) == 2.0  # given outright, it wins
+    with pytest.raises(InputError, match="give dram_latency_ns"):
+        load_profile("h100-sxm", cxl={**CXL, "rows_in_flight_per_thread": None})
+
+
 def test_the_zero_copy_slowdown_defaults_to_the_sm_share_and_the_profile_overrides_it():
     assert roofline().zero_copy_slowdown() == pytest.approx(132 / 116)
     profile = load_profile("h100-sxm")
@@ -119,7 +137,7 @@ def test_the_readme_lists_every_tier_number():
     for name in tier_names():
         (row,) = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith(f"| `{name}` |")]
         tier, _ = load_tier(name.split("-")[0], name)  # type: ignore[arg-type]
-        numbers = ([tier.load_latency_ns, tier.rows_in_flight_per_thread, tier.gbps, tier.devices, tier.capacity_gib]
+        numbers = ([tier.load_latency_ns, tier.dram_latency_ns, tier.gbps, tier.devices, tier.capacity_gib]
                    if name.startswith("cxl") else
                    [tier.read_iops, tier.read_latency_us, tier.queue_depth, tier.read_gbps, tier.page_bytes, tier.drives,
                     tier.capacity_gib])
