@@ -363,12 +363,11 @@ class RunOutcome:
     ttft_s: np.ndarray
     tpot_s: np.ndarray
     serving: ServingCounts | None = None
+    gpus: tuple[RunOutcome, ...] = ()  # a node's run (hardware.node): each GPU's own outcome, in GPU order
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", StepLog.of(self.steps))
         object.__setattr__(self, "spans", Timeline.of(self.spans))
-
-    gpus: tuple[RunOutcome, ...] = ()  # a node's run (hardware.node): each GPU's own outcome, in GPU order
 
     @property
     def throughput_tok_s(self) -> float:

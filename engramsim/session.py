@@ -315,9 +315,10 @@ def prepare(scenario: Scenario, source: str, reuse: Workloads | None = None) -> 
         return build_hashing(scenario.strategies.hashing, HashingSetup(engram, vocab.size, int(vocab.table[PAD_ID])))
     hashing, workloads = (new_hashing(), []) if reuse is None else reuse.get(scenario, new_hashing)
     node = scenario.hardware.node
-    for gpu in range(len(workloads), node.gpus if node else 1):
+    gpus = node.gpus if node else 1
+    for gpu in range(len(workloads), gpus):
         workloads.append(build_workload(scenario, trace, hashing, vocab, replica=gpu))
-    workload, replicas = workloads[0], tuple(workloads[1:node.gpus if node else 1])
+    workload, replicas = workloads[0], tuple(workloads[1:gpus])
     tables = engram_tables(scenario, hashing)
     setup = SetupContext(scenario, tables, profile, scenario.run.seed)
     with located(source, "strategies"):  # a plugin refusing its params (e.g. a predictor trained on the served tokens)

@@ -84,14 +84,20 @@ class Link:
             start = self.env.now
             if during is not None:
                 during(True)
-            if shared is None:
-                yield self.env.timeout(wire_s)
-            else:
-                yield from shared()
+            yield from hold(self.env, wire_s, shared)
             if during is not None:
                 during(False)
         self.busy_s += wire_s if shared is None else self.env.now - start
         return start, self.env.now
+
+
+def hold(env: simpy.Environment, seconds: float, shared: Callable[[], Events] | None) -> Events:
+    """Take `seconds` (one GPU with the host to itself), or as long as `shared()` takes (a node's GPU,
+    its flow through the host's shared fabric: simulator/node.py)."""
+    if shared is None:
+        yield env.timeout(seconds)
+    else:
+        yield from shared()
 
 
 BESIDE = frozenset({StageKind.NVME_DIRECT})
@@ -115,6 +121,8 @@ def table_shares(legs: list[Stage]) -> list[float]:
         into_host = into_host or leg.kind in INTO_HOST
         read_pages += leg.rows if leg.kind == StageKind.NVME_READ else 0
     return out
+
+
 SPAN_OF = {StageKind.GATHER: SpanKind.GATHER, StageKind.H2D: SpanKind.H2D, StageKind.ZERO_COPY: SpanKind.ZERO_COPY,
            StageKind.CXL_GATHER: SpanKind.CXL_GATHER, StageKind.NVME_READ: SpanKind.NVME_READ,
            StageKind.NVME_DIRECT: SpanKind.NVME_DIRECT}
@@ -173,10 +181,7 @@ class Engine:
         with self.gather_pool.request() as turn:
             yield turn
             start = self.env.now
-            if shared is None:
-                yield self.env.timeout(seconds)
-            else:
-                yield from shared()
+            yield from hold(self.env, seconds, shared)
         return start, self.env.now
 
     def _shared(self, wire_s: float, wire_bytes: int, stage: Stage, table_share: float) -> Callable[[], Events] | None:
@@ -216,10 +221,7 @@ class Engine:
             yield turn
             start = self.env.now
             seconds = self.cost.nvme_latency() + self.cost.nvme_stream_time(stage.bytes)
-            if self.seat is None:
-                yield self.env.timeout(seconds)
-            else:
-                yield from self.seat.land_pages(seconds, stage.bytes)
+            yield from hold(self.env, seconds, None if self.seat is None else partial(self.seat.land_pages, seconds, stage.bytes))
         return start, self.env.now
 
     def _nvme_direct(self, stage: Stage, row_bytes: int, table_share: float) -> Generator[simpy.Event, Any, tuple[float, float]]:

@@ -34,14 +34,10 @@ def fill(flows: list[Flow], capacities: Mapping[str, float]) -> None:
     open_flows = list(flows)
     used = dict.fromkeys(capacities, 0.0)  # drawn by flows already fixed
     while open_flows:
-        level = 1.0
-        for name, capacity in capacities.items():
-            demand = sum(flow.demands.get(name, 0.0) for flow in open_flows)
-            if demand > 0:
-                level = min(level, max(0.0, capacity - used[name]) / demand)
-        full = {name for name, capacity in capacities.items()
-                if (demand := sum(flow.demands.get(name, 0.0) for flow in open_flows)) > 0
-                and level * demand >= (capacity - used[name]) * (1 - 1e-9)}
+        demand = {name: total for name in capacities if (total := sum(flow.demands.get(name, 0.0) for flow in open_flows)) > 0}
+        left = {name: max(0.0, capacities[name] - used[name]) for name in demand}
+        level = min([1.0, *(left[name] / demand[name] for name in demand)])
+        full = {name for name in demand if level * demand[name] >= left[name] * (1 - 1e-9)}
         fixed = [flow for flow in open_flows if level >= 1.0 or full & flow.demands.keys()]
         for flow in fixed:
             flow.speed = max(level, EPSILON)

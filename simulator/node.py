@@ -55,7 +55,6 @@ def capacities(node: Node, profile: HardwareProfile) -> dict[str, float]:
 class Seat:
     """Where one GPU sits in the node, and how its host-side legs draw on the shared fabric."""
 
-    gpu: int
     socket: int
     switch: int
     sockets: int  # of the node
@@ -125,5 +124,5 @@ def seats(env: simpy.Environment, node: Node, profile: HardwareProfile) -> list[
     assert socket is not None, "a node needs the profile's socket section (session.check_node)"
     fabric = Fabric(env, capacities(node, profile))
     drives = simpy.Resource(env, capacity=1)
-    return [Seat(gpu, socket_of(gpu, node), switch_of(gpu, node), node.numa_nodes, node.table_copies == "per-node",
+    return [Seat(socket_of(gpu, node), switch_of(gpu, node), node.numa_nodes, node.table_copies == "per-node",
                  socket.remote_latency_ratio, profile.host.gather_threads, fabric, drives) for gpu in range(node.gpus)]
