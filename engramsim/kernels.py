@@ -40,7 +40,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, TypeVar
+from typing import Literal, NamedTuple, TypeVar, Union
 
 import numpy as np
 
@@ -59,16 +59,18 @@ short-conv RMSNorm (r+w), depthwise conv + SiLU (r+w), residual add (2 r + w).""
 BlockKind = Literal["dense", "moe"]
 Num = TypeVar("Num", float, np.ndarray)
 """Every pricing formula takes plain numbers or numpy arrays, and returns what it was given."""
+Amount = Union[float, np.ndarray]
+"""A count or size of one step, or one per step of a `StepBatch`."""
 
 
 class Gemm(NamedTuple):
     """One GEMM launch: `batch` products [m, k] @ [k, n] run as one grouped kernel (per-head
     products, MoE experts). `m` and `batch` may be expectations (routed experts' rows)."""
 
-    m: float
+    m: Amount
     n: int
     k: int
-    batch: float = 1.0
+    batch: Amount = 1.0
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,10 @@ class Work:
     the weight elements its GEMMs multiply by (what a GEMM's small-batch inefficiency scales with)
     and the shapes of its GEMMs (what wave quantisation needs)."""
 
-    flops: float = 0.0
-    bytes: float = 0.0
-    weights: float = 0.0
-    attention_bytes: float = 0.0
+    flops: Amount = 0.0
+    bytes: Amount = 0.0
+    weights: Amount = 0.0
+    attention_bytes: Amount = 0.0
     gemms: tuple[Gemm, ...] = ()
 
     def __add__(self, other: Work) -> Work:
@@ -93,7 +95,7 @@ def total(kernels: list[Work]) -> Work:
     return sum(kernels, Work())
 
 
-def gemm(tokens: float, k: int, n: int, dtype_bytes: float, extra_elems: int = 0, batch: int = 1) -> Work:
+def gemm(tokens: Amount, k: int, n: int, dtype_bytes: float, extra_elems: int = 0, batch: int = 1) -> Work:
     """`batch` products [tokens, k] @ [k, n] in one launch (`batch` > 1: one per head, the input
     and output of a token being `batch` slices): weights read once, input read, output written,
     plus `extra_elems` per token of small ops fused around it (norms, residual adds)."""
@@ -102,20 +104,28 @@ def gemm(tokens: float, k: int, n: int, dtype_bytes: float, extra_elems: int = 0
                 gemm_weights(tokens, params), gemms=(Gemm(tokens, n, k, batch),))
 
 
-def gemm_weights(rows: float, weights: float) -> float:
+def gemm_weights(rows: Amount, weights: Amount) -> Amount:
     """The weights a GEMM over `rows` rows pays the small-batch penalty on: none for one row,
     which libraries run as a matrix-vector product streaming the weights (no tiling to waste)."""
+    if isinstance(rows, np.ndarray):
+        return np.where(rows > 1, weights, 0.0)
     return weights if rows > 1 else 0.0
 
 
-def grouped_weights(work: Work) -> float:
+def grouped_weights(work: Work) -> Amount:
     """Of `work.weights`, those its grouped launches multiply (GEMMs of `batch` != 1: per-head
     products, routed experts): libraries run them as many small products, each reaching the compute
     peak later than one GEMM over the same rows (`roofline`'s `grouped_half_rows`)."""
-    return sum(g.n * g.k * g.batch for g in work.gemms if g.batch != 1 and g.m > 1)
+    out: Amount = 0
+    for g in work.gemms:
+        if isinstance(g.m, np.ndarray) or isinstance(g.batch, np.ndarray):  # a `StepBatch`'s launches, one per step
+            out = out + np.where((np.asarray(g.batch) != 1) & (np.asarray(g.m) > 1), g.n * g.k * g.batch, 0)
+        elif g.batch != 1 and g.m > 1:
+            out = out + g.n * g.k * g.batch
+    return out
 
 
-def wave_flops(work: Work, sms: int, tile_m: int, tile_n: int) -> float:
+def wave_flops(work: Work, sms: int, tile_m: int, tile_n: int) -> Amount:
     """The FLOPs `work`'s compute lasts as long as when each GEMM launch's output tiles run in
     waves over `sms` SMs: ceil(tiles / sms) waves, each as long as one tile's 2·tile_m·tile_n·k
     FLOPs on every SM, filled or not. A launch of fewer tiles than SMs splits k over
@@ -124,7 +134,22 @@ def wave_flops(work: Work, sms: int, tile_m: int, tile_n: int) -> float:
     own FLOPs, as do the work's non-GEMM FLOPs. A GEMM of fewer rows than `tile_m` runs tiles of
     the next power of two rows, at least `MIN_TILE_M` (libraries pick skinny tiles for skinny
     GEMMs, fused-MoE kernels 16-row blocks for experts with few tokens)."""
-    return work.flops + sum(_wave_excess(*shape, sms, tile_m, tile_n) for shape in work.gemms)
+    excess: Amount = 0.0  # added launch by launch (not `sum`, which compensates floats on Python 3.12)
+    for shape in work.gemms:
+        excess = excess + _wave_excess_of(shape, sms, tile_m, tile_n)
+    return work.flops + excess
+
+
+def _wave_excess_of(shape: Gemm, sms: int, tile_m: int, tile_n: int) -> Amount:
+    """`_wave_excess` of one launch, or of one launch per step of a `StepBatch` (its rows and
+    batch arrays): each distinct shape priced once by the same scalar formula."""
+    m, n, k, batch = shape
+    if not isinstance(m, np.ndarray) and not isinstance(batch, np.ndarray):
+        return _wave_excess(m, n, k, batch, sms, tile_m, tile_n)
+    pairs = np.stack(np.broadcast_arrays(np.asarray(m, dtype=np.float64), np.asarray(batch, dtype=np.float64)), axis=1)
+    distinct, at = np.unique(pairs, axis=0, return_inverse=True)
+    excess = np.array([_wave_excess(float(a), n, k, float(b), sms, tile_m, tile_n) for a, b in distinct], dtype=np.float64)
+    return excess[at.reshape(-1)]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -146,13 +171,17 @@ def block_kind(model: Model, block: int) -> BlockKind:
     return "moe" if moe is not None and block >= moe.dense_layers else "dense"
 
 
-def experts_touched(model: Model, tokens: int) -> float:
+def experts_touched(model: Model, tokens: Amount) -> Amount:
     """Expected experts whose weights a step of `tokens` tokens reads: shared experts plus
     E·(1-(1-k/E)^n) distinct routed ones, assuming uniform, independent routing."""
     moe = model.backbone.moe
     if moe is None:
         return 0.0
     e, k = moe.experts, moe.top_k
+    if isinstance(tokens, np.ndarray):  # each distinct count by the same float power as one step's
+        distinct, at = np.unique(tokens, return_inverse=True)
+        missed = np.array([(1.0 - k / e) ** int(n) for n in distinct], dtype=np.float64)[at.reshape(-1)]
+        return moe.shared_experts + e * (1.0 - missed)
     return moe.shared_experts + e * (1.0 - (1.0 - k / e) ** tokens)
 
 
@@ -167,19 +196,63 @@ class Sequences(NamedTuple):
     (prefills, prompt chunks), with their context (KV length after the step) and causal
     query-key pairs (a sequence with n new tokens and context c: n·(c-n) + n(n+1)/2; decode: c)."""
 
-    decode: int
-    decode_ctx: float
-    multi_tokens: float
-    multi_ctx: float
-    multi_pairs: float
+    decode: Amount
+    decode_ctx: Amount
+    multi_tokens: Amount
+    multi_ctx: Amount
+    multi_pairs: Amount
 
     @property
-    def tokens(self) -> float:
+    def tokens(self) -> Amount:
         return self.decode + self.multi_tokens
 
 
-def sequences(step: Step) -> Sequences:
+@dataclass(frozen=True)
+class StepBatch:
+    """Many steps as the kernel inventory sees one, each attribute an array over the steps: every
+    formula here then prices them all at once, element for element the floats it gives one step
+    (`RooflineCostModel.price`). Built by `of`."""
+
+    compute_tokens: np.ndarray
+    num_tokens: np.ndarray
+    num_seqs: np.ndarray
+    pad: np.ndarray
+    seqs: Sequences
+
+    @classmethod
+    def of(cls, steps: list[Step]) -> StepBatch:
+        """The batch of `steps`: their sequences' sums by segment reductions over all their sequences at once."""
+        sizes = np.array([step.seq_ids.size for step in steps], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        new = np.concatenate([step.new_tokens for step in steps]).astype(np.int64, copy=False)
+        ctx = np.concatenate([step.context_lens for step in steps]).astype(np.int64, copy=False)
+        one = new == 1
+        multi_new, multi_ctx = np.where(one, 0, new), np.where(one, 0, ctx)
+        pairs = multi_new * (multi_ctx - multi_new) + multi_new * (multi_new + 1) // 2
+
+        def per_step(values: np.ndarray) -> np.ndarray:
+            return np.add.reduceat(values, starts) if values.size else np.zeros(len(steps), dtype=np.int64)
+
+        seqs = Sequences(per_step(one.astype(np.int64)), per_step(np.where(one, ctx, 0)).astype(np.float64),
+                         per_step(multi_new).astype(np.float64), per_step(multi_ctx).astype(np.float64), per_step(pairs).astype(np.float64))
+        tokens = np.array([step.num_tokens for step in steps], dtype=np.int64)
+        pad = np.array([step.pad for step in steps], dtype=np.int64)
+        return cls(tokens + pad, tokens, sizes, pad, seqs)
+
+    def take(self, at: np.ndarray) -> StepBatch:
+        """The steps at indices `at`."""
+        return StepBatch(self.compute_tokens[at], self.num_tokens[at], self.num_seqs[at], self.pad[at],
+                         Sequences(*(np.asarray(column)[at] for column in self.seqs)))
+
+
+StepLike = Union[Step, StepBatch]
+"""What the kernel inventory prices: one step, or a batch of steps at once."""
+
+
+def sequences(step: StepLike) -> Sequences:
     """`Sequences` of the step: a few numpy reductions, whatever the batch size."""
+    if isinstance(step, StepBatch):
+        return step.seqs
     new, ctx = step.new_tokens, step.context_lens
     one = new == 1
     decode = int(one.sum())
@@ -190,7 +263,7 @@ def sequences(step: Step) -> Sequences:
     return Sequences(decode, float(ctx[one].sum()), float(n.sum()), float(c.sum()), float(pairs.sum()))
 
 
-def attention_kernels(model: Model, step: Step) -> list[Work]:
+def attention_kernels(model: Model, step: StepLike) -> list[Work]:
     """The attention sublayer: GQA's [input RMSNorm + qkv GEMM, attention core, o GEMM + residual
     add], or MLA's (`mla_kernels`).
 
@@ -216,7 +289,7 @@ def attention_kernels(model: Model, step: Step) -> list[Work]:
     return [qkv, core, o]
 
 
-def mla_kernels(bb: Backbone, step: Step) -> list[Work]:
+def mla_kernels(bb: Backbone, step: StepLike) -> list[Work]:
     """Multi-head latent attention (H heads, d = head_dim, r = rope_head_dim, L = kv_lora_rank,
     Q = q_lora_rank): [query GEMM(s), KV down GEMM + latent write, decode sequences' absorbed form,
     multi-token sequences' up-projection + core, o GEMM + residual add].
@@ -243,7 +316,7 @@ def mla_kernels(bb: Backbone, step: Step) -> list[Work]:
         works = [gemm(rows, hidden, att.q_lora_rank, b, extra_elems=2 * hidden),
                  gemm(rows, att.q_lora_rank, q_out, b, extra_elems=2 * att.q_lora_rank)]  # + query-latent RMSNorm
     works.append(gemm(rows, hidden, lat + r, b, extra_elems=2 * lat) + Work(0.0, seqs.tokens * kv_token_bytes))
-    if seqs.decode:
+    if np.any(seqs.decode):  # a batch's steps all have decode sequences or none (`RooflineCostModel.price` groups them)
         absorbed = seqs.decode + step.pad
         works += [
             gemm(absorbed, d, lat, b, batch=h),  # q_nope x W_UK
@@ -252,7 +325,7 @@ def mla_kernels(bb: Backbone, step: Step) -> list[Work]:
                  attention_bytes=seqs.decode_ctx * kv_token_bytes),
             gemm(absorbed, lat, d, b, batch=h),  # x W_UV
         ]
-    if seqs.multi_tokens:
+    if np.any(seqs.multi_tokens):
         works += [
             gemm(seqs.multi_ctx, lat, 2 * h * d, b),  # the context's latent -> k_nope, v
             Work(seqs.multi_pairs * (2.0 * h * (d + r) + 2.0 * h * d),
@@ -262,7 +335,7 @@ def mla_kernels(bb: Backbone, step: Step) -> list[Work]:
     return works
 
 
-def mlp_kernels(model: Model, step: Step) -> list[Work]:
+def mlp_kernels(model: Model, step: StepLike) -> list[Work]:
     """Dense SwiGLU MLP (3·hidden·intermediate weights): [norm + gate/up GEMM, SiLU(gate)·up,
     down GEMM + residual add]."""
     bb = model.backbone
@@ -276,7 +349,7 @@ def mlp_kernels(model: Model, step: Step) -> list[Work]:
     ]
 
 
-def moe_kernels(model: Model, step: Step) -> list[Work]:
+def moe_kernels(model: Model, step: StepLike) -> list[Work]:
     """Norm + router, the experts' gate/up GEMMs + SwiGLU, their down GEMMs + weighted combine +
     residual add (shared + top-k routed experts).
 
@@ -293,9 +366,14 @@ def moe_kernels(model: Model, step: Step) -> list[Work]:
     hidden, inter = bb.hidden, moe.expert_intermediate
     rows = step.compute_tokens
     paths = moe.shared_experts + moe.top_k  # experts each token runs through
-    touched = experts_touched(model, step.num_tokens + (1 if step.pad else 0))  # padding rows are alike: one routing among them
+    touched = experts_touched(model, step.num_tokens + _nonzero(step.pad))  # padding rows are alike: one routing among them
     routed = touched - moe.shared_experts
-    routed_rows = rows * moe.top_k / routed if routed > 0 else 0.0  # an empty step touches none
+    routed_rows: Amount
+    if isinstance(routed, np.ndarray):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            routed_rows = np.where(routed > 0, rows * moe.top_k / routed, 0.0)
+    else:
+        routed_rows = rows * moe.top_k / routed if routed > 0 else 0.0  # an empty step touches none
 
     def shapes(n: int, k: int) -> tuple[Gemm, ...]:
         return Gemm(rows, n, k, moe.shared_experts), Gemm(routed_rows, n, k, routed)
@@ -310,7 +388,12 @@ def moe_kernels(model: Model, step: Step) -> list[Work]:
     return [router, up, down]
 
 
-def mhc_kernels(model: Model, step: Step) -> tuple[Work, Work]:
+def _nonzero(values: Amount) -> Amount:
+    """1 where `values` is not 0, else 0 (a step's, or each step's of a batch)."""
+    return (values != 0).astype(np.int64) if isinstance(values, np.ndarray) else (1 if values else 0)
+
+
+def mhc_kernels(model: Model, step: StepLike) -> tuple[Work, Work]:
     """mHC around one sublayer (n = hc_mult streams of C = hidden): [RMSNorm of the flattened
     n·C stream + GEMM n·C -> n² + 2n mixing coefficients + pre-mix (read n·C, write C), post +
     residual mix (read n·C + C, write n·C)] per token."""
@@ -323,7 +406,7 @@ def mhc_kernels(model: Model, step: Step) -> tuple[Work, Work]:
     return pre, post
 
 
-def block_kernels(model: Model, step: Step, block: int) -> list[Work]:
+def block_kernels(model: Model, step: StepLike, block: int) -> list[Work]:
     """The kernels of one transformer block (attention + MLP or MoE) for the step, each sublayer
     wrapped in its mHC kernels when the backbone has more than one residual stream."""
     mlp = moe_kernels(model, step) if block_kind(model, block) == "moe" else mlp_kernels(model, step)
@@ -334,7 +417,7 @@ def block_kernels(model: Model, step: Step, block: int) -> list[Work]:
     return [pre, *attention, post, pre, *mlp, post]
 
 
-def engram_kernels(model: Model, step: Step, rows: int) -> list[Work]:
+def engram_kernels(model: Model, step: StepLike, rows: int | np.ndarray) -> list[Work]:
     """The Engram layer's GPU work after its rows are on the device: [conversion (when the dtypes
     differ), gather, fused projection, gating + short conv + residual].
 
@@ -368,7 +451,7 @@ def engram_kernels(model: Model, step: Step, rows: int) -> list[Work]:
     return [*convert, gather, projection, elementwise]
 
 
-def head_kernels(model: Model, step: Step) -> list[Work]:
+def head_kernels(model: Model, step: StepLike) -> list[Work]:
     """[embedding lookup + final RMSNorm (graph-padded rows), LM head GEMM for one sampled token per
     sequence]."""
     bb = model.backbone

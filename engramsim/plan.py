@@ -121,6 +121,17 @@ class StepPlan:
     released: tuple[FetchKey, ...] = ()  # fetches whose staged rows no step after this one is served from
 
 
+def _one_tier(placement: Placement) -> int | None:
+    """The tier that holds every row of every table, when the placement says one does
+    (`bytes_per_tier`), else None."""
+    try:
+        per_tier = placement.bytes_per_tier()
+    except NotImplementedError:
+        return None
+    used = [tier for tier, size in per_tier.items() if size > 0]
+    return int(used[0]) if len(used) == 1 else None
+
+
 class Planner:
     """Applies placement, cache and prefetch to every step, in step order (caches keep state)."""
 
@@ -145,6 +156,8 @@ class Planner:
         self._staged_seqs: dict[int, int] = {}  # staged request -> the tokens its prefill feeds
         self._refs: Counter[FetchKey] = Counter()  # staged entries each carrying fetch serves
         self._released: dict[int, list[FetchKey]] = {}  # step -> carrying fetches released while planning it
+        self._one_tier = _one_tier(placement)  # the tier of every row, when the placement keeps them all in one
+        self._cacheless = {layer: cache.capacity_rows(layer) <= 0 for layer in self.layers}  # a cache of no rows misses every lookup
 
     def plan(self, view: StepView) -> StepPlan:
         """The plan of `view.step`; plans the steps the prefetch policy leads into on the way."""
@@ -183,20 +196,15 @@ class Planner:
     def _plan_layer(self, layer: int, rows: np.ndarray, references: int, view: StepView, issuing: int,
                     staging: FetchPlan | None = None) -> FetchPlan:
         step = view.step
-        tiers = self.placement.tier_of(layer, rows)
-        if tiers.size and int(tiers.max()) not in PRICED_TIERS:
-            raise ValueError(f"placement {self.placement.name!r} put rows of layer {layer} in tier "
-                             f"{Tier(int(tiers.max())).name}, which no executor prices yet")
-        outside = rows[tiers != HBM]
-        misses, admitted, evicted = self._cache_lookup(layer, outside, view)
+        outside = self._outside_hbm(layer, rows)
+        misses, admitted, evicted = (outside, EMPTY, EMPTY) if self._cacheless[layer] else self._cache_lookup(layer, outside, view)
         before = self._speculated[layer]
         guessed = int(np.count_nonzero(np.isin(misses, before, assume_unique=True))) if before.size and misses.size else 0
         fetched, staged, carriers = self._from_staging(layer, misses, step.index)
         self._release_speculative(layer, step.index)
         extra = self._speculative(layer, view, rows)
         self._speculated[layer] = extra
-        lead = min(max(0, int(self.prefetch.lead_steps(layer, view))), step.index - issuing)
-        block = min(max(0, int(self.prefetch.issue_layer(layer, view))), layer if lead == 0 else self.blocks - 1)
+        lead, block = self.issue_at(layer, view, issuing)
         carries = bool(extra.size) and self.prefetch.serve_speculative
         if carries:
             self._hold(layer, Staged(np.sort(extra), (step.index, layer, False)))
@@ -207,6 +215,40 @@ class Planner:
             deadline=self.prefetch.deadline, missed_references=self._missed_references(step, layer, rows, references, misses),
             staged=staged, staged_from=carriers, waiting=0 if staging is None else int(staging.fetch.size), carries=carries,
         )
+
+    def issue_at(self, layer: int, view: StepView, issuing: int) -> tuple[int, int]:
+        """(steps ahead, block) at which the fetch of `layer` for `view.step` is issued, planned while
+        step `issuing` runs: the prefetch policy's lead, cut to the steps planned ahead, and its block,
+        at most the layer itself in the fetch's own step."""
+        lead = min(max(0, int(self.prefetch.lead_steps(layer, view))), view.step.index - issuing)
+        return lead, min(max(0, int(self.prefetch.issue_layer(layer, view))), layer if lead == 0 else self.blocks - 1)
+
+    def stateless(self) -> int | None:
+        """The tier that holds every row, when each step's plan depends on that step alone, so an
+        executor may read every step's plan off its lookups (simulator/bulk.py): a cache of no rows,
+        every row in that one tier, no fetch led across steps, no speculative rows, no staging of
+        waiting requests, no deadline. None otherwise; HBM for a pass without Engram."""
+        prefetch = self.prefetch
+        if not self.layers:
+            return HBM
+        if (self._one_tier is None or not all(self._cacheless.values()) or prefetch.horizon > 0 or prefetch.deadline
+                or prefetch.fetch_waiting or any(prefetch.speculative_budget(layer) > 0 for layer in self.layers)):
+            return None
+        return self._one_tier
+
+    def _outside_hbm(self, layer: int, rows: np.ndarray) -> np.ndarray:
+        """The rows the placement keeps outside HBM (all or none of them, without asking it row by
+        row, when it keeps every row in one tier)."""
+        tier = self._one_tier
+        if tier is None:
+            tiers = self.placement.tier_of(layer, rows)
+            tier = int(tiers.max()) if tiers.size else HBM
+        if tier not in PRICED_TIERS:
+            raise ValueError(f"placement {self.placement.name!r} put rows of layer {layer} in tier {Tier(tier).name}, which no executor "
+                             "prices yet")
+        if self._one_tier is not None:
+            return rows if tier != HBM else rows[:0]
+        return rows[tiers != HBM]
 
     # ---- the staging area ----------------------------------------------------------------------
     def staged_rows(self, layer: int) -> list[Staged]:
@@ -377,8 +419,10 @@ class Planner:
         """The policy's guess in its own order, less duplicates, rows the step needs and rows in
         HBM (placed, cached or staged), cut to the budget."""
         budget = self.prefetch.speculative_budget(layer)
+        if budget <= 0:
+            return EMPTY
         guess = np.asarray(self.prefetch.speculative_rows(layer, view), dtype=np.int64)
-        if budget <= 0 or guess.size == 0:
+        if guess.size == 0:
             return EMPTY
         if guess.min() < 0 or guess.max() >= self.table_rows[layer]:
             raise ValueError(f"prefetch {self.prefetch.name!r} guessed rows outside layer {layer}'s table of {self.table_rows[layer]} rows")

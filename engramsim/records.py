@@ -40,6 +40,8 @@ class SpanKind(Enum):
     NVME_READ = "nvme-read"  # SSDs reading the pages that hold rows into host memory
     NVME_DIRECT = "nvme-direct"  # SSDs writing those pages straight into HBM over the link
 
+    __hash__ = object.__hash__  # members are singletons: hashed by identity in C (Enum's own hash is Python code, hot on timelines)
+
     @property
     def lane(self) -> str:
         return LANE_OF[self]
@@ -87,6 +89,10 @@ class Span:
         if self.blocks is not None:
             return f"{self.kind.value} {self.blocks[0]}-{self.blocks[1]}"
         return self.kind.value if self.layer is None else f"{self.kind.value} L{self.layer}" + (" staging" if self.staging else "")
+
+
+SpanFields = tuple[SpanKind, float, float, int, "int | None", int, "tuple[int, int] | None", bool]
+"""A span's fields in `Span`'s order (kind, start_s, end_s, step, layer, bytes, blocks, staging), for `Timeline.record`."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -181,6 +187,18 @@ class Columns:
         self._chunks[-1][at] = row
         self._size += 1
 
+    def extend(self, rows: np.ndarray) -> None:
+        """Append many rows (of this dtype) at once."""
+        done = 0
+        while done < rows.size:
+            at = self._size % CHUNK_ROWS
+            if at == 0:
+                self._chunks.append(np.empty(CHUNK_ROWS, dtype=self.dtype))
+            take = min(CHUNK_ROWS - at, rows.size - done)
+            self._chunks[-1][at:at + take] = rows[done:done + take]
+            self._size += take
+            done += take
+
     def row(self, i: int) -> tuple:
         """Row i as Python values."""
         return self._chunks[i // CHUNK_ROWS][i % CHUNK_ROWS].item()
@@ -251,6 +269,14 @@ class StepLog:
         for layer in record.layers:
             self._layers.append(_LAYER_ROW(layer))
 
+    def extend(self, steps: np.ndarray, layers: np.ndarray) -> None:
+        """Append step records and their layer records given as columns (STEP_DTYPE, whose
+        `first_layer` counts from the first of `layers`, and LAYER_DTYPE)."""
+        steps = steps.copy()
+        steps["first_layer"] += len(self._layers)
+        self._steps.extend(steps)
+        self._layers.extend(layers)
+
     def __len__(self) -> int:
         return len(self._steps)
 
@@ -286,8 +312,11 @@ class StepLog:
 
 class Timeline:
     """A pass's spans: every span's seconds summed by kind (`busy_s`, exact whatever the run's
-    length), and the spans of the first `limit` steps (default `TIMELINE_STEPS`) kept, in the
-    order recorded. Iterating gives the kept spans."""
+    length), and the spans of the first `limit` steps (default `TIMELINE_STEPS`) kept. Iterating
+    gives the kept spans in timeline order (`span_order`: by start, then end, kind, step, layer),
+    whatever order an executor recorded them in (the event model records a leg when it ends, the
+    fast path when it prices the fetch). Each kind's spans are recorded in time order by every
+    executor (a lane runs one at a time), so `busy_s` sums them in the same order too."""
 
     def __init__(self, spans: Iterable[Span] = (), limit: int | None = None) -> None:
         self.limit = TIMELINE_STEPS if limit is None else limit
@@ -295,6 +324,8 @@ class Timeline:
         self.dropped = 0  # spans counted in busy_s but not kept
         self.elsewhere = 0  # a node's: spans of its other GPUs, counted in busy_s, not kept (`joined`)
         self._kept: list[Span] = []
+        self._fields: list[SpanFields] = []  # spans `record`ed, as their fields, not built yet
+        self._ordered = True
         for span in spans:
             self.add(span)
 
@@ -307,8 +338,33 @@ class Timeline:
         self.busy_s[span.kind] += span.seconds
         if span.step < self.limit:
             self._kept.append(span)
+            self._ordered = False
         else:
             self.dropped += 1
+
+    def record(self, fields: list[SpanFields]) -> None:
+        """`add` the spans of these fields, in order, each built only when the timeline is read (a pass records thousands)."""
+        busy, limit, kept = self.busy_s, self.limit, self._fields
+        before = len(kept)
+        for span in fields:
+            busy[span[0]] += span[2] - span[1]
+            if span[3] < limit:
+                kept.append(span)
+            else:
+                self.dropped += 1
+        if len(kept) > before:
+            self._ordered = False
+
+    def _spans(self) -> list[Span]:
+        """The kept spans, in timeline order."""
+        if self._fields:
+            self._kept += [Span(kind=kind, start_s=start, end_s=end, step=step, layer=layer, bytes=nbytes, blocks=blocks, staging=staging)
+                           for kind, start, end, step, layer, nbytes, blocks, staging in self._fields]
+            self._fields.clear()
+        if not self._ordered:
+            self._kept.sort(key=span_order)
+            self._ordered = True
+        return self._kept
 
     @property
     def link_s(self) -> float:
@@ -316,7 +372,7 @@ class Timeline:
         return sum(seconds for kind, seconds in self.busy_s.items() if kind.on_link)
 
     def __len__(self) -> int:
-        return len(self._kept)
+        return len(self._kept) + len(self._fields)
 
     @classmethod
     def joined(cls, timelines: list[Timeline]) -> Timeline:
@@ -332,7 +388,16 @@ class Timeline:
         return out
 
     def __iter__(self) -> Iterator[Span]:
-        return iter(self._kept)
+        return iter(self._spans())
+
+
+KIND_ORDER = {kind: i for i, kind in enumerate(SpanKind)}
+
+
+def span_order(span: Span) -> tuple:
+    """Where a span sits on the timeline: by start, then end, then its kind, step, layer and the rest."""
+    return (span.start_s, span.end_s, KIND_ORDER[span.kind], span.step, -1 if span.layer is None else span.layer,
+            span.blocks or (-1, -1), span.bytes, span.staging)
 
 
 @dataclass(frozen=True, kw_only=True)

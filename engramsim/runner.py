@@ -26,7 +26,7 @@ from engramsim.registry import build
 from engramsim.results import results_document, summarize, write_results
 from engramsim.scenario import Node, Scenario, StrategyChoice, socket_of, switch_of
 from engramsim.scenario_io import dump_scenario
-from engramsim.scheduler import Scheduler
+from engramsim.schedule import Served
 from engramsim.session import ALL_HBM, GIB, Prepared, planner, strategies
 from engramsim.simulator.cost import RooflineCostModel
 from engramsim.simulator.engine import CountingEnvironment, Engine, simulate, simulate_node
@@ -50,7 +50,7 @@ def _engine(prepared: Prepared, placement: StrategyChoice | None, engram: bool, 
     )
 
 
-def _outcome(engine: Engine, scheduler: Scheduler, steps: StepLog, makespan: float) -> RunOutcome:
+def _outcome(engine: Engine, scheduler: Served, steps: StepLog, makespan: float) -> RunOutcome:
     ttft, tpot = scheduler.latencies()
     return RunOutcome(steps=steps, spans=engine.spans, events=engine.env.event_count, link_busy_s=engine.link.busy_s,
                       makespan_s=makespan, output_tokens=scheduler.output_tokens, prompt_tokens=scheduler.prompt_tokens,
@@ -65,7 +65,7 @@ def simulate_run(prepared: Prepared, placement: StrategyChoice | None = None, en
     if node is not None and node.shared:
         return simulate_gpus(prepared, node, placement, engram, progress)
     engine = _engine(prepared, placement, engram)
-    scheduler = prepared.scheduler(engram)
+    scheduler = prepared.served(engram)
     steps, makespan = simulate(engine, scheduler, planner(prepared, placement, engram), prepared.scenario.run.max_steps, progress)
     return _outcome(engine, scheduler, steps, makespan)
 
@@ -77,7 +77,7 @@ def simulate_gpus(prepared: Prepared, node: Node, placement: StrategyChoice | No
     (on the fast path). The outcome joins the GPUs' (`RunOutcome.of_node`)."""
     replicas = [prepared.replica(gpu) for gpu in range(node.gpus)]
     planners = [planner(replica, placement, engram) for replica in replicas]
-    schedulers = [replica.scheduler(engram) for replica in replicas]
+    schedulers = [replica.served(engram) for replica in replicas]
     max_steps = prepared.scenario.run.max_steps
     if all(never_fetches(p) for p in planners):
         engines = [_engine(replica, placement, engram) for replica in replicas]

@@ -73,6 +73,19 @@ class RequestMetrics:
     ttft_s: np.ndarray  # first token (end of the step that sampled it) - arrival
     tpot_s: np.ndarray  # (finish - first token) / (output_len - 1)
 
+    def defined(self) -> tuple[np.ndarray, np.ndarray]:
+        """(TTFT, TPOT) of the requests where each is defined, in request-id order."""
+        return self.ttft_s[~np.isnan(self.ttft_s)], self.tpot_s[~np.isnan(self.tpot_s)]
+
+
+def request_metrics(arrival_s: np.ndarray, output_len: np.ndarray, first_token_s: np.ndarray, finish_s: np.ndarray) -> RequestMetrics:
+    """Per request, from when it arrived, sampled its first token and its last (NaN: not yet)."""
+    ttft = first_token_s - arrival_s
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = (finish_s - first_token_s) / (output_len - 1)
+    tpot[output_len <= 1] = np.nan
+    return RequestMetrics(ttft, tpot)
+
 
 class BlockManager:
     """A paged KV cache of `total` blocks of `block_size` tokens. Sequence s holds `held[s]` blocks;
@@ -338,16 +351,11 @@ class Scheduler:
 
     # ---- metrics ----------------------------------------------------------------------------
     def request_metrics(self) -> RequestMetrics:
-        ttft = self.first_token_s - self.arrival_s
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tpot = (self.finish_s - self.first_token_s) / (self.output_len - 1)
-        tpot[self.output_len <= 1] = np.nan
-        return RequestMetrics(ttft, tpot)
+        return request_metrics(self.arrival_s, self.output_len, self.first_token_s, self.finish_s)
 
     def latencies(self) -> tuple[np.ndarray, np.ndarray]:
         """(TTFT, TPOT) of the requests where each is defined, in request-id order, seconds."""
-        metrics = self.request_metrics()
-        return metrics.ttft_s[~np.isnan(metrics.ttft_s)], metrics.tpot_s[~np.isnan(metrics.tpot_s)]
+        return self.request_metrics().defined()
 
     def serving(self) -> ServingCounts:
         """The pass's KV-cache and preemption counts, over the steps made so far."""

@@ -23,6 +23,7 @@ from engramsim.hbm import backbone_items, hbm_items, kv_blocks, kv_bytes_per_tok
 from engramsim.plan import Planner
 from engramsim.registry import build, build_hashing, build_scheduler, scheduler_class, scheduler_params
 from engramsim.scenario import Node, Scenario, StrategyChoice, host_tables_bytes
+from engramsim.schedule import Served, schedule_for
 from engramsim.scheduler import Scheduler, SchedulerParams
 from engramsim.steps import Step
 from engramsim.strategies import PRICED_TIERS, Cache, Hashing, HashingSetup, Placement, Prefetch, SetupContext, TableInfo, Tier, Transport
@@ -78,8 +79,19 @@ class Prepared:
     def scheduler(self, engram: bool = True) -> Scheduler:
         """A fresh serving engine (the scenario's scheduler plugin) for one pass, with that pass's KV
         cache: `engram=False` for the pass without Engram (see `KvCache`)."""
-        blocks = self.kv.blocks if engram else self.kv.blocks_without_engram
-        return build_scheduler(self.scenario.strategies.scheduler, self.workload, blocks)
+        return build_scheduler(self.scenario.strategies.scheduler, self.workload, self._kv_blocks(engram))
+
+    def served(self, engram: bool = True) -> Served:
+        """The serving engine of one simulated pass: a replay of the steps its scheduler serves
+        (`engramsim/schedule.py`, served once for every pass with this KV cache) when they cannot
+        depend on timing, else a fresh scheduler."""
+        choice, max_steps = self.scenario.strategies.scheduler, self.scenario.run.max_steps
+        scheduler = self.scheduler(engram)
+        schedule = schedule_for(scheduler, (choice.model_dump_json(), self._kv_blocks(engram), max_steps), max_steps)
+        return scheduler if schedule is None else schedule.replay()
+
+    def _kv_blocks(self, engram: bool) -> int:
+        return self.kv.blocks if engram else self.kv.blocks_without_engram
 
 
 def engram_tables(scenario: Scenario, hashing: Hashing) -> dict[int, TableInfo]:

@@ -212,6 +212,7 @@ class Workload:
     window_capacity: int  # tokens of hashed windows held at once (`WindowRows`)
     threads: int = 1  # hashing threads
     _memo: LookupMemo = field(default_factory=lambda: LookupMemo(MEMO_BYTES), repr=False)
+    schedules: dict = field(default_factory=dict, repr=False)  # served steps kept for later passes (engramsim/schedule.py)
 
     def __post_init__(self) -> None:
         self._windows = WindowRows(self.window_offsets, self.window_capacity, self.max_num_seqs, self.hash_windows)
@@ -269,15 +270,16 @@ class Workload:
         at = starts[np.searchsorted(needed, request)] + positions - self.window_offsets[request]
         return {layer: layer_rows[at] for layer, layer_rows in rows.items()}
 
-    def lookups(self, step: Step | np.ndarray) -> dict[int, LayerLookup]:
+    def lookups(self, step: Step | np.ndarray, key: bytes | None = None) -> dict[int, LayerLookup]:
         """Per Engram layer, the unique rows of the tokens a step feeds (a Step or its positions).
 
-        Memoized by the positions' bytes: while it stays in the memo, the same step content returns
-        the same (shared, read-only) dict. Deduplication: see `unique_sorted`.
+        Memoized by the positions' bytes (`key`, when the caller kept them: a replayed schedule's):
+        while it stays in the memo, the same step content returns the same (shared, read-only) dict.
+        Deduplication: see `unique_sorted`.
         """
         positions = step.positions if isinstance(step, Step) else step
         positions = np.ascontiguousarray(positions, dtype=np.int64)
-        key = positions.tobytes()
+        key = positions.tobytes() if key is None else key
         found = self._memo.get(key)
         if found is None:
             found = {layer: LayerLookup(layer, _frozen(unique_sorted(rows, overwrite=True)), int(rows.size))
@@ -287,17 +289,19 @@ class Workload:
 
 
 class StepLookups(Mapping[int, LayerLookup]):
-    """A step's lookups, found when first read: a pass that plans no Engram layer never hashes,
-    and a step a policy only looked ahead at costs nothing until one reads it."""
+    """A step's lookups, found when read: a pass that plans no Engram layer never hashes, and a
+    step a policy only looked ahead at costs nothing until one reads it. Found in the workload's
+    memo each time (by the positions' bytes, kept here), never held by the step: a schedule kept
+    for later passes (engramsim/schedule.py) holds its steps but not their lookups."""
 
     def __init__(self, workload: Workload, positions: np.ndarray) -> None:
         self._workload, self._positions = workload, positions
-        self._found: dict[int, LayerLookup] | None = None
+        self._key: bytes | None = None
 
     def _all(self) -> dict[int, LayerLookup]:
-        if self._found is None:
-            self._found = self._workload.lookups(self._positions)
-        return self._found
+        if self._key is None:
+            self._key = np.ascontiguousarray(self._positions, dtype=np.int64).tobytes()
+        return self._workload.lookups(self._positions, self._key)
 
     def __getitem__(self, layer: int) -> LayerLookup:
         return self._all()[layer]

@@ -4,12 +4,13 @@ until the engine simulates the queue as one stretch of compute and lays out its 
 The one definition of what a step's compute segments cost and how their spans are laid out,
 shared by the event model (`engine.Engine`, which flushes the queue as one SimPy timeout where a
 fetch is issued, an Engram layer must wait, or the step ends) and the path for passes that move
-no rows (`fast.simulate_without_fetches`, which adds the same floats in the same order without
-SimPy), so the two produce the same records and spans to the last bit.
+no rows or fetches only within its steps (`fast.simulate_fast`, which adds the same floats in the
+same order without SimPy), so the two produce the same records and spans to the last bit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from engramsim.records import Span, SpanKind, Timeline
@@ -20,6 +21,15 @@ if TYPE_CHECKING:
 
 Queued = tuple[float, SpanKind, int, "int | None", "tuple[int, int] | None"]
 """A compute segment enqueued: seconds, and its span's kind, step, layer and blocks."""
+
+
+def add_up(values: Iterable[float]) -> float:
+    """`values` added one after another from 0: the sum every executor's clock makes, on every Python
+    (3.12's `sum` compensates floats, which a clock adding segment by segment never does)."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total
 
 
 def stretch(took: float, total: float) -> float:
@@ -50,7 +60,7 @@ class ComputeQueue:
     # ---- the queue ------------------------------------------------------------------------------
     def pending_s(self) -> float:
         """Seconds of compute queued (an issue in the middle of it happens this much later)."""
-        return sum(queued[0] for queued in self._queued)
+        return add_up(queued[0] for queued in self._queued)
 
     def lay_out(self, spans: Timeline, start: float, scale: float = 1.0) -> None:
         """Record the queued compute's spans on `spans` back to back from `start`, each `scale` times

@@ -23,23 +23,41 @@ returns seconds.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, overload, runtime_checkable
+
+import numpy as np
 
 from engramsim import kernels
 from engramsim.hardware.profile import CXL, HardwareProfile, NVMe
-from engramsim.kernels import BlockKind, Work
+from engramsim.kernels import BlockKind, StepBatch, Work
 from engramsim.scenario import Model
+from engramsim.schedule import Replay, Served
 from engramsim.steps import Step
 
 GB = 1e9
 TFLOP = 1e12
 US = 1e-6
 NS = 1e-9
+PRICES_KEPT = 8
+"""Prices a schedule keeps (`use_schedule_prices`), by rates: a sweep's sampled profiles each price it anew."""
 KERNEL_MEMO = 4096
 """Kernel prices a cost model remembers (`RooflineCostModel.roofline`): a run's steps repeat a few
 shapes (graph-padded decode batches), so most kernels of a step were priced before; bounded, so
 memory does not grow with the steps."""
 ZERO_COPY_GATHER_SMS = kernels.ZERO_COPY_GATHER_SMS
+
+
+@dataclass(frozen=True)
+class StepPrices:
+    """Seconds of the compute segments of every step of a schedule, priced at once
+    (`RooflineCostModel.price`): by step index, one block of each kind, the host work, the head,
+    and each Engram layer's work at the rows that step looks up (by (step, rows))."""
+
+    host: list[float]
+    blocks: dict[BlockKind, list[float]]
+    head: list[float]
+    engram: dict[tuple[int, int], float]
 
 
 @runtime_checkable
@@ -141,6 +159,42 @@ class RooflineCostModel:
         engram = model.engram
         self.table_bytes = sum(engram.rows_per_order) * engram.heads * engram.row_bytes  # one Engram layer's table, as configured
         self.gather_rows_per_s = 1.0 / profile.host.gather_row_s(self.table_bytes)
+        self.prices: StepPrices | None = None  # the steps' prices, for a pass replaying the schedule they were priced for
+
+    @property
+    def rates(self) -> str:
+        """Everything the compute prices depend on (the model, the GPU, the host's per-step work):
+        passes of equal `rates` over the same steps pay the same seconds."""
+        profile = self.profile
+        return f"{self.model.model_dump_json()}|{profile.gpu.model_dump_json()}|{profile.step_overhead_us}|{profile.step_overhead_per_seq_us}"
+
+    def price(self, steps: list[Step], engram_rows: dict[int, np.ndarray]) -> StepPrices | None:
+        """Every step's compute segments priced at once on a `kernels.StepBatch`: element for element
+        the floats `host_time`, `blocks_time`, `head_time` and `engram_time` give each step alone
+        (tests/test_cost.py), with each Engram layer's work at `engram_rows[layer][i]` rows for step
+        i. Steps of MLA models are priced in groups that all have decode sequences or not, and
+        prefill tokens or not (the kernels differ). None where the profile's roofline exponent
+        asks for a float power, which numpy may round apart from Python's."""
+        if self.exponent is not None or not steps:
+            return None
+        batch = StepBatch.of(steps)
+        seqs = batch.seqs
+        groups = np.asarray(seqs.decode > 0, dtype=np.int64) * 2 + np.asarray(seqs.multi_tokens > 0, dtype=np.int64)
+        kinds = {kernels.block_kind(self.model, block): block for block in range(self.model.backbone.layers)}
+        blocks = {kind: np.empty(len(steps)) for kind in kinds}
+        head = np.empty(len(steps))
+        for group in np.unique(groups):
+            at = np.flatnonzero(groups == group)
+            some = batch.take(at)
+            for kind, block in kinds.items():
+                blocks[kind][at] = self.kernels_time(kernels.block_kernels(self.model, some, block)) + self.layer_overhead_s
+            head[at] = self.kernels_time(kernels.head_kernels(self.model, some))
+        engram: dict[tuple[int, int], float] = {}
+        for rows in engram_rows.values():
+            seconds = self.kernels_time(kernels.engram_kernels(self.model, batch, rows)) + self.engram_overhead_s
+            engram.update(zip(zip(range(len(steps)), rows.tolist()), np.broadcast_to(seconds, rows.shape).tolist()))
+        host = (self.profile.step_overhead_us + self.profile.step_overhead_per_seq_us * batch.num_seqs) * US
+        return StepPrices(host.tolist(), {kind: values.tolist() for kind, values in blocks.items()}, head.tolist(), engram)
 
     # ---- GPU ------------------------------------------------------------------------------------
     def roofline(self, work: Work) -> float:
@@ -158,19 +212,26 @@ class RooflineCostModel:
         return seconds
 
     def _roofline(self, work: Work) -> float:
+        """A kernel's price; a `StepBatch`'s kernel (its fields arrays) gets one price per step."""
+        fields: Any = work
         if self.sms is None:
-            flops, half_rows, grouped = work.flops, self.half_rows, kernels.grouped_weights(work)
+            flops, half_rows, grouped = fields.flops, self.half_rows, kernels.grouped_weights(work)
         else:
             flops, half_rows, grouped = kernels.wave_flops(work, self.sms, self.tile_m, self.tile_n), 0.0, 0.0
-        return kernels.roofline(flops, work.bytes, work.weights, self.flops_per_s, self.hbm_bytes_per_s, self.exponent,
-                                half_rows, work.attention_bytes, self.attention_bytes_per_s, grouped, self.grouped_half_rows)
+        return kernels.roofline(flops, fields.bytes, fields.weights, self.flops_per_s, self.hbm_bytes_per_s, self.exponent,
+                                half_rows, fields.attention_bytes, self.attention_bytes_per_s, grouped, self.grouped_half_rows)
 
     def kernels_time(self, works: list[Work]) -> float:
         """Seconds of kernels run one after another, each its roofline + the profile's kernel overhead."""
-        return sum(self.roofline(k) for k in works) + self.kernel_overhead_s * len(works)
+        seconds: Any = 0.0  # one price, or one per step of a `StepBatch`, added kernel by kernel (not `sum`, which compensates floats on Python 3.12)
+        for work in works:
+            seconds = seconds + self.roofline(work)
+        return seconds + self.kernel_overhead_s * len(works)
 
     def block_time(self, step: Step, block: int) -> float:
         """Seconds of one block: its kernels' times + the profile's layer overhead."""
+        if self.prices is not None:
+            return self.prices.blocks[kernels.block_kind(self.model, block)][step.index]
         if self._cached_step is not step:
             self._cached_step, self._cache = step, {}
         kind = kernels.block_kind(self.model, block)
@@ -180,37 +241,64 @@ class RooflineCostModel:
 
     def blocks_time(self, step: Step, start: int, stop: int) -> float:
         """Seconds of blocks start..stop-1, back to back (two roofline evaluations per step at most)."""
+        seconds = 0.0
+        for count, block in self._runs(start, stop):
+            seconds += count * self.block_time(step, block)
+        return seconds
+
+    def priced_blocks(self, start: int, stop: int) -> list[float]:
+        """`blocks_time` of blocks start..stop-1 in every step `prices` holds, by step index."""
+        assert self.prices is not None
+        seconds = np.zeros(len(self.prices.host))
+        for count, block in self._runs(start, stop):
+            seconds = seconds + count * np.asarray(self.prices.blocks[kernels.block_kind(self.model, block)])
+        return seconds.tolist()
+
+    def _runs(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """Blocks start..stop-1 as runs of one kind: (blocks, the first of them) each."""
         layers = self.model.backbone.layers
         if not 0 <= start <= stop <= layers:
             raise ValueError(f"block range {start}..{stop} is outside 0..{layers}")
         moe = self.model.backbone.moe
         split = min(max(moe.dense_layers, start), stop) if moe is not None else stop
-        seconds = 0.0
-        if split > start:
-            seconds += (split - start) * self.block_time(step, start)
-        if stop > split:
-            seconds += (stop - split) * self.block_time(step, split)
-        return seconds
+        return [(count, first) for count, first in ((split - start, start), (stop - split, split)) if count > 0]
 
     def engram_time(self, step: Step, rows: int) -> float:
         """Seconds of the Engram layer's own GPU work (its kernels + the Engram layer overhead)."""
+        if self.prices is not None and (step.index, rows) in self.prices.engram:
+            return self.prices.engram[(step.index, rows)]
         return self.kernels_time(kernels.engram_kernels(self.model, step, rows)) + self.engram_overhead_s
 
     def head_time(self, step: Step) -> float:
+        if self.prices is not None:
+            return self.prices.head[step.index]
         return self.kernels_time(kernels.head_kernels(self.model, step))
 
     def host_time(self, step: Step) -> float:
         """The profile's host cost (scheduling, planning, input layout, launches): a fixed part per
         step plus a part per sequence in it."""
+        if self.prices is not None:
+            return self.prices.host[step.index]
         return (self.profile.step_overhead_us + self.profile.step_overhead_per_seq_us * step.num_seqs) * US
 
     # ---- fetches ----------------------------------------------------------------------------------
-    def gather_time(self, rows: int, row_bytes: int) -> float:
+    @overload
+    def gather_time(self, rows: int, row_bytes: int) -> float: ...
+
+    @overload
+    def gather_time(self, rows: np.ndarray, row_bytes: int) -> np.ndarray: ...
+
+    def gather_time(self, rows: int | np.ndarray, row_bytes: int) -> float | np.ndarray:
         """`kernels.gather_seconds` on the profile's host, at the rate its gather reaches on one
-        Engram layer's table (`Host.gather_row_s`); 0 rows cost nothing."""
+        Engram layer's table (`Host.gather_row_s`); 0 rows cost nothing. Rows may be an array (one gather each)."""
+        host = self.profile.host
+        if isinstance(rows, np.ndarray):
+            counted: Any = rows
+            each = kernels.gather_seconds(counted, row_bytes, host.gather_threads, self.gather_rows_per_s, host.dram_gbps * GB,
+                                          self.gather_overhead())
+            return np.where(rows > 0, each, 0.0)
         if rows <= 0:
             return 0.0
-        host = self.profile.host
         return kernels.gather_seconds(rows, row_bytes, host.gather_threads, self.gather_rows_per_s, host.dram_gbps * GB,
                                       self.gather_overhead())
 
@@ -223,8 +311,14 @@ class RooflineCostModel:
     def h2d_latency(self) -> float:
         return self.profile.link.dma_latency_us * US
 
-    def h2d_wire_time(self, nbytes: int) -> float:
-        return max(0, nbytes) / (self.profile.link.h2d_gbps * GB)
+    @overload
+    def h2d_wire_time(self, nbytes: int) -> float: ...
+
+    @overload
+    def h2d_wire_time(self, nbytes: np.ndarray) -> np.ndarray: ...
+
+    def h2d_wire_time(self, nbytes: int | np.ndarray) -> float | np.ndarray:
+        return _at_least_0(nbytes) / (self.profile.link.h2d_gbps * GB)
 
     def h2d_time(self, nbytes: int) -> float:
         """One DMA copy (`kernels.dma_seconds`); 0 bytes cost nothing."""
@@ -235,10 +329,24 @@ class RooflineCostModel:
     def zero_copy_latency(self) -> float:
         return self.profile.link.zero_copy_latency_us * US
 
-    def zero_copy_wire_bytes(self, rows: int, row_bytes: int) -> int:
-        return int(kernels.wire_bytes(max(0, rows), row_bytes, self.profile.link.transaction_bytes))
+    @overload
+    def zero_copy_wire_bytes(self, rows: int, row_bytes: int) -> int: ...
 
-    def zero_copy_wire_time(self, rows: int, row_bytes: int) -> float:
+    @overload
+    def zero_copy_wire_bytes(self, rows: np.ndarray, row_bytes: int) -> np.ndarray: ...
+
+    def zero_copy_wire_bytes(self, rows: int | np.ndarray, row_bytes: int) -> int | np.ndarray:
+        counted: Any = _at_least_0(rows)
+        moved = kernels.wire_bytes(counted, row_bytes, self.profile.link.transaction_bytes)
+        return moved if isinstance(moved, np.ndarray) else int(moved)
+
+    @overload
+    def zero_copy_wire_time(self, rows: int, row_bytes: int) -> float: ...
+
+    @overload
+    def zero_copy_wire_time(self, rows: np.ndarray, row_bytes: int) -> np.ndarray: ...
+
+    def zero_copy_wire_time(self, rows: int | np.ndarray, row_bytes: int) -> float | np.ndarray:
         return self.zero_copy_wire_bytes(rows, row_bytes) / (self.profile.link.zero_copy_gbps * GB)
 
     def zero_copy_time(self, rows: int, row_bytes: int) -> float:
@@ -298,3 +406,23 @@ class RooflineCostModel:
         if gpu.zero_copy_slowdown is not None:
             return gpu.zero_copy_slowdown
         return kernels.sm_share_slowdown(gpu.sms, ZERO_COPY_GATHER_SMS)
+
+
+def _at_least_0(count: int | np.ndarray) -> int | np.ndarray:
+    """`count`, or 0 where it is negative (element-wise for an array of fetches' counts)."""
+    return np.maximum(0, count) if isinstance(count, np.ndarray) else max(0, count)
+
+
+def use_schedule_prices(cost: CostModel, scheduler: Served, layers: list[int]) -> None:
+    """Price a pass replaying a schedule (`engramsim/schedule.py`) from its steps' prices, computed
+    at once (`RooflineCostModel.price`) the first time a pass of these rates replays it, with the
+    Engram `layers` the pass runs, and kept on the schedule (`PRICES_KEPT`)."""
+    if not isinstance(cost, RooflineCostModel) or not isinstance(scheduler, Replay):
+        return
+    schedule, key = scheduler.schedule, (cost.rates, tuple(layers))
+    if key not in schedule.prices:
+        rows = {layer: schedule.lookups(layer)[0] for layer in layers}
+        if len(schedule.prices) >= PRICES_KEPT:
+            del schedule.prices[next(iter(schedule.prices))]
+        schedule.prices[key] = cost.price(list(schedule.steps), rows)
+    cost.prices = schedule.prices[key]

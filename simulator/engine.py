@@ -17,9 +17,10 @@ split among the fetches by their bytes). A leg with a `slowdown` (a zero-copy ga
 stretches the compute that runs while it moves bytes, and only that compute.
 
 What the compute segments cost and how their spans are laid out is `compute.ComputeQueue`'s, one
-definition for this event model and for `fast.simulate_without_fetches`, which `simulate` takes
-for a pass that can never fetch (the all-HBM baseline, the no-Engram reference): the same
-records, spans, makespan and event count without the event machinery.
+definition for this event model and for `fast.simulate_fast`, which `simulate` takes for a pass
+whose resources only ever see requests in time order (one that moves no rows, or whose every
+fetch serves its own step): the same records, spans, makespan and event count without the event
+machinery.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from simpy.events import EventPriority
 
 from engramsim.plan import FetchKey, FetchPlan, Planner, StepPlan
 from engramsim.records import Span, SpanKind, StepLog, StepRecord, Timeline
-from engramsim.scheduler import Scheduler
+from engramsim.schedule import Replay, Served
+from engramsim.simulator.bulk import simulate_bulk, takes_bulk_path
 from engramsim.simulator.compute import ComputeQueue, stretch
-from engramsim.simulator.fast import never_fetches, simulate_without_fetches
+from engramsim.simulator.cost import use_schedule_prices
+from engramsim.simulator.fast import simulate_fast, takes_fast_path
 from engramsim.skeleton import Blocks, EngramLayer, Head, Host, Issue, Segment, skeleton
 from engramsim.steps import Step
 from engramsim.strategies import Placement, Stage, StageKind, TableInfo, Tier, TierRows, Transport
@@ -141,7 +144,7 @@ class Engine:
         self.blocks = blocks
         self.transport = transport
         self.placement = placement
-        self._tiered = placement is not None and any(
+        self.tiered = placement is not None and any(
             size > 0 and tier not in (Tier.HBM, Tier.HOST) for tier, size in placement.bytes_per_tier().items())
         self.env = env or CountingEnvironment()
         self.seat = seat
@@ -193,7 +196,7 @@ class Engine:
                           "cxl" if stage.source == Tier.CXL else "table")
         return partial(self.seat.transfer, wire_s, wire_bytes, source)
 
-    def _source(self, stage: Stage, latency_s: float, wire_s: float) -> tuple[float, float]:
+    def source(self, stage: Stage, latency_s: float, wire_s: float) -> tuple[float, float]:
         """(latency, wire seconds) of a transfer reading `stage.source`: CXL memory adds its load
         latency and moves no faster than the expanders serve."""
         if stage.source == Tier.CXL:
@@ -202,14 +205,14 @@ class Engine:
 
     def _h2d(self, stage: Stage, row_bytes: int, table_share: float) -> Generator[simpy.Event, Any, tuple[float, float]]:
         """`copies` DMAs, each paying the fixed cost (and the source's latency), then the bytes."""
-        per_copy, wire = self._source(stage, self.cost.h2d_latency(), self.cost.h2d_wire_time(stage.bytes))
+        per_copy, wire = self.source(stage, self.cost.h2d_latency(), self.cost.h2d_wire_time(stage.bytes))
         with self.copy_engines.request() as engine:
             yield engine
             return (yield from self.link.move(per_copy * stage.copies, wire, self._during(stage),
                                               self._shared(wire, stage.bytes, stage, table_share)))
 
     def _zero_copy(self, stage: Stage, row_bytes: int, table_share: float) -> Generator[simpy.Event, Any, tuple[float, float]]:
-        latency, wire = self._source(stage, self.cost.zero_copy_latency(), self.cost.zero_copy_wire_time(stage.rows, row_bytes))
+        latency, wire = self.source(stage, self.cost.zero_copy_latency(), self.cost.zero_copy_wire_time(stage.rows, row_bytes))
         shared = None if self.seat is None else self._shared(  # whole transactions cross the uplink too
             wire, self.cost.zero_copy_wire_bytes(stage.rows, row_bytes), stage, table_share)
         return (yield from self.link.move(latency, wire, self._during(stage), shared))
@@ -248,17 +251,17 @@ class Engine:
             changed.succeed()
         return during
 
-    def _pipeline(self, fetch: FetchPlan) -> list[Stage]:
+    def pipeline(self, fetch: FetchPlan) -> list[Stage]:
         """The transport's stages for the fetch's rows, by the tier each row sits in."""
         row_bytes = self.tables[fetch.layer].row_bytes
-        if not self._tiered:
+        if not self.tiered:
             return self.transport.stages(int(fetch.fetch.size), row_bytes)
         return self.transport.fetch_stages(self.tier_rows(fetch), row_bytes)
 
     def tier_rows(self, fetch: FetchPlan) -> TierRows:
         """The fetch's rows by the tier that holds them."""
         rows = fetch.fetch
-        if not self._tiered or self.placement is None:
+        if not self.tiered or self.placement is None:
             return {Tier.HOST: rows}
         tiers = self.placement.tier_of(fetch.layer, rows)
         return {Tier(int(t)): rows[tiers == t] for t in np.unique(tiers)}
@@ -288,12 +291,12 @@ class Engine:
         def record(stage: Stage, start: float, end: float) -> None:
             self.spans.add(Span(kind=SPAN_OF[stage.kind], start_s=start, end_s=end, step=fetch.step, layer=fetch.layer,
                                 bytes=stage.bytes, staging=fetch.staging))
-        return (yield from self._run_legs(self._pipeline(fetch), self.tables[fetch.layer].row_bytes, record))
+        return (yield from self._run_legs(self.pipeline(fetch), self.tables[fetch.layer].row_bytes, record))
 
     def _fetch_together(self, fetches: tuple[FetchPlan, ...]) -> Generator[simpy.Event, Any, float]:
         """Move several fetches as one pipeline (`Transport.batch`): each leg once for all their
         rows; its span is split among the fetches by their share of its bytes."""
-        pipelines = [self._pipeline(fetch) for fetch in fetches]
+        pipelines = [self.pipeline(fetch) for fetch in fetches]
 
         def record(stage: Stage, start: float, end: float) -> None:
             key = (stage.kind, stage.slowdown, stage.source)
@@ -311,7 +314,7 @@ class Engine:
     # ---- compute -------------------------------------------------------------------------
     def _flush(self) -> Events:
         """Simulate the queued compute as one timeout and lay out its spans back to back (stretched
-        alike where a leg slowed it). `fast.simulate_without_fetches` mirrors this float for float."""
+        alike where a leg slowed it). `fast._flush` mirrors this float for float."""
         start = self.env.now
         total = self.compute.pending_s()
         scale = 1.0
@@ -415,25 +418,30 @@ class Engine:
         return record
 
 
-def simulate(engine: Engine, scheduler: Scheduler, planner: Planner, max_steps: int | None = None,
-             progress: Callable[[Step], None] | None = None, fast: bool = True) -> tuple[StepLog, float]:
+def simulate(engine: Engine, scheduler: Served, planner: Planner, max_steps: int | None = None,
+             progress: Callable[[Step], None] | None = None, fast: bool = True, bulk: bool = True) -> tuple[StepLog, float]:
     """Run the scheduler's steps back to back on the engine; idle until arrivals when needed.
-    Returns the step records and the makespan. A pass whose planner can never fetch
-    (`fast.never_fetches`: no Engram, or every row in HBM) takes the fast path, which gives the
-    same results without the event machinery; `fast=False` forces the event path."""
-    if fast and never_fetches(planner):
-        return simulate_without_fetches(engine, scheduler, planner, max_steps, progress)
+    Returns the step records and the makespan. A pass that `fast.takes_fast_path` (one whose
+    fetches go through FIFO resources, started in time order) gives the same results there without
+    the event machinery, and one that `bulk.takes_bulk_path` (its steps and their plans known
+    before the first runs) gives them for the whole schedule at once; `fast=False` forces the
+    event model, `bulk=False` the fast path's step by step."""
+    if fast and bulk and takes_bulk_path(engine, scheduler, planner):
+        assert isinstance(scheduler, Replay) and isinstance(planner, Planner)
+        return simulate_bulk(engine, scheduler, planner, max_steps, progress)
+    if fast and takes_fast_path(engine, planner):
+        return simulate_fast(engine, scheduler, planner, max_steps, progress)
     return simulate_node([engine], [scheduler], [planner], max_steps, progress)[0]
 
 
-def simulate_node(engines: list[Engine], schedulers: list[Scheduler], planners: list[Planner], max_steps: int | None = None,
+def simulate_node(engines: list[Engine], schedulers: list[Served], planners: list[Planner], max_steps: int | None = None,
                   progress: Callable[[Step], None] | None = None) -> list[tuple[StepLog, float]]:
     """Serve each GPU's replica (its engine, scheduler and planner) at once in the engines' one
     environment; each GPU's step records and makespan (`max_steps` per GPU)."""
     env = engines[0].env
     out: list[tuple[StepLog, float]] = []
 
-    def serve(engine: Engine, scheduler: Scheduler, planner: Planner, records: StepLog, at: int) -> Events:
+    def serve(engine: Engine, scheduler: Served, planner: Planner, records: StepLog, at: int) -> Events:
         while not scheduler.done and (max_steps is None or len(records) < max_steps):
             step = scheduler.next_step(env.now)
             if step is None:
@@ -451,6 +459,7 @@ def simulate_node(engines: list[Engine], schedulers: list[Scheduler], planners: 
 
     for at, (engine, scheduler, planner) in enumerate(zip(engines, schedulers, planners, strict=True)):
         assert engine.env is env, "a node's engines share one environment"
+        use_schedule_prices(engine.cost, scheduler, planner.layers)
         out.append((StepLog(), 0.0))
         env.process(serve(engine, scheduler, planner, out[at][0], at))
     env.run()

@@ -1,18 +1,32 @@
-"""Passes that move no rows, simulated without the event machinery.
+"""Passes simulated without the event machinery, float for float what the event model computes.
 
-The all-HBM baseline and the no-Engram reference never fetch: each step is its compute segments
-(engramsim/skeleton.py) back to back, and the only waits are for arrivals. `simulate` (engine.py)
-runs such a pass here when the planner can never produce a fetch (`never_fetches`): the same
-scheduler calls in the same order (`next_step`, `next_arrival`, `view`, `finish_step`), the same
-plans, the segments priced by the same `ComputeQueue` and its spans laid out by the same code, and
-the clock advanced by the same float additions as the event model's timeouts (one per step's
-compute, one per idle wait), so records, spans and makespan are identical to the last bit
-(tests/test_fast_path.py runs every shipped scenario family through both).
+A pass qualifies (`takes_fast_path`) when the event model's resources could only ever see their
+requests in time order, so each is a FIFO queue whose next grant is the later of the request and
+the previous holder's release, and a fetch's whole course is known the moment it is issued:
 
-`events`: the fast path adds to the engine's event count the events the event model schedules
-for the same pass (the loop's start and end, one timeout per idle wait and per step with compute,
-plus the slowed-compute condition per step for a transport whose legs slow compute), so a
-results file does not depend on the path taken.
+- a pass that moves no rows (`never_fetches`: the all-HBM baseline, the no-Engram reference):
+  each step is its compute back to back, and the only waits are for arrivals;
+- a pass on one GPU with the host to itself whose transport's legs are host gathers, DMA copies
+  and zero-copy reads, that does not batch layers and whose legs do not slow compute, with every
+  fetched row in host DRAM, and whose prefetch sets no deadline. Every fetch then runs the same
+  legs, started in time order, through FIFO resources (the host's gather threads take one gather
+  at a time, the copy engines `copy_engines` copies, the link one transfer), so no fetch overtakes
+  another: however far ahead it was issued (`lead_steps`), whatever it carries for later steps
+  (speculative rows, waiting requests' rows), its course is known when it is issued, and an
+  Engram layer waits for the last byte of its own fetch and of those that carried its staged rows.
+
+Everything else (deadlines, which go ahead on whichever fetch has landed by an instant, batched or
+SM-slowing transports, CXL and NVMe tiers, a node's shared host) runs on the event model.
+
+The same scheduler calls in the same order (`next_step`, `next_arrival`, `view`, `finish_step`),
+the same plans and segments (engramsim/skeleton.py), compute priced by the same `ComputeQueue`,
+each fetch's legs priced by the same cost model calls, and the clock advanced by the same float
+additions as the event model's timeouts, so records, spans, busy times, makespan and event count
+are identical to the last bit (tests/test_fast_path.py runs every shipped scenario family and the
+strategies around the boundary both ways). `events` counts what the event model schedules for the
+same pass: the loop's start and end, one timeout per idle wait and per stretch of compute (and,
+where legs slow compute, the condition it waits on), and per fetch its process's start and end and
+each leg's resource requests, timeouts and releases.
 """
 
 from __future__ import annotations
@@ -20,19 +34,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from engramsim.plan import FetchPlan, Planner, StepPlan
-from engramsim.records import StepLog, StepRecord
-from engramsim.scheduler import Scheduler
+from engramsim.plan import FetchKey, FetchPlan, Planner, StepPlan
+from engramsim.records import LayerRecord, Span, SpanKind, StepLog, StepRecord
+from engramsim.schedule import Served
 from engramsim.simulator.compute import stretch
+from engramsim.simulator.cost import use_schedule_prices
 from engramsim.skeleton import Blocks, EngramLayer, Head, Host, Issue, skeleton
 from engramsim.steps import Step
-from engramsim.strategies import Tier
+from engramsim.strategies import StageKind, Tier
 
 if TYPE_CHECKING:
     from engramsim.simulator.engine import Engine
 
 LOOP_EVENTS = 2
 """Events the event model's loop schedules whatever the steps: its process starting and ending."""
+FETCH_EVENTS = 2
+"""Events a fetch's process schedules besides its legs': its start and its end."""
+LEGS = {StageKind.GATHER: SpanKind.GATHER, StageKind.H2D: SpanKind.H2D, StageKind.ZERO_COPY: SpanKind.ZERO_COPY}
+"""The legs the fast path prices, and their spans."""
 
 
 def never_fetches(planner: object) -> bool:
@@ -40,7 +59,7 @@ def never_fetches(planner: object) -> bool:
     Engram), or its placement keeps every row of every table in HBM (`bytes_per_tier` puts bytes
     in HBM and none in any other tier), so no row misses, no speculative guess survives (guesses
     are cut to rows outside HBM) and no waiting request's row is staged (the same). Anything else
-    (another planner type, a placement that does not say) takes the event path."""
+    (another planner type, a placement that does not say) is decided by `takes_fast_path`."""
     if not isinstance(planner, Planner):
         return False
     if not planner.layers:
@@ -52,19 +71,90 @@ def never_fetches(planner: object) -> bool:
     return per_tier.get(Tier.HBM, 0) > 0 and all(size <= 0 for tier, size in per_tier.items() if tier != Tier.HBM)
 
 
-def _moves_nothing(fetch: FetchPlan, planner: Planner) -> None:
-    if fetch.fetch.size or fetch.staging or fetch.carries or fetch.staged.size:
-        raise RuntimeError(f"placement {planner.placement.name!r} says it keeps every row in HBM (bytes_per_tier), but "
-                           f"step {fetch.step} fetches rows of layer {fetch.layer}")
+def takes_fast_path(engine: Engine, planner: object) -> bool:
+    """Whether the pass of `engine` and `planner` qualifies for the fast path (the module's docstring)."""
+    if never_fetches(planner):
+        return True
+    if not isinstance(planner, Planner) or engine.seat is not None or planner.prefetch.deadline:
+        return False
+    transport = engine.transport
+    if transport.batches_layers or engine.interferes or engine.tiered:
+        return False
+    return all(stage.kind in LEGS for stage in transport.stages(1, 64))
 
 
-def simulate_without_fetches(engine: Engine, scheduler: Scheduler, planner: Planner, max_steps: int | None = None,
-                             progress: Callable[[Step], None] | None = None) -> tuple[StepLog, float]:
-    """`engine.simulate` for a planner that `never_fetches`: the step records and the makespan."""
+class Resources:
+    """When each of the event model's fetch resources is next free: the host's gather threads, each
+    copy engine, the link (one GPU's)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.gather = 0.0
+        self.copy_engines = [0.0] * int(engine.copy_engines.capacity)
+        self.link = 0.0
+
+    def fetch(self, fetch: FetchPlan, now: float) -> tuple[float, int]:
+        """Run the fetch's legs from `now`, add their spans, and return (when its last byte landed,
+        the events the event model schedules for it)."""
+        engine, cost = self.engine, self.engine.cost
+        row_bytes = engine.tables[fetch.layer].row_bytes
+        at, events = now, FETCH_EVENTS
+        for stage in engine.pipeline(fetch):
+            if not stage.rows:
+                continue
+            if stage.kind not in LEGS or stage.slowdown > 1:
+                raise RuntimeError(f"the fast path took a pass whose transport {engine.transport.name!r} has a {stage.kind.value} leg "
+                                   f"(slowdown {stage.slowdown}): takes_fast_path should have sent it to the event model")
+            if stage.kind == StageKind.GATHER:  # the pool's request, the gather's timeout, the release
+                start = at if at >= self.gather else self.gather
+                end = self.gather = start + cost.gather_time(stage.rows, row_bytes)
+                events += 3
+            elif stage.kind == StageKind.H2D:  # a copy engine's request and release around the link's
+                per_copy, wire = engine.source(stage, cost.h2d_latency(), cost.h2d_wire_time(stage.bytes))
+                free = min(self.copy_engines)
+                engine_at = self.copy_engines.index(free)
+                start, end, moved = self._move(at if at >= free else free, per_copy * stage.copies, wire)
+                self.copy_engines[engine_at] = end
+                events += 2 + moved
+            else:
+                latency, wire = engine.source(stage, cost.zero_copy_latency(), cost.zero_copy_wire_time(stage.rows, row_bytes))
+                start, end, moved = self._move(at, latency, wire)
+                events += moved
+            engine.spans.add(Span(kind=LEGS[stage.kind], start_s=start, end_s=end, step=fetch.step, layer=fetch.layer,
+                                  bytes=stage.bytes, staging=fetch.staging))
+            at = end
+        return at, events
+
+    def _move(self, at: float, latency_s: float, wire_s: float) -> tuple[float, float, int]:
+        """`engine.Link.move` from `at`: (start on the wire, end, events: the latency's timeout, the
+        link's request, the wire's timeout, the release)."""
+        events = 3
+        if latency_s > 0:
+            at, events = at + latency_s, 4
+        start = at if at >= self.link else self.link
+        end = self.link = start + wire_s
+        self.engine.link.busy_s += wire_s
+        return start, end, events
+
+
+class Fetches:
+    """The fetches issued and not yet waited for, as `Engine` keeps them: each Engram layer's own
+    (its issue time, when its last byte landed: None for a fetch that moves nothing), and the
+    fetches later steps' staged rows came with, until a plan releases them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.resources = Resources(engine)
+        self.issued: dict[tuple[int, int], tuple[float, float | None]] = {}
+        self.carriers: dict[FetchKey, float | None] = {}
+
+
+def simulate_fast(engine: Engine, scheduler: Served, planner: Planner, max_steps: int | None = None,
+                  progress: Callable[[Step], None] | None = None) -> tuple[StepLog, float]:
+    """`engine.simulate` for a pass that `takes_fast_path`: the step records and the makespan."""
+    use_schedule_prices(engine.cost, scheduler, planner.layers)
     records = StepLog()
-    issued: dict[tuple[int, int], float] = {}  # (step, layer) -> issue time, for fetches issued ahead of their step
+    fetches = Fetches(engine)
     now, events = 0.0, LOOP_EVENTS
-    per_flush = 2 if engine.interferes else 1  # the compute's timeout (and, where legs slow compute, the condition it waits on)
     while not scheduler.done and (max_steps is None or len(records) < max_steps):
         step = scheduler.next_step(now)
         if step is None:
@@ -74,9 +164,8 @@ def simulate_without_fetches(engine: Engine, scheduler: Scheduler, planner: Plan
             now += max(0.0, arrival - now)  # what SimPy's timeout does to the clock
             events += 1
             continue
-        record, now, computed = _run_step(engine, planner, planner.plan(scheduler.view(step, max_steps)), now, issued)
-        if computed:
-            events += per_flush
+        record, now, step_events = _run_step(engine, planner.plan(scheduler.view(step, max_steps)), now, fetches)
+        events += step_events
         scheduler.finish_step(step, now)
         records.append(record)
         if progress is not None:
@@ -85,12 +174,46 @@ def simulate_without_fetches(engine: Engine, scheduler: Scheduler, planner: Plan
     return records, now
 
 
-def _run_step(engine: Engine, planner: Planner, plan: StepPlan, now: float,
-              issued: dict[tuple[int, int], float]) -> tuple[StepRecord, float, bool]:
-    """`Engine.run_step` for a plan that moves no rows: (the record, the clock at its end, whether
-    it had compute to simulate)."""
+def _flush(engine: Engine, now: float) -> tuple[float, int]:
+    """`Engine._flush`: the queued compute as one stretch from `now`; (the clock after it, its events)."""
+    total, scale, events = engine.compute.pending_s(), 1.0, 0
+    start = now
+    if total > 0:  # one timeout of the total (and the condition a slowed compute waits on)
+        now = start + total
+        events = 2 if engine.interferes else 1
+        if engine.interferes:
+            scale = stretch(now - start, total)
+    engine.compute.lay_out(engine.spans, start, scale)
+    return now, events
+
+
+def _engram_layer(engine: Engine, step: Step, plan: FetchPlan, now: float, fetches: Fetches) -> tuple[float, int, LayerRecord]:
+    """`Engine._engram_layer`: flush, wait for the last byte of the layer's own fetch and of those
+    that carried its staged rows, run the layer; (the clock after the wait, its events, the record)."""
+    issue_s, landed = fetches.issued.pop((plan.step, plan.layer))
+    if plan.carries and not plan.misses:
+        landed = None  # it moves only speculative rows, which serve the next step: this layer needs none of them
+    carried = (fetches.carriers[key] for key in plan.staged_from)
+    waits = ([] if landed is None else [landed]) + [at for at in carried if at is not None]
+    ready_s, stall_s, events = issue_s, 0.0, 0
+    if waits:
+        now, events = _flush(engine, now)
+        waited_from = now
+        for at in waits:  # each wait moves the clock to that fetch's last byte, if it is later
+            ready_s = ready_s if ready_s >= at else at
+            now = now if now >= at else at
+        stall_s = now - waited_from
+        if stall_s > 0:
+            engine.spans.add(Span(kind=SpanKind.STALL, start_s=waited_from, end_s=now, step=step.index, layer=plan.layer))
+    engine.compute.engram(step, plan.layer, int(plan.rows.size))
+    return now, events, plan.record(engine.tables[plan.layer].row_bytes, issue_s, ready_s, stall_s, False)
+
+
+def _run_step(engine: Engine, plan: StepPlan, now: float, fetches: Fetches) -> tuple[StepRecord, float, int]:
+    """`Engine.run_step` on the fast path: (the record, the clock at its end, its events)."""
     step, compute = plan.step, engine.compute
     record = StepRecord(index=step.index, kind=step.kind, start_s=now, end_s=now, tokens=step.num_tokens, seqs=step.num_seqs)
+    events = 0
     for segment in skeleton(plan, engine.blocks):
         kind = type(segment)
         if kind is Blocks:
@@ -98,25 +221,27 @@ def _run_step(engine: Engine, planner: Planner, plan: StepPlan, now: float,
             compute.blocks(step, segment.start, segment.stop)
         elif kind is EngramLayer:
             assert isinstance(segment, EngramLayer)
-            layer = segment.plan
-            _moves_nothing(layer, planner)
-            issue_s = issued.pop((layer.step, layer.layer))
-            compute.engram(step, layer.layer, int(layer.rows.size))
-            record.layers.append(layer.record(engine.tables[layer.layer].row_bytes, issue_s, issue_s, 0.0, False))
+            now, waited, layer = _engram_layer(engine, step, segment.plan, now, fetches)
+            events += waited
+            record.layers.append(layer)
         elif kind is Issue:
             assert isinstance(segment, Issue)
-            for fetch in segment.fetches:
-                _moves_nothing(fetch, planner)
-                issued[(fetch.step, fetch.layer)] = now + compute.pending_s()
+            for fetch in segment.fetches:  # `Engine._issue` and `_issued_as`
+                landed = None
+                if fetch.fetch.size:
+                    now, flushed = _flush(engine, now)
+                    landed, moved = fetches.resources.fetch(fetch, now)
+                    events += flushed + moved
+                if fetch.carries:
+                    fetches.carriers[fetch.key] = landed
+                if not fetch.staging:
+                    fetches.issued[(fetch.step, fetch.layer)] = (now + compute.pending_s(), landed)
         elif kind is Host:
             compute.host(step)
         elif kind is Head:
             compute.head(step)
-    start, total, scale = now, compute.pending_s(), 1.0
-    if total > 0:  # the event model's `_flush`: one timeout of the total
-        now = start + total
-        if engine.interferes:
-            scale = stretch(now - start, total)
-    compute.lay_out(engine.spans, start, scale)
+    now, flushed = _flush(engine, now)
+    for key in plan.released:
+        fetches.carriers.pop(key, None)
     record.end_s = now
-    return record, now, total > 0
+    return record, now, events + flushed
