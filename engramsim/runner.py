@@ -6,7 +6,9 @@ Table 4 uses). Each pass has its own serving engine (`Prepared.scheduler`) and K
 offloaded pass and the all-HBM baseline get the blocks the configured pass's HBM items leave, so
 with offline arrivals they run the same steps and the baseline isolates the cost of fetching rows (its hypothetical
 all-HBM tables are not charged to the KV cache); the no-Engram pass gets the blocks a model
-without Engram would, so it may batch and preempt differently. The simulator prices the passes
+without Engram would, so it may batch and preempt differently. A simulated pass with offline
+arrivals replays the steps its scheduler served once for every pass with the same KV cache
+(`Prepared.served`, engramsim/schedule.py). The simulator prices the passes
 (`run_sim`); the real backends execute them with torch on the CPU or a CUDA GPU and time them
 (`run_real_report`, imported lazily so a simulated run never loads torch).
 """

@@ -155,10 +155,11 @@ def test_per_layer_and_steps_csv_carry_the_split_counts():
 
 
 def test_timeline_lanes_come_from_span_kinds():
+    """Each span on its kind's lane, in timeline order (by start), not the order recorded."""
     events = json.loads(timeline_json(SPANS, "t"))["traceEvents"]
     lanes = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
     assert [(e["name"], lanes[e["tid"]]) for e in events if e["ph"] == "X"] == \
-        [("blocks 0-3", "compute"), ("stall L1", "stall"), ("h2d L1", "copy")]
+        [("blocks 0-3", "compute"), ("h2d L1", "copy"), ("stall L1", "stall")]
 
 
 # ---- (c) one declaration reaches every output ------------------------------------------------------
