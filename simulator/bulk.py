@@ -30,7 +30,7 @@ from engramsim.records import KINDS, LAYER_DTYPE, STEP_DTYPE, SpanFields, SpanKi
 from engramsim.schedule import Replay, Served
 from engramsim.simulator.compute import add_up
 from engramsim.simulator.cost import RooflineCostModel, use_schedule_prices
-from engramsim.simulator.fast import FETCH_EVENTS, LOOP_EVENTS, takes_fast_path
+from engramsim.simulator.fast import LOOP_EVENTS, Leg, Resources, takes_fast_path
 from engramsim.steps import Step
 from engramsim.strategies import StageKind
 
@@ -76,10 +76,9 @@ class Program:
         self.ops = ops
 
 
-def _legs(engine: Engine, counts: np.ndarray, row_bytes: int) -> dict[int, list[tuple]]:
-    """The legs of a fetch of each of `counts` rows (distinct, > 0), priced at once as
-    `fast.Resources.fetch` prices each: (kind, seconds, 0.0, bytes) of a gather, (kind, latency,
-    wire seconds, bytes) of a DMA or a zero-copy read (the rows in host DRAM, its only source here)."""
+def _legs(engine: Engine, counts: np.ndarray, row_bytes: int) -> dict[int, list[Leg]]:
+    """The legs (`fast.Leg`) of a fetch of each of `counts` rows (distinct, > 0), priced at once as
+    `fast.Resources.fetch` prices each (the rows in host DRAM, their only source here)."""
     cost = engine.cost
     assert isinstance(cost, RooflineCostModel)
     pipelines = [[stage for stage in engine.transport.stages(count, row_bytes) if stage.rows] for count in counts.tolist()]
@@ -129,11 +128,9 @@ def simulate_bulk(engine: Engine, scheduler: Replay, planner: Planner, max_steps
         legs.append([priced.get(count) for count in counts.tolist()])
 
     # ---- the clock, step by step
-    link = engine.link
     spans: list[SpanFields] = []  # in the order the fast path records them (each kind's in time order)
     record = spans.append
-    gather_free, link_free = 0.0, 0.0
-    engines_free = [0.0] * int(engine.copy_engines.capacity)
+    resources = Resources(engine)
     now, events = 0.0, LOOP_EVENTS
     starts, ends = [], []
     issue_s = [[0.0] * n for _ in layers]
@@ -155,30 +152,9 @@ def simulate_bulk(engine: Engine, scheduler: Replay, planner: Planner, max_steps
                         issue_s[at][i] = now + add_up(segment[0] for segment in queued)
                         continue
                     now, flushed = _flush(record, queued, now, i)
-                    issue_s[at][i], at_s, events = now, now, events + flushed + FETCH_EVENTS
-                    for kind, first, wire, nbytes in fetch:
-                        if kind == StageKind.GATHER:  # the pool's request, the gather's timeout, the release
-                            start = at_s if at_s >= gather_free else gather_free
-                            end = gather_free = start + first
-                            events += 3
-                        else:  # a DMA holds a copy engine around the link's request, timeout and release
-                            engine_at = 0
-                            if kind == StageKind.H2D:
-                                free = min(engines_free)
-                                engine_at = engines_free.index(free)
-                                at_s = at_s if at_s >= free else free
-                                events += 2
-                            if first > 0:
-                                at_s, events = at_s + first, events + 1
-                            start = at_s if at_s >= link_free else link_free
-                            end = link_free = start + wire
-                            link.busy_s += wire
-                            events += 3
-                            if kind == StageKind.H2D:
-                                engines_free[engine_at] = end
-                        record((_SPAN[kind], start, end, i, layers[at], nbytes, None, False))
-                        at_s = end
-                    landed[at] = at_s
+                    issue_s[at][i] = now
+                    landed[at], moved = resources.run(fetch, now, i, layers[at], False, spans)
+                    events += flushed + moved
                 continue
             at = op[1]  # WAIT: the Engram layer waits for its fetch's last byte
             ready, done = issue_s[at][i], landed[at]
@@ -222,9 +198,6 @@ def simulate_bulk(engine: Engine, scheduler: Replay, planner: Planner, max_steps
     log = StepLog()
     log.extend(out, per_layer.reshape(-1))
     return log, now
-
-
-_SPAN = {StageKind.GATHER: SpanKind.GATHER, StageKind.H2D: SpanKind.H2D, StageKind.ZERO_COPY: SpanKind.ZERO_COPY}
 
 
 def _flush(record: Callable[[SpanFields], None], queued: list[tuple], now: float, step: int) -> tuple[float, int]:

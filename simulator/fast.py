@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engramsim.plan import FetchKey, FetchPlan, Planner, StepPlan
-from engramsim.records import LayerRecord, Span, SpanKind, StepLog, StepRecord
+from engramsim.records import LayerRecord, Span, SpanFields, SpanKind, StepLog, StepRecord
 from engramsim.schedule import Served
 from engramsim.simulator.compute import stretch
 from engramsim.simulator.cost import use_schedule_prices
@@ -83,9 +83,14 @@ def takes_fast_path(engine: Engine, planner: object) -> bool:
     return all(stage.kind in LEGS for stage in transport.stages(1, 64))
 
 
+Leg = tuple[StageKind, float, float, int]
+"""A leg priced: its kind, then a gather's seconds or a DMA's (all copies') or a zero-copy read's
+latency, then the seconds its bytes hold the link (0 for a gather), then its bytes."""
+
+
 class Resources:
     """When each of the event model's fetch resources is next free: the host's gather threads, each
-    copy engine, the link (one GPU's)."""
+    copy engine, the link (one GPU's). `run` grants a fetch's legs as the event model would."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -94,47 +99,57 @@ class Resources:
         self.link = 0.0
 
     def fetch(self, fetch: FetchPlan, now: float) -> tuple[float, int]:
-        """Run the fetch's legs from `now`, add their spans, and return (when its last byte landed,
-        the events the event model schedules for it)."""
+        """Price the fetch's legs and `run` them from `now`, its spans added to the engine's timeline."""
         engine, cost = self.engine, self.engine.cost
         row_bytes = engine.tables[fetch.layer].row_bytes
-        at, events = now, FETCH_EVENTS
+        legs: list[Leg] = []
         for stage in engine.pipeline(fetch):
             if not stage.rows:
                 continue
             if stage.kind not in LEGS or stage.slowdown > 1:
                 raise RuntimeError(f"the fast path took a pass whose transport {engine.transport.name!r} has a {stage.kind.value} leg "
                                    f"(slowdown {stage.slowdown}): takes_fast_path should have sent it to the event model")
-            if stage.kind == StageKind.GATHER:  # the pool's request, the gather's timeout, the release
-                start = at if at >= self.gather else self.gather
-                end = self.gather = start + cost.gather_time(stage.rows, row_bytes)
-                events += 3
-            elif stage.kind == StageKind.H2D:  # a copy engine's request and release around the link's
+            if stage.kind == StageKind.GATHER:
+                legs.append((stage.kind, cost.gather_time(stage.rows, row_bytes), 0.0, stage.bytes))
+            elif stage.kind == StageKind.H2D:
                 per_copy, wire = engine.source(stage, cost.h2d_latency(), cost.h2d_wire_time(stage.bytes))
-                free = min(self.copy_engines)
-                engine_at = self.copy_engines.index(free)
-                start, end, moved = self._move(at if at >= free else free, per_copy * stage.copies, wire)
-                self.copy_engines[engine_at] = end
-                events += 2 + moved
+                legs.append((stage.kind, per_copy * stage.copies, wire, stage.bytes))
             else:
                 latency, wire = engine.source(stage, cost.zero_copy_latency(), cost.zero_copy_wire_time(stage.rows, row_bytes))
-                start, end, moved = self._move(at, latency, wire)
-                events += moved
-            engine.spans.add(Span(kind=LEGS[stage.kind], start_s=start, end_s=end, step=fetch.step, layer=fetch.layer,
-                                  bytes=stage.bytes, staging=fetch.staging))
+                legs.append((stage.kind, latency, wire, stage.bytes))
+        spans: list[SpanFields] = []
+        landed = self.run(legs, now, fetch.step, fetch.layer, fetch.staging, spans)
+        engine.spans.record(spans)
+        return landed
+
+    def run(self, legs: list[Leg], at: float, step: int, layer: int, staging: bool, spans: list[SpanFields]) -> tuple[float, int]:
+        """Run a fetch's legs one after another from `at`, each granted by its resource as the event
+        model grants it, their spans appended to `spans`; (when its last byte landed, the events the
+        event model schedules for it)."""
+        events = FETCH_EVENTS
+        for kind, first, wire, nbytes in legs:
+            if kind == StageKind.GATHER:  # the pool's request, the gather's timeout, the release
+                start = at if at >= self.gather else self.gather
+                end = self.gather = start + first
+                events += 3
+            else:
+                engine_at = -1
+                if kind == StageKind.H2D:  # a copy engine's request and release around the link's
+                    free = min(self.copy_engines)
+                    engine_at = self.copy_engines.index(free)
+                    at = at if at >= free else free
+                    events += 2
+                if first > 0:  # `engine.Link.move`: the latency's timeout, the link's request, the wire's timeout, the release
+                    at, events = at + first, events + 1
+                start = at if at >= self.link else self.link
+                end = self.link = start + wire
+                self.engine.link.busy_s += wire
+                events += 3
+                if engine_at >= 0:
+                    self.copy_engines[engine_at] = end
+            spans.append((LEGS[kind], start, end, step, layer, nbytes, None, staging))
             at = end
         return at, events
-
-    def _move(self, at: float, latency_s: float, wire_s: float) -> tuple[float, float, int]:
-        """`engine.Link.move` from `at`: (start on the wire, end, events: the latency's timeout, the
-        link's request, the wire's timeout, the release)."""
-        events = 3
-        if latency_s > 0:
-            at, events = at + latency_s, 4
-        start = at if at >= self.link else self.link
-        end = self.link = start + wire_s
-        self.engine.link.busy_s += wire_s
-        return start, end, events
 
 
 class Fetches:

@@ -23,7 +23,8 @@ from engramsim.simulator.engine import simulate
 PATH = "scenarios/paper-table4-4b.yaml"
 LRU_10M = "strategies.cache={name: lru, params: {rows: 10000000}}"
 ROUNDS = 5
-FLOOR = 0.25  # asserted: far below the target, far above a cache doing O(capacity) work a step (0.0025)
+FLOOR = 0.1  # asserted: far above a cache doing O(capacity) work a step (0.0025); the pass around the cache has grown faster than it
+# (0.24 s -> 0.08 s on the fast path), so the target of 0.50 reads lower while the cache itself costs what it did (~30 ns a lookup)
 
 
 def _cpu_seconds(prepared, into: list[float]):
