@@ -8,12 +8,13 @@ import importlib
 import signal
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import engramsim
+from engramsim.commands import HELP
 from engramsim.errors import InputError, Terminated, forget_signals, raise_if_signalled, signalled
 
-COMMANDS = ("hash", "trace", "collisions", "quality", "check", "schema", "plugins", "run", "compare", "sweep", "plot", "diff", "hw", "calibrate",
-            "validate")
+COMMANDS = tuple(HELP)  # hash, trace, collisions, quality, check, schema, plugins, run, compare, sweep, plot, diff, hw, calibrate, validate
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,12 +24,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Commands(argparse._SubParsersAction):
+    """The subcommands, each listed by its line in `commands.HELP` and its module imported only
+    when it is chosen: `engramsim --help` loads none of them (numpy, the plugins, rich), and a
+    command loads only its own. A chosen command's placeholder gives way to the parser its
+    module's `add_parser` builds."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        name = values[0] if values else None
+        if name in COMMANDS and name not in _loaded(self):
+            del self._name_parser_map[name]
+            self._choices_actions = [action for action in self._choices_actions if action.dest != name]
+            importlib.import_module(f"engramsim.commands.{name}").add_parser(self)
+            _loaded(self).add(name)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _loaded(commands: _Commands) -> set[str]:
+    """The commands whose modules built their parsers."""
+    if not hasattr(commands, "loaded"):
+        commands.loaded = set()  # type: ignore[attr-defined]
+    return commands.loaded  # type: ignore[attr-defined]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="engramsim", description=engramsim.__doc__)
     parser.add_argument("--version", action="version", version=f"engramsim {engramsim.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, action=_Commands)
     for name in COMMANDS:
-        importlib.import_module(f"engramsim.commands.{name}").add_parser(sub)
+        sub.add_parser(name, help=HELP[name])
     return parser
 
 

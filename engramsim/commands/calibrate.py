@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from engramsim.commands import HELP
 from engramsim.errors import InputError
 from engramsim.files import check_output, write_text_atomic
 from engramsim.hardware.profile import HardwareProfile
@@ -25,7 +26,7 @@ STAGES = ("gather + h2d", "gather (quiet)", "host bandwidth", "zero-copy", "back
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("calibrate", help="micro-benchmark this machine and write a calibrated hardware profile")
+    p = sub.add_parser("calibrate", help=HELP["calibrate"])
     p.add_argument("--backend", choices=("cpu", "cuda"), required=True, help="the real backend to calibrate")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="budget", const="quick",

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from rich.console import Console
 
+from engramsim.commands import HELP
 from engramsim.commands.preflight import add_preflight_args, ready, target
 from engramsim.registry import KINDS
 from engramsim.scenario import Scenario
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="make every check `run` would, without running; print a one-line summary")
+    p = sub.add_parser("check", help=HELP["check"])
     p.add_argument("scenario", nargs="?", type=Path, default=None, help="scenario YAML (default: quickstart)")
     add_preflight_args(p)
     p.set_defaults(handler=check)

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from engramsim.commands import HELP
 from engramsim.commands.args import int_list
 from engramsim.errors import InputError
 from engramsim.files import check_output, write_text_atomic
@@ -52,7 +53,7 @@ def name_list(text: str) -> list[str]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from engramsim.hash_quality import BUILTIN_PLUGINS
 
-    p = sub.add_parser("collisions", help="hashing quality (row collisions per head and over all heads) of hashing plugins on a trace")
+    p = sub.add_parser("collisions", help=HELP["collisions"])
     p.add_argument("trace", help="a shipped trace name (see `engramsim trace list`) or a .npz path")
     p.add_argument("--plugins", type=name_list, default=list(BUILTIN_PLUGINS),
                    help=f"hashing plugins to compare (default: {','.join(BUILTIN_PLUGINS)})")

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from engramsim import compare
+from engramsim.commands import HELP
 from engramsim.commands.preflight import ask_on_terminal, default_scenario
 from engramsim.commands.run import bytes_bar, progress_bar, warn_profile_host
 from engramsim.compare import FILES, SIM, Ready, Result, columns, prepare_real, run_real_variant, run_variant, tradeoff
@@ -42,7 +43,7 @@ values are then measured, not reproducible byte for byte. A comparison estimated
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="simulate variants of a scenario on the same requests: a table, compare.json/.csv/.png",
+    p = sub.add_parser("compare", help=HELP["compare"],
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", nargs="?", type=Path, default=None, help="scenario YAML (default: quickstart)")
     p.add_argument("--vary", action="append", default=[], metavar="KEY.PATH=V1,V2,...",

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from engramsim.commands import HELP
 from engramsim.errors import InputError
 from engramsim.metrics import Metric, Value, registered
 from engramsim.results import SCHEMA_VERSION
@@ -34,7 +35,7 @@ PLAIN = Metric(name="value", unit="", meaning="a results value no registered met
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("diff", help="compare results.json files: the metrics and scenario fields that differ",
+    p = sub.add_parser("diff", help=HELP["diff"],
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("reference", type=Path, metavar="A.json", help="the reference results file; changes are against it")
     p.add_argument("others", type=Path, nargs="+", metavar="B.json", help="results files to compare with it")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engramsim.commands import HELP
 from engramsim.commands.args import add_hash_spec_args
 from engramsim.errors import InputError
 from engramsim.files import atomic_path, check_output
@@ -16,7 +17,7 @@ from engramsim.tokenizer import compressed_vocab, load_tokenizer
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("hash", help="hash a text file into Engram row ids (NPZ)")
+    p = sub.add_parser("hash", help=HELP["hash"])
     p.add_argument("--text", required=True, type=Path, help="UTF-8 text, tokenized as one sequence")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: DeepSeek V4)")
     add_hash_spec_args(p)

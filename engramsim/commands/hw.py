@@ -12,13 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from engramsim.commands import HELP
 from engramsim.errors import InputError
 
 GIB = 1 << 30
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("hw", help="print the CPU and NUMA nodes, memory, torch build, GPUs and PCIe links this machine has")
+    p = sub.add_parser("hw", help=HELP["hw"])
     p.add_argument("--json", action="store_true", help="print the findings as one JSON object")
     p.add_argument("--presets", action="store_true", help="list the shipped hardware, link and tier presets instead")
     p.set_defaults(handler=run)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engramsim.commands import HELP
+
 BOOKKEEPING = {"point", "id", "index", "name", "status", "error", "reason", "workload_sha256", "schedule_sha256"}
 TABLES = (("sweep.json", "sweep.csv", "sweep"), ("compare.json", "compare.csv", "compare"))
 DESCRIPTION = """Draw METRIC against KEY from the table of a folder `engramsim sweep` (sweep.csv) or `engramsim compare`
@@ -22,8 +24,9 @@ keys of the grid, or repeated samples) are drawn as their median with a band fro
 decades. Only points whose status is ok are drawn."""
 
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plot", help="a metric against a key of a sweep or compare folder, one line per --hue value",
+    p = sub.add_parser("plot", help=HELP["plot"],
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, metavar="DIR", help="a folder `engramsim sweep` or `engramsim compare` wrote")
     p.add_argument("--x", required=True, metavar="KEY", help="a --grid/--zip (or --vary) key: the x axis")

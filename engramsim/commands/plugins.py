@@ -13,12 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from engramsim import registry
+from engramsim.commands import HELP
 
 _OPERATORS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plugins", help="list the strategy plugins and their params")
+    p = sub.add_parser("plugins", help=HELP["plugins"])
     p.set_defaults(handler=plugins)
 
 

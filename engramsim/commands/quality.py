@@ -13,6 +13,7 @@ from typing import get_args
 from rich.console import Console
 from rich.table import Table
 
+from engramsim.commands import HELP
 from engramsim.errors import InputError
 from engramsim.files import check_output, write_text_atomic
 from engramsim.scenario import Engram
@@ -39,8 +40,7 @@ def positive_int(text: str) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quality", help="relative error of the Engram layer's output with the tables in bf16, fp8, int8 "
-                       "(against fp32), on the scenario's trace")
+    p = sub.add_parser("quality", help=HELP["quality"])
     p.add_argument("scenario", type=Path, help="scenario YAML (its model, trace, hashing and run.seed are used)")
     p.add_argument("--modes", type=mode_list, default=list(DEFAULT_MODES),
                    help=f"table dtypes compared with the fp32 table (of {','.join(TABLE_DTYPES)}; default: {','.join(DEFAULT_MODES)})")

@@ -28,6 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from engramsim.commands import HELP
 from engramsim.commands.preflight import add_preflight_args, ask_on_terminal, ready, target
 from engramsim.errors import InputError
 from engramsim.files import staged_folder
@@ -41,7 +42,7 @@ CALIBRATED_SAMPLES = 8
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a scenario (default: the shipped quickstart)")
+    p = sub.add_parser("run", help=HELP["run"])
     p.add_argument("scenario", nargs="?", type=Path, default=None, help="scenario YAML (default: quickstart)")
     add_preflight_args(p)
     p.add_argument("--samples", type=int, default=None, metavar="N",

@@ -7,12 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from engramsim.commands import HELP
 from engramsim.files import write_text_atomic
 from engramsim.scenario import Scenario
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("schema", help="write the JSON Schema of scenario files")
+    p = sub.add_parser("schema", help=HELP["schema"])
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
     p.set_defaults(handler=schema)
 

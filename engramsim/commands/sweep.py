@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from engramsim.commands import HELP
+
 DESCRIPTION = """Run every point of a grid of scenario values as `engramsim run` runs it (offloaded, all tables in
 HBM, no Engram; simulated), and write one results file per point and a table of them all.
 
@@ -32,8 +34,9 @@ apart), so `engramsim plot` draws their p5-p95 band. --ray runs the points as Ra
 or the cluster at ADDRESS); needs pip install 'engramsim[ray]'."""
 
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="run a grid of scenario values (process pool or Ray): a results file per point, sweep.csv/.parquet",
+    p = sub.add_parser("sweep", help=HELP["sweep"],
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", type=Path, metavar="SCENARIO", help="scenario YAML")
     p.add_argument("--grid", action="append", default=[], metavar="KEY.PATH=V1,V2,...",

@@ -8,6 +8,7 @@ import shlex
 import time
 from pathlib import Path
 
+from engramsim.commands import HELP
 from engramsim.commands.args import add_hash_spec_args
 from engramsim.commands.hash import spec_from_args
 from engramsim.errors import InputError
@@ -15,7 +16,7 @@ from engramsim.files import check_output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("trace", help="build, inspect and generate token traces")
+    p = sub.add_parser("trace", help=HELP["trace"])
     tsub = p.add_subparsers(dest="trace_command", required=True)
 
     b = tsub.add_parser("build", help="tokenize text files (one document each) into a trace .npz")

@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from engramsim.commands import HELP
 from engramsim.commands.run import progress_bar, warn_profile_host
 from engramsim.errors import InputError
 from engramsim.files import check_output, write_text_atomic
@@ -25,7 +26,7 @@ from engramsim.metrics import validated_metrics
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="run scenarios for real and simulated on a profile and report the error")
+    p = sub.add_parser("validate", help=HELP["validate"])
     p.add_argument("scenarios", nargs="*", type=Path, help="scenario YAMLs (default: every scenarios/validation/*.yaml)")
     p.add_argument("--backend", choices=("cpu", "cuda"), required=True, help="the real backend to run on")
     p.add_argument("--profile", required=True, help="hardware profile (YAML path or preset name) the simulator prices with")
