@@ -30,21 +30,18 @@ class _Commands(argparse._SubParsersAction):
     command loads only its own. A chosen command's placeholder gives way to the parser its
     module's `add_parser` builds."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loaded: set[str] = set()  # the commands whose modules built their parsers
+
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
         name = values[0] if values else None
-        if name in COMMANDS and name not in _loaded(self):
+        if name in COMMANDS and name not in self.loaded:
             del self._name_parser_map[name]
             self._choices_actions = [action for action in self._choices_actions if action.dest != name]
             importlib.import_module(f"engramsim.commands.{name}").add_parser(self)
-            _loaded(self).add(name)
+            self.loaded.add(name)
         super().__call__(parser, namespace, values, option_string)
-
-
-def _loaded(commands: _Commands) -> set[str]:
-    """The commands whose modules built their parsers."""
-    if not hasattr(commands, "loaded"):
-        commands.loaded = set()  # type: ignore[attr-defined]
-    return commands.loaded  # type: ignore[attr-defined]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     143 for SIGTERM, 129 for SIGHUP; nothing half-written is left behind (engramsim/files.py)."""
     with _signals_raise():
         try:
-            args = build_parser().parse_args(argv)
-            code = int(args.handler(args) or 0)
+            try:
+                args = build_parser().parse_args(argv)
+                code = int(args.handler(args) or 0)
+            except Exception:  # a signal that landed inside a library's callback comes back wrapped (pydantic's serializer)
+                raise_if_signalled()
+                raise
             raise_if_signalled()  # a signal a finalizer swallowed still ends the command as a signal
             return code
         except SystemExit as exc:  # usage errors, --help and --version: return the code instead of raising

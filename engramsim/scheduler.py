@@ -44,6 +44,9 @@ from engramsim.strategies import Params, StepView, Waiting
 from engramsim.workload import StepLookups, Workload, run_starts
 
 StepKind = Literal["prefill", "decode", "mixed"]
+QueueState = tuple[int, tuple[int, ...], tuple[int, ...]]
+"""The waiting queue as `Scheduler.queue_state` keeps it: the arrivals admitted so far, and the
+preempted sequences (head first) with the tokens each one's prefill feeds."""
 
 
 class SchedulerParams(Params):
@@ -342,10 +345,26 @@ class Scheduler:
         gives a sequence with nothing in the KV cache)."""
         seqs = np.concatenate([np.fromiter(self._preempted, dtype=np.int64, count=len(self._preempted)),
                                self._arrival_order[self._admitted:self._arrived]]).astype(np.int64, copy=False)
-        tokens = np.asarray(self.length(seqs), dtype=np.int64)
+        return self._waiting(seqs, np.asarray(self.length(seqs), dtype=np.int64))
+
+    def queue_state(self) -> QueueState:
+        """The waiting queue now, kept small: a replayed schedule (engramsim/schedule.py) rebuilds it with `waiting_at`."""
+        preempted = tuple(self._preempted)
+        return self._admitted, preempted, tuple(int(self.length(seq)) for seq in preempted)
+
+    def waiting_at(self, state: QueueState) -> Waiting:
+        """The waiting queue a `queue_state` kept, taken when every request had arrived (a
+        request never admitted has sampled nothing: its prompt is its length)."""
+        admitted, preempted, lengths = state
+        fresh = self._arrival_order[admitted:]
+        return self._waiting(np.concatenate([np.array(preempted, dtype=np.int64), fresh]).astype(np.int64, copy=False),
+                             np.concatenate([np.array(lengths, dtype=np.int64), self.prompt_len[fresh]]).astype(np.int64, copy=False))
+
+    def _waiting(self, seqs: np.ndarray, tokens: np.ndarray) -> Waiting:
+        length = dict(zip(seqs.tolist(), tokens.tolist(), strict=True))
 
         def lookups(seq: int) -> StepLookups:  # a waiting sequence's length does not change while it waits
-            return StepLookups(self.workload, self._window_start[seq] + np.arange(int(self.length(seq)), dtype=np.int64))
+            return StepLookups(self.workload, self._window_start[seq] + np.arange(length[seq], dtype=np.int64))
 
         return Waiting(seqs, tokens, lookups)
 

@@ -368,10 +368,15 @@ class Transport(Strategy):
     the pipeline for rows of several tiers (`reaches` lists those a transport can read, and a
     placement that puts rows elsewhere is refused). A transport with `batches_layers` moves every
     fetch issued at the same point (several Engram layers or steps) as one pipeline (`batch`).
+    A transport `in_order` promises that every fetch of host rows has the same legs, at most a
+    gather then one DMA copy or one zero-copy read, so each pays the same fixed latency before the
+    link whatever its rows: fetches then reach every resource in the order they were issued, which
+    lets the simulator time them without events (simulator/fast.py checks the promise per fetch).
     """
 
     reaches: ClassVar[frozenset[Tier]] = frozenset({Tier.HOST})
     batches_layers: ClassVar[bool] = False
+    in_order: ClassVar[bool] = False
 
     def stages(self, rows: int, row_bytes: int) -> list[Stage]:
         raise NotImplementedError

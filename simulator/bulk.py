@@ -14,8 +14,8 @@ is issued, an Engram layer waits, or the step ends; each leg granted by its FIFO
 are built as columns, spans as fields (`Timeline.record`).
 
 The passes of a paper-4B run all qualify (all-host placement, no cache, layer-ahead prefetch,
-staged transport; the all-HBM baseline; the no-Engram reference). tests/test_bulk.py runs
-passes both ways, against the fast path and the event model, to the bit.
+staged transport; the all-HBM baseline; the no-Engram reference). tests/test_fast_path.py runs
+passes every way, against the fast path and the event model, to the bit.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from engramsim.records import KINDS, LAYER_DTYPE, STEP_DTYPE, SpanFields, SpanKi
 from engramsim.schedule import Replay, Served
 from engramsim.simulator.compute import add_up
 from engramsim.simulator.cost import RooflineCostModel, use_schedule_prices
-from engramsim.simulator.fast import LOOP_EVENTS, Leg, Resources, takes_fast_path
+from engramsim.simulator.fast import LOOP_EVENTS, Leg, Resources, in_order_legs, takes_fast_path
 from engramsim.steps import Step
 from engramsim.strategies import StageKind
 
@@ -41,14 +41,14 @@ COMPUTE, ISSUE, WAIT = 0, 1, 2  # a step program's operations
 
 
 def takes_bulk_path(engine: Engine, scheduler: Served, planner: object) -> bool:
-    """Whether the pass qualifies for the bulk path (the module's docstring). Prices the schedule's
-    steps, when it replays one, so the answer knows they could be priced at once."""
-    if not isinstance(scheduler, Replay) or not isinstance(planner, Planner) or not isinstance(engine.cost, RooflineCostModel):
+    """Whether the pass qualifies for the bulk path (the module's docstring); its cost model must
+    price steps at once (`RooflineCostModel.price`: no roofline exponent)."""
+    if not isinstance(scheduler, Replay) or not scheduler.schedule.steps or not isinstance(planner, Planner):
         return False
-    if engine.interferes or not takes_fast_path(engine, planner) or planner.stateless() is None:
+    cost = engine.cost
+    if not isinstance(cost, RooflineCostModel) or cost.exponent is not None:
         return False
-    use_schedule_prices(engine.cost, scheduler, planner.layers)
-    return engine.cost.prices is not None
+    return not engine.interferes and takes_fast_path(engine, planner) and planner.stateless() is not None
 
 
 class Program:
@@ -76,15 +76,20 @@ class Program:
         self.ops = ops
 
 
-def _legs(engine: Engine, counts: np.ndarray, row_bytes: int) -> dict[int, list[Leg]]:
+Shape = tuple[StageKind, ...] | None
+"""The kinds of every fetch's legs, once the first fetch is priced (`fast.in_order_legs`)."""
+
+
+def _legs(engine: Engine, counts: np.ndarray, row_bytes: int, shape: Shape) -> tuple[dict[int, list[Leg]], Shape]:
     """The legs (`fast.Leg`) of a fetch of each of `counts` rows (distinct, > 0), priced at once as
-    `fast.Resources.fetch` prices each (the rows in host DRAM, their only source here)."""
+    `fast.Resources.fetch` prices each (the rows in host DRAM, their only source here); and their
+    kinds, checked the same for every fetch of the pass (`shape`: the kinds so far, None at first)."""
     cost = engine.cost
     assert isinstance(cost, RooflineCostModel)
     pipelines = [[stage for stage in engine.transport.stages(count, row_bytes) if stage.rows] for count in counts.tolist()]
-    kinds = [stage.kind for stage in pipelines[0]]
-    if any([stage.kind for stage in pipeline] != kinds for pipeline in pipelines):
-        raise RuntimeError(f"transport {engine.transport.name!r} changes its legs with the rows fetched: the bulk path prices them by position")
+    for pipeline in pipelines:
+        shape = in_order_legs(engine.transport, pipeline, shape)
+    kinds = list(shape or ())
     priced = []
     for leg, kind in enumerate(kinds):
         rows = np.array([pipeline[leg].rows for pipeline in pipelines], dtype=np.int64)
@@ -99,20 +104,21 @@ def _legs(engine: Engine, counts: np.ndarray, row_bytes: int) -> dict[int, list[
         else:
             first, wire = np.full(rows.size, cost.zero_copy_latency()), cost.zero_copy_wire_time(rows, row_bytes)
         priced.append(list(zip([kind] * rows.size, first.tolist(), wire.tolist(), nbytes.tolist(), strict=True)))
-    return {count: [legs[at] for legs in priced] for at, count in enumerate(counts.tolist())}
+    return {count: [legs[at] for legs in priced] for at, count in enumerate(counts.tolist())}, shape
 
 
 def simulate_bulk(engine: Engine, scheduler: Replay, planner: Planner, max_steps: int | None = None,
                   progress: Callable[[Step], None] | None = None) -> tuple[StepLog, float]:
     """`engine.simulate` for a pass that `takes_bulk_path`: the step records and the makespan."""
     cost = engine.cost
+    use_schedule_prices(cost, scheduler, planner.layers)
     assert isinstance(cost, RooflineCostModel) and cost.prices is not None
     steps, layers, tier = scheduler.schedule.steps, planner.layers, planner.stateless()
     n = len(steps)
     # ---- every step's plan: rows looked up, references, rows fetched, the block each fetch is issued at
-    rows, references = {}, {}
-    for layer in layers:
-        rows[layer], references[layer] = scheduler.schedule.lookups(layer)
+    looked_up = scheduler.schedule.lookups(layers)
+    rows = {layer: looked_up[layer][0] for layer in layers}
+    references = {layer: looked_up[layer][1] for layer in layers}
     issue_blocks: list[tuple[int, ...]] = []
     for step in steps:
         view = scheduler.view(step, max_steps)
@@ -121,10 +127,13 @@ def simulate_bulk(engine: Engine, scheduler: Replay, planner: Planner, max_steps
     engram_s = {layer: [cost.prices.engram[(i, r)] for i, r in enumerate(rows[layer].tolist())] for layer in layers}
     programs = {blocks: Program(cost, engine.blocks, layers, blocks, engram_s) for blocks in set(issue_blocks)}
     row_bytes = [engine.tables[layer].row_bytes for layer in layers]
-    legs = []
+    legs: list[list[list[Leg] | None]] = []
+    shape: Shape = None
     for at, layer in enumerate(layers):
         counts = fetched[layer]
-        priced = _legs(engine, np.unique(counts[counts > 0]), row_bytes[at]) if counts.any() else {}
+        priced: dict[int, list[Leg]] = {}
+        if counts.any():
+            priced, shape = _legs(engine, np.unique(counts[counts > 0]), row_bytes[at], shape)
         legs.append([priced.get(count) for count in counts.tolist()])
 
     # ---- the clock, step by step

@@ -171,7 +171,7 @@ class RooflineCostModel:
     def price(self, steps: list[Step], engram_rows: dict[int, np.ndarray]) -> StepPrices | None:
         """Every step's compute segments priced at once on a `kernels.StepBatch`: element for element
         the floats `host_time`, `blocks_time`, `head_time` and `engram_time` give each step alone
-        (tests/test_cost.py), with each Engram layer's work at `engram_rows[layer][i]` rows for step
+        (tests/test_schedule.py), with each Engram layer's work at `engram_rows[layer][i]` rows for step
         i. Steps of MLA models are priced in groups that all have decode sequences or not, and
         prefill tokens or not (the kernels differ). None where the profile's roofline exponent
         asks for a float power, which numpy may round apart from Python's."""
@@ -417,11 +417,14 @@ def use_schedule_prices(cost: CostModel, scheduler: Served, layers: list[int]) -
     """Price a pass replaying a schedule (`engramsim/schedule.py`) from its steps' prices, computed
     at once (`RooflineCostModel.price`) the first time a pass of these rates replays it, with the
     Engram `layers` the pass runs, and kept on the schedule (`PRICES_KEPT`)."""
-    if not isinstance(cost, RooflineCostModel) or not isinstance(scheduler, Replay):
+    if not isinstance(cost, RooflineCostModel):
+        return
+    if not isinstance(scheduler, Replay):
+        cost.prices = None  # priced step by step: another schedule's prices would be another pass's
         return
     schedule, key = scheduler.schedule, (cost.rates, tuple(layers))
     if key not in schedule.prices:
-        rows = {layer: schedule.lookups(layer)[0] for layer in layers}
+        rows = {layer: counts[0] for layer, counts in schedule.lookups(layers).items()}
         if len(schedule.prices) >= PRICES_KEPT:
             del schedule.prices[next(iter(schedule.prices))]
         schedule.prices[key] = cost.price(list(schedule.steps), rows)

@@ -426,12 +426,20 @@ def simulate(engine: Engine, scheduler: Served, planner: Planner, max_steps: int
     the event machinery, and one that `bulk.takes_bulk_path` (its steps and their plans known
     before the first runs) gives them for the whole schedule at once; `fast=False` forces the
     event model, `bulk=False` the fast path's step by step."""
+    _covered(scheduler, max_steps)
     if fast and bulk and takes_bulk_path(engine, scheduler, planner):
         assert isinstance(scheduler, Replay) and isinstance(planner, Planner)
         return simulate_bulk(engine, scheduler, planner, max_steps, progress)
     if fast and takes_fast_path(engine, planner):
         return simulate_fast(engine, scheduler, planner, max_steps, progress)
     return simulate_node([engine], [scheduler], [planner], max_steps, progress)[0]
+
+
+def _covered(scheduler: Served, max_steps: int | None) -> None:
+    """A replay runs the steps its schedule was served for: a pass of another step limit is another schedule."""
+    if isinstance(scheduler, Replay) and not scheduler.schedule.covers(max_steps):
+        raise ValueError(f"a schedule of {len(scheduler.schedule.steps)} steps served under max_steps={scheduler.schedule.max_steps} "
+                         f"cannot be replayed under max_steps={max_steps}")
 
 
 def simulate_node(engines: list[Engine], schedulers: list[Served], planners: list[Planner], max_steps: int | None = None,
@@ -459,6 +467,7 @@ def simulate_node(engines: list[Engine], schedulers: list[Served], planners: lis
 
     for at, (engine, scheduler, planner) in enumerate(zip(engines, schedulers, planners, strict=True)):
         assert engine.env is env, "a node's engines share one environment"
+        _covered(scheduler, max_steps)
         use_schedule_prices(engine.cost, scheduler, planner.layers)
         out.append((StepLog(), 0.0))
         env.process(serve(engine, scheduler, planner, out[at][0], at))

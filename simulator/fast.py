@@ -6,16 +6,18 @@ the previous holder's release, and a fetch's whole course is known the moment it
 
 - a pass that moves no rows (`never_fetches`: the all-HBM baseline, the no-Engram reference):
   each step is its compute back to back, and the only waits are for arrivals;
-- a pass on one GPU with the host to itself whose transport's legs are host gathers, DMA copies
-  and zero-copy reads, that does not batch layers and whose legs do not slow compute, with every
-  fetched row in host DRAM, and whose prefetch sets no deadline. Every fetch then runs the same
-  legs, started in time order, through FIFO resources (the host's gather threads take one gather
+- a pass on one GPU with the host to itself whose transport keeps its fetches in order
+  (`Transport.in_order`: a gather then one DMA copy, or one zero-copy read, the same legs and
+  fixed latency for every fetch; it does not batch layers and its legs do not slow compute), with
+  every fetched row in host DRAM, and whose prefetch sets no deadline. Every fetch then runs the
+  same legs, started in time order, through FIFO resources (the host's gather threads take one gather
   at a time, the copy engines `copy_engines` copies, the link one transfer), so no fetch overtakes
   another: however far ahead it was issued (`lead_steps`), whatever it carries for later steps
   (speculative rows, waiting requests' rows), its course is known when it is issued, and an
   Engram layer waits for the last byte of its own fetch and of those that carried its staged rows.
 
-Everything else (deadlines, which go ahead on whichever fetch has landed by an instant, batched or
+Everything else (deadlines, which go ahead on whichever fetch has landed by an instant, a DMA per
+row, whose latency grows with the rows so a later fetch may take the link first, batched or
 SM-slowing transports, CXL and NVMe tiers, a node's shared host) runs on the event model.
 
 The same scheduler calls in the same order (`next_step`, `next_arrival`, `view`, `finish_step`),
@@ -41,7 +43,7 @@ from engramsim.simulator.compute import stretch
 from engramsim.simulator.cost import use_schedule_prices
 from engramsim.skeleton import Blocks, EngramLayer, Head, Host, Issue, skeleton
 from engramsim.steps import Step
-from engramsim.strategies import StageKind, Tier
+from engramsim.strategies import Stage, StageKind, Tier, Transport
 
 if TYPE_CHECKING:
     from engramsim.simulator.engine import Engine
@@ -52,6 +54,20 @@ FETCH_EVENTS = 2
 """Events a fetch's process schedules besides its legs': its start and its end."""
 LEGS = {StageKind.GATHER: SpanKind.GATHER, StageKind.H2D: SpanKind.H2D, StageKind.ZERO_COPY: SpanKind.ZERO_COPY}
 """The legs the fast path prices, and their spans."""
+IN_ORDER = frozenset({(StageKind.GATHER, StageKind.H2D), (StageKind.H2D,), (StageKind.ZERO_COPY,)})
+"""The pipelines of an `in_order` transport: each fetch pays one fixed latency before the link."""
+
+
+def in_order_legs(transport: Transport, stages: list[Stage], shape: tuple[StageKind, ...] | None) -> tuple[StageKind, ...]:
+    """The kinds of a fetch's moving legs, checked against `Transport.in_order`'s promise (one of
+    `IN_ORDER`, one copy per DMA, no slowdown, the same for every fetch of the pass: `shape`, the
+    first fetch's, or None for the first)."""
+    kinds = tuple(stage.kind for stage in stages)
+    if kinds not in IN_ORDER or any(stage.copies != 1 or stage.slowdown > 1 for stage in stages) or (shape is not None and kinds != shape):
+        legs = ", ".join(f"{stage.kind.value} x{stage.copies}" for stage in stages)
+        raise RuntimeError(f"transport {transport.name!r} says its fetches keep their order (in_order), but a fetch of {stages[0].rows} "
+                           f"rows has legs [{legs}] after [{', '.join(kind.value for kind in shape or kinds)}]: set in_order = False")
+    return kinds
 
 
 def never_fetches(planner: object) -> bool:
@@ -78,9 +94,16 @@ def takes_fast_path(engine: Engine, planner: object) -> bool:
     if not isinstance(planner, Planner) or engine.seat is not None or planner.prefetch.deadline:
         return False
     transport = engine.transport
-    if transport.batches_layers or engine.interferes or engine.tiered:
-        return False
-    return all(stage.kind in LEGS for stage in transport.stages(1, 64))
+    return keeps_order(transport) and not transport.batches_layers and not engine.interferes and not engine.tiered
+
+
+def keeps_order(transport: Transport) -> bool:
+    """`Transport.in_order`, as promised by the class that wrote the transport's legs or one below
+    it: a subclass that writes its own `stages` does not inherit its parent's promise."""
+    mro = type(transport).__mro__
+    promised = next(cls for cls in mro if "in_order" in vars(cls))
+    wrote = next(cls for cls in mro if "stages" in vars(cls))
+    return transport.in_order and issubclass(promised, wrote)
 
 
 Leg = tuple[StageKind, float, float, int]
@@ -97,18 +120,16 @@ class Resources:
         self.gather = 0.0
         self.copy_engines = [0.0] * int(engine.copy_engines.capacity)
         self.link = 0.0
+        self.shape: tuple[StageKind, ...] | None = None  # the legs of every fetch (`in_order_legs`)
 
     def fetch(self, fetch: FetchPlan, now: float) -> tuple[float, int]:
         """Price the fetch's legs and `run` them from `now`, its spans added to the engine's timeline."""
         engine, cost = self.engine, self.engine.cost
         row_bytes = engine.tables[fetch.layer].row_bytes
         legs: list[Leg] = []
-        for stage in engine.pipeline(fetch):
-            if not stage.rows:
-                continue
-            if stage.kind not in LEGS or stage.slowdown > 1:
-                raise RuntimeError(f"the fast path took a pass whose transport {engine.transport.name!r} has a {stage.kind.value} leg "
-                                   f"(slowdown {stage.slowdown}): takes_fast_path should have sent it to the event model")
+        stages = [stage for stage in engine.pipeline(fetch) if stage.rows]
+        self.shape = in_order_legs(engine.transport, stages, self.shape)
+        for stage in stages:
             if stage.kind == StageKind.GATHER:
                 legs.append((stage.kind, cost.gather_time(stage.rows, row_bytes), 0.0, stage.bytes))
             elif stage.kind == StageKind.H2D:

@@ -383,6 +383,23 @@ def test_a_signal_mid_run_leaves_nothing(sig, rc, word, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.yaml"]
 
 
+def test_a_signal_a_library_wrapped_still_ends_the_command_as_that_signal(monkeypatch, capsys):
+    """A signal landing inside a library's callback (pydantic's serializer) comes back as the
+    library's own error; the command still ends as the signal, in one line."""
+    import engramsim.commands.hw as hw
+    from engramsim.errors import Terminated, signalled
+
+    def landed_in_a_callback(args):
+        try:
+            raise signalled(Terminated(signal.SIGHUP))
+        except Terminated as exc:
+            raise ValueError("Error calling function `_omit_unset`: Terminated: 1") from exc
+
+    monkeypatch.setattr(hw, "run", landed_in_a_callback)
+    assert main(["hw"]) == 129
+    assert capsys.readouterr().err.strip().splitlines() == ["engramsim: hung up"]
+
+
 def test_a_short_trace_runs_when_the_scenario_asks_to_wrap_it(tmp_path):
     trace = _trace(tmp_path, [5, 7, 9, 11])
     assert main(_run(tmp_path, f"workload.trace={trace}", "workload.wrap_trace=true")) == 0

@@ -44,6 +44,8 @@ VARIANTS = {
     "on-demand": ("strategies.prefetch=on-demand", *TIMED),
     "zero-copy": ("strategies.transport=zero-copy", "model.engram.layers=[1,3]"),
     "row-copy": ("strategies.transport=row-copy",),
+    "row-copy-three-layers": ("strategies.transport=row-copy", "model.engram.layers=[1,2,4]"),  # a later fetch may take the link first
+    "lookahead-row-copy": ("strategies.prefetch=lookahead", "strategies.transport=row-copy"),
     "static-hot": ("strategies.cache={name: static-hot, params: {rows: 5000}}",),
 }
 CASES = [pytest.param(path, (), id=str(path.relative_to(ROOT / "scenarios"))) for path in SHIPPED] + [
@@ -127,7 +129,9 @@ def test_a_paper_run_takes_the_bulk_path_in_every_pass(monkeypatch):
     (("strategies.prefetch={name: layer-ahead, params: {lead_steps: 1}}",), True), (("strategies.prefetch=speculative-decode",), True),
     (("strategies.prefetch=prefill-ahead", *TIMED), True), (("strategies.prefetch=deadline",), False),
     (("strategies.transport=staged-batched",), False), (("strategies.transport=zero-copy-sm",), False),
-], ids=["staged", "three-layers", "zero-copy", "lru", "lead-steps", "speculative", "prefill-ahead", "deadline", "batched", "zero-copy-sm"])
+    (("strategies.transport=row-copy",), False),
+], ids=["staged", "three-layers", "zero-copy", "lru", "lead-steps", "speculative", "prefill-ahead", "deadline", "batched", "zero-copy-sm",
+        "row-copy"])
 def test_which_fetching_passes_take_the_fast_path(extra, fast):
     from engramsim.session import planner
 
@@ -141,10 +145,10 @@ def test_which_fetching_passes_take_the_fast_path(extra, fast):
 
 @pytest.mark.parametrize(("extra", "bulk"), [
     ((), True), (("model.engram.layers=[1,2,4]",), True), (("strategies.transport=zero-copy",), True),
-    (("strategies.transport=row-copy",), True), (("strategies.placement=all-hbm",), True),
+    (("strategies.placement=all-hbm",), True),
     (("strategies.cache={name: lru, params: {rows: 1000}}",), False), (("strategies.placement={name: hot-rows, params: {hbm_rows: 1000}}",), False),
     (("strategies.prefetch={name: layer-ahead, params: {lead_steps: 1}}",), False), (TIMED, False),
-], ids=["staged", "three-layers", "zero-copy", "row-copy", "all-hbm", "lru", "hot-rows", "lead-steps", "timed-arrivals"])
+], ids=["staged", "three-layers", "zero-copy", "all-hbm", "lru", "hot-rows", "lead-steps", "timed-arrivals"])
 def test_which_passes_take_the_bulk_path(extra, bulk):
     """The bulk path needs every step known before the first (a replayed schedule) and plans that
     depend on their own step alone."""
@@ -154,3 +158,30 @@ def test_which_passes_take_the_bulk_path(extra, bulk):
     prepared = prepare(scenario, QUICKSTART)
     assert takes_bulk_path(runner._engine(prepared, None, True), prepared.served(), planner(prepared)) is bulk
     assert isinstance(prepared.served(), Replay) is (extra != TIMED)
+
+
+def test_a_transport_keeps_its_fetches_in_order_only_where_its_own_legs_promise_it():
+    """A subclass that writes its own legs does not inherit its parent's `in_order`; one that
+    promises it and breaks it is stopped on the fetch that breaks it."""
+    from engramsim.plugins.transport.staged import Staged
+    from engramsim.simulator.fast import in_order_legs, keeps_order
+    from engramsim.strategies import Stage, StageKind
+
+    class TwoChunks(Staged):
+        def stages(self, rows, row_bytes):
+            half = rows // 2
+            return [Stage(StageKind.GATHER, half, half * row_bytes), Stage(StageKind.H2D, half, half * row_bytes),
+                    Stage(StageKind.GATHER, rows - half, (rows - half) * row_bytes), Stage(StageKind.H2D, rows - half, (rows - half) * row_bytes)]
+
+    class Promising(TwoChunks):
+        in_order = True
+
+    prepared = prepare(load_scenario(QUICKSTART, SMALL), QUICKSTART)
+    setup = prepared.setup()
+    staged, chunks, promising = Staged(Staged.Params(), setup), TwoChunks(TwoChunks.Params(), setup), Promising(Promising.Params(), setup)
+    assert keeps_order(staged) and not keeps_order(chunks) and keeps_order(promising)
+    assert in_order_legs(staged, staged.stages(8, 64), None) == (StageKind.GATHER, StageKind.H2D)
+    with pytest.raises(RuntimeError, match="says its fetches keep their order"):
+        in_order_legs(promising, promising.stages(8, 64), None)
+    with pytest.raises(RuntimeError, match="after \\[zero_copy\\]"):
+        in_order_legs(staged, staged.stages(8, 64), (StageKind.ZERO_COPY,))

@@ -5,6 +5,7 @@ that step alone gives."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def test_a_schedule_priced_at_once_is_priced_as_each_step_alone(name, sms):
     assert isinstance(served, Replay)
     steps = list(served.schedule.steps)
     layers = sorted(prepared.tables)
-    rows = {layer: served.schedule.lookups(layer)[0] for layer in layers}
+    rows = {layer: counts[0] for layer, counts in served.schedule.lookups(layers).items()}
     bulk = RooflineCostModel(prepared.scenario.model, profile)
     prices = bulk.price(steps, rows)
     assert prices is not None
@@ -81,12 +82,36 @@ def test_a_schedule_is_served_once_per_kv_cache_and_replayed_as_served():
     assert live.done and first.schedule.output_tokens == live.output_tokens
 
 
-def test_a_large_schedule_is_not_kept(monkeypatch):
+def test_a_large_workload_is_served_step_by_step(monkeypatch):
     monkeypatch.setattr(schedule_module, "SCHEDULE_TOKENS", 10)
     prepared = _prepared("quickstart.yaml")
-    first, again = prepared.served(), prepared.served()
-    assert isinstance(first, Replay) and again.schedule is not first.schedule
+    assert not isinstance(prepared.served(), Replay)
     assert not prepared.workload.schedules
+
+
+def test_a_workload_keeps_its_two_latest_schedules():
+    prepared = _prepared("quickstart.yaml")
+    for blocks in (40, 50, 60):
+        served = prepared.served()
+        assert isinstance(served, Replay)
+        prepared = replace(prepared, kv=replace(prepared.kv, blocks=blocks))
+    assert len(prepared.workload.schedules) == schedule_module.SCHEDULES_KEPT == 2
+    assert [key[1] for key in prepared.workload.schedules] == [40, 50]
+
+
+def test_a_replay_runs_under_the_step_limit_it_was_served_for():
+    from engramsim.runner import _engine
+    from engramsim.session import planner
+    from engramsim.simulator.engine import simulate
+
+    prepared = _prepared("quickstart.yaml")  # run.max_steps=300, more than the pass needs
+    served = prepared.served()
+    assert isinstance(served, Replay) and served.schedule.complete
+    assert served.schedule.covers(None) and served.schedule.covers(10_000) and not served.schedule.covers(5)
+    with pytest.raises(ValueError, match="cannot be replayed under max_steps=5"):
+        simulate(_engine(prepared, None, True), served, planner(prepared), 5)
+    cut = _prepared("quickstart.yaml", "run.max_steps=5").served()
+    assert len(cut.schedule.steps) == 5 and cut.schedule.covers(5) and not cut.schedule.covers(6) and not cut.schedule.covers(None)
 
 
 def test_timed_arrivals_are_scheduled_pass_by_pass():
@@ -96,15 +121,26 @@ def test_timed_arrivals_are_scheduled_pass_by_pass():
         Schedule.served(prepared.scheduler())
 
 
-def test_a_replay_keeps_no_waiting_queue_but_the_last_steps():
-    prepared = _prepared("quickstart.yaml")
-    served = prepared.served()
-    steps = served.schedule.steps
-    assert served.view(steps[-1]).waiting().seqs.size == 0
-    with pytest.raises(RuntimeError, match="keeps no waiting queue"):
-        served.view(steps[0]).waiting()
-    assert [s.index for s in served.view(steps[0]).future(3)] == [1, 2, 3]
-    assert served.view(steps[-2]).future(5) == [steps[-1]]
+@pytest.mark.parametrize("name", ["validation/v15-preemption.yaml", "validation/v16-chunked-prefill.yaml", "quickstart.yaml"])
+def test_a_replay_shows_the_schedulers_future_and_waiting_queue_at_every_step(name):
+    prepared = _prepared(name, "workload.requests=24", "workload.batching={max_num_seqs: 4, max_num_batched_tokens: 2048}")
+    served, live = prepared.served(), prepared.scheduler()
+    assert isinstance(served, Replay)
+    waited = 0
+    for step in served.schedule.steps:
+        made = live.next_step(0.0)
+        assert made is not None and made.index == step.index
+        top = served.schedule.max_steps
+        for limit in (top, step.index + 3 if top is None else min(top, step.index + 3)):  # the limit it was served under, and a nearer one
+            mine, theirs = served.view(step, limit), live.view(made, limit)
+            assert [s.index for s in mine.future(4)] == [s.index for s in theirs.future(4)]
+            a, b = mine.waiting(), theirs.waiting()
+            assert a.seqs.tolist() == b.seqs.tolist() and a.tokens.tolist() == b.tokens.tolist()
+            for seq in a.seqs.tolist()[:2]:
+                assert np.array_equal(a.lookups(seq)[1].rows, b.lookups(seq)[1].rows)
+        waited += int(mine.waiting().seqs.size)
+        live.finish_step(made, float(step.index))
+    assert waited > 0, "the case should have requests waiting"
 
 
 def test_replayed_latencies_are_the_schedulers():

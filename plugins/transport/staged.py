@@ -17,6 +17,7 @@ class StagedBase(Transport):
     """Gather (host DRAM, CXL, or NVMe pages read into host memory) into staging, then one DMA."""
 
     reaches = frozenset({Tier.HOST, Tier.CXL, Tier.NVME})
+    in_order = True  # one gather and one DMA, or one zero-copy read, whatever the rows
 
     def stages(self, rows: int, row_bytes: int) -> list[Stage]:
         size = rows * row_bytes

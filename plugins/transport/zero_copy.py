@@ -16,6 +16,7 @@ class ZeroCopyBase(Transport):
     """A GPU gather kernel reading host DRAM or CXL memory over the link; `slowdown` stretches compute while it runs."""
 
     reaches = frozenset({Tier.HOST, Tier.CXL})
+    in_order = True  # one gather and one DMA, or one zero-copy read, whatever the rows
 
     def slowdown(self) -> float:
         return 1.0

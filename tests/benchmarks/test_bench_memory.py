@@ -7,8 +7,8 @@ Bytes a request are the growth of tracemalloc's numbers (numpy's arrays are trac
 two request counts, phase by phase: the run's peak comes last, while the results are written on
 top of the records every pass kept, so that is the one held to the target; the passes' own peak
 and what they leave held are shown beside it. What is bounded whatever the run's length (the
-lookups memo, the hashed windows, the timeline's spans, the records' last chunk) is bounded
-lower here, so that both counts are past the bounds and the difference is only what grows with
+lookups memo, the hashed windows, the timeline's spans, the records' last chunk, a schedule kept
+for later passes) is bounded lower here, so that both counts are past the bounds and the difference is only what grows with
 the requests.
 
 Before: the same run held the rows of every window token, every step's lookups, and Python
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from engramsim import records, workload
+from engramsim import records, schedule, workload
 from engramsim.runner import run_sim
 from engramsim.scenario_io import load_scenario
 from engramsim.session import prepare
@@ -84,6 +84,7 @@ def test_memory_grows_by_under_2kb_a_request(benchmark, compare, monkeypatch, tm
     monkeypatch.setattr(workload, "WINDOW_BYTES", 24 << 20)  # 196k tokens: over three batches' longest windows, under 600 requests
     monkeypatch.setattr(records, "TIMELINE_STEPS", 10)  # its file's transient objects, below the steps.csv's
     monkeypatch.setattr(records, "CHUNK_ROWS", 256)  # the records' storage grows by a chunk: smaller ones, finer steps
+    monkeypatch.setattr(schedule, "SCHEDULE_TOKENS", 1 << 16)  # a kept schedule (~30 bytes a token) only below it: served step by step past it
     measure(20, tmp_path)  # loads what stays loaded (the vocabulary, lazy imports) before anything is traced
     small, large = benchmark.pedantic(lambda: (measure(600, tmp_path), measure(2_400, tmp_path)), rounds=1)
 
