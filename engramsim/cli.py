@@ -77,6 +77,7 @@ def _signals_raise() -> Iterator[None]:
     try:
         yield
     finally:
+        forget_signals()  # the command has ended as the signal it noted, if any: code run after it starts clean
         sys.unraisablehook = previous_hook
         for sig, old in zip(caught, previous, strict=True):
             signal.signal(sig, old)
