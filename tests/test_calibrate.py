@@ -462,6 +462,18 @@ def test_the_gather_size_fit_recovers_its_costs_and_stlb_size():
         assert getattr(fit, name) == pytest.approx(getattr(truth, name), rel=1e-6, abs=1e-15), name
 
 
+def test_a_gather_size_fit_the_misses_explain_alone_keeps_a_positive_base():
+    """Samples on a loaded machine can make the misses explain every row time (NNLS puts the base
+    at 0, which a profile refuses): the base is then the floor, a share of the fastest row."""
+    from engramsim.backends.calibration.fits import MIN_BASE_SHARE
+
+    sizes = np.array([(256 << 20) << k for k in range(5)], dtype=float)
+    huge = np.zeros(5, dtype=bool)
+    times = np.array([1e-9, 60e-9, 90e-9, 110e-9, 120e-9])  # the smallest table far faster than its misses allow
+    fit = fit_gather_size(sizes, huge, times, 2 << 20, 480 << 20)
+    assert fit.base_s == pytest.approx(MIN_BASE_SHARE * times.min()) and fit.base_s > 0
+
+
 def test_each_fitted_groups_residual_becomes_a_lognormal_spread_on_its_numbers():
     """sigma = ln(1 + rel_error_p95) / 1.96 on the numbers fitted from the group; none for a p95 of 0
     or a number that is null (h100-sxm's engram_overhead_us)."""

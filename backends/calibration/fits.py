@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import OptimizeResult, least_squares, lsq_linear, nnls
@@ -113,6 +113,10 @@ def fit_gather(rows: Sequence[float] | np.ndarray, row_bytes: Sequence[float] | 
 STLB_CANDIDATES = (512, 1024, 1536, 2048, 3072, 4096)  # second-level TLB sizes of x86 server cores (the fit picks one)
 
 
+MIN_BASE_SHARE = 0.01
+"""The least a row that hits everywhere costs in `fit_gather_size`, as a share of the fastest row measured."""
+
+
 @dataclass(frozen=True)
 class GatherSizeFit:
     """`kernels.gather_row_penalty_s`'s per-miss costs (seconds) and STLB entries, fitted to the
@@ -133,7 +137,10 @@ def fit_gather_size(table_bytes: Sequence[float] | np.ndarray, huge_pages: Seque
                     row_seconds: Sequence[float] | np.ndarray, l2_bytes: float, llc_bytes: float) -> GatherSizeFit:
     """Non-negative least squares of the per-row time (relative: each sample weighted by 1 / its
     time) on [1, data misses, STLB misses, page-table misses] for each STLB size of
-    `STLB_CANDIDATES`; the candidate with the smallest residual wins."""
+    `STLB_CANDIDATES`; the candidate with the smallest residual wins. A row that hits everywhere
+    costs at least `MIN_BASE_SHARE` of the fastest row measured: noisy samples that the misses
+    explain alone (NNLS then puts the base at 0) leave a base the samples cannot resolve, not a
+    row that costs nothing."""
     b, h, t = np.asarray(table_bytes, dtype=float), np.asarray(huge_pages, dtype=bool), np.asarray(row_seconds, dtype=float)
     best: tuple[float, GatherSizeFit] | None = None
     for entries in STLB_CANDIDATES:
@@ -144,7 +151,9 @@ def fit_gather_size(table_bytes: Sequence[float] | np.ndarray, huge_pages: Seque
         if best is None or norm < best[0]:
             best = (norm, GatherSizeFit(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), stlb_entries=entries))
     assert best is not None
-    return best[1]
+    fit = best[1]
+    floor = MIN_BASE_SHARE * float(t.min())
+    return fit if fit.base_s >= floor else replace(fit, base_s=floor)
 
 
 def fit_zero_copy(rows: Sequence[float] | np.ndarray, row_bytes: Sequence[float] | np.ndarray,
