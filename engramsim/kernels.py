@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, TypeVar, Union
 
@@ -147,9 +148,14 @@ def _wave_excess_of(shape: Gemm, sms: int, tile_m: int, tile_n: int) -> Amount:
     if not isinstance(m, np.ndarray) and not isinstance(batch, np.ndarray):
         return _wave_excess(m, n, k, batch, sms, tile_m, tile_n)
     pairs = np.stack(np.broadcast_arrays(np.asarray(m, dtype=np.float64), np.asarray(batch, dtype=np.float64)), axis=1)
-    distinct, at = np.unique(pairs, axis=0, return_inverse=True)
-    excess = np.array([_wave_excess(float(a), n, k, float(b), sms, tile_m, tile_n) for a, b in distinct], dtype=np.float64)
-    return excess[at.reshape(-1)]
+    return _per_distinct(pairs, lambda rows, launches: _wave_excess(rows, n, k, launches, sms, tile_m, tile_n))
+
+
+def _per_distinct(keys: np.ndarray, formula: Callable[..., float]) -> np.ndarray:
+    """`formula(*row)` of every row of `keys` (one per step of a `StepBatch`), each distinct row
+    computed once by the scalar formula, so a batch's floats are the ones a step alone gets."""
+    distinct, at = np.unique(keys, axis=0, return_inverse=True)
+    return np.array([formula(*row) for row in distinct.tolist()], dtype=np.float64)[at.reshape(-1)]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -179,9 +185,7 @@ def experts_touched(model: Model, tokens: Amount) -> Amount:
         return 0.0
     e, k = moe.experts, moe.top_k
     if isinstance(tokens, np.ndarray):  # each distinct count by the same float power as one step's
-        distinct, at = np.unique(tokens, return_inverse=True)
-        missed = np.array([(1.0 - k / e) ** int(n) for n in distinct], dtype=np.float64)[at.reshape(-1)]
-        return moe.shared_experts + e * (1.0 - missed)
+        return moe.shared_experts + e * (1.0 - _per_distinct(tokens.reshape(-1, 1), lambda n: (1.0 - k / e) ** n))
     return moe.shared_experts + e * (1.0 - (1.0 - k / e) ** tokens)
 
 

@@ -277,8 +277,7 @@ class Workload:
         while it stays in the memo, the same step content returns the same (shared, read-only) dict.
         Deduplication: see `unique_sorted`.
         """
-        positions = step.positions if isinstance(step, Step) else step
-        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        positions = np.ascontiguousarray(step.positions if isinstance(step, Step) else step, dtype=np.int64)
         key = positions.tobytes() if key is None else key
         found = self._memo.get(key)
         if found is None:
@@ -299,8 +298,9 @@ class StepLookups(Mapping[int, LayerLookup]):
         self._key: bytes | None = None
 
     def _all(self) -> dict[int, LayerLookup]:
-        if self._key is None:
-            self._key = np.ascontiguousarray(self._positions, dtype=np.int64).tobytes()
+        if self._key is None:  # the memo's key, as `Workload.lookups` makes it, made once
+            self._positions = np.ascontiguousarray(self._positions, dtype=np.int64)
+            self._key = self._positions.tobytes()
         return self._workload.lookups(self._positions, self._key)
 
     def __getitem__(self, layer: int) -> LayerLookup:

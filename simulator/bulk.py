@@ -30,9 +30,8 @@ from engramsim.records import KINDS, LAYER_DTYPE, STEP_DTYPE, SpanFields, SpanKi
 from engramsim.schedule import Replay, Served
 from engramsim.simulator.compute import add_up
 from engramsim.simulator.cost import RooflineCostModel, use_schedule_prices
-from engramsim.simulator.fast import LOOP_EVENTS, Leg, Resources, in_order_legs, takes_fast_path
+from engramsim.simulator.fast import LOOP_EVENTS, Leg, Resources, Shape, in_order_legs, leg_seconds, takes_fast_path
 from engramsim.steps import Step
-from engramsim.strategies import StageKind
 
 if TYPE_CHECKING:
     from engramsim.simulator.engine import Engine
@@ -76,34 +75,21 @@ class Program:
         self.ops = ops
 
 
-Shape = tuple[StageKind, ...] | None
-"""The kinds of every fetch's legs, once the first fetch is priced (`fast.in_order_legs`)."""
-
-
 def _legs(engine: Engine, counts: np.ndarray, row_bytes: int, shape: Shape) -> tuple[dict[int, list[Leg]], Shape]:
     """The legs (`fast.Leg`) of a fetch of each of `counts` rows (distinct, > 0), priced at once as
     `fast.Resources.fetch` prices each (the rows in host DRAM, their only source here); and their
     kinds, checked the same for every fetch of the pass (`shape`: the kinds so far, None at first)."""
     cost = engine.cost
-    assert isinstance(cost, RooflineCostModel)
     pipelines = [[stage for stage in engine.transport.stages(count, row_bytes) if stage.rows] for count in counts.tolist()]
     for pipeline in pipelines:
         shape = in_order_legs(engine.transport, pipeline, shape)
     kinds = list(shape or ())
     priced = []
     for leg, kind in enumerate(kinds):
-        rows = np.array([pipeline[leg].rows for pipeline in pipelines], dtype=np.int64)
-        nbytes = np.array([pipeline[leg].bytes for pipeline in pipelines], dtype=np.int64)
-        first: np.ndarray
-        wire: np.ndarray
-        if kind == StageKind.GATHER:
-            first, wire = cost.gather_time(rows, row_bytes), np.zeros(rows.size)
-        elif kind == StageKind.H2D:
-            first = cost.h2d_latency() * np.array([pipeline[leg].copies for pipeline in pipelines], dtype=np.int64)
-            wire = cost.h2d_wire_time(nbytes)
-        else:
-            first, wire = np.full(rows.size, cost.zero_copy_latency()), cost.zero_copy_wire_time(rows, row_bytes)
-        priced.append(list(zip([kind] * rows.size, first.tolist(), wire.tolist(), nbytes.tolist(), strict=True)))
+        rows, nbytes, copies = (np.array([getattr(pipeline[leg], name) for pipeline in pipelines], dtype=np.int64)
+                                for name in ("rows", "bytes", "copies"))
+        first, wire = (np.broadcast_to(price, rows.shape).tolist() for price in leg_seconds(cost, kind, rows, nbytes, copies, row_bytes))
+        priced.append(list(zip([kind] * rows.size, first, wire, nbytes.tolist(), strict=True)))
     return {count: [legs[at] for legs in priced] for at, count in enumerate(counts.tolist())}, shape
 
 

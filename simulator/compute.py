@@ -3,9 +3,10 @@ until the engine simulates the queue as one stretch of compute and lays out its 
 
 The one definition of what a step's compute segments cost and how their spans are laid out,
 shared by the event model (`engine.Engine`, which flushes the queue as one SimPy timeout where a
-fetch is issued, an Engram layer must wait, or the step ends) and the path for passes that move
-no rows or fetches only within its steps (`fast.simulate_fast`, which adds the same floats in the
-same order without SimPy), so the two produce the same records and spans to the last bit.
+fetch is issued, an Engram layer must wait, or the step ends) and the fast path
+(`fast.simulate_fast`, which adds the same floats in the same order without SimPy), so the two
+produce the same records and spans to the last bit; the bulk path lays out its spans the same way
+(`bulk._flush`).
 """
 
 from __future__ import annotations

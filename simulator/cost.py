@@ -30,7 +30,7 @@ import numpy as np
 
 from engramsim import kernels
 from engramsim.hardware.profile import CXL, HardwareProfile, NVMe
-from engramsim.kernels import BlockKind, StepBatch, Work
+from engramsim.kernels import BlockKind, StepBatch, StepLike, Work
 from engramsim.scenario import Model
 from engramsim.schedule import Replay, Served
 from engramsim.steps import Step
@@ -187,13 +187,13 @@ class RooflineCostModel:
             at = np.flatnonzero(groups == group)
             some = batch.take(at)
             for kind, block in kinds.items():
-                blocks[kind][at] = self.kernels_time(kernels.block_kernels(self.model, some, block)) + self.layer_overhead_s
-            head[at] = self.kernels_time(kernels.head_kernels(self.model, some))
+                blocks[kind][at] = self._block_seconds(some, block)
+            head[at] = self._head_seconds(some)
         engram: dict[tuple[int, int], float] = {}
         for rows in engram_rows.values():
-            seconds = self.kernels_time(kernels.engram_kernels(self.model, batch, rows)) + self.engram_overhead_s
+            seconds = self._engram_seconds(batch, rows)
             engram.update(zip(zip(range(len(steps)), rows.tolist()), np.broadcast_to(seconds, rows.shape).tolist()))
-        host = (self.profile.step_overhead_us + self.profile.step_overhead_per_seq_us * batch.num_seqs) * US
+        host: Any = self._host_seconds(batch)
         return StepPrices(host.tolist(), {kind: values.tolist() for kind, values in blocks.items()}, head.tolist(), engram)
 
     # ---- GPU ------------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ class RooflineCostModel:
             self._cached_step, self._cache = step, {}
         kind = kernels.block_kind(self.model, block)
         if kind not in self._cache:
-            self._cache[kind] = self.kernels_time(kernels.block_kernels(self.model, step, block)) + self.layer_overhead_s
+            self._cache[kind] = self._block_seconds(step, block)
         return self._cache[kind]
 
     def blocks_time(self, step: Step, start: int, stop: int) -> float:
@@ -267,18 +267,31 @@ class RooflineCostModel:
         """Seconds of the Engram layer's own GPU work (its kernels + the Engram layer overhead)."""
         if self.prices is not None and (step.index, rows) in self.prices.engram:
             return self.prices.engram[(step.index, rows)]
-        return self.kernels_time(kernels.engram_kernels(self.model, step, rows)) + self.engram_overhead_s
+        return self._engram_seconds(step, rows)
 
     def head_time(self, step: Step) -> float:
         if self.prices is not None:
             return self.prices.head[step.index]
-        return self.kernels_time(kernels.head_kernels(self.model, step))
+        return self._head_seconds(step)
 
     def host_time(self, step: Step) -> float:
         """The profile's host cost (scheduling, planning, input layout, launches): a fixed part per
         step plus a part per sequence in it."""
         if self.prices is not None:
             return self.prices.host[step.index]
+        return self._host_seconds(step)
+
+    # ---- the formulas, for one step or a `StepBatch` (one price per step) -------------------------
+    def _block_seconds(self, step: StepLike, block: int) -> Any:
+        return self.kernels_time(kernels.block_kernels(self.model, step, block)) + self.layer_overhead_s
+
+    def _engram_seconds(self, step: StepLike, rows: int | np.ndarray) -> Any:
+        return self.kernels_time(kernels.engram_kernels(self.model, step, rows)) + self.engram_overhead_s
+
+    def _head_seconds(self, step: StepLike) -> Any:
+        return self.kernels_time(kernels.head_kernels(self.model, step))
+
+    def _host_seconds(self, step: StepLike) -> Any:
         return (self.profile.step_overhead_us + self.profile.step_overhead_per_seq_us * step.num_seqs) * US
 
     # ---- fetches ----------------------------------------------------------------------------------
@@ -292,15 +305,10 @@ class RooflineCostModel:
         """`kernels.gather_seconds` on the profile's host, at the rate its gather reaches on one
         Engram layer's table (`Host.gather_row_s`); 0 rows cost nothing. Rows may be an array (one gather each)."""
         host = self.profile.host
-        if isinstance(rows, np.ndarray):
-            counted: Any = rows
-            each = kernels.gather_seconds(counted, row_bytes, host.gather_threads, self.gather_rows_per_s, host.dram_gbps * GB,
-                                          self.gather_overhead())
-            return np.where(rows > 0, each, 0.0)
-        if rows <= 0:
-            return 0.0
-        return kernels.gather_seconds(rows, row_bytes, host.gather_threads, self.gather_rows_per_s, host.dram_gbps * GB,
+        counted: Any = rows  # one count or an array: gather_seconds prices either
+        each = kernels.gather_seconds(counted, row_bytes, host.gather_threads, self.gather_rows_per_s, host.dram_gbps * GB,
                                       self.gather_overhead())
+        return np.where(rows > 0, each, 0.0) if isinstance(rows, np.ndarray) else each if rows > 0 else 0.0
 
     def gather_overhead(self) -> float:
         return self.profile.host.gather_overhead_us * US

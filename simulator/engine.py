@@ -17,9 +17,10 @@ split among the fetches by their bytes). A leg with a `slowdown` (a zero-copy ga
 stretches the compute that runs while it moves bytes, and only that compute.
 
 What the compute segments cost and how their spans are laid out is `compute.ComputeQueue`'s, one
-definition for this event model and for `fast.simulate_fast`, which `simulate` takes for a pass
-whose resources only ever see requests in time order (one that moves no rows, or whose every
-fetch serves its own step): the same records, spans, makespan and event count without the event
+definition for this event model, for `fast.simulate_fast`, which `simulate` takes for a pass whose
+resources only ever see requests in time order (one that moves no rows, or whose transport keeps
+its fetches in order), and for `bulk.simulate_bulk`, which takes such a pass whole when its steps
+are a replayed schedule: the same records, spans, makespan and event count without the event
 machinery.
 """
 

@@ -34,13 +34,13 @@ each leg's resource requests, timeouts and releases.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engramsim.plan import FetchKey, FetchPlan, Planner, StepPlan
 from engramsim.records import LayerRecord, Span, SpanFields, SpanKind, StepLog, StepRecord
 from engramsim.schedule import Served
 from engramsim.simulator.compute import stretch
-from engramsim.simulator.cost import use_schedule_prices
+from engramsim.simulator.cost import CostModel, use_schedule_prices
 from engramsim.skeleton import Blocks, EngramLayer, Head, Host, Issue, skeleton
 from engramsim.steps import Step
 from engramsim.strategies import Stage, StageKind, Tier, Transport
@@ -56,14 +56,17 @@ LEGS = {StageKind.GATHER: SpanKind.GATHER, StageKind.H2D: SpanKind.H2D, StageKin
 """The legs the fast path prices, and their spans."""
 IN_ORDER = frozenset({(StageKind.GATHER, StageKind.H2D), (StageKind.H2D,), (StageKind.ZERO_COPY,)})
 """The pipelines of an `in_order` transport: each fetch pays one fixed latency before the link."""
+Shape = tuple[StageKind, ...] | None
+"""The kinds of every fetch's legs in a pass, once its first fetch is priced (`in_order_legs`)."""
 
 
-def in_order_legs(transport: Transport, stages: list[Stage], shape: tuple[StageKind, ...] | None) -> tuple[StageKind, ...]:
+def in_order_legs(transport: Transport, stages: list[Stage], shape: Shape) -> tuple[StageKind, ...]:
     """The kinds of a fetch's moving legs, checked against `Transport.in_order`'s promise (one of
-    `IN_ORDER`, one copy per DMA, no slowdown, the same for every fetch of the pass: `shape`, the
-    first fetch's, or None for the first)."""
+    `IN_ORDER`, one copy per DMA, no slowdown, read from host DRAM, the same for every fetch of the
+    pass: `shape`, the first fetch's, or None for the first)."""
     kinds = tuple(stage.kind for stage in stages)
-    if kinds not in IN_ORDER or any(stage.copies != 1 or stage.slowdown > 1 for stage in stages) or (shape is not None and kinds != shape):
+    if (kinds not in IN_ORDER or any(stage.copies != 1 or stage.slowdown > 1 or stage.source != Tier.HOST for stage in stages)
+            or (shape is not None and kinds != shape)):
         legs = ", ".join(f"{stage.kind.value} x{stage.copies}" for stage in stages)
         raise RuntimeError(f"transport {transport.name!r} says its fetches keep their order (in_order), but a fetch of {stages[0].rows} "
                            f"rows has legs [{legs}] after [{', '.join(kind.value for kind in shape or kinds)}]: set in_order = False")
@@ -111,6 +114,16 @@ Leg = tuple[StageKind, float, float, int]
 latency, then the seconds its bytes hold the link (0 for a gather), then its bytes."""
 
 
+def leg_seconds(cost: CostModel, kind: StageKind, rows: Any, nbytes: Any, copies: Any, row_bytes: int) -> tuple[Any, Any]:
+    """A leg's two prices (`Leg`) for rows in host DRAM, the fast paths' only source: of one leg,
+    or element-wise of arrays of them (`RooflineCostModel`'s fetch prices take arrays)."""
+    if kind == StageKind.GATHER:
+        return cost.gather_time(rows, row_bytes), 0.0
+    if kind == StageKind.H2D:
+        return cost.h2d_latency() * copies, cost.h2d_wire_time(nbytes)
+    return cost.zero_copy_latency(), cost.zero_copy_wire_time(rows, row_bytes)
+
+
 class Resources:
     """When each of the event model's fetch resources is next free: the host's gather threads, each
     copy engine, the link (one GPU's). `run` grants a fetch's legs as the event model would."""
@@ -120,24 +133,16 @@ class Resources:
         self.gather = 0.0
         self.copy_engines = [0.0] * int(engine.copy_engines.capacity)
         self.link = 0.0
-        self.shape: tuple[StageKind, ...] | None = None  # the legs of every fetch (`in_order_legs`)
+        self.shape: Shape = None
 
     def fetch(self, fetch: FetchPlan, now: float) -> tuple[float, int]:
         """Price the fetch's legs and `run` them from `now`, its spans added to the engine's timeline."""
         engine, cost = self.engine, self.engine.cost
         row_bytes = engine.tables[fetch.layer].row_bytes
-        legs: list[Leg] = []
         stages = [stage for stage in engine.pipeline(fetch) if stage.rows]
         self.shape = in_order_legs(engine.transport, stages, self.shape)
-        for stage in stages:
-            if stage.kind == StageKind.GATHER:
-                legs.append((stage.kind, cost.gather_time(stage.rows, row_bytes), 0.0, stage.bytes))
-            elif stage.kind == StageKind.H2D:
-                per_copy, wire = engine.source(stage, cost.h2d_latency(), cost.h2d_wire_time(stage.bytes))
-                legs.append((stage.kind, per_copy * stage.copies, wire, stage.bytes))
-            else:
-                latency, wire = engine.source(stage, cost.zero_copy_latency(), cost.zero_copy_wire_time(stage.rows, row_bytes))
-                legs.append((stage.kind, latency, wire, stage.bytes))
+        legs: list[Leg] = [(stage.kind, *leg_seconds(cost, stage.kind, stage.rows, stage.bytes, stage.copies, row_bytes), stage.bytes)
+                           for stage in stages]
         spans: list[SpanFields] = []
         landed = self.run(legs, now, fetch.step, fetch.layer, fetch.staging, spans)
         engine.spans.record(spans)
